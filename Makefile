@@ -1,0 +1,60 @@
+# The README's quick start: `make run` and `make test`, as root on a fresh Debian machine.
+# Each sets up only what is missing: apt packages, the .venv, the Python dependencies.
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+APT_PKGS := postfix libmilter-dev
+STAMP_RUN  := $(VENV)/.stamp-run
+STAMP_TEST := $(VENV)/.stamp-test
+
+.PHONY: run test lint format bench setup-apt setup-run setup-test clean
+
+run: setup-run
+	$(VENV)/bin/smtpguard serve
+
+test: setup-test
+	$(PY) -m pytest -q
+
+lint: setup-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup-test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup-test
+	$(PY) benchmarks/run_all.py
+
+# Debian packages, installed only when missing. "No configuration" leaves the
+# system Postfix unconfigured and stopped: tests start their own instances.
+setup-apt:
+	@missing=""; \
+	for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc python3-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing$$missing"; \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[dev,milter]'
+	touch $@ $(STAMP_RUN)
+
+setup-run: $(STAMP_RUN)
+
+setup-test: setup-apt $(STAMP_TEST)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from smtpguard.cli.main import main
+
+main()

@@ -1,0 +1,67 @@
+"""The classifier's output record: one verdict per failed (or reported) recipient.
+
+Every producer of bounce knowledge (the relay's inline replies, returned DSNs, ARF
+reports, log lines) ends in this one shape, so the suppression policy and the
+store only ever have to understand one record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Bounce = Literal["hard", "soft", "none"]
+Stage = Literal["connect", "helo", "mail", "rcpt", "data", "eom", "unknown"]
+
+#: Reasons that mean the *address itself* is bad (Sisimai's hard-bounce rule).
+#: ``notaccept`` is conditional: only when the failure is permanent (not 4xx).
+ADDRESS_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved"})
+#: Reasons that are not failures at all.
+NON_BOUNCE_REASONS = frozenset({"delivered", "feedback", "vacation"})
+
+#: The reason vocabulary (Sisimai v5), see ``../shared/corpus/sisimai-dev/README.md``.
+REASONS = frozenset(
+    {
+        "authfailure", "badreputation", "blocked", "contenterror", "delivered",
+        "emailtoolarge", "expired", "failedstarttls", "feedback", "filtered",
+        "hasmoved", "hostunknown", "mailboxfull", "mailererror", "networkerror",
+        "norelaying", "notaccept", "notcompliantrfc", "onhold", "policyviolation",
+        "ratelimited", "rejected", "requireptr", "securityerror", "spamdetected",
+        "suppressed", "suspend", "syntaxerror", "systemerror", "systemfull",
+        "undefined", "userunknown", "vacation", "virusdetected",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Why one delivery to one recipient failed, and what to do about it.
+
+    ``bounce`` answers "will this delivery, as sent, ever succeed?" (hard = no,
+    soft = retry later, none = it was not a failure). ``suppress`` answers the
+    narrower question "is the recipient address itself bad?": only then may the
+    address be put on the suppression list. A policy or reputation rejection is
+    ``bounce="hard"`` but ``suppress=False``: it is the sender's problem.
+    """
+
+    recipient: str = ""
+    status: str = ""  # RFC 3463 enhanced status, e.g. "5.1.1"; "" when unknown
+    reply_code: str = ""  # SMTP reply code, e.g. "550"; "" when unknown
+    reason: str = "undefined"
+    bounce: Bounce = "soft"
+    suppress: bool = False
+    diagnostic: str = ""
+    remote_host: str = ""
+    stage: Stage = "unknown"
+    action: str = ""  # RFC 3464 Action: failed / delayed / delivered / relayed / expanded
+    # What ties the bounce to the original send, when the bounce carries it.
+    message_id: str = ""
+    envelope_sender: str = ""
+    return_path_token: str = ""
+    feedback_type: str = ""  # ARF only: abuse, opt-out, fraud, ...
+    rule: str = ""  # id of the rule that decided the reason ("" = none matched)
+    format: str = ""  # detector that produced the verdict (rfc3464, arf, exim, reply, ...)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)

@@ -1,0 +1,426 @@
+"""Every setting of smtpguard, declared once.
+
+Each section is a frozen dataclass; each field carries its default and a
+one-line doc in ``metadata``. From this single declaration come: the loader's
+validation (unknown keys, wrong types, impossible values), ``smtpguard config
+check``'s printout, and the commented example ``conf/smtpguard.toml`` (a test
+keeps that file identical to :func:`render_example`). Postfix does the same
+with ``postconf.proto``: one place, no drift.
+
+Precedence, lowest to highest: embedded defaults, the TOML file
+(``--config PATH`` or ``SMTPGUARD_CONFIG``), then command-line overrides such
+as ``--data-dir`` (or ``SMTPGUARD_DATA_DIR``) and ``serve --listen``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from smtpguard.errors import ConfigError
+
+ENV_CONFIG = "SMTPGUARD_CONFIG"
+ENV_DATA_DIR = "SMTPGUARD_DATA_DIR"
+
+
+def opt(default: Any, doc: str, *, unit: str = "", check: str = "") -> Any:
+    """Declare one setting: its default, a one-line doc, a unit and a value check.
+
+    ``check`` names a validator in :data:`_CHECKS` for values whose type alone
+    does not make them possible (a port, a network, a duration).
+    """
+    meta = {"doc": doc, "unit": unit, "check": check}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the SQLite database lives; shared by the relay, the milter and the CLI."""
+
+    data_dir: str = opt("./var", "Directory holding smtpguard.db (created if missing).")
+    busy_timeout: float = opt(
+        5.0, "How long to wait for another process's write lock.", unit="s", check="positive"
+    )
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """The inbound side: what Postfix (relayhost) talks to."""
+
+    listen: str = opt("127.0.0.1:10025", "Address and port to accept mail on.", check="hostport")
+    hostname: str = opt(
+        "smtpguard.localdomain", "Name in the greeting, Received headers and DSNs.", check="hostname"
+    )
+    trusted_networks: list[str] = opt(
+        ["127.0.0.0/8", "::1/128"], "Clients allowed to relay without AUTH.", check="networks"
+    )
+    auth_users_file: str = opt(
+        "", "Optional file of 'user:password' lines; clients that log in may relay."
+    )
+    tls_cert: str = opt("", "PEM certificate for STARTTLS (off when empty).")
+    tls_key: str = opt("", "PEM private key for STARTTLS.")
+    max_message_size: int = opt(
+        36_700_160, "Largest message accepted (552 5.3.4 beyond).", unit="bytes", check="positive"
+    )
+    max_recipients: int = opt(
+        1000, "Recipients per message (452 4.5.3 beyond).", check="positive"
+    )
+    max_line_length: int = opt(
+        4096, "Longest SMTP command or data line accepted.", unit="bytes", check="positive"
+    )
+    idle_timeout: float = opt(300.0, "Drop a client idle this long.", unit="s", check="positive")
+    max_sessions: int = opt(200, "Concurrent inbound SMTP sessions.", check="positive")
+    suppressed_reply: str = opt(
+        "550 5.1.1", "Reply code and enhanced status for a suppressed recipient.", check="reply"
+    )
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """The outbound side: how queued mail reaches the next hop."""
+
+    smarthost: str = opt("", "Send everything via this HOST:PORT instead of MX lookup.")
+    smarthost_user: str = opt("", "AUTH user for the smarthost (no AUTH when empty).")
+    smarthost_password: str = opt("", "AUTH password for the smarthost.")
+    smarthost_tls: str = opt(
+        "opportunistic", "STARTTLS to the smarthost: none, opportunistic, required.", check="tls"
+    )
+    routes: dict[str, str] = opt(
+        {}, "Per-domain next hops: { \"example.com\" = \"mx.example.net:25\" }."
+    )
+    nameservers: list[str] = opt(
+        [], "DNS servers as IP or IP:PORT (empty: the system resolver).", check="nameservers"
+    )
+    helo_name: str = opt("", "Name sent in EHLO (empty: relay.hostname).")
+    tls: str = opt("opportunistic", "STARTTLS to MX hosts: none, opportunistic.", check="tls")
+    port: int = opt(25, "Port of MX hosts.", check="port")
+    connect_timeout: float = opt(30.0, "TCP connect timeout.", unit="s", check="positive")
+    command_timeout: float = opt(
+        300.0, "Timeout per SMTP command (RFC 5321 section 4.5.3.2).", unit="s", check="positive"
+    )
+    data_timeout: float = opt(
+        600.0, "Timeout for the reply to the final dot.", unit="s", check="positive"
+    )
+    concurrency: int = opt(50, "Deliveries under way at once.", check="positive")
+    messages_per_connection: int = opt(
+        100, "Messages sent over one connection before it is closed.", check="positive"
+    )
+    retry_initial: float = opt(300.0, "First retry after a soft failure.", unit="s", check="positive")
+    retry_factor: float = opt(2.0, "Each later retry waits this much longer.", check="positive")
+    retry_max: float = opt(
+        14_400.0, "Longest wait between two retries.", unit="s", check="positive"
+    )
+    greylist_delay: float = opt(
+        300.0, "Earliest retry after a greylisting reply.", unit="s", check="positive"
+    )
+    queue_lifetime: float = opt(
+        432_000.0, "Give up (DSN reason 'expired') after this long.", unit="s", check="positive"
+    )
+
+
+@dataclass(frozen=True)
+class DsnConfig:
+    """Delivery status notifications the relay sends back to senders (RFC 3464)."""
+
+    enabled: bool = opt(True, "Send DSNs for hard bounces and expired messages.")
+    next_hop: str = opt("127.0.0.1:25", "Where DSNs are handed (the local Postfix).", check="hostport")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Bounce classification rules."""
+
+    rules_file: str = opt("", "Operator TOML rules, added to and overriding the shipped ones.")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics."""
+
+    listen: str = opt("", "HOST:PORT for the /metrics endpoint (off when empty).")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, one attribute per TOML table."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dsn: DsnConfig = field(default_factory=DsnConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    source: str = field(default="(embedded defaults)", compare=False)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.store.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "smtpguard.db"
+
+    def with_overrides(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some keys replaced, validated like file values.
+
+        ``cfg.with_overrides(relay={"listen": "127.0.0.1:2525"})``.
+        """
+        changed = {}
+        for name, values in sections.items():
+            current = getattr(self, name)
+            merged = {f.name: getattr(current, f.name) for f in fields(current)}
+            for key, value in values.items():
+                if key not in merged:
+                    raise ConfigError(f"unknown setting {name}.{key}")
+                merged[key] = _coerce(self.source, f"{name}.{key}", value, _field(type(current), key))
+            changed[name] = type(current)(**merged)
+        return dataclasses.replace(self, **changed)
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in fields(Config)
+    if f.name != "source"
+}
+
+# --------------------------------------------------------------------------- validation
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``300``, ``"30s"``, ``"5m"``, ``"12h"``, ``"5d"``, ``"1w"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration, not a boolean")
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"a duration like 30s, 5m, 12h or 5d, not {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """``("::1", 25)`` from ``"[::1]:25"``, ``"127.0.0.1:25"`` or ``"host"``."""
+    host, port = value, None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed '[' in {value!r}")
+        host, rest = value[1:end], value[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"expected HOST:PORT, got {value!r}")
+            port = rest[1:]
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if port is None:
+        if default_port is None:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"port must be 1-65535 in {value!r}")
+    return host, int(port)
+
+
+def _check_value(check: str, value: Any) -> None:
+    if check == "positive" and not value > 0:
+        raise ValueError("a number greater than 0")
+    if check == "port" and not 0 < value < 65536:
+        raise ValueError("a port number 1-65535")
+    if check == "hostport":
+        try:
+            parse_hostport(value)
+        except ValueError as e:
+            raise ValueError(f"HOST:PORT ({e})") from None
+    if check == "hostname" and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", value):
+        raise ValueError("a host name of letters, digits, dots and hyphens")
+    if check == "networks":
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"IP networks like 127.0.0.0/8, not {net!r}") from None
+    if check == "nameservers":
+        for ns in value:
+            try:
+                host, _ = parse_hostport(ns, 53)
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"IP or IP:PORT of a DNS server, not {ns!r}") from None
+    if check == "tls" and value not in ("none", "opportunistic", "required"):
+        raise ValueError("one of none, opportunistic, required")
+    if check == "reply" and not re.fullmatch(r"5\d\d [245]\.\d{1,3}\.\d{1,3}", value):
+        raise ValueError("a 5xx reply code and enhanced status like '550 5.1.1'")
+
+
+def _field(section: type, key: str) -> dataclasses.Field[Any]:
+    for f in fields(section):
+        if f.name == key:
+            return f
+    raise KeyError(key)
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is list:
+        return f"a list of {_describe(get_args(tp)[0])}s"
+    if origin is dict:
+        return "a table of strings"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[tp]
+
+
+def _coerce(source: str, key: str, value: Any, f: dataclasses.Field[Any]) -> Any:
+    """Check ``value`` against the declared type and check; return it normalised."""
+    tp = get_type_hints(_owner[f.name, id(f)])[f.name]
+    unit = f.metadata.get("unit", "")
+    try:
+        if unit == "s" and tp is float:
+            value = parse_duration(value)
+        ok: bool
+        origin = get_origin(tp)
+        if origin is list:
+            ok = isinstance(value, list) and all(isinstance(v, get_args(tp)[0]) for v in value)
+        elif origin is dict:
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            )
+        elif tp is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif tp is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, tp)
+        if not ok:
+            raise ValueError(_describe(tp))
+        if f.metadata.get("check"):
+            _check_value(f.metadata["check"], value)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {key}: expected {e}, got {value!r}") from None
+    return value
+
+
+# (field name, id(field)) -> owning section class, for get_type_hints on that class.
+_owner: dict[tuple[str, int], type] = {
+    (f.name, id(f)): cls for cls in SECTIONS.values() for f in fields(cls)
+}
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | os.PathLike[str] | None = None, *, data_dir: str | None = None) -> Config:
+    """Read the configuration: embedded defaults, then the file, then ``data_dir``.
+
+    ``path`` None means ``$SMTPGUARD_CONFIG`` if set, else no file at all;
+    ``data_dir`` None means ``$SMTPGUARD_DATA_DIR`` if set, else the file's value.
+    """
+    if path is None:
+        path = os.environ.get(ENV_CONFIG) or None
+    cfg = Config()
+    if path is not None:
+        cfg = _load_file(Path(path))
+    if data_dir is None:
+        data_dir = os.environ.get(ENV_DATA_DIR) or None
+    if data_dir is not None:
+        cfg = cfg.with_overrides(store={"data_dir": data_dir})
+    return cfg
+
+
+def _load_file(path: Path) -> Config:
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read: {e.strerror or e}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{name}: invalid TOML: {e}") from None
+    sections: dict[str, Any] = {}
+    for table, values in doc.items():
+        if table not in SECTIONS:
+            known = ", ".join(SECTIONS)
+            raise ConfigError(f"{name}: unknown table [{table}] (known: {known})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: {table}: expected a table [{table}]")
+        cls = SECTIONS[table]
+        known_keys = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known_keys:
+                raise ConfigError(
+                    f"{name}: unknown key {table}.{key} (known: {', '.join(known_keys)})"
+                )
+            kwargs[key] = _coerce(name, f"{table}.{key}", value, known_keys[key])
+        sections[table] = cls(**kwargs)
+    return Config(**sections, source=name)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(type(value))
+
+
+def render(cfg: Config, *, commented: bool = False) -> str:
+    """The configuration as TOML; ``commented`` gives the example file's form.
+
+    In the example every key is commented out with its default, and its doc
+    line above it, so the file documents itself and changes nothing.
+    """
+    out: list[str] = []
+    if commented:
+        out += [
+            "# smtpguard configuration. Every key is shown commented out with its default;",
+            "# uncomment to change. Durations take s, m, h, d (\"5d\"); sizes are bytes.",
+            "# Generated from smtpguard/config.py (smtpguard config example).",
+            "",
+        ]
+    for table, cls in SECTIONS.items():
+        section = getattr(cfg, table)
+        out.append(f"# {cls.__doc__.strip()}" if commented else "")
+        out.append(f"[{table}]")
+        for f in fields(cls):
+            value = getattr(section, f.name)
+            line = f"{f.name} = {_toml_value(value)}"
+            if commented:
+                unit = f.metadata.get("unit")
+                suffix = f" ({unit})" if unit else ""
+                out.append(f"# {f.metadata['doc']}{suffix}")
+                out.append(f"#{line}")
+            else:
+                out.append(line)
+        out.append("")
+    return "\n".join(out).lstrip("\n")
+
+
+def render_example() -> str:
+    return render(Config(), commented=True)

@@ -1,0 +1,1 @@
+"""The storage layer: one SQLite database behind a narrow, backend-neutral interface."""

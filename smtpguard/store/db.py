@@ -1,0 +1,117 @@
+"""Opening the SQLite database: pragmas, schema migrations, clear errors.
+
+One database file (``<data_dir>/smtpguard.db``) is shared by the relay, the
+milter and the CLI, each in its own process. WAL mode lets readers run beside
+the one writer; ``busy_timeout`` makes a second writer wait instead of failing;
+``synchronous=FULL`` makes a commit durable before it returns, which is what
+lets the relay answer 250 only after the message is on disk.
+
+The schema is versioned with ``PRAGMA user_version`` and moved forward by the
+ordered steps in :mod:`smtpguard.store.migrations`; a database from a newer
+smtpguard is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from smtpguard.errors import StoreError
+from smtpguard.store.migrations import MIGRATIONS
+
+DB_NAME = "smtpguard.db"
+
+
+def db_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / DB_NAME
+
+
+def _prepare_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create data directory {data_dir}: {e.strerror or e}") from None
+
+
+def _pragmas(busy_timeout: float) -> list[str]:
+    return [
+        f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}",
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = FULL",
+        "PRAGMA foreign_keys = ON",
+    ]
+
+
+def explain(path: Path, exc: sqlite3.Error) -> StoreError:
+    """Turn a sqlite3 error into a one-line operator message naming the file."""
+    msg = str(exc)
+    if "locked" in msg or "busy" in msg:
+        return StoreError(f"{path}: database is locked by another process (try again)")
+    if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
+        return StoreError(f"{path}: not a smtpguard database or corrupt ({msg})")
+    if "unable to open" in msg or "readonly" in msg:
+        return StoreError(f"{path}: cannot open database ({msg})")
+    return StoreError(f"{path}: database error: {msg}")
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to the newest version, one step per transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{path}: schema version {version} is newer than this smtpguard "
+            f"understands ({len(MIGRATIONS)}); upgrade smtpguard"
+        )
+    for number in range(version + 1, len(MIGRATIONS) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read inside the write lock: another process may have migrated meanwhile.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= number:
+                conn.execute("ROLLBACK")
+                continue
+            for statement in MIGRATIONS[number - 1]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def connect(data_dir: str | Path, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
+    """A synchronous connection (CLI, milter, benchmarks), migrated and ready.
+
+    The connection is in autocommit mode (``isolation_level=None``): callers
+    open transactions explicitly with ``BEGIN IMMEDIATE`` so that a write lock
+    is taken up front and never upgraded half-way (the classic SQLITE_BUSY trap).
+    """
+    data_dir = Path(data_dir)
+    _prepare_dir(data_dir)
+    path = db_path(data_dir)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout,
+                               check_same_thread=False)
+        for p in _pragmas(busy_timeout):
+            conn.execute(p)
+        migrate(conn, path)
+    except sqlite3.Error as e:
+        raise explain(path, e) from None
+    return conn
+
+
+async def connect_async(data_dir: str | Path, *, busy_timeout: float = 5.0) -> aiosqlite.Connection:
+    """An aiosqlite connection for the event loop (relay), migrated and ready."""
+    data_dir = Path(data_dir)
+    _prepare_dir(data_dir)
+    path = db_path(data_dir)
+    # Migrate with a short-lived sync connection: simpler, and it runs once at start-up.
+    connect(data_dir, busy_timeout=busy_timeout).close()
+    try:
+        conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+        for p in _pragmas(busy_timeout):
+            await conn.execute(p)
+    except sqlite3.Error as e:
+        raise explain(path, e) from None
+    return conn

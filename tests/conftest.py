@@ -1,0 +1,9 @@
+"""Fixtures live in tests/fixtures/, one module per real part (CLI, DNS, MX, Postfix, relay)."""
+
+pytest_plugins = [
+    "tests.fixtures.cli",
+    "tests.fixtures.dns",
+    "tests.fixtures.mx",
+    "tests.fixtures.postfix",
+    "tests.fixtures.relay",
+]
