@@ -65,3 +65,31 @@ class Verdict:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(slots=True)
+class Failure:
+    """What a bounce format detector (or the relay) read off one recipient's failure.
+
+    Structure only, no judgement: detectors in ``classify/formats/`` fill what the
+    message says; :func:`smtpguard.classify.decide.decide` turns it into a
+    :class:`Verdict` using the rules (wording) and the status/reply codes.
+    ``reason_hint`` lets a detector pass a reason the *structure* proves (an ARF
+    report is ``feedback``, an auto-reply is ``vacation``, a positive DSN is
+    ``delivered``, an MTA's "retry timeout exceeded" section is ``expired``);
+    wording-based reasons are the rules' job, not the detector's.
+    """
+
+    recipient: str = ""
+    status: str = ""
+    reply_code: str = ""
+    diagnostic: str = ""
+    action: str = ""
+    remote_host: str = ""
+    stage: Stage = "unknown"
+    reason_hint: str = ""
+    message_id: str = ""
+    envelope_sender: str = ""
+    return_path_token: str = ""
+    feedback_type: str = ""
+    format: str = ""
