@@ -97,7 +97,9 @@ class DeliveryConfig:
         "opportunistic", "STARTTLS to the smarthost: none, opportunistic, required.", check="tls"
     )
     routes: dict[str, str] = opt(
-        {}, "Per-domain next hops: { \"example.com\" = \"mx.example.net:25\" }."
+        {},
+        'Per-domain next hops: { "example.com" = "mx.example.net:25" };'
+        ' a key ".example.com" matches its subdomains.',
     )
     nameservers: list[str] = opt(
         [], "DNS servers as IP or IP:PORT (empty: the system resolver).", check="nameservers"
@@ -126,6 +128,9 @@ class DeliveryConfig:
     )
     queue_lifetime: float = opt(
         432_000.0, "Give up (DSN reason 'expired') after this long.", unit="s", check="positive"
+    )
+    drain_timeout: float = opt(
+        30.0, "On SIGTERM, wait this long for deliveries under way.", unit="s", check="positive"
     )
 
 
@@ -208,7 +213,7 @@ def parse_duration(value: str | int | float) -> float:
         return float(value)
     m = _DURATION.match(value)
     if not m:
-        raise ValueError(f"a duration like 30s, 5m, 12h or 5d, not {value!r}")
+        raise ValueError("a duration like 30s, 5m, 12h or 5d")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
@@ -245,8 +250,8 @@ def _check_value(check: str, value: Any) -> None:
     if check == "hostport":
         try:
             parse_hostport(value)
-        except ValueError as e:
-            raise ValueError(f"HOST:PORT ({e})") from None
+        except ValueError:
+            raise ValueError("HOST:PORT with a port 1-65535") from None
     if check == "hostname" and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", value):
         raise ValueError("a host name of letters, digits, dots and hyphens")
     if check == "networks":

@@ -3,8 +3,124 @@
 Pure functions, no I/O. See ``decide.py`` (fields -> verdict), ``rules.py`` +
 ``rules/*.toml`` (wording -> reason), ``message.py`` + ``formats/`` (bounce bytes
 -> per-recipient :class:`Failure` records).
+
+The facade is :class:`Classifier`: load the rules once, then classify inline replies
+(:meth:`Classifier.reply`) and returned messages (:meth:`Classifier.message`). Fed by
+strangers, it never raises on its input.
 """
+
+from __future__ import annotations
+
+import collections
+import functools
+from pathlib import Path
 
 from smtpguard.classify.verdict import Failure, Verdict
 
-__all__ = ["Failure", "Verdict"]
+__all__ = ["Classifier", "Failure", "Verdict", "default_classifier"]
+
+
+class Classifier:
+    """Rules compiled once; ``stats`` counts what was classified and what the rules missed.
+
+    ``stats`` keys: ``replies``, ``messages``, ``verdicts``, ``undefined`` (verdicts no
+    rule, status or code explained), ``not_bounce`` (messages with no verdict),
+    ``errors`` (inputs a detector choked on), and ``reason.<name>`` per reason.
+    """
+
+    def __init__(self, rules: object) -> None:
+        from smtpguard.classify.rules import RuleSet
+
+        assert isinstance(rules, RuleSet)
+        self.rules: RuleSet = rules
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    @classmethod
+    def load(cls, operator_rules: str | Path | None = None) -> Classifier:
+        """Shipped rules plus the operator's file, if any. Raises RulesError (a UserError)."""
+        from smtpguard.classify import rules
+
+        return cls(rules.load(operator_rules))
+
+    # ------------------------------------------------------------------ decisions
+
+    def decide(self, failure: Failure, *, pseudo_status: bool = True) -> Verdict:
+        """One Failure -> Verdict, counted in :attr:`stats`."""
+        from smtpguard.classify.decide import decide
+
+        verdict = decide(failure, self.rules, pseudo_status=pseudo_status)
+        self.stats["verdicts"] += 1
+        self.stats[f"reason.{verdict.reason}"] += 1
+        if verdict.reason == "undefined":
+            self.stats["undefined"] += 1
+        return verdict
+
+    def reply(
+        self,
+        code: int | str,
+        text: str,
+        *,
+        stage: str = "unknown",
+        recipient: str = "",
+        remote_host: str = "",
+    ) -> Verdict:
+        """An inline SMTP reply as the relay sees it; ``text`` may start with the status.
+
+        ``reply(550, "5.1.1 <a@b.example>: User unknown", stage="rcpt")``. ``text`` may
+        also be the whole (multi-line) reply including codes.
+        """
+        from smtpguard.classify.reply import parse_reply
+
+        self.stats["replies"] += 1
+        code_s = str(code).strip()
+        text = text if isinstance(text, str) else str(text)
+        p_code, status, body = parse_reply(text)
+        if not p_code:
+            _, status, body = parse_reply(f"{code_s} {text}") if code_s else ("", status, body)
+        failure = Failure(
+            recipient=recipient,
+            status=status,
+            reply_code=code_s or p_code,
+            diagnostic=body,
+            remote_host=remote_host,
+            stage=stage,  # type: ignore[arg-type]
+            format="reply",
+        )
+        return self.decide(failure, pseudo_status=False)
+
+    def reply_line(self, line: str, *, stage: str = "unknown", recipient: str = "") -> Verdict:
+        """A reply as one string: ``"550 5.1.1 <a@b.example>: User unknown"``."""
+        from smtpguard.classify.reply import parse_reply
+
+        code, _, _ = parse_reply(line)
+        return self.reply(code, line, stage=stage, recipient=recipient)
+
+    def message(self, data: bytes) -> list[Verdict]:
+        """A returned message (bytes) -> one verdict per reported recipient; [] if not a bounce.
+
+        Never raises: a detector that fails on hostile input costs that message, counted
+        in ``stats["errors"]``, not the caller.
+        """
+        self.stats["messages"] += 1
+        try:
+            from smtpguard.classify.message import extract
+
+            failures = extract(data)
+        except Exception:
+            self.stats["errors"] += 1
+            return []
+        verdicts: list[Verdict] = []
+        for failure in failures:
+            try:
+                verdicts.append(self.decide(failure))
+            except Exception:
+                self.stats["errors"] += 1
+        if not verdicts:
+            self.stats["not_bounce"] += 1
+        return verdicts
+
+
+@functools.cache
+def default_classifier() -> Classifier:
+    """The shipped rules, loaded once per process."""
+    return Classifier.load()

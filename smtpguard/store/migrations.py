@@ -11,7 +11,107 @@ from __future__ import annotations
 
 MIGRATIONS: list[list[str]] = [
     # 1: suppression list + history  (owned by smtpguard/store/suppression.py)
-    [],
+    [
+        # One row per suppressed address or whole domain, keyed by (domain, local
+        # part); a whole-domain entry has local = ''. WITHOUT ROWID clusters rows
+        # on that key: a lookup finds the address entry and its domain's entry in
+        # one B-tree seek, listing one domain is a range scan, and an import
+        # writes one B-tree instead of a table plus indexes.
+        """CREATE TABLE suppression (
+            domain     TEXT    NOT NULL,
+            local      TEXT    NOT NULL,
+            reason     TEXT    NOT NULL,
+            status     TEXT    NOT NULL DEFAULT '',
+            reply_code TEXT    NOT NULL DEFAULT '',
+            diagnostic TEXT    NOT NULL DEFAULT '',
+            source     TEXT    NOT NULL,
+            first_seen REAL    NOT NULL,
+            last_seen  REAL    NOT NULL,
+            count      INTEGER NOT NULL DEFAULT 1,
+            expires    REAL,
+            PRIMARY KEY (domain, local)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX suppression_expires ON suppression (expires) WHERE expires IS NOT NULL",
+        # Every change, kept after the entry itself is removed or expires: the
+        # answer to "why is (or was) this address suppressed, and who did it?".
+        """CREATE TABLE suppression_history (
+            id         INTEGER PRIMARY KEY,
+            address    TEXT    NOT NULL,
+            kind       TEXT    NOT NULL,
+            action     TEXT    NOT NULL
+                CHECK (action IN ('added', 'escalated', 'updated', 'removed', 'expired')),
+            at         REAL    NOT NULL,
+            actor      TEXT    NOT NULL,
+            note       TEXT    NOT NULL DEFAULT '',
+            old_reason TEXT    NOT NULL DEFAULT '',
+            new_reason TEXT    NOT NULL DEFAULT '',
+            source     TEXT    NOT NULL DEFAULT '',
+            status     TEXT    NOT NULL DEFAULT '',
+            reply_code TEXT    NOT NULL DEFAULT '',
+            diagnostic TEXT    NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX suppression_history_address ON suppression_history (address, id)",
+    ],
     # 2: queue + events  (owned by smtpguard/store/queue.py)
-    [],
+    [
+        """CREATE TABLE queue_messages (
+            id             INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind           TEXT    NOT NULL DEFAULT 'mail' CHECK (kind IN ('mail', 'dsn')),
+            parent_id      INTEGER,
+            mail_from      TEXT    NOT NULL,
+            envid          TEXT    NOT NULL DEFAULT '',
+            ret            TEXT    NOT NULL DEFAULT '',
+            smtputf8       INTEGER NOT NULL DEFAULT 0,
+            body_type      TEXT    NOT NULL DEFAULT '7BIT',
+            size           INTEGER NOT NULL,
+            received_at    REAL    NOT NULL,
+            auto_submitted INTEGER NOT NULL DEFAULT 0,
+            client         TEXT    NOT NULL DEFAULT '',
+            helo           TEXT    NOT NULL DEFAULT '',
+            auth_user      TEXT    NOT NULL DEFAULT '',
+            held           INTEGER NOT NULL DEFAULT 0,
+            done_at        REAL
+        )""",
+        "CREATE INDEX queue_messages_done ON queue_messages (done_at)",
+        # Bodies apart from the metadata: listing the queue never reads them, and a
+        # finished message's body is deleted while its history stays.
+        """CREATE TABLE queue_bodies (
+            message_id INTEGER PRIMARY KEY REFERENCES queue_messages (id) ON DELETE CASCADE,
+            data       BLOB NOT NULL
+        )""",
+        """CREATE TABLE queue_recipients (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id   INTEGER NOT NULL REFERENCES queue_messages (id) ON DELETE CASCADE,
+            address      TEXT    NOT NULL,
+            domain       TEXT    NOT NULL,
+            notify       TEXT    NOT NULL DEFAULT '',
+            orcpt        TEXT    NOT NULL DEFAULT '',
+            state        TEXT    NOT NULL DEFAULT 'queued' CHECK (state IN
+                ('queued', 'active', 'held', 'delivered', 'bounced', 'expired', 'deleted')),
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            next_attempt REAL    NOT NULL,
+            last_attempt REAL,
+            last_code    TEXT    NOT NULL DEFAULT '',
+            last_status  TEXT    NOT NULL DEFAULT '',
+            last_reason  TEXT    NOT NULL DEFAULT '',
+            last_diag    TEXT    NOT NULL DEFAULT '',
+            last_host    TEXT    NOT NULL DEFAULT ''
+        )""",
+        # Due work is found through this index, never by scanning the queue.
+        "CREATE INDEX queue_recipients_due ON queue_recipients (state, next_attempt)",
+        "CREATE INDEX queue_recipients_message ON queue_recipients (message_id)",
+        """CREATE TABLE queue_events (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts          REAL    NOT NULL,
+            message_id  INTEGER NOT NULL,
+            recipient   TEXT    NOT NULL DEFAULT '',
+            event       TEXT    NOT NULL,
+            code        TEXT    NOT NULL DEFAULT '',
+            status      TEXT    NOT NULL DEFAULT '',
+            reason      TEXT    NOT NULL DEFAULT '',
+            detail      TEXT    NOT NULL DEFAULT '',
+            remote_host TEXT    NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX queue_events_message ON queue_events (message_id, id)",
+    ],
 ]

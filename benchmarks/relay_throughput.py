@@ -1,0 +1,429 @@
+"""Relay throughput with Postfix's own load tools, and relay memory with a full queue.
+
+Four configurations, measured interleaved round by round in ONE run (this 2-core
+machine drifts by up to 2x within an hour, so only ratios within a round mean
+anything):
+
+  sink              smtp-source -> smtp-sink                       (the loopback ceiling)
+  postfix           smtp-source -> Postfix -> smtp-sink            (the reference)
+  smtpguard         smtp-source -> smtpguard -> smtp-sink
+  postfix+smtpguard smtp-source -> Postfix -> smtpguard -> smtp-sink (production chain)
+
+A run counts messages AT THE SINK (``smtp-sink -c`` prints running counters) until
+every message has arrived: a relay that answers 250 fast but delivers late gets no
+credit. smtp-source sends one message per connection, 20 sessions in parallel,
+5 KB bodies. smtpguard runs with its defaults (durable commits on), started with
+its one-line start. Goals (issue 4): smtpguard >= 1.0x Postfix, the chain >= 0.7x.
+
+``--rss-messages N`` then queues N messages in a smtpguard whose smarthost is a
+closed port (nothing can leave) and reads VmRSS/VmHWM from /proc (goal < 200 MB
+for 100,000). ``--profile`` samples every thread of a smtpguard under load with a
+stdlib-only sampler and prints where the time goes.
+
+Run as root (smtp-sink then needs ``-u postfix``): ``python benchmarks/relay_throughput.py``.
+Does not depend on pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.fixtures.postfix_instance import (  # noqa: E402
+    PostfixInstance,
+    free_port,
+    wait_port,
+)
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SMTPGUARD = [sys.executable, "-m", "smtpguard"]
+CONFIGS = ("sink", "postfix", "smtpguard", "postfix+smtpguard")
+SENDER = "bench@source.test"
+RECIPIENT = "rcpt@sink.test"
+
+
+# --------------------------------------------------------------------------- the sink
+
+
+class Sink:
+    """One ``smtp-sink`` for the whole run; ``count`` is its running message counter.
+
+    Deltas of the counter measure each run, so the sink never restarts between runs.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        argv = [SMTP_SINK, "-c", f"127.0.0.1:{port}", "512"]
+        if os.geteuid() == 0:
+            argv[1:1] = ["-u", "postfix"]  # smtp-sink refuses to run as root without -u
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.count = 0
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not wait_port(port, 10):
+            raise SystemExit(f"smtp-sink did not start on 127.0.0.1:{port}")
+
+    def _read(self) -> None:
+        # Counters are separated by "\r": "sess=3 quit=3 mesg=3\r".
+        assert self.proc.stdout is not None
+        buf = b""
+        while chunk := self.proc.stdout.read1(65536):
+            buf += chunk
+            *lines, buf = buf.split(b"\r")
+            for line in reversed(lines):
+                m = re.search(rb"mesg=(\d+)", line)
+                if m:
+                    with self._changed:
+                        self.count = int(m.group(1))
+                        self._changed.notify_all()
+                    break
+
+    def wait_for(self, target: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.count >= target, timeout)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# --------------------------------------------------------------------------- smtpguard
+
+
+@dataclass
+class Smtpguard:
+    """``smtpguard serve --listen --smarthost --data-dir`` as a subprocess (the one-line start)."""
+
+    smarthost_port: int
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    wrapper: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        return [
+            *(self.wrapper or SMTPGUARD),
+            "serve",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--smarthost", f"127.0.0.1:{self.smarthost_port}",
+            "--data-dir", str(self.data_dir),
+        ]  # fmt: skip
+
+    def start(self) -> Smtpguard:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "serve.log", "wb")  # noqa: SIM115 (lives with the process)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPGUARD_")}
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if not wait_port(self.port, 30):
+            self.stop()
+            tail = (self.data_dir / "serve.log").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"smtpguard did not listen on {self.port}:\n{tail}")
+        return self
+
+    def status(self) -> dict[str, int]:
+        """VmRSS / VmHWM (peak) of the relay process, in kB."""
+        assert self.proc is not None
+        out = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+        return out
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def smtp_source(port: int, messages: int, sessions: int, size: int) -> list[str]:
+    return [
+        SMTP_SOURCE, "-s", str(sessions), "-m", str(messages), "-l", str(size),
+        "-f", SENDER, "-t", RECIPIENT, "-M", "source.test", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+
+
+def measure(sink: Sink, port: int, args: argparse.Namespace) -> float:
+    """Messages per second from smtp-source's start until the last one is AT THE SINK."""
+    target = sink.count + args.messages
+    started = time.monotonic()
+    src = subprocess.run(
+        smtp_source(port, args.messages, args.sessions, args.size),
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+    )
+    if src.returncode != 0:
+        raise SystemExit(f"smtp-source to port {port} failed: {src.stdout}{src.stderr}")
+    if not sink.wait_for(target, args.timeout):
+        raise SystemExit(
+            f"only {sink.count - target + args.messages} of {args.messages} messages reached "
+            f"the sink within {args.timeout}s (via port {port})"
+        )
+    return args.messages / (time.monotonic() - started)
+
+
+def throughput(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
+    sink = Sink(free_port())
+    postfix = PostfixInstance(
+        work / "postfix", name="bench-pf", relayhost=f"127.0.0.1:{sink.port}", fast_retry=False
+    )
+    guard = Smtpguard(sink.port, work / "smtpguard")
+    guard_behind = Smtpguard(sink.port, work / "smtpguard-chain")
+    chain = PostfixInstance(
+        work / "postfix-chain", name="bench-chain", relayhost="", fast_retry=False
+    )
+    rates: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    try:
+        postfix.start()
+        targets = {"sink": sink.port, "postfix": postfix.port}
+        if not args.postfix_only:
+            guard.start()
+            guard_behind.start()
+            chain.relayhost = f"127.0.0.1:{guard_behind.port}"
+            chain.start()
+            targets.update({"smtpguard": guard.port, "postfix+smtpguard": chain.port})
+        # One unmeasured warm-up message per path (process start-up, first connections).
+        warm = argparse.Namespace(**{**vars(args), "messages": 20, "sessions": 4})
+        for port in targets.values():
+            measure(sink, port, warm)
+        for rnd in range(1, args.rounds + 1):
+            order = list(targets)
+            # Rotate the order each round so no configuration always runs first.
+            order = order[(rnd - 1) % len(order) :] + order[: (rnd - 1) % len(order)]
+            line = []
+            for name in order:
+                rate = measure(sink, targets[name], args)
+                rates[name].append(rate)
+                line.append(f"{name}={rate:.0f}/s")
+            print(f"round {rnd}: " + "  ".join(line), flush=True)
+    finally:
+        chain.stop()
+        guard_behind.stop()
+        guard.stop()
+        postfix.stop()
+        sink.stop()
+    return {k: v for k, v in rates.items() if v}
+
+
+def report(rates: dict[str, list[float]]) -> None:
+    base = rates["postfix"]
+    print("\nmessages/s at the sink, and ratio to Postfix alone in the same round")
+    header = f"{'round':>5}  " + "  ".join(f"{c:>24}" for c in rates)
+    print(header)
+    for i in range(len(base)):
+        cells = [f"{rates[c][i]:8.0f} ({rates[c][i] / base[i]:5.2f}x)" for c in rates]
+        print(f"{i + 1:>5}  " + "  ".join(f"{c:>24}" for c in cells))
+    med = [
+        f"{statistics.median(v):8.0f} "
+        f"({statistics.median(r / b for r, b in zip(v, base, strict=True)):5.2f}x)"
+        for v in rates.values()
+    ]
+    print(f"{'median':>6} " + "  ".join(f"{c:>24}" for c in med))
+    goals = {"smtpguard": 1.0, "postfix+smtpguard": 0.7}
+    for name, goal in goals.items():
+        if name in rates:
+            ratio = statistics.median(r / b for r, b in zip(rates[name], base, strict=True))
+            verdict = "met" if ratio >= goal else "NOT met"
+            print(f"goal {name} >= {goal:.1f}x Postfix: median {ratio:.2f}x -> {verdict}")
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def queued_rss(args: argparse.Namespace, work: Path) -> None:
+    """Queue ``--rss-messages`` in a relay that cannot deliver, then read its memory."""
+    closed = free_port()  # nothing listens there: every delivery attempt is refused
+    guard = Smtpguard(closed, work / "smtpguard-rss").start()
+    try:
+        before = guard.status()
+        started = time.monotonic()
+        batch = 10_000
+        sent = 0
+        while sent < args.rss_messages:
+            n = min(batch, args.rss_messages - sent)
+            src = subprocess.run(
+                smtp_source(guard.port, n, args.sessions, args.size),
+                capture_output=True,
+                text=True,
+                timeout=max(args.timeout, n),
+            )
+            if src.returncode != 0:
+                raise SystemExit(f"smtp-source failed while queueing: {src.stdout}{src.stderr}")
+            sent += n
+            st = guard.status()
+            print(
+                f"queued {sent:>7}: VmRSS {st['VmRSS'] / 1024:6.1f} MB "
+                f"(peak {st['VmHWM'] / 1024:6.1f} MB), {time.monotonic() - started:5.0f}s",
+                flush=True,
+            )
+        time.sleep(5)  # let the scheduler take its first pass over the refused attempts
+        st = guard.status()
+        db = guard.data_dir / "smtpguard.db"
+        size = sum(p.stat().st_size for p in guard.data_dir.glob("smtpguard.db*"))
+        print(
+            f"relay memory with {sent} messages queued: VmRSS {st['VmRSS'] / 1024:.1f} MB, "
+            f"peak VmHWM {st['VmHWM'] / 1024:.1f} MB (at start {before['VmRSS'] / 1024:.1f} MB;"
+            f" goal < 200 MB); {db.name} + WAL {size / 1e6:.0f} MB on disk"
+        )
+    finally:
+        guard.stop()
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+def sampler_child(out: Path, interval: float, argv: list[str]) -> None:
+    """Run ``smtpguard <argv>`` in this process while a thread samples every thread's stack.
+
+    Stdlib only (py-spy is not installed): ``sys._current_frames()`` every ``interval``
+    seconds; counts the innermost frame ("self") and every frame on the stack
+    ("inclusive"), written to ``out`` every 2 s and at exit.
+    """
+    self_counts: collections.Counter[str] = collections.Counter()
+    incl_counts: collections.Counter[str] = collections.Counter()
+    samples = 0
+
+    def where(code: object) -> str:
+        c = code  # type: ignore[assignment]
+        fn = c.co_filename  # type: ignore[attr-defined]
+        short = fn.split("site-packages/")[-1].split("/lib/python3")[-1]
+        short = short.replace(str(REPO) + "/", "")
+        return f"{c.co_qualname} ({short}:{c.co_firstlineno})"  # type: ignore[attr-defined]
+
+    def dump() -> None:
+        lines = [f"samples {samples} (every {interval * 1000:.0f} ms, all threads)"]
+        for title, counter in (("self", self_counts), ("inclusive", incl_counts)):
+            lines.append(f"\n-- top by {title} time --")
+            for key, n in counter.most_common(40):
+                lines.append(f"{100 * n / max(samples, 1):6.1f}%  {key}")
+        out.write_text("\n".join(lines) + "\n")
+
+    def run() -> None:
+        nonlocal samples
+        me = threading.get_ident()
+        last = time.monotonic()
+        while True:
+            time.sleep(interval)
+            for tid, frame in sys._current_frames().items():
+                if tid == me:
+                    continue
+                samples += 1
+                self_counts[where(frame.f_code)] += 1
+                seen = set()
+                f = frame
+                while f is not None:
+                    key = where(f.f_code)
+                    if key not in seen:
+                        seen.add(key)
+                        incl_counts[key] += 1
+                    f = f.f_back
+            if time.monotonic() - last > 2:
+                dump()
+                last = time.monotonic()
+
+    import atexit
+
+    atexit.register(dump)
+    threading.Thread(target=run, daemon=True).start()
+    from smtpguard.cli.main import main
+
+    sys.argv = ["smtpguard", *argv]
+    main()
+
+
+def profile(args: argparse.Namespace, work: Path) -> None:
+    """Load a sampled smtpguard (smtp-source -> smtpguard -> smtp-sink); print the profile."""
+    sink = Sink(free_port())
+    out = work / "profile.txt"
+    wrapper = [sys.executable, __file__, "_sample", str(out), "--"]
+    guard = Smtpguard(sink.port, work / "smtpguard-profile", wrapper=wrapper).start()
+    try:
+        rate = measure(sink, guard.port, args)
+        print(f"profiled smtpguard: {rate:.0f} messages/s (sampling slows it a little)")
+    finally:
+        guard.stop()
+        sink.stop()
+    time.sleep(0.5)
+    print(out.read_text() if out.exists() else "(no profile written)")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "_sample":
+        out, rest = Path(sys.argv[2]), sys.argv[sys.argv.index("--") + 1 :]
+        sampler_child(out, 0.005, rest)
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--sessions", type=int, default=20, help="parallel SMTP sessions (20)")
+    p.add_argument("--size", type=int, default=5120, help="message body bytes (5120)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per run")
+    p.add_argument("--postfix-only", action="store_true", help="skip the smtpguard legs")
+    p.add_argument(
+        "--rss-messages",
+        type=int,
+        default=100_000,
+        help="messages queued for the memory test (0: skip)",
+    )
+    p.add_argument("--profile", action="store_true", help="sample a loaded smtpguard's threads")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = p.parse_args()
+    for tool in (SMTP_SOURCE, SMTP_SINK):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(f"{tool} missing: install Debian's postfix package (make setup-apt)")
+
+    print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
+    print(
+        f"{args.rounds} rounds x {args.messages} messages, {args.sessions} sessions, "
+        f"{args.size}-byte bodies, one message per connection; {os.cpu_count()} CPUs; "
+        f"started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+        flush=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="smtpguard-bench-"))
+    work.chmod(0o755)  # Postfix's daemons (user postfix) must reach their directories
+    try:
+        rates = throughput(args, work)
+        report(rates)
+        if args.profile and not args.postfix_only:
+            profile(args, work)
+        if args.rss_messages and not args.postfix_only:
+            queued_rss(args, work)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

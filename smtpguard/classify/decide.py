@@ -1,0 +1,160 @@
+"""Fields -> verdict: the one place that decides reason, ``bounce`` and ``suppress``.
+
+Every producer (the relay's inline replies, returned DSNs, ARF reports, auto-replies)
+hands a :class:`Failure` here, so the policy lives in one function.
+
+Reason, first answer wins:
+
+1. ``reason_hint`` - a fact the bounce *structure* proves (ARF = feedback, auto-reply =
+   vacation, ``Action: delivered`` = delivered, an MTA's retry-timeout section =
+   expired, an MTA's own "domain lookup failed" section = hostunknown);
+   ``Action: delivered/relayed/expanded`` without a hint is ``delivered``;
+2. the first text rule that matches the diagnostic (``rules/default.toml``) - wording
+   beats codes, because servers reuse codes loosely (a ``550 5.1.1`` that says "too
+   many recipients this hour" is rate limiting, not an unknown user);
+3. the enhanced status table (RFC 3463), then the reply code table (RFC 5321);
+4. ``undefined``.
+
+``bounce``: ``none`` for delivered / feedback / vacation (and positive actions);
+``soft`` when the failure is temporary (4xx code, 4.x.x status, ``Action: delayed``, or
+a rule that says so, e.g. greylisting); ``hard`` otherwise.
+
+``suppress`` (Sisimai's hard-bounce rule, see the corpus README): the reason says the
+*address itself* is bad - ``userunknown``, ``hostunknown``, ``hasmoved``, ``notaccept`` -
+**and** the bounce is hard. A soft bounce never suppresses: a ``450 4.1.1`` is often a
+recipient lookup that failed for a moment (Postfix's unverified-recipient defer), and
+suppressing a good address is the worst mistake the classifier can make. Sisimai calls
+a ``4.1.1 userunknown`` hard; we give up that agreement for precision.
+"""
+
+from __future__ import annotations
+
+import re
+
+from smtpguard.classify.reply import parse_reply
+from smtpguard.classify.rules import Rule, RuleSet, normalize
+from smtpguard.classify.verdict import (
+    ADDRESS_REASONS,
+    NON_BOUNCE_REASONS,
+    REASONS,
+    Failure,
+    Verdict,
+)
+
+#: Reasons that may suppress the recipient (when the bounce is hard).
+SUPPRESS_REASONS = ADDRESS_REASONS | {"notaccept"}
+#: RFC 3464 section 2.3.3 actions that are not failures.
+POSITIVE_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
+#: Diagnostic text kept on a verdict.
+MAX_DIAGNOSTIC = 1000
+_STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "eom", "unknown"})
+_CODE_RE = re.compile(r"[2-5]\d\d")
+_STATUS_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+# "try again in 5 minutes", "retry after 300 seconds": a bounded, linear pattern.
+_DELAY_RE = re.compile(r"(\d{1,6}) ?(seconds?|secs?|minutes?|mins?|hours?|hrs?)\b")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def decide(failure: Failure, rules: RuleSet, *, pseudo_status: bool = True) -> Verdict:
+    """Turn one :class:`Failure` into a :class:`Verdict`. Pure; never raises on odd fields.
+
+    ``pseudo_status``: when the failure carries no enhanced status, report Sisimai's
+    pseudo status for the reason (``5.0.911`` for userunknown...), marked with
+    ``extra["status_source"] = "pseudo"``, so bounce statuses line up with Sisimai's.
+    The relay's inline replies pass False: a reply without a status keeps none.
+    """
+    code = failure.reply_code.strip() if _CODE_RE.fullmatch(failure.reply_code.strip()) else ""
+    status = failure.status.strip() if _STATUS_RE.fullmatch(failure.status.strip()) else ""
+    diagnostic = failure.diagnostic[: MAX_DIAGNOSTIC * 4]
+    if diagnostic and (not code or not status):
+        p_code, p_status, _ = parse_reply(diagnostic[:MAX_DIAGNOSTIC])
+        code = code or p_code
+        status = status or p_status
+    action = failure.action.strip().lower()
+    stage = failure.stage if failure.stage in _STAGES else "unknown"
+    hint = failure.reason_hint if failure.reason_hint in REASONS else ""
+
+    rule: Rule | None = None
+    decided_by = ""
+    reason = ""
+    if hint:
+        reason, decided_by = hint, f"hint:{hint}"
+    elif action in POSITIVE_ACTIONS or status.startswith("2") or code.startswith("2"):
+        reason, decided_by = "delivered", f"action:{action or 'positive'}"
+    else:
+        text = normalize(diagnostic)
+        rule = rules.match(text, status, code, stage) if text else None
+        if rule is not None:
+            reason, decided_by = rule.reason, rule.id
+            if (
+                rule.unconfirmed_reason
+                and stage not in rule.confirm_stages
+                and rules.status_reason(status) != rule.reason
+            ):
+                # Sisimai's convention: "user unknown" not said at RCPT TO (and not
+                # backed by a 5.1.1) is a recipient-side filter, not a missing address.
+                reason, decided_by = rule.unconfirmed_reason, f"{rule.id}:unconfirmed"
+        if not reason:
+            by_status = rules.status_reason(status)
+            if by_status and by_status != "undefined":
+                reason, decided_by = by_status, f"status:{status}"
+        if not reason and code in rules.reply_code:
+            reason, decided_by = rules.reply_code[code], f"reply_code:{code}"
+        address_rule = rule is not None and rule.reason in SUPPRESS_REASONS
+        if stage == "mail" and (address_rule or reason in SUPPRESS_REASONS or not reason):
+            # RFC 5321 3.3: a MAIL FROM reply is about the reverse-path, so "unknown
+            # user" there means the sender, never the recipient.
+            reason, decided_by = "rejected", f"stage:mail:{decided_by or 'none'}"
+        reason = reason or "undefined"
+
+    temporary = (
+        code.startswith("4")
+        or status.startswith("4")
+        or action == "delayed"
+        or (rule is not None and rule.temporary)
+    )
+    if reason in NON_BOUNCE_REASONS or action in POSITIVE_ACTIONS:
+        bounce = "none"
+    elif temporary:
+        bounce = "soft"
+    else:
+        bounce = "hard"
+    suppress = bounce == "hard" and reason in SUPPRESS_REASONS
+
+    extra: dict[str, str] = {}
+    if rule is not None and rule.greylist:
+        extra["greylist"] = "1"
+        delay = retry_after(normalize(diagnostic))
+        if delay is not None:
+            extra["retry_after"] = str(delay)
+    if not status and pseudo_status and bounce != "none" and reason in rules.pseudo_status:
+        status = f"{'4' if temporary else '5'}.0.{rules.pseudo_status[reason]}"
+        extra["status_source"] = "pseudo"
+
+    return Verdict(
+        recipient=failure.recipient,
+        status=status,
+        reply_code=code,
+        reason=reason,
+        bounce=bounce,
+        suppress=suppress,
+        diagnostic=diagnostic[:MAX_DIAGNOSTIC],
+        remote_host=failure.remote_host,
+        stage=stage,  # type: ignore[arg-type]
+        action=action,
+        message_id=failure.message_id,
+        envelope_sender=failure.envelope_sender,
+        return_path_token=failure.return_path_token,
+        feedback_type=failure.feedback_type,
+        rule=decided_by,
+        format=failure.format,
+        extra=extra,
+    )
+
+
+def retry_after(text: str) -> int | None:
+    """Seconds named in "try again in 5 minutes" / "greylisted for 300 seconds", if any."""
+    m = _DELAY_RE.search(text)
+    if not m:
+        return None
+    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)[0]]

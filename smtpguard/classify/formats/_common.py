@@ -1,0 +1,318 @@
+"""Helpers shared by the bounce format detectors: bounded text access and field extraction.
+
+Bounces come from strangers, so every helper here is bounded: text is decoded from at most
+:data:`PART_LIMIT` bytes of a part, walks stop after :data:`MAX_PARTS` parts or
+:data:`MAX_DEPTH` levels, and every regex is linear (no nested quantifiers) so a hostile
+1 MB line costs milliseconds. Results are cached on the message object, because several
+detectors look at the same text and re-decoding it would cost more than the detection.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+
+from smtpguard.classify.verdict import Failure, Stage
+
+#: Bytes of one part's body that detectors ever look at (bounce explanations are short;
+#: what follows is the returned original message).
+PART_LIMIT = 64 * 1024
+#: Parts visited in one walk, and nesting levels followed (deep MIME is an attack, not mail).
+MAX_PARTS = 64
+MAX_DEPTH = 8
+#: Longest diagnostic text kept on a Failure.
+DIAG_LIMIT = 1000
+
+# An addr-spec good enough for bounce bodies: no quoted local parts, a dotted domain.
+# Possessive-free but linear: each class is disjoint from '@'.
+ADDR_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,128}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,10}"
+)
+# RFC 3463 enhanced status code: class.subject.detail; not part of an IP address or version.
+# The "not preceded by" checks are done in Python (_guarded): a regex lookbehind at the
+# start of a pattern disables the engine's fast scan and costs 4x.
+STATUS_RE = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
+_STATUS_BAD_PREV = frozenset("0123456789.")
+# RFC 5321 failure reply code (4xx/5xx) as MTAs quote it: "550 ", "550-", "550:".
+# 2xx only counts when paired with a status (CODE_STATUS_RE): bare 2xx numbers are sizes.
+CODE_RE = re.compile(r"([45][0-5]\d)(?=[ \-:]|$)(?!:\d)")
+# A reply code directly followed by its enhanced status: the most trustworthy pairing.
+CODE_STATUS_RE = re.compile(r"([245][0-5]\d)[ \-']{1,3}([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
+_CODE_BAD_PREV = frozenset("0123456789.-/:#=_") | frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+WS_RE = re.compile(r"\s+")
+
+# SMTP command names as MTAs quote them; "DATA"/"RCPT" only in capitals ("your data" is
+# prose). Plain substring search: an IGNORECASE alternation costs ~70 us per text.
+_STAGE_WORDS = (
+    ("rcpt to", "rcpt"),
+    ("mail from", "mail"),
+    ("end of data", "eom"),
+    ("after data", "eom"),
+    ("bdat", "eom"),
+    ("helo", "helo"),
+    ("ehlo", "helo"),
+)
+_STAGE_CAPS_RE = re.compile(r"\b(RCPT|DATA)\b")
+
+
+def collapse(text: str, limit: int = DIAG_LIMIT) -> str:
+    """One line, single spaces, at most ``limit`` characters (cheap before collapsing)."""
+    t = text[: limit * 4]
+    if "\n" in t or "  " in t or "\t" in t or "\r" in t:
+        t = WS_RE.sub(" ", t)
+    return t.strip()[:limit]
+
+
+def walk(msg: Message) -> list[tuple[int, Message, str]]:
+    """Depth-first (depth, part, content type) triples, bounded in count and depth.
+
+    Computed once per message and cached: every detector walks the same tree, and
+    ``get_content_type()`` is surprisingly expensive in the stdlib.
+    """
+    c = cache(msg)
+    found = c.get("walk")
+    if found is not None:
+        return found  # type: ignore[return-value]
+    out: list[tuple[int, Message, str]] = []
+    stack: list[tuple[int, Message]] = [(0, msg)]
+    while stack and len(out) < MAX_PARTS:
+        depth, part = stack.pop()
+        ctype = content_type(part)
+        out.append((depth, part, ctype))
+        if depth >= MAX_DEPTH:
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            kids = [p for p in payload[:MAX_PARTS] if isinstance(p, Message)]
+            stack.extend((depth + 1, p) for p in reversed(kids))
+    c["walk"] = out
+    return out
+
+
+def content_type(part: Message) -> str:
+    """``part.get_content_type()`` from the cached headers (RFC 2045 §5.2 default)."""
+    value = _headers(part).get("content-type", "")
+    ctype = value.split(";", 1)[0].strip().lower()
+    if ctype.count("/") != 1 or " " in ctype:
+        try:
+            return part.get_content_type()
+        except Exception:
+            return "text/plain"
+    return ctype
+
+
+def cache(msg: Message) -> dict[str, object]:
+    c = msg.__dict__.get("_smtpguard_cache")
+    if c is None:
+        c = {}
+        msg.__dict__["_smtpguard_cache"] = c
+    return c  # type: ignore[return-value]
+
+
+def part_text(part: Message) -> str:
+    """The decoded text of a leaf part (transfer encoding and charset), first PART_LIMIT bytes."""
+    c = cache(part)
+    t = c.get("text")
+    if t is None:
+        try:
+            payload = part.get_payload(decode=True)
+        except Exception:
+            payload = None
+        if isinstance(payload, bytes):
+            data = payload[:PART_LIMIT]
+        else:
+            raw = part.get_payload()
+            data = raw[:PART_LIMIT].encode("utf-8", "replace") if isinstance(raw, str) else b""
+        try:
+            charset = part.get_content_charset() or "utf-8"
+        except Exception:
+            charset = "utf-8"
+        try:
+            t = data.decode(charset, "replace")
+        except (LookupError, ValueError):
+            t = data.decode("latin-1", "replace")
+        t = t.replace("\r\n", "\n").replace("\r", "\n")
+        c["text"] = t
+    return t  # type: ignore[return-value]
+
+
+def _headers(msg: Message) -> dict[str, str]:
+    """{lower-case name: first value} for one part, built in one pass and cached.
+
+    ``Message.get`` scans every header and lower-cases each name per call; detectors ask
+    for a dozen headers of messages that carry fifty Received lines.
+    """
+    c = cache(msg)
+    found = c.get("headers")
+    if found is None:
+        found = {}
+        try:
+            for name, value in msg.raw_items():
+                key = name.lower()
+                if key not in found:
+                    found[key] = value if isinstance(value, str) else str(value)
+        except Exception:
+            found = {}
+        c["headers"] = found
+    return found  # type: ignore[return-value]
+
+
+def header(msg: Message, name: str) -> str:
+    """A header as one clean line ('' when missing or unreadable)."""
+    v = _headers(msg).get(name.lower())
+    if not v:
+        return ""
+    if not v.isascii():
+        # compat32 keeps undecodable 8-bit bytes as surrogates: turn them into text.
+        v = v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return collapse(v, 2000)
+
+
+def first_text(msg: Message) -> str:
+    """The human-readable bounce explanation: the first text part that is not the original."""
+    c = cache(msg)
+    t = c.get("first_text")
+    if t is None:
+        t = ""
+        for _depth, part, ctype in walk(msg):
+            if ctype.startswith("message/"):
+                break
+            if part.is_multipart():
+                continue
+            if ctype in ("text/plain", "text/html", "text/enriched") or (
+                part is msg or ctype.startswith("multipart/")
+            ):
+                t = part_text(part)
+                if ctype == "text/html":
+                    t = html_to_text(t)
+                if t.strip():
+                    break
+        c["first_text"] = t
+    return t  # type: ignore[return-value]
+
+
+_TAG_RE = re.compile(r"<(?:br|/p|/div|/tr|/li|p|div|tr)\b[^>]{0,200}>", re.IGNORECASE)
+_ANYTAG_RE = re.compile(r"<[^<>]{0,500}>")
+_ENT = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&nbsp;": " ", "&quot;": '"', "&#39;": "'"}
+_ENT_RE = re.compile("|".join(_ENT))
+
+
+def html_to_text(html: str) -> str:
+    """Crude, linear HTML flattening: line breaks for block tags, tags dropped, basic entities."""
+    t = _TAG_RE.sub("\n", html)
+    t = _ANYTAG_RE.sub("", t)
+    return _ENT_RE.sub(lambda m: _ENT[m.group(0)], t)
+
+
+def original_message(msg: Message) -> Message | None:
+    """The returned original message (message/rfc822 part or text/rfc822-headers), if attached."""
+    c = cache(msg)
+    if "orig" in c:
+        return c["orig"]  # type: ignore[return-value]
+    found: Message | None = None
+    for _depth, part, ct in walk(msg):
+        if ct in ("message/rfc822", "message/global", "message/rfc822-headers"):
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                found = payload[0]
+                break
+        elif ct in ("text/rfc822-headers", "text/global-headers"):
+            from email.parser import HeaderParser
+
+            try:
+                found = HeaderParser().parsestr(part_text(part), headersonly=True)
+            except Exception:
+                found = None
+            break
+    c["orig"] = found
+    return found
+
+
+def _guarded(rx: re.Pattern[str], text: str, bad_prev: frozenset[str]) -> re.Match[str] | None:
+    """First match of ``rx`` not glued to a preceding character from ``bad_prev``."""
+    for n, m in enumerate(rx.finditer(text)):
+        start = m.start()
+        if start == 0 or text[start - 1] not in bad_prev:
+            return m
+        if n >= 50:
+            break
+    return None
+
+
+def status_in(text: str) -> str:
+    """The first RFC 3463 status code in ``text`` ('' when none)."""
+    m = _guarded(STATUS_RE, text, _STATUS_BAD_PREV)
+    return f"{m.group(1)}.{m.group(2)}.{m.group(3)}" if m else ""
+
+
+def paired_status(text: str) -> str:
+    """The status that follows a reply code ("550 5.1.1", "550-'5.7.1"), else the first one."""
+    m = _guarded(CODE_STATUS_RE, text, _CODE_BAD_PREV)
+    return m.group(2) if m else status_in(text)
+
+
+def code_in(text: str) -> str:
+    """The first plausible SMTP reply code in ``text`` ('' when none)."""
+    m = _guarded(CODE_STATUS_RE, text, _CODE_BAD_PREV) or _guarded(CODE_RE, text, _CODE_BAD_PREV)
+    return m.group(1) if m else ""
+
+
+def stage_in(text: str) -> Stage:
+    """The SMTP stage an MTA's wording names ("after RCPT TO", "in reply to end of DATA")."""
+    text = text[:8192]
+    low = text.lower()
+    best_at, best = len(text) + 1, "unknown"
+    for word, stage in _STAGE_WORDS:
+        at = low.find(word)
+        if 0 <= at < best_at:
+            best_at, best = at, stage
+    m = _STAGE_CAPS_RE.search(text, 0, best_at)
+    if m:
+        return "rcpt" if m.group(1) == "RCPT" else "data"
+    return best  # type: ignore[return-value]
+
+
+def clean_addr(value: str) -> str:
+    """'rfc822; <A@B.example>' -> 'A@B.example' ('' when no address)."""
+    m = ADDR_RE.search(value)
+    if not m:
+        return ""
+    return m.group(0).strip(".")
+
+
+def fill_codes(f: Failure) -> Failure:
+    """Fill status / reply code / stage from the diagnostic text when the structure had none."""
+    d = f.diagnostic
+    if d:
+        if not f.reply_code:
+            f.reply_code = code_in(d)
+        if not f.status:
+            f.status = status_in(d)
+        if f.stage == "unknown":
+            f.stage = stage_in(d)
+    return f
+
+
+def envelope_info(msg: Message) -> tuple[str, str, str]:
+    """(message_id, envelope_sender, return_path_token) of the original send, best effort.
+
+    The original's Message-ID comes from an X-Original-Message-ID header or the returned
+    message; the envelope sender is the original's Return-Path, else the bounce's To (the
+    bounce goes to the envelope sender). A VERP token is the local-part tail after '+'.
+    """
+    mid = header(msg, "X-Original-Message-ID")
+    sender = ""
+    orig = original_message(msg)
+    if orig is not None:
+        if not mid:
+            mid = header(orig, "Message-ID")
+        sender = clean_addr(header(orig, "Return-Path"))
+    if not sender:
+        sender = clean_addr(header(msg, "X-Original-To") or header(msg, "To"))
+    token = ""
+    local = sender.rpartition("@")[0]
+    if "+" in local:
+        token = local.split("+", 1)[1]
+    return collapse(mid, 300), sender, token

@@ -1,0 +1,103 @@
+"""RFC 5965 Abuse Reporting Format: ``multipart/report; report-type=feedback-report``.
+
+A feedback-loop complaint is not a bounce: one Failure with reason_hint "feedback" and the
+Feedback-Type (abuse, fraud, opt-out...). The complained-about recipient is
+Original-Rcpt-To (§3.2), else the To of the returned original message (§2.c). Some
+providers (Hotmail's JMRP, older AOL) send the report without the multipart wrapper; a
+top-level Feedback-Type field in a text part is recognised too.
+"""
+
+from __future__ import annotations
+
+from email.message import Message
+
+from smtpguard.classify.formats._common import (
+    ADDR_RE,
+    clean_addr,
+    collapse,
+    envelope_info,
+    first_text,
+    header,
+    original_message,
+    walk,
+)
+from smtpguard.classify.formats._fields import Fields, parse_blocks, part_blocks
+from smtpguard.classify.verdict import Failure
+
+_DSN = frozenset({"message/delivery-status", "message/global-delivery-status"})
+
+
+def _report_fields(msg: Message) -> Fields | None:
+    for _depth, part, ctype in walk(msg):
+        if ctype == "message/feedback-report":
+            merged: Fields = {}
+            for block in part_blocks(part):
+                for k, v in block.items():
+                    merged.setdefault(k, v)
+            return merged
+    # Hotmail/Outlook.com JMRP: a plain wrapper around the original, which carries the
+    # complaining recipient in X-HmXmrOriginalRecipient.
+    types = {ctype for _depth, _part, ctype in walk(msg)}
+    orig = original_message(msg) if "message/rfc822" in types and not types & _DSN else None
+    if orig is not None and header(orig, "X-HmXmrOriginalRecipient"):
+        return {
+            "feedback-type": "abuse",
+            "original-rcpt-to": header(orig, "X-HmXmrOriginalRecipient"),
+        }
+    if "feedback-report" in header(msg, "Content-Type").lower():
+        for block in parse_blocks(first_text(msg)):
+            if "feedback-type" in block:
+                return block
+        return {}
+    return None
+
+
+def _apple_unsubscribe(msg: Message) -> list[Failure] | None:
+    """Apple Mail's one-tap "unsubscribe" message (``X-Apple-Unsubscribe: true``): an
+    opt-out complaint from the From address, sent to the list's unsubscribe address."""
+    if header(msg, "X-Apple-Unsubscribe").lower() != "true":
+        return None
+    mid, sender, token = envelope_info(msg)
+    return [
+        Failure(
+            recipient=clean_addr(header(msg, "From")),
+            reason_hint="feedback",
+            feedback_type="opt-out",
+            message_id=mid,
+            envelope_sender=sender,
+            return_path_token=token,
+            format="arf",
+        )
+    ]
+
+
+def detect(msg: Message, raw: bytes) -> list[Failure] | None:
+    apple = _apple_unsubscribe(msg)
+    if apple:
+        return apple
+    fields = _report_fields(msg)
+    if fields is None:
+        return None
+    recipients = ADDR_RE.findall(fields.get("original-rcpt-to", ""))
+    if not recipients:
+        orig = original_message(msg)
+        if orig is not None:
+            recipients = ADDR_RE.findall(header(orig, "To"))[:1]
+    if not recipients:
+        recipients = [""]
+    mid, sender, token = envelope_info(msg)
+    mail_from = clean_addr(fields.get("original-mail-from", ""))
+    feedback_type = fields.get("feedback-type", "").split()[0].lower() if fields else ""
+    return [
+        Failure(
+            recipient=r,
+            reason_hint="feedback",
+            feedback_type=feedback_type or "other",
+            remote_host=collapse(fields.get("reporting-mta", "").split(";")[-1], 255),
+            message_id=mid,
+            envelope_sender=mail_from or sender,
+            return_path_token=token,
+            format="arf",
+        )
+        for r in recipients[:100]
+    ]

@@ -1,0 +1,383 @@
+"""Plain-text bounces: the human-readable reports of Exim, qmail, Postfix, Sendmail, Gmail...
+
+Non-standard bounces all follow one shape: an explanation, then one block per failed
+recipient (the address alone on a line, or ``<addr>:`` followed by what the remote server
+said), then a copy of the original message. This module finds that shape once, for every
+vendor: :func:`bounce_text` cuts the original message off, :func:`recipient_blocks` finds
+recipient anchors and the text that belongs to each. Vendor detectors reuse it and only add
+what their wording needs; :func:`detect` is the last-resort detector for bounce-looking mail.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+
+from smtpguard.classify.formats._common import (
+    ADDR_RE,
+    cache,
+    clean_addr,
+    code_in,
+    collapse,
+    envelope_info,
+    fill_codes,
+    first_text,
+    header,
+    original_message,
+    stage_in,
+    status_in,
+)
+from smtpguard.classify.verdict import Failure, Stage
+
+MAX_ANCHORS = 100
+
+# Where the returned original message starts inside a plain-text bounce.
+_SEPARATOR_RE = re.compile(
+    r"^[ \t]*(?:"
+    r"[-=_*]{2,}.{0,40}(?:original|copy of|below this line|returned|undelivered|unsent|"
+    r"header|included|message text|rfc822|attached)"
+    r"|(?:Return-Path|Received|Reporting-MTA|Arrival-Date|DKIM-Signature|X-Original-To)"
+    r":"
+    r"|Original message headers?:"
+    r"|Message headers follow"
+    r"|Original message follows"
+    r"|Below (?:is|this line is) a copy"
+    r"|The (?:original|returned) message"
+    r"|Content-Type: message/rfc822"
+    r")",
+    re.IGNORECASE | re.MULTILINE,
+)
+# Words that may stand before a recipient address on its anchor line.
+_LABEL_RE = re.compile(
+    r"^(?:(?:original|final|failed|bounced|invalid|unknown|intended|unreachable|"
+    r"the following)\s+)?"
+    r"(?:recipient|recipients|address|addresses|rcpt to|rcpt|user|mailbox|e-?mail)"
+    r"(?:\(s\))?(?:\s+address(?:es)?)?\s*[:=]?$",
+    re.IGNORECASE,
+)
+# Bullets, and the reply code Sendmail puts before "<addr>... reason".
+_PREFIX_RE = re.compile(r"^(?:[-*>\u2022#]+\s*|In:\s*|[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?)")
+_ON_DATE_RE = re.compile(r"^on\s+\w")
+# Lines that end with the address after a short statement: "Mailbox is full: a@b".
+_STATEMENT_RE = re.compile(r"^[A-Za-z][\w,'()-]* [\w ,'()-]{2,80}:$")
+_DECORATION_RE = re.compile(r"^\s*[-=*_]{3,}[^\n]{0,80}[-=*_]{3,}\s*$|^\s*[-=*_]{3,}\s*$")
+_TRAIL_RE = re.compile(r"^[\s<>\"'(),:;\[\]]*$")
+_BOUNCE_FROM_RE = re.compile(
+    r"mailer-daemon|post_?master|mail ?delivery|mdaemon|mail ?administrator|"
+    r"bounce|nobody@|mail ?system|deliverynotification|dsn@|no-?reply",
+    re.IGNORECASE,
+)
+_BOUNCE_SUBJECT_RE = re.compile(
+    r"undeliver|undelivered|delivery (?:status|failure|notification|report|problem|"
+    r"has failed|failed)|failure notice|returned mail|mail delivery|could not be delivered|"
+    r"not delivered|returning message|delivery error|nondeliver|non-deliver|"
+    r"mail system error|failed delivery|permanent error|delivery fail|bounce|"
+    r"warning: could not send|message delayed|rejected|unzustellbar|"
+    r"\u914d\u4fe1|\u4e0d\u9054|\u30a8\u30e9\u30fc|error",
+    re.IGNORECASE,
+)
+
+
+def bounce_text(msg: Message) -> str:
+    """The bounce's own explanation: the first text part, with the original message cut off."""
+    c = cache(msg)
+    found = c.get("bounce_text")
+    if found is None:
+        found = first_text(msg)
+        m = _SEPARATOR_RE.search(found)
+        if m and m.start() > 0:
+            found = found[: m.start()]
+        c["bounce_text"] = found
+    return found  # type: ignore[return-value]
+
+
+def _anchor(line: str) -> tuple[str, str] | None:
+    """(address, rest of line) when ``line`` names one recipient and little else."""
+    if "@" not in line or len(line) > 400:
+        return None
+    m = ADDR_RE.search(line)
+    if not m:
+        return None
+    before = line[: m.start()].strip()
+    pm = _PREFIX_RE.match(before)
+    code = ""
+    if pm:
+        code = pm.group(0).strip() if pm.group(0)[:1].isdigit() else ""
+        before = before[pm.end() :]
+    before = before.strip().strip("<\"'(").strip()
+    after = line[m.end() :]
+    statement = ""
+    if before and not _LABEL_RE.match(before):
+        if _STATEMENT_RE.match(before) and _TRAIL_RE.match(after):
+            statement = before
+        else:
+            return None
+    # The address must end the line, or be followed by ':' / '...' and the reason.
+    rest = after.lstrip(">\"') ")
+    if before.lower().startswith("rcpt"):
+        statement = "RCPT TO"  # a transcript line: the failure that follows is at RCPT
+    if _TRAIL_RE.match(after):
+        return m.group(0).strip("."), statement
+    if _ON_DATE_RE.match(rest):  # Exchange 2003: "a@b on 4/29/01 11:34:45 PM"
+        return m.group(0).strip("."), ""
+    if rest.startswith(":") or rest.startswith("..."):
+        # Keep Sendmail's leading "550 5.1.2" with the reason: it is the reply code.
+        return m.group(0).strip("."), (code + " " + rest.lstrip(":.").strip()).strip()
+    if rest.startswith("(") or rest.startswith("[") or not before:
+        # "a@b (reason)", or the address opening the line: "a@b Invalid Address, 550..."
+        return m.group(0).strip("."), rest
+    return None
+
+
+_LEAD_RE = re.compile(r"returned was:|response was:|said:|responded|server message", re.I)
+# Sendmail's per-host line ("550 example.org (smtp)... 550 Host unknown") opens the context
+# of the NEXT recipient line, so it ends the current block.
+_HOST_LINE_RE = re.compile(r"^\s*\d{3} [\w.-]{1,255} \(\w{1,20}\)\.\.\. ")
+
+
+def _lead_in(lines: list[str], i: int) -> str:
+    """The line before an anchor when it introduces the reply ("... did not like our
+    RCPT TO:", "The error that the other server returned was:"): it names the stage."""
+    for j in range(i - 1, max(i - 3, -1), -1):
+        prev = lines[j].strip()
+        if not prev:
+            continue
+        if (
+            prev.endswith(":")
+            and "@" not in prev
+            and len(prev) < 200
+            and (stage_in(prev) != "unknown" or _LEAD_RE.search(prev))
+        ):
+            return prev
+        return ""
+    return ""
+
+
+def recipient_blocks(text: str) -> list[tuple[str, str]]:
+    """[(recipient, its text)] in order; the text runs to the next anchor (bounded)."""
+    lines = text.split("\n")
+    anchors: list[tuple[int, str, str]] = []
+    for i, line in enumerate(lines):
+        a = _anchor(line)
+        if a:
+            anchors.append((i, a[0], a[1]))
+            if len(anchors) >= MAX_ANCHORS:
+                break
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for n, (i, addr, rest) in enumerate(anchors):
+        end = anchors[n + 1][0] if n + 1 < len(anchors) else len(lines)
+        body = [rest] if rest else []
+        lead = _lead_in(lines, i)
+        if lead:
+            body.insert(0, lead)
+        para = 0
+        for line in lines[i + 1 : min(end, i + 40)]:
+            if _DECORATION_RE.match(line):
+                continue
+            if _HOST_LINE_RE.match(line) or line.startswith("While talking to "):
+                break
+            if not line.strip():
+                if body:
+                    para += 1
+                    if para >= 2 or (code_in(" ".join(body)) or status_in(" ".join(body))):
+                        break
+                continue
+            body.append(line.strip())
+        key = addr.lower()
+        if key in seen:
+            # Same recipient named again (Sendmail's transcript after the address list,
+            # Postfix's wrapped "said: 550\n <a@b>: User unknown"): one block, text joined.
+            more = collapse(" ".join(body))
+            for k, (a, t) in enumerate(out):
+                if a.lower() == key and more and more not in t:
+                    out[k] = (a, collapse(t + " " + more))
+            continue
+        seen.add(key)
+        out.append((addr, collapse(" ".join(body))))
+    return out
+
+
+_SENT_RE = re.compile(r"^\s*>>>\s*(.{1,200})$")
+_GOT_RE = re.compile(r"^\s*<<<\s*[45]\d\d")
+
+
+def transcript_stage(text: str, recipient: str) -> Stage | None:
+    """The SMTP stage from a Sendmail-style session transcript (">>> DATA" / "<<< 550 ...").
+
+    The command a failure answers is the last ">>>" line before the first "<<< 4xx/5xx"
+    reply that names the recipient (or, failing that, the first failure reply after
+    ">>> RCPT To:<recipient>"). None when the text has no transcript for the recipient.
+    """
+    if ">>>" not in text or "<<<" not in text:
+        return None
+    rcpt = recipient.lower()
+    lines = text.split("\n")[:2000]
+    last_sent = ""
+    asked = False
+    for line in lines:
+        sent = _SENT_RE.match(line)
+        if sent:
+            last_sent = sent.group(1)
+            if rcpt and rcpt in last_sent.lower():
+                asked = True
+            continue
+        if _GOT_RE.match(line) and last_sent and (rcpt in line.lower() or asked):
+            stage = stage_in(last_sent)
+            return stage if stage != "unknown" else None
+    return None
+
+
+def diagnostics_by_recipient(text: str) -> dict[str, str]:
+    """{recipient (lower case): diagnostic} from a plain-text explanation."""
+    return {a.lower(): t for a, t in recipient_blocks(text) if t}
+
+
+def looks_like_bounce(msg: Message) -> bool:
+    """Sender or subject says "delivery failure" (cheap checks, headers only)."""
+    if header(msg, "X-Failed-Recipients"):
+        return True
+    if _BOUNCE_FROM_RE.search(header(msg, "From")):
+        return True
+    return bool(_BOUNCE_SUBJECT_RE.search(header(msg, "Subject")))
+
+
+def best_paragraph(text: str) -> str:
+    """The paragraph most likely to hold the remote server's reply."""
+    paras = [p for p in re.split(r"\n[ \t]*\n", text[:20000]) if p.strip()]
+    for p in paras:
+        if status_in(p) or code_in(p):
+            return p
+    return text
+
+
+def skip_set(msg: Message) -> frozenset[str]:
+    """Addresses that are not recipients: the bounce's own sender and the original sender."""
+    out = {clean_addr(header(msg, "From")).lower(), clean_addr(header(msg, "To")).lower()}
+    orig = original_message(msg)
+    if orig is not None:
+        out.add(clean_addr(header(orig, "From")).lower())
+        out.add(clean_addr(header(orig, "Return-Path")).lower())
+    out.discard("")
+    return frozenset(out)
+
+
+_RCPT_CMD_RE = re.compile(r"RCPT TO:\s*<([^<>\s]{3,256})>", re.IGNORECASE)
+_REPLY_LINE_RE = re.compile(r"^\s*(?:Out:|<<<)?\s*([45]\d\d[ -].{0,500})$", re.MULTILINE)
+_BRACKET_ADDR_RE = re.compile(r"<(" + ADDR_RE.pattern + r")>")
+_ROLE_RE = re.compile(r"^(?:mailer-daemon|postmaster|root|abuse|no-?reply|bounces?)@", re.I)
+
+
+def _transcript(text: str) -> list[tuple[str, str]]:
+    """An SMTP session transcript ("In: RCPT TO:<a@b>" ... "Out: 451 4.3.0 ..."): the
+    recipients given and the first failure reply after them."""
+    out: list[tuple[str, str]] = []
+    for m in _RCPT_CMD_RE.finditer(text):
+        addr = clean_addr(m.group(1))
+        if addr and addr.lower() not in {a.lower() for a, _ in out}:
+            reply = _REPLY_LINE_RE.search(text, m.end())
+            out.append((addr, collapse(reply.group(1)) if reply else ""))
+        if len(out) >= MAX_ANCHORS:
+            break
+    return out
+
+
+def _mentioned(text: str, skip: frozenset[str]) -> list[str]:
+    """Addresses named in <brackets> in the explanation, minus senders and role accounts."""
+    out: list[str] = []
+    for m in _BRACKET_ADDR_RE.finditer(text):
+        a = m.group(1).strip(".")
+        if a.lower() in skip or _ROLE_RE.match(a) or a.lower() in {x.lower() for x in out}:
+            continue
+        out.append(a)
+        if len(out) >= 10:
+            break
+    return out
+
+
+# Vendor boilerplate around the remote server's words: it would only mislead the rules.
+_BOILERPLATE_RE = re.compile(
+    r"Google tried to deliver your message, but it was rejected by the .{0,200}?"
+    r"The error that the other server returned was:\s*"
+    r"|Technical details of (?:permanent|temporary) failure:\s*"
+    r"|Giving up on \d{1,3}(?:\.\d{1,3}){3}\.?\s*"  # qmail: "this MX host", not the message
+    r"|Please note that this is only a temporary failure report\..{0,300}$",
+    re.IGNORECASE,
+)
+# The reporting MTA itself says the recipient's domain does not resolve (its own words,
+# not a remote reply): Exim, qmail, DragonFly, Postfix's local "Host or domain name not found".
+HOSTUNKNOWN_RE = re.compile(
+    r"all relevant MX records point to non-existent hosts|Unrouteable address|"
+    r"couldn't find any host named|DNS lookup failure: host \S{1,255} not found|"
+    r"Host or domain name not found\. Name service error for name=\S{1,255} type=\w{1,5}: "
+    r"Host not found(?!, try again)",
+    re.IGNORECASE,
+)
+
+
+_BOILERPLATE_HINTS = ("google tried", "technical details", "giving up on", "failure report")
+_HOSTUNKNOWN_HINTS = ("non-existent", "unrouteable", "any host named", "not found")
+
+
+def clean_diagnostic(diag: str) -> str:
+    """The diagnostic without vendor boilerplate (bounded input, linear patterns)."""
+    low = diag.lower()
+    if any(h in low for h in _BOILERPLATE_HINTS):
+        diag = _BOILERPLATE_RE.sub(" ", diag)
+    return collapse(diag)
+
+
+def says_hostunknown(text: str) -> bool:
+    """True when the reporting MTA itself says the recipient's domain does not resolve."""
+    low = text.lower()
+    return any(h in low for h in _HOSTUNKNOWN_HINTS) and bool(HOSTUNKNOWN_RE.search(text))
+
+
+def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
+    """Failures for every recipient block in ``text``; when the explanation has no recipient
+    lines, fall back (in order) to an SMTP transcript, X-Failed-Recipients, addresses named
+    in brackets, and the returned original's To."""
+    blocks = recipient_blocks(text)
+    if not blocks:
+        blocks = _transcript(text)
+    if not blocks:
+        addrs = ADDR_RE.findall(header(msg, "X-Failed-Recipients"))
+        if not addrs:
+            addrs = _mentioned(text, skip_set(msg))
+        if not addrs:
+            orig = original_message(msg)
+            if orig is not None:
+                addrs = ADDR_RE.findall(header(orig, "To"))[:1]
+            else:
+                m = _INLINE_TO_RE.search(first_text(msg), len(text))
+                if m:
+                    addrs = [m.group(1)]
+        if not addrs:
+            return []
+        blocks = [(a, "") for a in addrs[:MAX_ANCHORS]]
+    mid, sender, token = envelope_info(msg)
+    out = []
+    best = ""
+    for addr, diag in blocks:
+        if not diag or not (code_in(diag) or status_in(diag)):
+            best = best or collapse(best_paragraph(text))
+            if not diag or code_in(best) or status_in(best):
+                diag = best if not diag else collapse(diag + " " + best)
+        f = Failure(recipient=addr, diagnostic=clean_diagnostic(diag), format=fmt)
+        fill_codes(f)
+        f.stage = transcript_stage(text, addr) or f.stage
+        if says_hostunknown(diag):
+            f.reason_hint = "hostunknown"
+        f.message_id, f.envelope_sender, f.return_path_token = mid, sender, token
+        out.append(f)
+    return out
+
+
+_INLINE_TO_RE = re.compile(r"^To:[ \t]*(?:.{0,200}<)?(" + ADDR_RE.pattern + r")", re.M | re.I)
+
+
+def detect(msg: Message, raw: bytes) -> list[Failure] | None:
+    if not looks_like_bounce(msg):
+        return None
+    out = failures_from_text(msg, bounce_text(msg), "plaintext")
+    return out or None

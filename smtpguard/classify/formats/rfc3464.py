@@ -1,0 +1,150 @@
+"""RFC 3464 delivery status notifications: ``multipart/report; report-type=delivery-status``.
+
+Most MTAs (Postfix, Sendmail, Exchange, Gmail, SES...) send these. One Failure per
+per-recipient block (RFC 3464 §2.3): Final-Recipient (else Original-Recipient), Action,
+Status, Diagnostic-Code, Remote-MTA; the per-message block (§2.2) gives Reporting-MTA.
+The DSN part is also found when a broken MTA labels it ``text/plain`` or nests it, and
+RFC 6533 ``message/global-delivery-status`` is read the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+
+from smtpguard.classify.formats._common import (
+    clean_addr,
+    collapse,
+    envelope_info,
+    fill_codes,
+    first_text,
+    paired_status,
+    stage_in,
+    status_in,
+    walk,
+)
+from smtpguard.classify.formats._fields import Fields, parse_blocks, part_blocks
+from smtpguard.classify.formats.plaintext import (
+    best_paragraph,
+    bounce_text,
+    diagnostics_by_recipient,
+    says_hostunknown,
+    transcript_stage,
+)
+from smtpguard.classify.verdict import Failure
+
+_DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
+_TYPE_PREFIX_RE = re.compile(
+    r"^\s*(?:smtp|x-[\w.-]+|x400|unknown|mail|dns|dsn|rfc822)\s*;\s*", re.I
+)
+_RCPT_FIELDS = ("final-recipient", "original-recipient", "x-actual-recipient")
+_EXPIRED_RE = re.compile(
+    r"retry time(?:out)? exceeded|delivery time expired|message expired|"
+    r"(?:has been|was) in the queue too long|envelope expired|expired in queue",
+    re.I,
+)
+
+
+def _says_expired(text: str) -> bool:
+    low = text.lower()
+    return ("expired" in low or "exceeded" in low or "too long" in low) and bool(
+        _EXPIRED_RE.search(text)
+    )
+
+
+def _strip_type(value: str) -> str:
+    return _TYPE_PREFIX_RE.sub("", value, count=1).strip()
+
+
+def dsn_blocks(msg: Message) -> list[Fields] | None:
+    """Field blocks of the first delivery-status part, or None when the message has none."""
+    for _depth, part, ctype in walk(msg):
+        if ctype in _DSN_TYPES:
+            return part_blocks(part)
+    return None
+
+
+def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[Failure]:
+    """Per-recipient Failures from DSN field blocks (shared with detectors of DSN look-alikes)."""
+    per_message: Fields = {}
+    out: list[Failure] = []
+    for block in blocks:
+        rcpt_field = next((block[k] for k in _RCPT_FIELDS if block.get(k)), "")
+        if not rcpt_field:
+            if not out and not per_message:
+                per_message = block
+            continue
+        recipient = clean_addr(rcpt_field)
+        if not recipient:
+            recipient = clean_addr(block.get("original-recipient", ""))
+        if not recipient:
+            continue
+        action = block.get("action", "").split()[0].lower() if block.get("action") else ""
+        diag = _strip_type(block.get("diagnostic-code", ""))
+        status = status_in(block.get("status", ""))
+        remote = _strip_type(block.get("remote-mta", "")) or _strip_type(
+            per_message.get("reporting-mta", "")
+        )
+        f = Failure(
+            recipient=recipient,
+            status=status,
+            diagnostic=collapse(diag),
+            action=action,
+            remote_host=collapse(remote, 255),
+            format=fmt,
+        )
+        out.append(f)
+    if not out:
+        return out
+    # The human-readable part often says more than Diagnostic-Code (or all there is).
+    text = first_text(msg)
+    by_rcpt = diagnostics_by_recipient(text) if text else {}
+    mid, sender, token = envelope_info(msg)
+    for f in out:
+        extra = by_rcpt.get(f.recipient.lower(), "")
+        if extra and (not f.diagnostic or len(f.diagnostic) < 8):
+            f.diagnostic = collapse(extra)
+        fill_codes(f)
+        if f.stage == "unknown" and extra:
+            # Postfix says "(in reply to RCPT TO command)" only in the human-readable part.
+            f.stage = stage_in(extra)
+        f.stage = transcript_stage(text, f.recipient) or f.stage
+        # The remote server's own status in Diagnostic-Code is more precise than the
+        # reporting MTA's summary in Status (often x.0.0, or 4.4.7 for any old deferral);
+        # a generic x.0.0 in the text never replaces a specific Status (RFC 3463 §3.1).
+        diag_status = paired_status(f.diagnostic)
+        if (
+            diag_status
+            and diag_status != f.status
+            and (not f.status or not diag_status.endswith(".0.0"))
+        ):
+            f.status = diag_status
+        if not f.diagnostic and (not f.status or f.status.endswith(".0.0")):
+            # No Diagnostic-Code and only a generic Status: the explanation part is all
+            # there is (Gmail's "address couldn't be found", Exim's "pipe to |...").
+            f.diagnostic = collapse(best_paragraph(bounce_text(msg)))
+            if f.stage == "unknown":
+                f.stage = stage_in(f.diagnostic)
+        if f.action == "delivered" or (f.status.startswith("2.") and f.action != "failed"):
+            f.reason_hint = "delivered"
+        elif f.action in ("failed", "delayed") and _says_expired(f.diagnostic):
+            # The reporting MTA's own "gave up retrying" statement (not the remote reply).
+            f.reason_hint = "expired"
+        elif says_hostunknown(f.diagnostic):
+            f.reason_hint = "hostunknown"
+        f.message_id, f.envelope_sender, f.return_path_token = mid, sender, token
+    return out
+
+
+def detect(msg: Message, raw: bytes) -> list[Failure] | None:
+    blocks = dsn_blocks(msg)
+    if blocks is None:
+        # A DSN pasted into a text part: recognise it by its per-recipient fields.
+        text = first_text(msg)
+        if "inal-Recipient:" not in text and "INAL-RECIPIENT:" not in text:
+            return None
+        blocks = parse_blocks(text)
+    out = failures_from_blocks(blocks, msg, "rfc3464")
+    if not out:
+        return None
+    return out

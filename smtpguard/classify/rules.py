@@ -1,0 +1,397 @@
+"""Wording -> reason rules, loaded from TOML data and compiled once.
+
+Code handles structure; these rules handle *wording*: the diagnostic text of a reply
+or a DSN ("550 5.1.1 <a@b>: User unknown") is matched against an ordered list of
+rules and the first rule that matches names the reason. The rules ship in
+``rules/default.toml``; an operator file (config ``classifier.rules_file`` or
+``--rules``) adds to and overrides them.
+
+Precedence (documented in the README, tested in tests/test_classify_rules.py):
+
+1. operator rules before shipped rules;
+2. within one file, higher ``priority`` first, then file order;
+3. an operator rule with the ``id`` of a shipped rule replaces it (it moves to the
+   operator's position); ``enabled = false`` in the operator file switches a shipped
+   rule off.
+
+The first matching rule wins. Matching is deliberately cheap and safe: the text is
+truncated to :data:`MAX_TEXT` characters, lower-cased and whitespace-collapsed once,
+then tested with plain substring checks (``any`` / ``all`` / ``not``); regexes are
+allowed for the rare case a substring cannot say it, are searched only in that bounded
+text, and patterns with nested quantifiers (the classic catastrophic-backtracking
+shape) are refused at load time.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from smtpguard.classify.verdict import REASONS
+from smtpguard.errors import ConfigError
+
+#: Characters of diagnostic text the rules ever look at. Real diagnostics are a few
+#: hundred characters; a hostile 1 MB line is cut before any matching.
+MAX_TEXT = 4096
+
+#: Keys a ``[[rule]]`` table may have.
+RULE_KEYS = frozenset(
+    {
+        "id", "reason", "any", "all", "regex", "not", "status", "codes", "stages",
+        "priority", "temporary", "greylist", "unconfirmed_reason", "confirm_stages", "enabled",
+        "note",
+    }
+)  # fmt: skip
+#: Top-level keys of a rules file.
+FILE_KEYS = frozenset({"rule", "status", "reply_code", "pseudo_status"})
+STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "eom", "unknown"})
+
+_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")
+_STATUS_PREFIX_RE = re.compile(r"[245](\.\d{1,3}){0,2}\.?")
+_STATUS_KEY_RE = re.compile(r"[245X]\.\d{1,3}\.\d{1,3}")
+_CODE_PREFIX_RE = re.compile(r"[245]\d{0,2}")
+# A quantified group that itself contains a quantifier: (a+)+, (a*b?)*, (x|y+){2,}.
+_NESTED_QUANTIFIER_RE = re.compile(r"\([^()]*[+*}][^()]*\)[+*{]")
+# Reply-code continuation prefixes that multi-line replies leave inside diagnostic text:
+# "... is 550-5.7.1 likely suspicious" -> "... is likely suspicious" (RFC 5321 4.2.1).
+_CONTINUATION_RE = re.compile(
+    r"(?<![\w.])[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?![\w.])|(?<![\w.])[245]\d\d-"
+)
+_WS_RE = re.compile(r"\s+")
+
+
+class RulesError(ConfigError):
+    """A rules file that cannot be used: unreadable, bad TOML, unknown key, bad regex or reason."""
+
+
+def normalize(text: str) -> str:
+    """The form rules match against: bounded, lower-case, single spaces, no reply-code noise."""
+    text = text[:MAX_TEXT].lower()
+    text = _CONTINUATION_RE.sub(" ", text)
+    return _WS_RE.sub(" ", text).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled rule. ``source`` is the file it came from (for error messages and ``rule``)."""
+
+    id: str
+    reason: str
+    any: tuple[str, ...] = ()
+    all: tuple[str, ...] = ()
+    regex: tuple[re.Pattern[str], ...] = ()
+    not_: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+    codes: tuple[str, ...] = ()
+    stages: frozenset[str] = frozenset()
+    priority: int = 0
+    temporary: bool = False
+    greylist: bool = False
+    unconfirmed_reason: str = ""
+    confirm_stages: frozenset[str] = frozenset()
+    enabled: bool = True
+    source: str = ""
+
+    def matches(self, text: str, status: str, code: str, stage: str) -> bool:
+        """``text`` must already be :func:`normalize`-d."""
+        if self.codes and not code.startswith(self.codes):
+            return False
+        if self.status and not status.startswith(self.status):
+            return False
+        if self.stages and stage not in self.stages:
+            return False
+        if self.any or self.regex:
+            hit = False
+            for s in self.any:
+                if s in text:
+                    hit = True
+                    break
+            if not hit:
+                for r in self.regex:
+                    if r.search(text):
+                        hit = True
+                        break
+            if not hit:
+                return False
+        for s in self.all:
+            if s not in text:
+                return False
+        return all(s not in text for s in self.not_)
+
+
+@dataclass(slots=True)
+class RuleSet:
+    """The effective, ordered rules plus the status / reply-code tables (all data)."""
+
+    rules: list[Rule] = field(default_factory=list)
+    #: RFC 3463 enhanced status -> reason; keys "5.1.1" (exact) or "X.1.1" (any class).
+    status: dict[str, str] = field(default_factory=dict)
+    #: SMTP reply code -> reason, the last resort before ``undefined``.
+    reply_code: dict[str, str] = field(default_factory=dict)
+    #: reason -> Sisimai pseudo detail ("911" gives 5.0.911) for bounces without a status.
+    pseudo_status: dict[str, str] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    shipped_count: int = 0
+    operator_count: int = 0
+
+    def match(
+        self, text: str, status: str = "", code: str = "", stage: str = "unknown"
+    ) -> Rule | None:
+        """The first rule matching the (already normalised) text, or None."""
+        for rule in self.rules:
+            if rule.matches(text, status, code, stage):
+                return rule
+        return None
+
+    def status_reason(self, status: str) -> str:
+        """Reason for an enhanced status from the table: exact key, then any-class key."""
+        if not status:
+            return ""
+        hit = self.status.get(status)
+        if hit is None:
+            hit = self.status.get("X" + status[1:], "")
+        return hit
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def shipped_path() -> Path:
+    return Path(str(resources.files("smtpguard.classify").joinpath("rules/default.toml")))
+
+
+def load(operator: str | Path | None = None) -> RuleSet:
+    """Shipped rules, overlaid by the operator file if given. Raises :class:`RulesError`."""
+    shipped = _parse_file(shipped_path())
+    operator_doc = _parse_file(Path(operator)) if operator else None
+    return _merge(shipped, operator_doc)
+
+
+def check_file(path: str | Path) -> RuleSet:
+    """Validate one file as an operator overlay (the shipped file validates itself)."""
+    p = Path(path)
+    if p.resolve() == shipped_path().resolve():
+        return load(None)
+    return load(p)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    name: str
+    rules: list[Rule]
+    status: dict[str, str]
+    reply_code: dict[str, str]
+    pseudo_status: dict[str, str]
+
+
+def _parse_file(path: Path) -> _Parsed:
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RulesError(f"{name}: cannot read: {e.strerror or e}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RulesError(f"{name}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RulesError(f"{name}: invalid TOML: {e}") from None
+    return _parse_doc(name, doc)
+
+
+def _parse_doc(name: str, doc: dict[str, Any]) -> _Parsed:
+    for key in doc:
+        if key not in FILE_KEYS:
+            known = ", ".join(sorted(FILE_KEYS))
+            raise RulesError(f"{name}: unknown top-level key {key!r} (known: {known})")
+    raw_rules = doc.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise RulesError(f"{name}: 'rule' must be an array of tables [[rule]]")
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(raw_rules, 1):
+        rule = _parse_rule(name, n, raw)
+        if rule.id in seen:
+            raise RulesError(f"{name}: rule {rule.id!r} (#{n}): duplicate id")
+        seen.add(rule.id)
+        rules.append(rule)
+    # Stable sort: priority first, file order breaks ties.
+    rules.sort(key=lambda r: -r.priority)
+    return _Parsed(
+        name=name,
+        rules=rules,
+        status=_parse_table(
+            name, "status", doc.get("status", {}), _STATUS_KEY_RE, "5.1.1 or X.1.1"
+        ),
+        reply_code=_parse_table(
+            name, "reply_code", doc.get("reply_code", {}), re.compile(r"[245]\d\d"), "550"
+        ),
+        pseudo_status=_parse_pseudo(name, doc.get("pseudo_status", {})),
+    )
+
+
+def _parse_table(
+    name: str, table: str, raw: Any, key_re: re.Pattern[str], example: str
+) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise RulesError(f"{name}: [{table}] must be a table")
+    out: dict[str, str] = {}
+    for key, reason in raw.items():
+        if not key_re.fullmatch(key):
+            raise RulesError(f"{name}: [{table}] key {key!r}: expected a code like {example}")
+        if not isinstance(reason, str) or reason not in REASONS:
+            raise RulesError(f"{name}: [{table}] {key}: unknown reason {reason!r}")
+        out[key] = reason
+    return out
+
+
+def _parse_pseudo(name: str, raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise RulesError(f"{name}: [pseudo_status] must be a table")
+    out: dict[str, str] = {}
+    for reason, detail in raw.items():
+        if reason not in REASONS:
+            raise RulesError(f"{name}: [pseudo_status] unknown reason {reason!r}")
+        if not isinstance(detail, str) or not re.fullmatch(r"\d{3}", detail):
+            raise RulesError(f'{name}: [pseudo_status] {reason}: expected three digits like "911"')
+        out[reason] = detail
+    return out
+
+
+def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise RulesError(f"{where}: {key} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _parse_rule(name: str, n: int, raw: Any) -> Rule:
+    if not isinstance(raw, dict):
+        raise RulesError(f"{name}: rule #{n}: expected a table [[rule]]")
+    rid = raw.get("id")
+    where = f"{name}: rule {rid!r} (#{n})" if isinstance(rid, str) else f"{name}: rule #{n}"
+    if not isinstance(rid, str) or not _ID_RE.fullmatch(rid):
+        raise RulesError(f"{where}: 'id' is required: lower-case letters, digits, '.', '_', '-'")
+    for key in raw:
+        if key not in RULE_KEYS:
+            raise RulesError(
+                f"{where}: unknown key {key!r} (known: {', '.join(sorted(RULE_KEYS))})"
+            )
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise RulesError(f"{where}: enabled must be true or false")
+    reason = raw.get("reason")
+    if reason is None and not enabled:
+        # `{ id = "x", enabled = false }` only switches a shipped rule off.
+        return Rule(id=rid, reason="undefined", enabled=False, source=name)
+    if not isinstance(reason, str) or reason not in REASONS:
+        raise RulesError(
+            f"{where}: unknown reason {reason!r} (known: {', '.join(sorted(REASONS))})"
+        )
+    unconfirmed = raw.get("unconfirmed_reason", "")
+    if unconfirmed and unconfirmed not in REASONS:
+        raise RulesError(f"{where}: unconfirmed_reason: unknown reason {unconfirmed!r}")
+
+    def lowered(key: str) -> tuple[str, ...]:
+        if key not in raw:
+            return ()
+        return tuple(normalize(s) for s in _strings(where, key, raw[key]))
+
+    any_ = lowered("any")
+    all_ = lowered("all")
+    not_ = lowered("not")
+    regex: list[re.Pattern[str]] = []
+    for pattern in _strings(where, "regex", raw["regex"]) if "regex" in raw else ():
+        if _NESTED_QUANTIFIER_RE.search(pattern):
+            raise RulesError(
+                f"{where}: regex {pattern!r}: nested quantifier (catastrophic backtracking risk)"
+            )
+        try:
+            regex.append(re.compile(pattern, re.IGNORECASE))
+        except re.error as e:
+            raise RulesError(f"{where}: bad regex {pattern!r}: {e}") from None
+    if not (any_ or all_ or regex):
+        raise RulesError(f"{where}: needs at least one of any, all, regex")
+    status = _strings(where, "status", raw["status"]) if "status" in raw else ()
+    for s in status:
+        if not _STATUS_PREFIX_RE.fullmatch(s):
+            raise RulesError(f"{where}: status {s!r}: expected a prefix like '5', '5.7' or '5.7.1'")
+    codes = _strings(where, "codes", raw["codes"]) if "codes" in raw else ()
+    for c in codes:
+        if not _CODE_PREFIX_RE.fullmatch(c):
+            raise RulesError(
+                f"{where}: codes {c!r}: expected a reply code prefix like '5', '55', '550'"
+            )
+    stages = _stage_list(where, raw, "stages")
+    confirm_stages = _stage_list(where, raw, "confirm_stages")
+    priority = raw.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise RulesError(f"{where}: priority must be an integer")
+    flags = {}
+    for key in ("temporary", "greylist"):
+        value = raw.get(key, False)
+        if not isinstance(value, bool):
+            raise RulesError(f"{where}: {key} must be true or false")
+        flags[key] = value
+    if "note" in raw and not isinstance(raw["note"], str):
+        raise RulesError(f"{where}: note must be a string")
+    return Rule(
+        id=rid,
+        reason=reason,
+        any=any_,
+        all=all_,
+        regex=tuple(regex),
+        not_=not_,
+        status=status,
+        codes=codes,
+        stages=frozenset(stages),
+        priority=priority,
+        temporary=flags["temporary"] or flags["greylist"],
+        greylist=flags["greylist"],
+        unconfirmed_reason=unconfirmed,
+        confirm_stages=frozenset(confirm_stages),
+        enabled=enabled,
+        source=name,
+    )
+
+
+def _stage_list(where: str, raw: dict[str, Any], key: str) -> tuple[str, ...]:
+    stages = _strings(where, key, raw[key]) if key in raw else ()
+    for s in stages:
+        if s not in STAGES:
+            raise RulesError(
+                f"{where}: {key}: stage {s!r} unknown (known: {', '.join(sorted(STAGES))})"
+            )
+    return stages
+
+
+def _merge(shipped: _Parsed, operator: _Parsed | None) -> RuleSet:
+    """Operator rules first; same id replaces the shipped rule; tables overlay key by key."""
+    ops = operator.rules if operator else []
+    overridden = {r.id for r in ops}
+    rules = [r for r in ops if r.enabled] + [
+        r for r in shipped.rules if r.enabled and r.id not in overridden
+    ]
+    status = dict(shipped.status)
+    reply_code = dict(shipped.reply_code)
+    pseudo = dict(shipped.pseudo_status)
+    sources = [shipped.name]
+    if operator:
+        status.update(operator.status)
+        reply_code.update(operator.reply_code)
+        pseudo.update(operator.pseudo_status)
+        sources.append(operator.name)
+    return RuleSet(
+        rules=rules,
+        status=status,
+        reply_code=reply_code,
+        pseudo_status=pseudo,
+        sources=sources,
+        shipped_count=len(shipped.rules),
+        operator_count=len(ops),
+    )

@@ -1,0 +1,254 @@
+"""``smtpguard queue``: inspect and act on the relay's queue, even while it runs.
+
+    smtpguard queue list [--all]          pending messages (or every message)
+    smtpguard queue show ID               envelope, recipients and history
+    smtpguard queue retry ID | --all      make deferred recipients due now
+    smtpguard queue hold ID               stop delivering a message
+    smtpguard queue release ID            resume a held message
+    smtpguard queue delete ID             drop a message's pending recipients (no DSN)
+    smtpguard queue stats                 counts by state, oldest message, deferral reasons
+
+Tables by default; ``--format json`` for scripts. The CLI opens the same
+SQLite file as the relay (WAL lets both work at once); the relay notices
+changed due times within a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from smtpguard.cli.main import common_options, get_config
+from smtpguard.store.queue import (
+    MessageSummary,
+    QueueAdmin,
+    QueuedMessage,
+    QueuedRecipient,
+    QueueEvent,
+    QueueStats,
+)
+
+FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="Output as a table or as JSON.",
+)  # fmt: skip
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _admin() -> QueueAdmin:
+    cfg = get_config()
+    return QueueAdmin.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout)
+
+
+def _with_admin(fn: Callable[[QueueAdmin], Any]) -> Any:
+    admin = _admin()
+    try:
+        return fn(admin)
+    finally:
+        admin.close()
+
+
+def _message_dict(m: QueuedMessage) -> dict[str, Any]:
+    return {
+        "id": m.qid, "kind": m.kind, "mail_from": m.mail_from, "size": m.size,
+        "received_at": _iso(m.received_at), "envid": m.envid, "ret": m.ret,
+        "smtputf8": m.smtputf8, "body": m.body_type, "auto_submitted": m.auto_submitted,
+        "client": m.client, "held": m.held, "done_at": _iso(m.done_at),
+        "parent": f"{m.parent_id:010X}" if m.parent_id else "",
+    }  # fmt: skip
+
+
+def _recipient_dict(r: QueuedRecipient) -> dict[str, Any]:
+    return {
+        "address": r.address, "state": r.state, "attempts": r.attempts,
+        "next_attempt": _iso(r.next_attempt) if r.state in ("queued", "held") else "",
+        "last_attempt": _iso(r.last_attempt), "code": r.last_code, "status": r.last_status,
+        "reason": r.last_reason, "diagnostic": r.last_diag, "remote_host": r.last_host,
+        "notify": ",".join(r.notify), "orcpt": r.orcpt,
+    }  # fmt: skip
+
+
+def _event_dict(e: QueueEvent) -> dict[str, Any]:
+    return {
+        "time": _iso(e.ts), "event": e.event, "recipient": e.recipient, "code": e.code,
+        "status": e.status, "reason": e.reason, "detail": e.detail, "remote_host": e.remote_host,
+    }  # fmt: skip
+
+
+def _summary_dict(s: MessageSummary) -> dict[str, Any]:
+    return {
+        **_message_dict(s.message), "recipients": s.recipients, "states": s.states,
+        "next_attempt": _iso(s.next_attempt), "last_reason": s.last_reason,
+    }  # fmt: skip
+
+
+def _stats_dict(s: QueueStats) -> dict[str, Any]:
+    return {
+        "messages_pending": s.messages_pending, "recipients": s.recipients_by_state,
+        "oldest_pending": _iso(s.oldest_pending), "next_due": _iso(s.next_due),
+        "deferred_reasons": s.deferred_reasons,
+    }  # fmt: skip
+
+
+def _console() -> Any:
+    import sys
+
+    from rich.console import Console
+
+    # Piped output (scripts, tests) is not cut to 80 columns.
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _table(title: str, columns: list[str]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, c in enumerate(columns):
+        table.add_column(c, overflow="fold", no_wrap=i == 0)
+    return table
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@click.group()
+def queue() -> None:
+    """Inspect and act on the relay's queue."""
+
+
+@queue.command("list")
+@click.option("--all", "include_done", is_flag=True, help="Include finished messages.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@FORMAT
+@common_options
+def list_cmd(include_done: bool, limit: int, fmt: str) -> None:
+    """List pending messages, oldest first."""
+    rows = _with_admin(lambda a: a.list(include_done=include_done, limit=limit))
+    if fmt == "json":
+        _emit_json([_summary_dict(s) for s in rows])
+        return
+    table = _table(
+        f"{len(rows)} message(s)", ["id", "received", "from", "size", "rcpts", "states",
+                                    "next attempt", "last reason"],
+    )  # fmt: skip
+    for s in rows:
+        m = s.message
+        states = " ".join(f"{k}={v}" for k, v in sorted(s.states.items()))
+        if m.held:
+            states += " (held)"
+        table.add_row(
+            m.qid, _iso(m.received_at), f"<{m.mail_from}>", str(m.size), str(s.recipients),
+            states, _iso(s.next_attempt), s.last_reason,
+        )  # fmt: skip
+    _console().print(table)
+
+
+@queue.command()
+@click.argument("queue_id")
+@FORMAT
+@common_options
+def show(queue_id: str, fmt: str) -> None:
+    """Show one message: envelope, recipients and history."""
+    msg, rcpts, events = _with_admin(lambda a: a.show(queue_id))
+    if fmt == "json":
+        _emit_json({
+            "message": _message_dict(msg),
+            "recipients": [_recipient_dict(r) for r in rcpts],
+            "events": [_event_dict(e) for e in events],
+        })  # fmt: skip
+        return
+    console = _console()
+    info = _table(f"message {msg.qid}", ["field", "value"])
+    for k, v in _message_dict(msg).items():
+        info.add_row(k, str(v))
+    console.print(info)
+    rt = _table("recipients", ["address", "state", "attempts", "next attempt", "last reply",
+                               "reason"])  # fmt: skip
+    for r in rcpts:
+        d = _recipient_dict(r)
+        rt.add_row(r.address, r.state, str(r.attempts), d["next_attempt"], r.last_diag,
+                   r.last_reason)  # fmt: skip
+    console.print(rt)
+    et = _table("history", ["time", "event", "recipient", "reason", "detail"])
+    for e in events:
+        et.add_row(_iso(e.ts), e.event, e.recipient, e.reason, e.detail)
+    console.print(et)
+
+
+def _report(fmt: str, action: str, queue_id: str | None, count: int) -> None:
+    if fmt == "json":
+        _emit_json({"action": action, "id": queue_id or "*", "recipients": count})
+    else:
+        target = f"message {queue_id}" if queue_id else "the whole queue"
+        click.echo(f"{action}: {count} recipient(s) of {target}")
+
+
+@queue.command()
+@click.argument("queue_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="Every deferred recipient in the queue.")
+@FORMAT
+@common_options
+def retry(queue_id: str | None, everything: bool, fmt: str) -> None:
+    """Make deferred recipients due now (one message, or --all)."""
+    if bool(queue_id) == everything:
+        raise click.UsageError("give a queue ID or --all (not both)")
+    n = _with_admin(lambda a: a.retry(None if everything else queue_id, now=time.time()))
+    _report(fmt, "retry", queue_id, n)
+
+
+@queue.command()
+@click.argument("queue_id")
+@FORMAT
+@common_options
+def hold(queue_id: str, fmt: str) -> None:
+    """Hold a message: no delivery until it is released."""
+    _report(fmt, "hold", queue_id, _with_admin(lambda a: a.hold(queue_id)))
+
+
+@queue.command()
+@click.argument("queue_id")
+@FORMAT
+@common_options
+def release(queue_id: str, fmt: str) -> None:
+    """Release a held message; its recipients are due now."""
+    _report(fmt, "release", queue_id, _with_admin(lambda a: a.release(queue_id)))
+
+
+@queue.command()
+@click.argument("queue_id")
+@FORMAT
+@common_options
+def delete(queue_id: str, fmt: str) -> None:
+    """Delete a message's pending recipients (no DSN is sent)."""
+    _report(fmt, "delete", queue_id, _with_admin(lambda a: a.delete(queue_id)))
+
+
+@queue.command()
+@FORMAT
+@common_options
+def stats(fmt: str) -> None:
+    """Counts by state, the oldest pending message, why recipients are deferred."""
+    s = _with_admin(lambda a: a.stats())
+    if fmt == "json":
+        _emit_json(_stats_dict(s))
+        return
+    table = _table("queue", ["metric", "value"])
+    table.add_row("messages pending", str(s.messages_pending))
+    for state, n in s.recipients_by_state.items():
+        table.add_row(f"recipients {state}", str(n))
+    table.add_row("oldest pending", _iso(s.oldest_pending))
+    table.add_row("next due", _iso(s.next_due))
+    for reason, n in s.deferred_reasons.items():
+        table.add_row(f"deferred: {reason or 'unknown'}", str(n))
+    _console().print(table)

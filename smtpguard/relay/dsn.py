@@ -1,0 +1,276 @@
+"""Delivery status notifications the relay sends back to senders (RFC 3464).
+
+A DSN is a ``multipart/report; report-type=delivery-status`` message
+(RFC 6522) of three parts: a human-readable explanation, the machine-readable
+``message/delivery-status`` fields, and the original message (``RET=FULL``)
+or only its header (``RET=HDRS`` or no RET, RFC 3461 section 4.3). It goes
+out with the null reverse-path so it can never bounce back (RFC 5321 section
+6.1); the caller (the relay engine) sends it, this module only builds bytes.
+
+The MIME is built by the stdlib ``email`` package with CRLF line endings;
+every value that comes from outside (addresses, remote replies, ENVID) is
+stripped of control characters first, so no header can be split or injected
+and nothing carries a bare CR or LF.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.policy
+import email.utils
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.generator import BytesGenerator
+from io import BytesIO
+
+ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
+
+#: CR, LF and every other control character: never allowed into a header value.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+#: Header section of a message: everything up to the first empty line.
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+@dataclass(frozen=True)
+class DsnRecipient:
+    """One recipient's line in the report (RFC 3464 section 2.3)."""
+
+    address: str  # final recipient, as delivered to
+    orcpt: str  # RFC 3461 ORCPT, xtext-decoded ("rfc822;user@example.com"), "" if none
+    action: str  # 'failed' | 'delayed' | 'delivered' (also 'relayed', 'expanded')
+    status: str  # RFC 3463 enhanced status, e.g. "5.1.1"
+    diagnostic: str  # "smtp; 550 5.1.1 user unknown" ("" if none)
+    remote_mta: str  # host name of the MTA that answered ("" if none)
+    last_attempt: float  # unix time; 0 = unknown
+
+
+def dsn_wanted(
+    *, mail_from: str, auto_submitted: bool, notify: tuple[str, ...], action: str
+) -> bool:
+    """Whether the sender gets a DSN for this recipient's ``action``.
+
+    Never to the null reverse-path (RFC 5321 section 6.1: that is how bounce
+    loops are avoided) and never for ``Auto-Submitted`` mail (RFC 3834
+    section 2: automatic mail must not cause automatic replies, and the
+    issue's policy extends that to DSNs). ``NOTIFY=NEVER`` suppresses all;
+    a ``NOTIFY`` list without the keyword for this action suppresses it
+    (RFC 3461 section 4.1). Without NOTIFY only failures are reported, the
+    choice the RFC leaves to the MTA (``FAILURE`` or ``FAILURE,DELAY``).
+    """
+    if not mail_from or mail_from == "<>" or auto_submitted:
+        return False
+    wanted = {n.strip().upper() for n in notify}
+    if "NEVER" in wanted:
+        return False
+    if action == "failed":
+        return not wanted or "FAILURE" in wanted
+    if action == "delayed":
+        return "DELAY" in wanted
+    if action in ("delivered", "relayed", "expanded"):
+        return "SUCCESS" in wanted
+    raise ValueError(f"unknown DSN action {action!r} (expected one of {', '.join(ACTIONS)})")
+
+
+def build_dsn(
+    *,
+    original: bytes,
+    mail_from: str,
+    envid: str,
+    ret: str,
+    recipients: Sequence[DsnRecipient],
+    reporting_mta: str,
+    arrival_date: float,
+    now: float | None = None,
+) -> bytes:
+    """The complete DSN message (RFC 5322, CRLF) addressed to ``mail_from``.
+
+    ``original`` is the message as queued; ``ret`` is the sender's RET
+    ("FULL" returns it whole, anything else only its header section).
+    """
+    if not recipients:
+        raise ValueError("a DSN reports on at least one recipient")
+    for r in recipients:
+        if r.action not in ACTIONS:
+            raise ValueError(f"unknown DSN action {r.action!r}")
+    now = time.time() if now is None else now
+    mta = _clean(reporting_mta) or "localhost"
+    sender = _clean(mail_from)
+    utf8 = not (sender + "".join(r.address for r in recipients)).isascii()
+    # RFC 6531: an SMTPUTF8 sender can only be written with UTF-8 headers.
+    policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+
+    report = email.message.EmailMessage(policy=policy)
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{mta}>"
+    report["To"] = f"<{sender}>"
+    report["Subject"] = _subject(recipients)
+    report["Date"] = _date(now)
+    report["Message-ID"] = email.utils.make_msgid("dsn", domain=mta)  # domain: no getfqdn()
+    report["Auto-Submitted"] = "auto-replied"  # RFC 3834 section 5
+    report.make_mixed()  # becomes multipart; the subtype and parameter are set below
+    report.set_type("multipart/report")
+    report.set_param("report-type", "delivery-status")  # RFC 6522 section 3
+
+    text = email.message.EmailMessage(policy=policy)
+    human = _human_text(recipients, mta)
+    if human.isascii():
+        text.set_content(human, charset="us-ascii", cte="7bit")
+    else:
+        text.set_content(human, charset="utf-8", cte="quoted-printable")
+    text["Content-Description"] = "Notification"
+    for part in (
+        text,
+        _status_part(recipients, envid, mta, arrival_date, policy),
+        _returned_part(original, ret, policy),
+    ):
+        del part["MIME-Version"]  # set_content adds it; RFC 2045 wants it at the top only
+        report.attach(part)
+
+    out = BytesIO()
+    # Fold only beyond RFC 5322's 998: status fields stay one line each for simple readers.
+    BytesGenerator(out, policy=policy.clone(max_line_length=998)).flatten(report)
+    data = out.getvalue()
+    # Belt and braces for the RFC 5321 section 2.3.8 promise: no bare CR or LF.
+    return re.sub(rb"\r?\n|\r", b"\r\n", data)
+
+
+# ---------------------------------------------------------------------- parts
+
+
+def _status_part(
+    recipients: Sequence[DsnRecipient],
+    envid: str,
+    mta: str,
+    arrival_date: float,
+    policy: email.policy.EmailPolicy,
+) -> email.message.EmailMessage:
+    """``message/delivery-status``: one per-message block, one block per recipient."""
+    blocks: list[email.message.Message] = []
+    head = email.message.Message(policy=policy)
+    head["Reporting-MTA"] = f"dns; {mta}"  # RFC 3464 section 2.2.2
+    if _clean(envid):
+        head["Original-Envelope-Id"] = _ascii(envid)  # section 2.2.1, case kept
+    if arrival_date > 0:
+        head["Arrival-Date"] = _date(arrival_date)  # section 2.2.5
+    blocks.append(head)
+    for r in recipients:
+        block = email.message.Message(policy=policy)
+        if _clean(r.orcpt):
+            block["Original-Recipient"] = _typed(r.orcpt, "rfc822")  # section 2.3.1
+        block["Final-Recipient"] = f"rfc822; {_ascii(r.address)}"  # section 2.3.2
+        block["Action"] = r.action  # section 2.3.3
+        block["Status"] = _ascii(r.status) or _default_status(r.action)  # section 2.3.4
+        if _clean(r.remote_mta):
+            block["Remote-MTA"] = f"dns; {_ascii(r.remote_mta)}"  # section 2.3.5
+        if _clean(r.diagnostic):
+            block["Diagnostic-Code"] = _typed(r.diagnostic, "smtp")  # section 2.3.6
+        if r.last_attempt > 0:
+            block["Last-Attempt-Date"] = _date(r.last_attempt)  # section 2.3.7
+        blocks.append(block)
+    part = email.message.EmailMessage(policy=policy)
+    part.set_type("message/delivery-status")
+    part.set_payload(blocks)
+    part["Content-Description"] = "Delivery report"
+    return part
+
+
+def _returned_part(
+    original: bytes, ret: str, policy: email.policy.EmailPolicy
+) -> email.message.EmailMessage:
+    """The original message (RET=FULL) or its header section (default), RFC 3461 section 4.3."""
+    part = email.message.EmailMessage(policy=policy)
+    if ret.upper() == "FULL":
+        inner = email.message_from_bytes(original, policy=policy.clone(refold_source="none"))
+        cte = "7bit" if original.isascii() else "8bit"  # RFC 2046 5.2.1: never base64
+        part.set_content(inner, subtype="rfc822", cte=cte)
+        part["Content-Description"] = "Undelivered Message"
+        return part
+    match = _HEADER_END.search(original)
+    headers = original[: match.start()] if match else original
+    text = headers.decode("utf-8", errors="replace").rstrip("\r\n") + "\n"
+    charset, cte = ("us-ascii", "7bit") if text.isascii() else ("utf-8", "8bit")
+    part.set_content(text, subtype="rfc822-headers", charset=charset, cte=cte)  # RFC 6522 s. 5
+    part["Content-Description"] = "Undelivered Message Headers"
+    return part
+
+
+# ---------------------------------------------------------------------- text
+
+
+def _subject(recipients: Sequence[DsnRecipient]) -> str:
+    actions = {r.action for r in recipients}
+    if actions == {"failed"}:
+        return "Undelivered Mail Returned to Sender"
+    if "failed" in actions:
+        return "Delivery Status Notification (Failure)"
+    if actions == {"delayed"}:
+        return "Delayed Mail (still being retried)"
+    if "delayed" in actions:
+        return "Delivery Status Notification (Delay)"
+    return "Successful Mail Delivery Report"
+
+
+def _human_text(recipients: Sequence[DsnRecipient], mta: str) -> str:
+    lines = [f"This is the mail system at host {mta}.", ""]
+    failed = [r for r in recipients if r.action == "failed"]
+    delayed = [r for r in recipients if r.action == "delayed"]
+    done = [r for r in recipients if r.action not in ("failed", "delayed")]
+    if failed:
+        lines += [
+            "I'm sorry to have to inform you that your message could not",
+            "be delivered to one or more recipients. It's attached below.",
+            "",
+            *_explain(failed),
+        ]
+    if delayed:
+        lines += [
+            "Your message could not be delivered yet to the recipients below.",
+            "The mail system will keep trying; you do not need to resend it.",
+            "",
+            *_explain(delayed),
+        ]
+    if done:
+        lines += ["Your message was successfully delivered to:", "", *_explain(done)]
+    return "\n".join(lines) + "\n"
+
+
+def _explain(recipients: Sequence[DsnRecipient]) -> list[str]:
+    out: list[str] = []
+    for r in recipients:
+        why = _clean(r.diagnostic).partition(";")[2].strip()[:900] or _clean(r.status)
+        host = f" (host {_clean(r.remote_mta)})" if _clean(r.remote_mta) else ""
+        out += [f"<{_clean(r.address)}>{host}: {why}", ""]
+    return out
+
+
+# ---------------------------------------------------------------------- values
+
+
+def _clean(value: str) -> str:
+    """One line: control characters (CR, LF, NUL, TAB...) become single spaces."""
+    return _CONTROL.sub(" ", value).strip()
+
+
+def _ascii(value: str) -> str:
+    """A clean value in ASCII: delivery-status fields are ASCII (RFC 3464 section 2.1)."""
+    return _clean(value).encode("ascii", "replace").decode("ascii")
+
+
+def _typed(value: str, default_type: str) -> str:
+    """``"type; value"`` (RFC 3464 address-type / diagnostic-type); the type assumed if absent."""
+    kind, sep, rest = _ascii(value).partition(";")
+    if sep and re.fullmatch(r"[A-Za-z0-9-]+", kind.strip()):
+        return f"{kind.strip()}; {rest.strip()}"
+    return f"{default_type}; {_ascii(value)}"
+
+
+def _default_status(action: str) -> str:
+    return {"failed": "5.0.0", "delayed": "4.0.0"}.get(action, "2.0.0")
+
+
+def _date(ts: float) -> str:
+    """RFC 5322 section 3.3 date-time in UTC (+0000)."""
+    return email.utils.format_datetime(datetime.fromtimestamp(ts, UTC).replace(microsecond=0))

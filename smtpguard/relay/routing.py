@@ -1,0 +1,356 @@
+"""Where mail for a domain goes: smarthost, per-domain route, or MX lookup.
+
+One question, one answer: :meth:`Router.route` turns a recipient domain into
+the ordered list of :class:`NextHop` addresses the delivery client tries in
+turn, or raises :class:`RoutingError` saying whether the failure is permanent
+(the domain can never receive mail) or temporary (DNS is unwell right now).
+
+Order of precedence, highest first:
+
+1. ``delivery.smarthost``: everything goes there (with its own AUTH and TLS).
+2. ``delivery.routes``: a key ``"example.com"`` matches that domain only; a key
+   ``".example.com"`` matches every subdomain of it (Postfix transport(5)
+   convention). The exact key wins over a subdomain key; the longest wins among
+   subdomain keys.
+3. MX lookup (RFC 5321 section 5.1): MX records sorted by preference, equal
+   preferences shuffled to spread load; each MX host resolved to its A then
+   AAAA addresses. No MX at all: the domain's own A/AAAA is the implicit MX.
+   A null MX (RFC 7505) or NXDOMAIN is permanent; SERVFAIL and timeouts are
+   temporary.
+
+Smarthost and route hosts are resolved to A/AAAA only, never MX (like
+Postfix's ``[host]`` form): the operator named the machine. IP literals, with
+or without brackets, are used as they are.
+
+DNS goes through dnspython's async resolver; ``delivery.nameservers`` pins the
+servers (tests point it at a stub on loopback), otherwise the system's
+resolv.conf is used. Answers are cached by dnspython's LRU cache for their TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from smtpguard.config import DeliveryConfig, parse_hostport
+from smtpguard.errors import ConfigError
+
+#: Bounds on how much one route() call may look up: RFC 5321 section 5.1 lets a
+#: client stop after a reasonable number of MX hosts (Postfix stops at 5 addresses).
+MAX_MX_HOSTS = 10
+MAX_ADDRESSES = 20
+
+#: How many distinct DNS answers stay cached.
+CACHE_SIZE = 10_000
+
+_NO_ADDRESS = "no A or AAAA records"
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """One address to try, with what the delivery client needs to talk to it."""
+
+    host: str  # name for EHLO logs and the TLS SNI (the IP itself for a literal)
+    address: str  # IP to connect to
+    port: int
+    preference: int
+    source: str  # 'mx' | 'a' | 'smarthost' | 'route'
+    tls: str  # 'none' | 'opportunistic' | 'required'
+    username: str = ""
+    password: str = ""
+
+
+class RoutingError(Exception):
+    """No next hop for a domain; carries what the classifier and the DSN need.
+
+    ``reason`` is from the classifier's vocabulary: ``hostunknown`` (NXDOMAIN,
+    no address at all, and null MX per RFC 7505 as issue 4 specifies: a domain
+    that publishes "accepts no mail" is as dead a destination as one that does
+    not exist; both suppress), ``networkerror``
+    (DNS failed for now: SERVFAIL, timeout).
+    """
+
+    def __init__(
+        self, text: str, *, reason: str, status: str, reply_code: str, permanent: bool
+    ) -> None:
+        super().__init__(text)
+        self.text = text
+        self.reason = reason
+        self.status = status
+        self.reply_code = reply_code
+        self.permanent = permanent
+
+    @property
+    def reply(self) -> str:
+        """The failure as an SMTP reply line, the form the classifier reads."""
+        return f"{self.reply_code} {self.status} {self.text}"
+
+    def __repr__(self) -> str:
+        return f"RoutingError({self.reply!r}, reason={self.reason!r})"
+
+
+def _nxdomain(name: str) -> RoutingError:
+    # RFC 3463 X.1.2: bad destination system address.
+    return RoutingError(
+        f"Host or domain name not found: {name} does not exist (NXDOMAIN)",
+        reason="hostunknown", status="5.1.2", reply_code="550", permanent=True,
+    )  # fmt: skip
+
+
+def _no_address(name: str) -> RoutingError:
+    return RoutingError(
+        f"Host or domain name not found: {name} has no MX, A or AAAA records",
+        reason="hostunknown", status="5.1.2", reply_code="550", permanent=True,
+    )  # fmt: skip
+
+
+def _bad_domain(domain: str, why: str) -> RoutingError:
+    return RoutingError(
+        f"Bad destination domain {domain!r}: {why}",
+        reason="hostunknown", status="5.1.2", reply_code="550", permanent=True,
+    )  # fmt: skip
+
+
+def _null_mx(domain: str) -> RoutingError:
+    # RFC 7505 section 4.2 / RFC 7504: 556 and 5.1.10 for a domain that accepts no mail.
+    return RoutingError(
+        f"Host or domain name not found: {domain} has no mail exchanger (RFC 7505 \"0 .\" MX)",
+        reason="hostunknown", status="5.1.10", reply_code="556", permanent=True,
+    )  # fmt: skip
+
+
+def _dns_trouble(name: str, rdtype: str, why: str) -> RoutingError:
+    # RFC 3463 X.4.3: directory server failure; always worth retrying.
+    return RoutingError(
+        f"DNS lookup failed for {name} {rdtype}, will retry: {why}",
+        reason="networkerror", status="4.4.3", reply_code="451", permanent=False,
+    )  # fmt: skip
+
+
+def _ip(text: str) -> str | None:
+    """The IP in ``"192.0.2.1"``, ``"[192.0.2.1]"``, ``"[IPv6:2001:db8::1]"``; else None."""
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if inner[:5].lower() == "ipv6:":  # RFC 5321 section 4.1.3 address literal
+        inner = inner[5:]
+    try:
+        return str(ipaddress.ip_address(inner))
+    except ValueError:
+        return None
+
+
+def _split_target(value: str, default_port: int) -> tuple[str, int]:
+    """``("mx.example.net", 2525)`` from ``"mx.example.net:2525"``, ``"[::1]:25"``, ``"host"``."""
+    if value.count(":") > 1 and not value.startswith("["):
+        return value, default_port  # bare IPv6 address, no port
+    host, port = parse_hostport(value, default_port)
+    return host, port
+
+
+class Router:
+    """Resolves recipient domains to next hops; one per relay process (it holds the cache)."""
+
+    def __init__(self, cfg: DeliveryConfig, *, timeout: float = 10.0) -> None:
+        """``timeout`` bounds one whole DNS lookup, retries included."""
+        self.cfg = cfg
+        self.timeout = timeout
+        if cfg.nameservers:
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            servers: list[str | dns.nameserver.Nameserver] = []
+            for entry in cfg.nameservers:
+                host, port = parse_hostport(entry, 53)
+                servers.append(dns.nameserver.Do53Nameserver(host, port))
+            resolver.nameservers = servers
+        else:
+            try:
+                resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                raise ConfigError(
+                    "delivery.nameservers is empty and the system resolver configuration"
+                    " (/etc/resolv.conf) has no name servers"
+                ) from None
+        resolver.lifetime = timeout
+        resolver.timeout = min(timeout, 3.0)  # per server try, then retry within the lifetime
+        resolver.use_edns(0, 0, 1232)  # RFC 6891; 1232 avoids IP fragmentation (DNS flag day 2020)
+        resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)
+        self.resolver = resolver
+        self._routes = {k.lower().rstrip("."): v for k, v in cfg.routes.items()}
+        self._smarthost: tuple[str, int] | None = None
+        if cfg.smarthost:
+            try:
+                self._smarthost = _split_target(cfg.smarthost, 25)
+            except ValueError as e:
+                raise ConfigError(f"delivery.smarthost: {e}") from None
+        for key, value in self._routes.items():
+            try:
+                _split_target(value, cfg.port)
+            except ValueError as e:
+                raise ConfigError(f"delivery.routes.{key}: {e}") from None
+
+    async def route(self, domain: str) -> list[NextHop]:
+        """Next hops for ``domain`` in the order to try them; raises :class:`RoutingError`."""
+        domain = domain.strip().lower().rstrip(".")
+        cfg = self.cfg
+        if self._smarthost is not None:
+            host, port = self._smarthost
+            return await self._fixed(
+                host, port, "smarthost", cfg.smarthost_tls,
+                cfg.smarthost_user, cfg.smarthost_password,
+            )  # fmt: skip
+        route = self._match_route(domain)
+        if route is not None:
+            host, port = _split_target(route, cfg.port)
+            return await self._fixed(host, port, "route", cfg.tls)
+        if domain.startswith("["):  # user@[192.0.2.1]: RFC 5321 section 4.1.3, no DNS
+            literal = _ip(domain)
+            if literal is None:
+                raise _bad_domain(domain, "not an IP address literal")
+            return [NextHop(literal, literal, cfg.port, 0, "a", cfg.tls)]
+        return await self._mx(domain)
+
+    # ------------------------------------------------------------------ configured hosts
+
+    def _match_route(self, domain: str) -> str | None:
+        if domain in self._routes:
+            return self._routes[domain]
+        labels = domain.split(".")
+        for i in range(1, len(labels)):  # longest parent first
+            key = "." + ".".join(labels[i:])
+            if key in self._routes:
+                return self._routes[key]
+        return None
+
+    async def _fixed(
+        self, host: str, port: int, source: str, tls: str, user: str = "", password: str = ""
+    ) -> list[NextHop]:
+        literal = _ip(host)
+        if literal is not None:
+            return [NextHop(literal, literal, port, 0, source, tls, user, password)]
+        name = host.strip("[]")
+        # A name the operator configured that does not resolve is the operator's to fix:
+        # defer (as Postfix does for its relayhost), never bounce or suppress recipients.
+        try:
+            addresses = await self._addresses(name)
+        except RoutingError as e:
+            raise _dns_trouble(name, "A/AAAA", f"{source} host: {e.text}") from None
+        if not addresses:
+            raise _dns_trouble(name, "A/AAAA", f"{source} host has {_NO_ADDRESS}")
+        return [NextHop(name, a, port, 0, source, tls, user, password) for a in addresses]
+
+    # ------------------------------------------------------------------ MX
+
+    async def _mx(self, domain: str) -> list[NextHop]:
+        try:
+            qname = dns.name.from_text(domain)
+        except (dns.exception.DNSException, UnicodeError) as e:
+            raise _bad_domain(domain, str(e)) from None
+        if len(qname.labels) < 2:
+            raise _bad_domain(domain, "empty")
+        answer = await self._query(qname, "MX")
+        if answer is None:  # no MX: implicit MX, RFC 5321 section 5.1
+            addresses = await self._addresses(domain)
+            if not addresses:
+                raise _no_address(domain)
+            hops = [NextHop(domain, a, self.cfg.port, 0, "a", self.cfg.tls) for a in addresses]
+            return hops[:MAX_ADDRESSES]
+        records = sorted(answer, key=lambda r: r.preference)
+        targets = [r for r in records if r.exchange != dns.name.root]
+        if not targets:  # RFC 7505 section 3: "0 ." alone means no mail, ever
+            raise _null_mx(domain)
+        # RFC 5321 section 5.1: equal preferences in random order.
+        groups: dict[int, list[str]] = {}
+        for r in targets:
+            name = r.exchange.to_text(omit_final_dot=True).lower()
+            group = groups.setdefault(r.preference, [])
+            if name not in group:
+                group.append(name)
+        ordered: list[tuple[int, str]] = []
+        for pref in sorted(groups):
+            names = groups[pref]
+            random.shuffle(names)
+            ordered += [(pref, n) for n in names]
+        ordered = ordered[:MAX_MX_HOSTS]
+        results = await asyncio.gather(
+            *(self._addresses(name) for _, name in ordered), return_exceptions=True
+        )
+        hops: list[NextHop] = []
+        trouble: RoutingError | None = None
+        for (pref, name), result in zip(ordered, results, strict=True):
+            if isinstance(result, RoutingError):
+                if not result.permanent:
+                    trouble = result
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            hops += [NextHop(name, a, self.cfg.port, pref, "mx", self.cfg.tls) for a in result]
+        if hops:
+            return _dedupe(hops)[:MAX_ADDRESSES]
+        if trouble is not None:
+            raise trouble
+        raise RoutingError(
+            f"Host or domain name not found: no MX host of {domain} has an address",
+            reason="hostunknown", status="5.1.2", reply_code="550", permanent=True,
+        )  # fmt: skip
+
+    async def _addresses(self, name: str) -> list[str]:
+        """A then AAAA addresses of ``name`` (IPv4 first: the more often working path).
+
+        [] when the name exists without addresses; RoutingError for NXDOMAIN or DNS
+        trouble (temporary only if neither family gave an answer).
+        """
+        try:
+            qname = dns.name.from_text(name)
+        except (dns.exception.DNSException, UnicodeError) as e:
+            raise _bad_domain(name, str(e)) from None
+        v4, v6 = await asyncio.gather(
+            self._query(qname, "A"), self._query(qname, "AAAA"), return_exceptions=True
+        )
+        addresses: list[str] = []
+        errors: list[RoutingError] = []
+        for result in (v4, v6):
+            if isinstance(result, RoutingError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            elif result is not None:
+                addresses += [r.address for r in result]
+        if addresses:
+            return addresses
+        if errors:
+            raise next((e for e in errors if not e.permanent), errors[0])
+        return []
+
+    async def _query(self, qname: dns.name.Name, rdtype: str) -> dns.resolver.Answer | None:
+        """One lookup; None for "no records of this type", RoutingError otherwise."""
+        name = qname.to_text(omit_final_dot=True)
+        try:
+            return await self.resolver.resolve(qname, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            raise _nxdomain(name) from None
+        except dns.resolver.NoAnswer:
+            return None
+        except dns.resolver.NoNameservers:
+            raise _dns_trouble(name, rdtype, "no server answered (SERVFAIL)") from None
+        except dns.exception.Timeout:
+            raise _dns_trouble(name, rdtype, f"DNS timeout after {self.timeout:g}s") from None
+        except dns.exception.DNSException as e:
+            raise _dns_trouble(name, rdtype, str(e) or type(e).__name__) from None
+
+
+def _dedupe(hops: list[NextHop]) -> list[NextHop]:
+    """Keep the first (best preference) hop for each address and port."""
+    seen: set[tuple[str, int]] = set()
+    out: list[NextHop] = []
+    for hop in hops:
+        if (hop.address, hop.port) not in seen:
+            seen.add((hop.address, hop.port))
+            out.append(hop)
+    return out

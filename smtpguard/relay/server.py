@@ -1,0 +1,170 @@
+"""The relay process: stores, inbound server, scheduler and delivery, wired together.
+
+Start-up order matters: the queue opens first and *recovers* (recipients left
+``active`` by a crash go back to ``queued``), then delivery starts, and only
+then does the inbound server bind, so nothing is accepted that cannot be kept.
+
+At-least-once: a message gets ``250`` only after its COMMIT; a recipient is
+marked ``delivered`` only after the next hop's ``250`` to the final dot. A
+SIGKILL between those two points (the next hop has the message, our database
+does not know yet) makes the recipient ``active`` at the next start, and it is
+sent again. So the duplicates after a crash are at most the recipients in
+flight at the moment of the kill: at most ``delivery.concurrency`` connections
+times one message each, plus the results waiting for their group commit.
+
+Shutdown (SIGTERM / SIGINT) drains: the inbound server stops accepting and
+lets sessions in a transaction finish, the scheduler stops claiming, messages
+already being sent finish (up to ``delivery.drain_timeout``), claimed but
+unsent recipients go back to ``queued``, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from smtpguard.config import Config
+from smtpguard.relay import metrics
+from smtpguard.relay.delivery import Delivery
+from smtpguard.relay.envelope import InboundMessage
+from smtpguard.relay.outcome import OutcomeHandler
+from smtpguard.relay.scheduler import Scheduler, Shaper
+from smtpguard.store.queue import QueueStore, format_qid
+
+log = logging.getLogger("smtpguard.relay")
+
+
+def load_classifier(cfg: Config) -> Any:
+    """The classifier the relay consults for every reply (operator rules if configured)."""
+    from smtpguard.classify import Classifier, default_classifier
+
+    if cfg.classifier.rules_file:
+        return Classifier.load(cfg.classifier.rules_file)
+    return default_classifier()
+
+
+class Relay:
+    """One running relay. ``await relay.start()``, ``await relay.stop()``."""
+
+    def __init__(self, cfg: Config, *, shaper: Shaper | None = None) -> None:
+        self.cfg = cfg
+        self._shaper = shaper
+        self.queue: QueueStore | None = None
+        self.suppression: Any = None
+        self.inbound: Any = None
+        self.scheduler: Scheduler | None = None
+        self.delivery: Delivery | None = None
+        self.outcome: OutcomeHandler | None = None
+        self.recovered = 0
+        self._scheduler_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        return int(self.inbound.port)
+
+    async def start(self) -> None:
+        from smtpguard.relay.inbound import InboundServer
+        from smtpguard.relay.routing import Router
+        from smtpguard.store.suppression import AsyncSuppressionStore
+
+        cfg = self.cfg
+        busy = cfg.store.busy_timeout
+        classifier = load_classifier(cfg)  # fail on bad rules before opening anything
+        self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy)
+        self.recovered = await self.queue.recover()
+        if self.recovered:
+            log.warning(
+                "recovered %d recipients left in flight by an unclean stop; they will be "
+                "sent again (at-least-once)", self.recovered,
+            )  # fmt: skip
+        self.suppression = await AsyncSuppressionStore.open(cfg.data_dir, busy_timeout=busy)
+        d = cfg.delivery
+        self.scheduler = Scheduler(
+            self.queue, max_inflight=max(d.concurrency * 20, 200), refill_interval=1.0
+        )
+        self.outcome = OutcomeHandler(
+            cfg, self.queue, record_suppression=self.suppression.record,
+            on_deferred=self.scheduler.notify,
+        )  # fmt: skip
+        self.delivery = Delivery(
+            cfg, self.queue, Router(d), classifier, self.outcome, shaper=self._shaper
+        )
+        scheduler, delivery = self.scheduler, self.delivery
+
+        def dispatch(claim: Any) -> None:
+            metrics.INFLIGHT.inc()
+            delivery.submit(claim, _released(scheduler))
+
+        self._scheduler_task = asyncio.create_task(scheduler.run(dispatch), name="scheduler")
+        self.inbound = InboundServer(cfg, enqueue=self.enqueue, lookup=self._lookup)
+        await self.inbound.start()
+        if cfg.metrics.listen:
+            metrics.serve(cfg.metrics.listen)
+
+    async def _lookup(self, address: str) -> Any:
+        return await self.suppression.lookup(address)
+
+    async def enqueue(self, msg: InboundMessage) -> str:
+        """Inbound's hook: commit durably (raises on storage failure), then schedule."""
+        assert self.queue is not None and self.scheduler is not None
+        message_id = await self.queue.enqueue_id(msg)
+        metrics.RECEIVED.inc()
+        self.scheduler.notify(message_id, time.time())
+        return format_qid(message_id)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Drain and close; safe to call once the relay started (or failed to)."""
+        drain = self.cfg.delivery.drain_timeout if timeout is None else timeout
+        if self.inbound is not None:
+            with contextlib.suppress(Exception):
+                await self.inbound.stop(timeout=drain)
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self._scheduler_task is not None:
+            with contextlib.suppress(Exception):
+                await self._scheduler_task
+        if self.delivery is not None:
+            released = await self.delivery.drain(drain)
+            if released:
+                log.info("%d claimed recipients put back in the queue", released)
+        if self.suppression is not None:
+            with contextlib.suppress(Exception):
+                await self.suppression.close()
+        if self.queue is not None:
+            await self.queue.close()
+        self._stopped.set()
+
+
+def _released(scheduler: Scheduler) -> Callable[[], None]:
+    def done() -> None:
+        metrics.INFLIGHT.dec()
+        scheduler.release()
+
+    return done
+
+
+async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None = None) -> int:
+    """Run a relay until SIGTERM/SIGINT; returns the exit code (0 after a clean drain)."""
+    relay = Relay(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await relay.start()
+    except BaseException:
+        await relay.stop(timeout=5.0)
+        raise
+    if on_listening is not None:
+        on_listening(relay.inbound.host, relay.port)
+    await stop.wait()
+    log.info("signal received: draining")
+    await relay.stop()
+    log.info("stopped")
+    return 0

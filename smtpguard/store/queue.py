@@ -1,0 +1,858 @@
+"""The relay's durable queue: messages, per-recipient delivery state, events.
+
+Why it looks like this:
+
+* **Durable before 250.** :meth:`QueueStore.enqueue` returns only after the
+  transaction holding the message has been COMMITted on a connection with
+  ``synchronous=FULL`` (see :mod:`smtpguard.store.db`), so the inbound side can
+  answer ``250`` knowing a crash cannot lose the message.
+* **Group commit.** One fsync per message would cap the relay at a few hundred
+  messages per second on a slow disk. Every write goes to one writer thread,
+  which takes everything pending, runs it in ONE transaction (each operation in
+  its own SAVEPOINT, so one bad operation fails alone and leaves nothing
+  half-written) and then resolves each caller's future. Twenty sessions
+  committing at once cost one fsync, not twenty.
+* **Bodies are not held in memory while queued.** They live in
+  ``queue_bodies`` and are read back only when a delivery attempt needs them;
+  a finished message's body is deleted, its metadata and events stay.
+* **Due work through an index.** Recipients carry ``(state, next_attempt)``
+  and the scheduler asks the ``queue_recipients_due`` index for what is due;
+  nothing rescans the queue.
+
+Recipient states: ``queued`` (waiting for its ``next_attempt``), ``active``
+(claimed by a delivery attempt), ``held`` (operator hold), and the final
+``delivered``, ``bounced``, ``expired``, ``deleted``. A crash can leave
+``active`` rows; :meth:`QueueStore.recover` puts them back to ``queued`` at
+start-up (at-least-once delivery).
+
+SQL stays in this module; callers see records and methods only. The async
+:class:`QueueStore` serves the relay's event loop; the synchronous
+:class:`QueueAdmin` serves the ``smtpguard queue`` CLI, possibly while the
+relay runs (WAL lets both work on the same file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue as _stdqueue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from smtpguard.errors import StoreError, UserError
+from smtpguard.relay.envelope import InboundMessage
+from smtpguard.store.db import connect, db_path, explain
+
+log = logging.getLogger("smtpguard.queue")
+
+T = TypeVar("T")
+
+#: Recipient states that still have work to do.
+PENDING_STATES = ("queued", "active", "held")
+#: Recipient states that are final.
+FINAL_STATES = ("delivered", "bounced", "expired", "deleted")
+
+_MAX_BATCH = 500  # operations per group-commit transaction
+
+
+# --------------------------------------------------------------------------- records
+
+
+def format_qid(message_id: int) -> str:
+    """The queue id shown to people and in ``250 ... queued as <id>``: 10 hex digits."""
+    return f"{message_id:010X}"
+
+
+def parse_qid(qid: str) -> int:
+    """The row id from a queue id; a precise :class:`UserError` for anything else."""
+    text = qid.strip()
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise UserError(f"not a queue id: {qid!r} (expected hex digits like 000000002A)") from None
+    if value <= 0 or len(text) > 16:
+        raise UserError(f"not a queue id: {qid!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A queued message's envelope and metadata (never its body)."""
+
+    id: int
+    kind: str  # 'mail' or 'dsn' (a DSN we generated: routed to dsn.next_hop)
+    mail_from: str
+    envid: str
+    ret: str
+    smtputf8: bool
+    body_type: str
+    size: int
+    received_at: float
+    auto_submitted: bool
+    client: str
+    held: bool
+    parent_id: int | None = None
+    done_at: float | None = None
+
+    @property
+    def qid(self) -> str:
+        return format_qid(self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRecipient:
+    """One recipient of a queued message and its delivery state."""
+
+    id: int
+    message_id: int
+    address: str
+    domain: str
+    notify: tuple[str, ...]
+    orcpt: str
+    state: str
+    attempts: int
+    next_attempt: float
+    last_attempt: float | None = None
+    last_code: str = ""
+    last_status: str = ""
+    last_reason: str = ""
+    last_diag: str = ""
+    last_host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEvent:
+    """One line of a message's history: received, an attempt's verdict, an operator action."""
+
+    id: int
+    ts: float
+    message_id: int
+    recipient: str
+    event: str
+    code: str = ""
+    status: str = ""
+    reason: str = ""
+    detail: str = ""
+    remote_host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Recipients of one message claimed (state ``active``) for a delivery attempt."""
+
+    message: QueuedMessage
+    recipients: tuple[QueuedRecipient, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """What one attempt did for one recipient; written by :meth:`QueueStore.record`.
+
+    ``state`` is the new state: ``delivered``, ``bounced``, ``expired`` or
+    ``queued`` (deferred, with ``next_attempt``). ``event`` names the history line.
+    """
+
+    recipient_id: int
+    message_id: int
+    address: str
+    state: str
+    event: str
+    next_attempt: float = 0.0
+    code: str = ""
+    status: str = ""
+    reason: str = ""
+    diagnostic: str = ""
+    remote_host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for ``smtpguard queue stats`` and metrics."""
+
+    messages_pending: int
+    recipients_by_state: dict[str, int]
+    oldest_pending: float | None
+    next_due: float | None
+    deferred_reasons: dict[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- SQL (sync)
+
+_MSG_COLS = (
+    "id, kind, mail_from, envid, ret, smtputf8, body_type, size, received_at, "
+    "auto_submitted, client, held, parent_id, done_at"
+)
+_RCPT_COLS = (
+    "id, message_id, address, domain, notify, orcpt, state, attempts, next_attempt, "
+    "last_attempt, last_code, last_status, last_reason, last_diag, last_host"
+)
+
+
+def _message(row: Sequence[Any]) -> QueuedMessage:
+    return QueuedMessage(
+        id=row[0], kind=row[1], mail_from=row[2], envid=row[3], ret=row[4],
+        smtputf8=bool(row[5]), body_type=row[6], size=row[7], received_at=row[8],
+        auto_submitted=bool(row[9]), client=row[10], held=bool(row[11]), parent_id=row[12],
+        done_at=row[13],
+    )  # fmt: skip
+
+
+def _recipient(row: Sequence[Any]) -> QueuedRecipient:
+    return QueuedRecipient(
+        id=row[0], message_id=row[1], address=row[2], domain=row[3],
+        notify=tuple(row[4].split(",")) if row[4] else (), orcpt=row[5], state=row[6],
+        attempts=row[7], next_attempt=row[8], last_attempt=row[9], last_code=row[10],
+        last_status=row[11], last_reason=row[12], last_diag=row[13], last_host=row[14],
+    )  # fmt: skip
+
+
+def _event(conn: sqlite3.Connection, ts: float, message_id: int, event: str, **kw: str) -> None:
+    conn.execute(
+        "INSERT INTO queue_events (ts, message_id, recipient, event, code, status, reason, "
+        "detail, remote_host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            ts, message_id, kw.get("recipient", ""), event, kw.get("code", ""),
+            kw.get("status", ""), kw.get("reason", ""), kw.get("detail", ""),
+            kw.get("remote_host", ""),
+        ),
+    )  # fmt: skip
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def insert_message(
+    conn: sqlite3.Connection,
+    msg: InboundMessage,
+    *,
+    kind: str = "mail",
+    parent_id: int | None = None,
+    now: float | None = None,
+) -> int:
+    """Insert one message with its body, recipients and a ``received`` event.
+
+    Runs inside the caller's transaction; returns the new row id.
+    """
+    now = time.time() if now is None else now
+    if not msg.recipients:
+        raise ValueError("a queued message needs at least one recipient")
+    cur = conn.execute(
+        "INSERT INTO queue_messages (kind, parent_id, mail_from, envid, ret, smtputf8, body_type,"
+        " size, received_at, auto_submitted, client, helo, auth_user)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            kind, parent_id, msg.mail_from, msg.envid, msg.ret, int(msg.smtputf8), msg.body,
+            len(msg.data), msg.received_at or now, int(msg.auto_submitted), msg.client_address,
+            msg.helo, msg.auth_user,
+        ),
+    )  # fmt: skip
+    message_id = cur.lastrowid
+    assert message_id is not None
+    conn.execute(
+        "INSERT INTO queue_bodies (message_id, data) VALUES (?, ?)", (message_id, msg.data)
+    )
+    conn.executemany(
+        "INSERT INTO queue_recipients (message_id, address, domain, notify, orcpt, next_attempt)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (message_id, r.address, _domain(r.address), ",".join(r.notify), r.orcpt, now)
+            for r in msg.recipients
+        ],
+    )
+    detail = f"from=<{msg.mail_from}> size={len(msg.data)} nrcpt={len(msg.recipients)}"
+    if msg.client_address:
+        detail += f" client={msg.client_address}"
+    _event(conn, now, message_id, "dsn-created" if kind == "dsn" else "received", detail=detail)
+    return message_id
+
+
+def due_messages(conn: sqlite3.Connection, until: float, limit: int) -> list[tuple[float, int]]:
+    """``(next_attempt, message_id)`` of queued recipients due by ``until``, earliest first.
+
+    Served by the ``(state, next_attempt)`` index: cost grows with ``limit``,
+    not with the size of the queue.
+    """
+    rows = conn.execute(
+        "SELECT next_attempt, message_id FROM queue_recipients"
+        " WHERE state = 'queued' AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
+        (until, limit),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(
+        "SELECT next_attempt FROM queue_recipients WHERE state = 'queued'"
+        " ORDER BY next_attempt LIMIT 1"
+    ).fetchone()
+    return row[0] if row else None
+
+
+def claim(conn: sqlite3.Connection, message_ids: Iterable[int], now: float) -> list[Claim]:
+    """Mark the due, queued recipients of these messages ``active`` and return them."""
+    claims: list[Claim] = []
+    for message_id in dict.fromkeys(message_ids):
+        rows = conn.execute(
+            f"UPDATE queue_recipients SET state = 'active'"
+            f" WHERE message_id = ? AND state = 'queued' AND next_attempt <= ?"
+            f" RETURNING {_RCPT_COLS}",
+            (message_id, now),
+        ).fetchall()
+        if not rows:
+            continue
+        mrow = conn.execute(
+            f"SELECT {_MSG_COLS} FROM queue_messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        recipients = tuple(sorted((_recipient(r) for r in rows), key=lambda r: r.id))
+        claims.append(Claim(_message(mrow), recipients))
+    return claims
+
+
+def _finish_if_done(conn: sqlite3.Connection, message_id: int, now: float) -> bool:
+    """Mark a message done and drop its body once no recipient has work left."""
+    pending = conn.execute(
+        "SELECT 1 FROM queue_recipients WHERE message_id = ?"
+        " AND state IN ('queued', 'active', 'held') LIMIT 1",
+        (message_id,),
+    ).fetchone()
+    if pending:
+        return False
+    conn.execute(
+        "UPDATE queue_messages SET done_at = ? WHERE id = ? AND done_at IS NULL", (now, message_id)
+    )
+    conn.execute("DELETE FROM queue_bodies WHERE message_id = ?", (message_id,))
+    return True
+
+
+def record_results(
+    conn: sqlite3.Connection,
+    results: Sequence[RecipientResult],
+    dsns: Sequence[tuple[int, InboundMessage]],
+    now: float,
+) -> list[int]:
+    """Write attempt results, their events and any DSNs, in the caller's transaction.
+
+    A result only changes a recipient that is still ``active`` (an operator may
+    have deleted it meanwhile); a deferral of a held message lands in ``held``.
+    Returns the ids of the DSN messages created.
+    """
+    touched: dict[int, None] = {}
+    for r in results:
+        if r.state == "queued":
+            conn.execute(
+                "UPDATE queue_recipients SET state = CASE WHEN (SELECT held FROM queue_messages"
+                " WHERE id = message_id) THEN 'held' ELSE 'queued' END, next_attempt = ?,"
+                " attempts = attempts + 1, last_attempt = ?, last_code = ?, last_status = ?,"
+                " last_reason = ?, last_diag = ?, last_host = ? WHERE id = ? AND state = 'active'",
+                (
+                    r.next_attempt, now, r.code, r.status, r.reason, r.diagnostic,
+                    r.remote_host, r.recipient_id,
+                ),
+            )  # fmt: skip
+        else:
+            conn.execute(
+                "UPDATE queue_recipients SET state = ?, attempts = attempts + 1,"
+                " last_attempt = ?, last_code = ?, last_status = ?, last_reason = ?,"
+                " last_diag = ?, last_host = ? WHERE id = ? AND state = 'active'",
+                (
+                    r.state, now, r.code, r.status, r.reason, r.diagnostic, r.remote_host,
+                    r.recipient_id,
+                ),
+            )  # fmt: skip
+        _event(
+            conn, now, r.message_id, r.event, recipient=r.address, code=r.code, status=r.status,
+            reason=r.reason, detail=r.diagnostic, remote_host=r.remote_host,
+        )  # fmt: skip
+        touched[r.message_id] = None
+    created = []
+    for parent_id, dsn in dsns:
+        dsn_id = insert_message(conn, dsn, kind="dsn", parent_id=parent_id, now=now)
+        _event(conn, now, parent_id, "dsn-queued", detail=f"dsn={format_qid(dsn_id)}")
+        created.append(dsn_id)
+    for message_id in touched:
+        _finish_if_done(conn, message_id, now)
+    return created
+
+
+def release_claims(conn: sqlite3.Connection, recipient_ids: Iterable[int], now: float) -> int:
+    """Put claimed recipients back to ``queued`` without counting an attempt (shutdown)."""
+    n = 0
+    for rid in recipient_ids:
+        n += conn.execute(
+            "UPDATE queue_recipients SET state = 'queued', next_attempt = ?"
+            " WHERE id = ? AND state = 'active'",
+            (now, rid),
+        ).rowcount
+    return n
+
+
+def recover(conn: sqlite3.Connection, now: float) -> int:
+    """After a crash: every ``active`` recipient goes back to ``queued``, due now."""
+    rows = conn.execute(
+        "UPDATE queue_recipients SET state = 'queued', next_attempt = ? WHERE state = 'active'"
+        " RETURNING message_id, address",
+        (now,),
+    ).fetchall()
+    for message_id, address in rows:
+        _event(conn, now, message_id, "recovered", recipient=address,
+               detail="attempt interrupted by a restart; queued again")  # fmt: skip
+    return len(rows)
+
+
+def read_body(conn: sqlite3.Connection, message_id: int) -> bytes:
+    row = conn.execute(
+        "SELECT data FROM queue_bodies WHERE message_id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        raise StoreError(f"queue message {format_qid(message_id)} has no body")
+    return bytes(row[0])
+
+
+def read_message(conn: sqlite3.Connection, message_id: int) -> QueuedMessage | None:
+    row = conn.execute(
+        f"SELECT {_MSG_COLS} FROM queue_messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    return _message(row) if row else None
+
+
+def stats(conn: sqlite3.Connection) -> QueueStats:
+    by_state = {s: 0 for s in (*PENDING_STATES, *FINAL_STATES)}
+    for state, n in conn.execute("SELECT state, count(*) FROM queue_recipients GROUP BY state"):
+        by_state[state] = n
+    pending = conn.execute(
+        "SELECT count(*), min(received_at) FROM queue_messages WHERE done_at IS NULL"
+    ).fetchone()
+    reasons = dict(
+        conn.execute(
+            "SELECT last_reason, count(*) FROM queue_recipients WHERE state IN ('queued', 'held')"
+            " AND attempts > 0 GROUP BY last_reason ORDER BY count(*) DESC LIMIT 10"
+        ).fetchall()
+    )
+    return QueueStats(
+        messages_pending=pending[0],
+        recipients_by_state=by_state,
+        oldest_pending=pending[1],
+        next_due=next_due(conn),
+        deferred_reasons=reasons,
+    )
+
+
+# --------------------------------------------------------------------------- writer thread
+
+
+class _DbThread:
+    """One thread owning one sqlite3 connection; runs submitted functions in order.
+
+    With ``transactional=True`` it is the group committer: it drains every
+    pending operation, runs them in one ``BEGIN IMMEDIATE`` ... ``COMMIT``
+    (each inside a SAVEPOINT so a failing operation is rolled back alone), and
+    only after COMMIT returns resolves the callers' futures. If COMMIT fails,
+    every operation of the batch fails: nothing was written.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, transactional: bool, name: str):
+        self._conn = conn
+        self._path = path
+        self._transactional = transactional
+        self._ops: _stdqueue.SimpleQueue[Any] = _stdqueue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._closed = False
+        self.batches = 0
+        self.operations = 0
+        self._thread.start()
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError(f"{self._path}: queue store is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._ops.put((fn, fut, loop))
+        return await fut
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._ops.put(None)
+            self._thread.join(timeout=30)
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+
+    @staticmethod
+    def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._ops.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    op = self._ops.get_nowait()
+                except _stdqueue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                batch.append(op)
+            outcomes = self._run_batch([op[0] for op in batch])
+            self.batches += 1
+            self.operations += len(batch)
+            for (_, fut, loop), (result, exc) in zip(batch, outcomes, strict=True):
+                # A closed loop (RuntimeError) means nobody is waiting any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._resolve, fut, result, exc)
+
+    def _run_batch(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[Any, Any]]:
+        conn = self._conn
+        if not self._transactional:
+            out: list[tuple[Any, Any]] = []
+            for fn in fns:
+                try:
+                    out.append((fn(conn), None))
+                except sqlite3.Error as e:
+                    out.append((None, explain(self._path, e)))
+                except Exception as e:
+                    out.append((None, e))
+            return out
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            err = explain(self._path, e)
+            return [(None, err) for _ in fns]
+        out = []
+        for fn in fns:
+            try:
+                conn.execute("SAVEPOINT op")
+                result = fn(conn)
+                conn.execute("RELEASE op")
+                out.append((result, None))
+            except Exception as e:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                err = explain(self._path, e) if isinstance(e, sqlite3.Error) else e
+                out.append((None, err))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            err = explain(self._path, e)
+            log.error("queue commit failed: %s", err)
+            return [(None, err) for _ in fns]
+        return out
+
+
+# --------------------------------------------------------------------------- async store
+
+
+class QueueStore:
+    """The relay's queue on the event loop: group-committed writes, a separate reader.
+
+    Every method raises :class:`StoreError` on a storage failure, with nothing
+    of that operation written.
+    """
+
+    def __init__(self, writer: _DbThread, reader: _DbThread, path: Path) -> None:
+        self._writer = writer
+        self._reader = reader
+        self.path = path
+
+    @classmethod
+    async def open(cls, data_dir: str | Path, *, busy_timeout: float = 5.0) -> QueueStore:
+        def _open() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+            return (
+                connect(data_dir, busy_timeout=busy_timeout),
+                connect(data_dir, busy_timeout=busy_timeout),
+            )
+
+        wconn, rconn = await asyncio.to_thread(_open)
+        path = db_path(data_dir)
+        return cls(
+            _DbThread(wconn, path, transactional=True, name="queue-writer"),
+            _DbThread(rconn, path, transactional=False, name="queue-reader"),
+            path,
+        )
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writer.close)
+        await asyncio.to_thread(self._reader.close)
+
+    @property
+    def commit_batches(self) -> tuple[int, int]:
+        """``(transactions, operations)`` so far: how well group commit batches."""
+        return self._writer.batches, self._writer.operations
+
+    async def enqueue(self, msg: InboundMessage) -> str:
+        """Commit one accepted message; returns its queue id once durable."""
+        message_id = await self._writer.call(lambda c: insert_message(c, msg))
+        return format_qid(message_id)
+
+    async def enqueue_id(self, msg: InboundMessage, *, kind: str = "mail") -> int:
+        return await self._writer.call(lambda c: insert_message(c, msg, kind=kind))
+
+    async def claim(self, message_ids: Sequence[int], now: float | None = None) -> list[Claim]:
+        at = time.time() if now is None else now
+        ids = list(message_ids)
+        return await self._writer.call(lambda c: claim(c, ids, at))
+
+    async def record(
+        self,
+        results: Sequence[RecipientResult],
+        dsns: Sequence[tuple[int, InboundMessage]] = (),
+        now: float | None = None,
+    ) -> list[int]:
+        at = time.time() if now is None else now
+        return await self._writer.call(lambda c: record_results(c, results, dsns, at))
+
+    async def release(self, recipient_ids: Sequence[int]) -> int:
+        now = time.time()
+        ids = list(recipient_ids)
+        return await self._writer.call(lambda c: release_claims(c, ids, now))
+
+    async def recover(self) -> int:
+        now = time.time()
+        return await self._writer.call(lambda c: recover(c, now))
+
+    async def event(self, message_id: int, event: str, **kw: str) -> None:
+        now = time.time()
+        await self._writer.call(lambda c: _event(c, now, message_id, event, **kw))
+
+    async def due(self, until: float, limit: int) -> list[tuple[float, int]]:
+        return await self._reader.call(lambda c: due_messages(c, until, limit))
+
+    async def next_due(self) -> float | None:
+        return await self._reader.call(next_due)
+
+    async def body(self, message_id: int) -> bytes:
+        return await self._reader.call(lambda c: read_body(c, message_id))
+
+    async def message(self, message_id: int) -> QueuedMessage | None:
+        return await self._reader.call(lambda c: read_message(c, message_id))
+
+    async def stats(self) -> QueueStats:
+        return await self._reader.call(stats)
+
+
+# --------------------------------------------------------------------------- admin (sync, CLI)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """One row of ``smtpguard queue list``."""
+
+    message: QueuedMessage
+    recipients: int
+    states: dict[str, int]
+    next_attempt: float | None
+    last_reason: str
+
+
+class QueueAdmin:
+    """Synchronous queue inspection and operator actions (the ``smtpguard queue`` CLI).
+
+    Safe while the relay runs: each action is one ``BEGIN IMMEDIATE`` transaction;
+    the relay's scheduler notices changed due times at its next index refill.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._path = Path(conn.execute("PRAGMA database_list").fetchone()[2])
+
+    @classmethod
+    def open(cls, data_dir: str | Path, *, busy_timeout: float = 5.0) -> QueueAdmin:
+        return cls(connect(data_dir, busy_timeout=busy_timeout))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.Error as e:
+            raise explain(self._path, e) from None
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return fn(self._conn)
+        except sqlite3.Error as e:
+            raise explain(self._path, e) from None
+
+    def _require(self, conn: sqlite3.Connection, message_id: int) -> QueuedMessage:
+        msg = read_message(conn, message_id)
+        if msg is None:
+            raise UserError(f"no such queue message: {format_qid(message_id)}")
+        return msg
+
+    def list(self, *, include_done: bool = False, limit: int = 1000) -> list[MessageSummary]:
+        def run(conn: sqlite3.Connection) -> list[MessageSummary]:
+            where = "" if include_done else "WHERE done_at IS NULL"
+            rows = conn.execute(
+                f"SELECT {_MSG_COLS} FROM queue_messages {where} ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+            out = []
+            for row in rows:
+                msg = _message(row)
+                states: dict[str, int] = {}
+                nxt: float | None = None
+                last_reason = ""
+                for state, n, na, lr in conn.execute(
+                    "SELECT state, count(*), min(next_attempt), max(last_reason)"
+                    " FROM queue_recipients WHERE message_id = ? GROUP BY state",
+                    (msg.id,),
+                ):
+                    states[state] = n
+                    if state == "queued":
+                        nxt = na
+                    if lr and state in ("queued", "held"):
+                        last_reason = lr
+                out.append(MessageSummary(msg, sum(states.values()), states, nxt, last_reason))
+            return out
+
+        return self._read(run)
+
+    def show(self, qid: str) -> tuple[QueuedMessage, list[QueuedRecipient], list[QueueEvent]]:
+        message_id = parse_qid(qid)
+
+        def run(conn: sqlite3.Connection) -> Any:
+            msg = self._require(conn, message_id)
+            rcpts = [
+                _recipient(r)
+                for r in conn.execute(
+                    f"SELECT {_RCPT_COLS} FROM queue_recipients WHERE message_id = ? ORDER BY id",
+                    (message_id,),
+                )
+            ]
+            events = [
+                QueueEvent(*r)
+                for r in conn.execute(
+                    "SELECT id, ts, message_id, recipient, event, code, status, reason, detail,"
+                    " remote_host FROM queue_events WHERE message_id = ? ORDER BY id",
+                    (message_id,),
+                )
+            ]
+            return msg, rcpts, events
+
+        return self._read(run)
+
+    def body(self, qid: str) -> bytes | None:
+        message_id = parse_qid(qid)
+
+        def run(conn: sqlite3.Connection) -> bytes | None:
+            self._require(conn, message_id)
+            row = conn.execute(
+                "SELECT data FROM queue_bodies WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            return bytes(row[0]) if row else None
+
+        return self._read(run)
+
+    def retry(self, qid: str | None, *, now: float | None = None) -> int:
+        """Make queued recipients due now (one message, or all with ``qid=None``)."""
+        at = time.time() if now is None else now
+
+        def run(conn: sqlite3.Connection) -> int:
+            if qid is None:
+                rows = conn.execute(
+                    "UPDATE queue_recipients SET next_attempt = ? WHERE state = 'queued'"
+                    " RETURNING message_id",
+                    (at,),
+                ).fetchall()
+            else:
+                message_id = parse_qid(qid)
+                self._require(conn, message_id)
+                rows = conn.execute(
+                    "UPDATE queue_recipients SET next_attempt = ?"
+                    " WHERE message_id = ? AND state = 'queued' RETURNING message_id",
+                    (at, message_id),
+                ).fetchall()
+            for mid in dict.fromkeys(r[0] for r in rows):
+                _event(conn, at, mid, "retry", detail="operator: retry now")
+            return len(rows)
+
+        return self._tx(run)
+
+    def hold(self, qid: str, *, now: float | None = None) -> int:
+        """Hold a message: queued recipients stop being delivered until released."""
+        at = time.time() if now is None else now
+        message_id = parse_qid(qid)
+
+        def run(conn: sqlite3.Connection) -> int:
+            msg = self._require(conn, message_id)
+            if msg.done_at is not None:
+                raise UserError(f"queue message {qid} is finished; nothing to hold")
+            conn.execute("UPDATE queue_messages SET held = 1 WHERE id = ?", (message_id,))
+            n = conn.execute(
+                "UPDATE queue_recipients SET state = 'held' WHERE message_id = ?"
+                " AND state = 'queued'",
+                (message_id,),
+            ).rowcount
+            _event(conn, at, message_id, "held", detail="operator: hold")
+            return n
+
+        return self._tx(run)
+
+    def release(self, qid: str, *, now: float | None = None) -> int:
+        at = time.time() if now is None else now
+        message_id = parse_qid(qid)
+
+        def run(conn: sqlite3.Connection) -> int:
+            msg = self._require(conn, message_id)
+            if not msg.held:
+                raise UserError(f"queue message {qid} is not held")
+            conn.execute("UPDATE queue_messages SET held = 0 WHERE id = ?", (message_id,))
+            n = conn.execute(
+                "UPDATE queue_recipients SET state = 'queued', next_attempt = ?"
+                " WHERE message_id = ? AND state = 'held'",
+                (at, message_id),
+            ).rowcount
+            _event(conn, at, message_id, "released", detail="operator: release")
+            return n
+
+        return self._tx(run)
+
+    def delete(self, qid: str, *, now: float | None = None) -> int:
+        """Delete a message's pending recipients (no DSN); an attempt under way may still land."""
+        at = time.time() if now is None else now
+        message_id = parse_qid(qid)
+
+        def run(conn: sqlite3.Connection) -> int:
+            msg = self._require(conn, message_id)
+            if msg.done_at is not None:
+                raise UserError(f"queue message {qid} is finished; nothing to delete")
+            n = conn.execute(
+                "UPDATE queue_recipients SET state = 'deleted' WHERE message_id = ?"
+                " AND state IN ('queued', 'active', 'held')",
+                (message_id,),
+            ).rowcount
+            _event(conn, at, message_id, "deleted", detail="operator: delete")
+            _finish_if_done(conn, message_id, at)
+            return n
+
+        return self._tx(run)
+
+    def stats(self) -> QueueStats:
+        return self._read(stats)

@@ -1,0 +1,118 @@
+"""Delivery through a real ``smtpguard serve`` to a scripted MX found via loopback DNS."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from tests.fixtures.relay import route_to_mx
+
+BODY = b"From: s@example.org\r\nSubject: hello\r\n\r\nHello there.\r\n.leading dot\r\n"
+
+
+def states(data_dir: Path) -> dict[str, str]:
+    conn = sqlite3.connect(data_dir / "smtpguard.db")
+    try:
+        return dict(conn.execute("SELECT address, state FROM queue_recipients ORDER BY id"))
+    finally:
+        conn.close()
+
+
+def wait_states(data_dir: Path, want: dict[str, str], timeout: float = 15) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    got = states(data_dir)
+    while time.monotonic() < deadline:
+        got = states(data_dir)
+        if all(got.get(a) == s for a, s in want.items()):
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"recipient states {got} did not reach {want} within {timeout}s")
+
+
+def test_message_reaches_the_mx(start_relay, dns_server, test_mx):
+    route_to_mx(dns_server, "example.com")
+    relay = start_relay()
+    code, reply = relay.send("s@example.org", ["rcpt@example.com"], BODY)
+    assert code == 250 and b"queued as" in reply
+    (got,) = test_mx.wait_for(1)
+    assert got.mail_from == "s@example.org"
+    assert got.rcpt_tos == ["rcpt@example.com"]
+    assert got.data.endswith(b"Hello there.\r\n.leading dot\r\n")
+    assert got.helo == "relay.test"
+    wait_states(relay.data_dir, {"rcpt@example.com": "delivered"})
+
+
+def test_recipients_of_one_domain_share_one_transaction(start_relay, dns_server, test_mx):
+    route_to_mx(dns_server, "example.com")
+    relay = start_relay()
+    relay.send("s@example.org", ["a@example.com", "b@example.com"], BODY)
+    (got,) = test_mx.wait_for(1)
+    assert sorted(got.rcpt_tos) == ["a@example.com", "b@example.com"]
+
+
+def test_multi_domain_partial_success_keeps_per_recipient_state(start_relay, dns_server, test_mx):
+    route_to_mx(dns_server, "one.example", "two.example", "three.example")
+    test_mx.script("c@three.example", "452 4.2.2 Mailbox full")
+    relay = start_relay(delivery={"retry_initial": 30.0, "retry_max": 60.0})
+    relay.send("s@example.org", ["a@one.example", "b@two.example", "c@three.example"], BODY)
+    test_mx.wait_for(2)
+    got = wait_states(
+        relay.data_dir,
+        {"a@one.example": "delivered", "b@two.example": "delivered", "c@three.example": "queued"},
+    )
+    assert got["c@three.example"] == "queued"
+    assert sorted(test_mx.recipients()) == ["a@one.example", "b@two.example"]
+
+
+def test_several_messages_reuse_one_connection(start_relay, dns_server, test_mx):
+    route_to_mx(dns_server, "example.com")
+    relay = start_relay()
+    import smtplib
+
+    with smtplib.SMTP(relay.host, relay.port, local_hostname="client.test") as s:
+        for i in range(20):
+            s.sendmail("s@example.org", [f"u{i}@example.com"], BODY)
+    test_mx.wait_for(20)
+    assert test_mx.connections < 20
+
+
+def test_dsn_parameters_are_passed_on(start_relay, dns_server, test_mx):
+    route_to_mx(dns_server, "example.com")
+    relay = start_relay()
+    relay.send(
+        "s@example.org", ["r@example.com"], BODY,
+        mail_options=["RET=HDRS", "ENVID=env+2B1"],
+        rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;r@example.com"],
+    )  # fmt: skip
+    (got,) = test_mx.wait_for(1)
+    assert got.ret == "HDRS"
+    assert got.envid == "env+2B1"
+    assert got.notify("r@example.com") == "SUCCESS,FAILURE"
+    assert got.orcpt("r@example.com").lower() == "rfc822;r@example.com"
+
+
+def test_smarthost_takes_everything_without_dns(start_relay, dns_server, test_mx):
+    relay = start_relay(delivery={"smarthost": f"127.0.0.1:{test_mx.port}"})
+    relay.send("s@example.org", ["x@nowhere.example", "y@elsewhere.example"], BODY)
+    (got,) = test_mx.wait_for(1)
+    assert sorted(got.rcpt_tos) == ["x@nowhere.example", "y@elsewhere.example"]
+    assert dns_server.queried("nowhere.example") == 0
+
+
+def test_connection_refused_is_retried(start_relay, dns_server, test_mx, make_test_mx):
+    from tests.fixtures.relay import free_port
+
+    route_to_mx(dns_server, "example.com")
+    dead = free_port()
+    relay = start_relay(delivery={"port": dead, "retry_initial": 30.0})
+    relay.send("s@example.org", ["r@example.com"], BODY)
+    wait_states(relay.data_dir, {"r@example.com": "queued"})
+    conn = sqlite3.connect(relay.data_dir / "smtpguard.db")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT attempts, last_reason FROM queue_recipients").fetchone()
+        if row[0] >= 1:
+            break
+        time.sleep(0.1)
+    assert row == (1, "networkerror")
