@@ -4,7 +4,7 @@
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
-APT_PKGS := postfix libmilter-dev
+APT_PKGS := postfix libmilter-dev openssl
 STAMP_RUN  := $(VENV)/.stamp-run
 STAMP_TEST := $(VENV)/.stamp-test
 

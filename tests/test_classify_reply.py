@@ -218,3 +218,20 @@ def test_dsn_action_relayed_is_not_a_bounce() -> None:
 )  # fmt: skip
 def test_retry_after_reads_the_named_delay(text: str, seconds: int | None) -> None:
     assert retry_after(text) == seconds
+
+
+def test_unexplained_refusal_at_connect_is_about_the_client(clf: Classifier) -> None:
+    v = clf.reply_line("554 Rejected", stage="connect")
+    assert (v.reason, v.suppress) == ("blocked", False)
+
+
+def test_null_mx_wording_naming_the_sender_is_not_notaccept(clf: Classifier) -> None:
+    v = clf.reply_line("554 5.7.1 This server is not accepting mail from your IP", stage="rcpt")
+    assert v.suppress is False
+
+
+def test_postfix_access_table_rejection_is_not_microsoft_dbeb(clf: Classifier) -> None:
+    v = clf.reply_line("554 5.7.1 <a@b.example>: Recipient address rejected: Access denied")
+    assert v.suppress is False
+    dbeb = clf.reply_line("550 5.4.1 Recipient address rejected: Access denied. AS(201806281)")
+    assert (dbeb.reason, dbeb.suppress) == ("userunknown", True)

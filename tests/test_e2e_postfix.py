@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,7 +54,10 @@ class Chain:
                 entry = store.lookup(address)
             if entry is not None:
                 return entry
-            assert time.monotonic() < deadline, f"{address} not suppressed within {timeout}s"
+            assert time.monotonic() < deadline, (
+                f"{address} not suppressed within {timeout}s; relay log:\n"
+                f"{self.relay.log()[-3000:]}"
+            )
             time.sleep(0.1)
 
 

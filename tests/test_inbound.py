@@ -29,6 +29,7 @@ import aiosqlite
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from smtpguard.config import Config
 from smtpguard.relay.envelope import InboundMessage
@@ -463,13 +464,19 @@ def test_xtext_and_notify_helpers() -> None:
 
 
 def test_untrusted_client_gets_554_5_7_1_relay_access_denied(start: Callable[..., Running]) -> None:
+    def denied() -> float:
+        labels = {"reason": "relay_denied"}
+        return REGISTRY.get_sample_value("smtpguard_inbound_refusals_total", labels) or 0.0
+
     server = start(trusted_networks=["192.0.2.0/24"])
+    before = denied()
     raw = server.raw()
     raw.cmd("EHLO " + HELO)
     assert raw.cmd("MAIL FROM:<a@example.com>").startswith("250")
     assert raw.cmd("RCPT TO:<b@example.net>") == "554 5.7.1 <b@example.net>: Relay access denied"
     assert raw.cmd("DATA") == "554 5.5.1 Error: no valid recipients"
     assert server.messages == []
+    assert denied() == before + 1  # counted in smtpguard_inbound_refusals_total
 
 
 def test_auth_plain_success_lets_an_untrusted_client_relay(
@@ -742,7 +749,7 @@ def test_any_mix_of_cr_lf_and_dots_is_one_message_with_crlf_only() -> None:
         assert raw.cmd("NOOP") == "250 2.0.0 OK"
         assert len(server.messages) == before + 1
         data = server.messages[-1].data
-        body = data[data.index(b"\r\n\t") :].split(b"\r\n", 3)[3]  # after Received:
+        body = data.split(b" +0000\r\n", 1)[1]  # after Received:'s date line
         assert body == normalise_line_endings(content + b"\r\n")
         assert data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")
 

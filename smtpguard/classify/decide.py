@@ -15,6 +15,12 @@ Reason, first answer wins:
 3. the enhanced status table (RFC 3463), then the reply code table (RFC 5321);
 4. ``undefined``.
 
+The SMTP stage refines this (RFC 5321 section 3.3): an address reason in reply to
+``MAIL FROM`` is about the sender (``rejected``); a refusal at connect / HELO that
+nothing else explains is about the client (``blocked``); a generic "user unknown" that
+was neither the answer to ``RCPT TO`` nor backed by a 5.1.x status is a recipient-side
+filter (``filtered``), as Sisimai has it.
+
 ``bounce``: ``none`` for delivered / feedback / vacation (and positive actions);
 ``soft`` when the failure is temporary (4xx code, 4.x.x status, ``Action: delayed``, or
 a rule that says so, e.g. greylisting); ``hard`` otherwise.
@@ -105,6 +111,9 @@ def decide(failure: Failure, rules: RuleSet, *, pseudo_status: bool = True) -> V
             # RFC 5321 3.3: a MAIL FROM reply is about the reverse-path, so "unknown
             # user" there means the sender, never the recipient.
             reason, decided_by = "rejected", f"stage:mail:{decided_by or 'none'}"
+        if not reason and stage in ("connect", "helo"):
+            # Refused before any address was given: the connecting client is the problem.
+            reason, decided_by = "blocked", f"stage:{stage}"
         reason = reason or "undefined"
 
     temporary = (

@@ -14,6 +14,7 @@ front of the Internet needs and aiosmtpd leaves to the application:
   after STARTTLS, or on a loopback connection (there is no wire to sniff
   there), never in clear text over the network (RFC 4954 section 4; a client
   trying anyway gets ``538 5.7.11``). Without a users file there is no AUTH.
+  At most 5 AUTH commands per connection (then ``421``) slow down guessing.
 * **ESMTP as Postfix expects it** (RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531
   SMTPUTF8, RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES, RFC 3461 DSN,
   RFC 3207 STARTTLS). aiosmtpd's MAIL and RCPT handlers upper-case every
@@ -30,8 +31,8 @@ front of the Internet needs and aiosmtpd leaves to the application:
   each bare LF becomes one CRLF). That is what most relays do, and it is
   exactly what aiosmtplib does when the delivery side sends the message, so
   what is queued is what will be sent. (Postfix's ``smtpd_forbid_bare_newline
-  = reject`` would refuse such mail instead; Postfix in front of us has
-  already normalised it, so refusing would only ever hit odd direct clients.)
+  = reject`` refuses such mail instead; our clients are trusted MTAs, and
+  bouncing their mail over line-ending style would help nobody.)
   A smuggled ``MAIL FROM`` after a fake end-of-data is therefore never a
   second message: it is a text line of the first one.
 * **Limits with the right replies**: SIZE too big at MAIL and too much data
@@ -50,7 +51,13 @@ front of the Internet needs and aiosmtpd leaves to the application:
   bounces to the sender itself; a failing lookup answers ``451 4.3.0``.
 * **250 only after the queue committed.** After the final dot the message is
   handed to ``enqueue`` (durable commit); any exception becomes ``451 4.3.0``,
-  so Postfix keeps the message and retries.
+  so Postfix keeps the message and retries. A ``Received:`` line (RFC 5321
+  section 4.4) is prepended; every client-chosen part of it (HELO name,
+  address) is checked against a strict character set first, so nothing a
+  client sends can start a new header line.
+* **Shutdown** (:meth:`InboundServer.stop`): the listener closes, idle
+  sessions get ``421 4.3.2`` at once, sessions inside a transaction finish it
+  (up to the timeout) and get ``421 4.3.2`` right after their reply.
 
 Addresses: validated with :func:`smtpguard.address.normalize_address` (the
 suppression key, local part lowercased); what is queued for delivery keeps the
@@ -76,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from prometheus_client import Counter, Gauge
 
 from smtpguard.address import normalize_address, normalize_domain
 from smtpguard.config import Config, parse_hostport
@@ -83,6 +91,21 @@ from smtpguard.errors import AddressError, ConfigError
 from smtpguard.relay.envelope import InboundMessage, Recipient
 
 log = logging.getLogger("smtpguard.inbound")
+
+SESSIONS = Gauge("smtpguard_inbound_sessions", "Inbound SMTP sessions open right now.")
+REFUSALS = Counter(
+    "smtpguard_inbound_refusals_total",
+    "Inbound sessions, recipients or messages refused, by reason.",
+    ["reason"],
+)
+# Bound once: a labelled child costs a dict lookup per use otherwise.
+_REFUSED = {
+    reason: REFUSALS.labels(reason)
+    for reason in (
+        "relay_denied", "suppressed", "too_many_recipients", "lookup_failed",
+        "storage_failed", "too_many_sessions", "idle_timeout",
+    )
+}  # fmt: skip
 
 Enqueue = Callable[[InboundMessage], Awaitable[str]]
 Lookup = Callable[[str], Awaitable[Any]]  # -> SuppressionEntry | None
@@ -444,10 +467,12 @@ class RelaySMTP(SMTP):
             self._reset_timeout(max(self._timeout_duration - idle, 0.05))
             return
         log.info("%s: idle timeout, disconnecting", self.client_ip)
+        _REFUSED["idle_timeout"].inc()
         self._goodbye(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
 
     async def _handle_client(self) -> None:
         if self.rejected:
+            _REFUSED["too_many_sessions"].inc()
             await self.push(f"421 4.7.0 {self.hostname} Error: too many connections")
             assert self.transport is not None
             self.transport.close()
@@ -651,18 +676,22 @@ class RelaySMTP(SMTP):
         shown = _printable(address)
         if not (self.trusted or session.authenticated):
             log.info("%s: relay denied for <%s>", self.client_ip, shown)
+            _REFUSED["relay_denied"].inc()
             await self.push(f"554 5.7.1 <{shown}>: Relay access denied")
             return
         if len(envelope.recipients) >= self.server.cfg.relay.max_recipients:
+            _REFUSED["too_many_recipients"].inc()
             await self.push("452 4.5.3 Error: too many recipients")
             return
         try:
             entry = await self.server.lookup(key)
         except Exception:
             log.exception("suppression lookup failed for <%s>", shown)
+            _REFUSED["lookup_failed"].inc()
             await self.push("451 4.3.0 Temporary lookup failure, try again")
             return
         if entry is not None:
+            _REFUSED["suppressed"].inc()
             await self.push(suppressed_reply(self.server.cfg.relay.suppressed_reply, key, entry))
             return
         if key not in envelope.seen:
@@ -833,10 +862,13 @@ class InboundServer:
             return False
         self.sessions.add(proto)
         self._idle.clear()
+        SESSIONS.inc()
         return True
 
     def unregister(self, proto: RelaySMTP) -> None:
-        self.sessions.discard(proto)
+        if proto in self.sessions:
+            self.sessions.discard(proto)
+            SESSIONS.dec()
         if not self.sessions:
             self._idle.set()
 
@@ -916,6 +948,7 @@ class InboundServer:
                 _printable(msg.mail_from),
                 len(msg.recipients),
             )
+            _REFUSED["storage_failed"].inc()
             return "451 4.3.0 Temporary storage failure, try again"
         finally:
             proto.committing = False

@@ -34,9 +34,13 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX suppression_expires ON suppression (expires) WHERE expires IS NOT NULL",
         # Every change, kept after the entry itself is removed or expires: the
         # answer to "why is (or was) this address suppressed, and who did it?".
+        # Clustered on (address, id), so one address's history is a range scan
+        # and a bulk import writes one B-tree, not a table plus an index. The ids
+        # (global order of changes) come from suppression_meta.history_seq,
+        # advanced under the write lock.
         """CREATE TABLE suppression_history (
-            id         INTEGER PRIMARY KEY,
             address    TEXT    NOT NULL,
+            id         INTEGER NOT NULL,
             kind       TEXT    NOT NULL,
             action     TEXT    NOT NULL
                 CHECK (action IN ('added', 'escalated', 'updated', 'removed', 'expired')),
@@ -48,9 +52,14 @@ MIGRATIONS: list[list[str]] = [
             source     TEXT    NOT NULL DEFAULT '',
             status     TEXT    NOT NULL DEFAULT '',
             reply_code TEXT    NOT NULL DEFAULT '',
-            diagnostic TEXT    NOT NULL DEFAULT ''
-        )""",
-        "CREATE INDEX suppression_history_address ON suppression_history (address, id)",
+            diagnostic TEXT    NOT NULL DEFAULT '',
+            PRIMARY KEY (address, id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE suppression_meta (
+            key   TEXT    NOT NULL PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO suppression_meta (key, value) VALUES ('history_seq', 0)",
     ],
     # 2: queue + events  (owned by smtpguard/store/queue.py)
     [

@@ -27,13 +27,14 @@ Times are unix epoch seconds (UTC); :func:`iso` renders them as ISO 8601.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -350,16 +351,30 @@ _HISTORY_COLUMNS = (
     "reply_code, diagnostic"
 )
 _INSERT_HISTORY = (
-    f"INSERT INTO suppression_history ({_HISTORY_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO suppression_history (id, {_HISTORY_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# History ids: the global order of changes, taken n at a time under the write lock.
+_NEXT_IDS = (
+    "UPDATE suppression_meta SET value = value + ? WHERE key = 'history_seq' RETURNING value"
+)
+_HISTORY_SEQ = "SELECT value FROM suppression_meta WHERE key = 'history_seq'"
 _HISTORY = f"SELECT {_HISTORY_COLUMNS} FROM suppression_history WHERE address = ? ORDER BY id"
+_EXPIRED = "expires IS NOT NULL AND expires <= ?"
+_COUNT_EXPIRED = f"SELECT count(*) FROM suppression WHERE {_EXPIRED}"
 _PRUNE_HISTORY = (
-    f"INSERT INTO suppression_history ({_HISTORY_COLUMNS}) "
-    f"SELECT {_ADDRESS_EXPR}, {_KIND_EXPR}, 'expired', ?, ?, ?, reason, reason, source, "
-    "status, reply_code, diagnostic FROM suppression WHERE expires IS NOT NULL AND expires <= ?"
+    f"INSERT INTO suppression_history (id, {_HISTORY_COLUMNS}) "
+    f"SELECT ? + row_number() OVER (ORDER BY domain, local), {_ADDRESS_EXPR}, {_KIND_EXPR}, "
+    "'expired', ?, ?, ?, reason, reason, source, status, reply_code, diagnostic "
+    f"FROM suppression WHERE {_EXPIRED}"
 )
-_PRUNE = "DELETE FROM suppression WHERE expires IS NOT NULL AND expires <= ?"
+_PRUNE = f"DELETE FROM suppression WHERE {_EXPIRED}"
+
+
+def _with_ids(rows: list[_HistoryRow], last_id: int) -> list[tuple[Any, ...]]:
+    """History rows with their ids, ending at ``last_id`` (from :data:`_NEXT_IDS`)."""
+    first = last_id - len(rows) + 1
+    return [(first + i, *row) for i, row in enumerate(rows)]
 
 
 def _entry(row: Iterable[Any]) -> SuppressionEntry:
@@ -513,8 +528,13 @@ class SuppressionStore:
         upserts, history, results = _plan({r[0]: _entry(r) for r in rows}, batch, actor, now)
         upserts.sort()  # key order: each B-tree page is visited once per batch
         conn.executemany(_UPSERT, upserts)
-        conn.executemany(_INSERT_HISTORY, history)
+        self._insert_history(history)
         return results
+
+    def _insert_history(self, rows: list[_HistoryRow]) -> None:
+        if rows:
+            last_id = self._conn.execute(_NEXT_IDS, (len(rows),)).fetchall()[0][0]
+            self._conn.executemany(_INSERT_HISTORY, _with_ids(rows, last_id))
 
     # -- the narrow interface
 
@@ -574,9 +594,7 @@ class SuppressionStore:
                 return False
             old = _entry(row)
             conn.execute(_DELETE, key)
-            conn.execute(
-                _INSERT_HISTORY, _history_row(old, "removed", now, actor, note, old.reason)
-            )
+            self._insert_history([_history_row(old, "removed", now, actor, note, old.reason)])
         return True
 
     def history(self, address: str) -> list[HistoryRecord]:
@@ -612,24 +630,44 @@ class SuppressionStore:
                 yield _entry(row)
 
     @contextmanager
-    def bulk(self, *, actor: str, batch_size: int = 5000) -> Iterator[BulkWriter]:
+    def bulk(
+        self, *, actor: str, batch_size: int = 20_000, cache_mib: int = 256
+    ) -> Iterator[BulkWriter]:
         """One transaction for many sightings: all are written, or (on any
         exception inside the block) none are.
 
         Holds the write lock for the whole block: other writers (the relay
-        recording a bounce) wait up to their busy timeout. Readers are never
-        blocked (WAL).
+        recording a bounce) wait up to their busy timeout; readers are never
+        blocked (WAL). For speed the page cache grows to ``cache_mib`` for the
+        duration (a million-row import touches every page of the table), and
+        Python's cyclic GC pauses (the batches create no cycles, only garbage
+        that reference counting frees).
         """
-        with self._transaction():
-            writer = BulkWriter(self, actor, batch_size)
-            yield writer
-            writer.flush()
+        with self._errors():
+            old_cache = self._conn.execute("PRAGMA cache_size").fetchone()[0]
+            self._conn.execute(f"PRAGMA cache_size = {-1024 * int(cache_mib)}")
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with self._transaction():
+                writer = BulkWriter(self, actor, batch_size)
+                yield writer
+                writer.flush()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+            with self._errors():
+                self._conn.execute(f"PRAGMA cache_size = {int(old_cache)}")
 
     def prune(self, *, actor: str, now: float | None = None, note: str = "") -> int:
         """Delete expired entries, each with an ``expired`` history record."""
         now = time.time() if now is None else now
         with self._transaction() as conn:
-            conn.execute(_PRUNE_HISTORY, (now, actor, note, now))
+            expired = conn.execute(_COUNT_EXPIRED, (now,)).fetchone()[0]
+            if not expired:
+                return 0
+            last_id = conn.execute(_NEXT_IDS, (expired,)).fetchall()[0][0]
+            conn.execute(_PRUNE_HISTORY, (last_id - expired, now, actor, note, now))
             return conn.execute(_PRUNE, (now,)).rowcount
 
     def stats(self, *, now: float | None = None) -> dict[str, Any]:
@@ -659,7 +697,7 @@ class SuppressionStore:
                 ).fetchone()[0]
                 for label, seconds in (("24h", 86400), ("7d", 7 * 86400))
             }
-            history = c.execute("SELECT max(id) FROM suppression_history").fetchone()[0] or 0
+            history = c.execute(_HISTORY_SEQ).fetchone()[0]
         return {
             "active": addresses + domains, "addresses": addresses, "domains": domains,
             "expired_unpruned": expired, "with_expiry": with_expiry, "stored": total,
@@ -729,6 +767,27 @@ class AsyncSuppressionStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        await self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise explain(self._path, e) from None
+
+    async def _insert_history(self, rows: list[_HistoryRow]) -> None:
+        if rows:
+            async with self._conn.execute(_NEXT_IDS, (len(rows),)) as cur:
+                last_id = (await cur.fetchall())[0][0]
+            await self._conn.executemany(_INSERT_HISTORY, _with_ids(rows, last_id))
+
     async def _fetchone(self, sql: str, params: tuple[Any, ...]) -> Any:
         async with self._conn.execute(sql, params) as cur:
             return await cur.fetchone()
@@ -763,46 +822,25 @@ class AsyncSuppressionStore:
             address, reason, source=source, kind=kind, status=status, reply_code=reply_code,
             diagnostic=diagnostic, expires=expires, note=note,
         )  # fmt: skip
-        async with self._lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    row = await self._fetchone(_GET, _key(obs.address, obs.kind))
-                    existing = {} if row is None else {obs.address: _entry(row)}
-                    upserts, history, results = _plan(existing, [obs], actor, time.time())
-                    await self._conn.executemany(_UPSERT, upserts)
-                    await self._conn.executemany(_INSERT_HISTORY, history)
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        await self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise explain(self._path, e) from None
+        async with self._transaction() as conn:
+            row = await self._fetchone(_GET, _key(obs.address, obs.kind))
+            existing = {} if row is None else {obs.address: _entry(row)}
+            upserts, history, results = _plan(existing, [obs], actor, time.time())
+            await conn.executemany(_UPSERT, upserts)
+            await self._insert_history(history)
         return results[0][0]
 
     async def remove(self, address: str, *, actor: str, note: str = "") -> bool:
         """See :meth:`SuppressionStore.remove`."""
         key = _target_key(address)
-        async with self._lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    row = await self._fetchone(_GET, key)
-                    if row is not None:
-                        old = _entry(row)
-                        await self._conn.execute(_DELETE, key)
-                        await self._conn.execute(
-                            _INSERT_HISTORY,
-                            _history_row(old, "removed", time.time(), actor, note, old.reason),
-                        )
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        await self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise explain(self._path, e) from None
+        async with self._transaction() as conn:
+            row = await self._fetchone(_GET, key)
+            if row is not None:
+                old = _entry(row)
+                await conn.execute(_DELETE, key)
+                await self._insert_history(
+                    [_history_row(old, "removed", time.time(), actor, note, old.reason)]
+                )
         return row is not None
 
     async def history(self, address: str) -> list[HistoryRecord]:

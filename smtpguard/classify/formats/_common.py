@@ -250,7 +250,15 @@ def status_in(text: str) -> str:
 def paired_status(text: str) -> str:
     """The status that follows a reply code ("550 5.1.1", "550-'5.7.1"), else the first one."""
     m = _guarded(CODE_STATUS_RE, text, _CODE_BAD_PREV)
-    return m.group(2) if m else status_in(text)
+    if m is None:
+        return status_in(text)
+    if m.group(2)[1:] == ".4.7":
+        # "554 4.4.7 Message expired ... <421 4.4.2 Connection timed out>": the summary
+        # of the reporting MTA wraps the remote server's last reply; that one says why.
+        inner = _guarded(CODE_STATUS_RE, text[m.end() :], _CODE_BAD_PREV)
+        if inner is not None:
+            return inner.group(2)
+    return m.group(2)
 
 
 def code_in(text: str) -> str:

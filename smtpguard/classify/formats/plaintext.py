@@ -57,6 +57,8 @@ _LABEL_RE = re.compile(
 )
 # Bullets, and the reply code Sendmail puts before "<addr>... reason".
 _PREFIX_RE = re.compile(r"^(?:[-*>\u2022#]+\s*|In:\s*|[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?)")
+# A statement about the sender ("Original Sender:", "after MAIL FROM:") names no recipient.
+_SENDER_WORDS_RE = re.compile(r"\b(?:from|sender|sent by|reply-to|envelope)\b", re.I)
 _ON_DATE_RE = re.compile(r"^on\s+\w")
 # Lines that end with the address after a short statement: "Mailbox is full: a@b".
 _STATEMENT_RE = re.compile(r"^[A-Za-z][\w,'()-]* [\w ,'()-]{2,80}:$")
@@ -72,7 +74,7 @@ _BOUNCE_SUBJECT_RE = re.compile(
     r"has failed|failed)|failure notice|returned mail|mail delivery|could not be delivered|"
     r"not delivered|returning message|delivery error|nondeliver|non-deliver|"
     r"mail system error|failed delivery|permanent error|delivery fail|bounce|"
-    r"warning: could not send|message delayed|rejected|unzustellbar|"
+    r"warning: could not send|message delayed|rejected|unzustellbar|not (?:a )?member|"
     r"\u914d\u4fe1|\u4e0d\u9054|\u30a8\u30e9\u30fc|error",
     re.IGNORECASE,
 )
@@ -108,7 +110,11 @@ def _anchor(line: str) -> tuple[str, str] | None:
     after = line[m.end() :]
     statement = ""
     if before and not _LABEL_RE.match(before):
-        if _STATEMENT_RE.match(before) and _TRAIL_RE.match(after):
+        if (
+            _STATEMENT_RE.match(before)
+            and _TRAIL_RE.match(after)
+            and not _SENDER_WORDS_RE.search(before)
+        ):
             statement = before
         else:
             return None
@@ -319,6 +325,17 @@ _BOILERPLATE_HINTS = ("google tried", "technical details", "giving up on", "fail
 _HOSTUNKNOWN_HINTS = ("non-existent", "unrouteable", "any host named", "not found")
 
 
+_ERROR_CODE_RE = re.compile(r"ERROR_CODE ?: ?([45]\d\d)\b")
+# A warning, not a failure report: the MTA still retries (Gmail, Exim, Sendmail wording).
+_DELAYED_RE = re.compile(
+    r"THIS IS A WARNING MESSAGE ONLY|has (?:not yet been|been) delayed|"
+    r"has not yet been delivered|Delay reason:|will be retried for|"
+    r"Technical details of temporary failure|"
+    r"Warning: message still undelivered|not been delivered yet",
+    re.IGNORECASE,
+)
+
+
 def clean_diagnostic(diag: str) -> str:
     """The diagnostic without vendor boilerplate (bounded input, linear patterns)."""
     low = diag.lower()
@@ -331,6 +348,18 @@ def says_hostunknown(text: str) -> bool:
     """True when the reporting MTA itself says the recipient's domain does not resolve."""
     low = text.lower()
     return any(h in low for h in _HOSTUNKNOWN_HINTS) and bool(HOSTUNKNOWN_RE.search(text))
+
+
+def _forwarded_reply(msg: Message, recipient: str) -> str:
+    """The remote reply for ``recipient`` inside an attached message that is itself a
+    bounce (a filter such as InterScan wrapping the MTA's report); '' when none."""
+    orig = original_message(msg)
+    if orig is None or orig is msg:
+        return ""
+    for addr, text in recipient_blocks(bounce_text(orig)):
+        if addr.lower() == recipient.lower() and (code_in(text) or status_in(text)):
+            return text
+    return ""
 
 
 def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
@@ -356,6 +385,7 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
             return []
         blocks = [(a, "") for a in addrs[:MAX_ANCHORS]]
     mid, sender, token = envelope_info(msg)
+    delayed = bool(_DELAYED_RE.search(text[:4000]))
     out = []
     best = ""
     for addr, diag in blocks:
@@ -363,7 +393,14 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
             best = best or collapse(best_paragraph(text))
             if not diag or code_in(best) or status_in(best):
                 diag = best if not diag else collapse(diag + " " + best)
+        if not (code_in(diag) or status_in(diag)):
+            diag = _forwarded_reply(msg, addr) or diag
         f = Failure(recipient=addr, diagnostic=clean_diagnostic(diag), format=fmt)
+        if not f.reply_code:
+            m = _ERROR_CODE_RE.search(diag)  # Zoho: "ERROR_CODE :550, ERROR_CODE :5.1.1"
+            f.reply_code = m.group(1) if m else ""
+        if delayed:
+            f.action = "delayed"
         fill_codes(f)
         f.stage = transcript_stage(text, addr) or f.stage
         if says_hostunknown(diag):

@@ -13,11 +13,13 @@ import re
 from email.message import Message
 
 from smtpguard.classify.formats._common import (
+    ADDR_RE,
     clean_addr,
     collapse,
     envelope_info,
     fill_codes,
     first_text,
+    header,
     paired_status,
     stage_in,
     status_in,
@@ -37,6 +39,7 @@ _DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 _TYPE_PREFIX_RE = re.compile(
     r"^\s*(?:smtp|x-[\w.-]+|x400|unknown|mail|dns|dsn|rfc822)\s*;\s*", re.I
 )
+_COMMENT_RE = re.compile(r"\(([^()]{3,300})\)")
 _RCPT_FIELDS = ("final-recipient", "original-recipient", "x-actual-recipient")
 _EXPIRED_RE = re.compile(
     r"retry time(?:out)? exceeded|delivery time expired|message expired|"
@@ -78,9 +81,21 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
         if not recipient:
             recipient = clean_addr(block.get("original-recipient", ""))
         if not recipient:
+            # A local delivery ("Final-Recipient: rfc822;/var/mail/..." or "|program"):
+            # the address is the one the MTA lists as failed, if it lists exactly one.
+            failed = ADDR_RE.findall(header(msg, "X-Failed-Recipients"))
+            recipient = failed[0] if len(failed) == 1 else ""
+        if not recipient:
             continue
         action = block.get("action", "").split()[0].lower() if block.get("action") else ""
         diag = _strip_type(block.get("diagnostic-code", ""))
+        if not diag:
+            # "Status: 4.0.0 (cat.example.net: host name lookup failure)": the comment
+            # (RFC 3464 §2.3.4 allows one) is the only explanation.
+            comment = _COMMENT_RE.search(block.get("status", ""))
+            diag = comment.group(1) if comment else ""
+            if diag.lower().startswith("other or undefined"):
+                diag = ""  # RFC 3463's own name for x.y.0, not an explanation
         status = status_in(block.get("status", ""))
         remote = _strip_type(block.get("remote-mta", "")) or _strip_type(
             per_message.get("reporting-mta", "")
@@ -104,6 +119,12 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
         extra = by_rcpt.get(f.recipient.lower(), "")
         if extra and (not f.diagnostic or len(f.diagnostic) < 8):
             f.diagnostic = collapse(extra)
+        from_text = len(f.diagnostic) < 8 and (not f.status or f.status.endswith(".0.0"))
+        if from_text:
+            # No real Diagnostic-Code and only a generic Status: the explanation part is
+            # all there is (Gmail's "address couldn't be found", Exim's "pipe to |...",
+            # Sendmail's "unknown mailer error 255" under "X-Unix; 255").
+            f.diagnostic = collapse(f"{f.diagnostic} {best_paragraph(bounce_text(msg))}")
         fill_codes(f)
         if f.stage == "unknown" and extra:
             # Postfix says "(in reply to RCPT TO command)" only in the human-readable part.
@@ -119,15 +140,9 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             and (not f.status or not diag_status.endswith(".0.0"))
         ):
             f.status = diag_status
-        if not f.diagnostic and (not f.status or f.status.endswith(".0.0")):
-            # No Diagnostic-Code and only a generic Status: the explanation part is all
-            # there is (Gmail's "address couldn't be found", Exim's "pipe to |...").
-            f.diagnostic = collapse(best_paragraph(bounce_text(msg)))
-            if f.stage == "unknown":
-                f.stage = stage_in(f.diagnostic)
         if f.action == "delivered" or (f.status.startswith("2.") and f.action != "failed"):
             f.reason_hint = "delivered"
-        elif f.action in ("failed", "delayed") and _says_expired(f.diagnostic):
+        elif f.action in ("failed", "delayed") and not from_text and _says_expired(f.diagnostic):
             # The reporting MTA's own "gave up retrying" statement (not the remote reply).
             f.reason_hint = "expired"
         elif says_hostunknown(f.diagnostic):
