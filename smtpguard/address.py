@@ -163,7 +163,7 @@ def _address_literal(domain: str) -> str:
             return f"[IPv6:{ipaddress.IPv6Address(inner[5:]).compressed}]"
         return f"[{ipaddress.IPv4Address(inner)}]"
     except ValueError:
-        raise AddressError(f"invalid address literal {domain!r}") from None
+        raise AddressError(f"invalid domain {domain!r}: not a valid IP address literal") from None
 
 
 @functools.lru_cache(maxsize=8192)

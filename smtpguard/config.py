@@ -132,6 +132,10 @@ class DeliveryConfig:
     drain_timeout: float = opt(
         30.0, "On SIGTERM, wait this long for deliveries under way.", unit="s", check="positive"
     )
+    keep_finished: float = opt(
+        604_800.0, "Keep finished queue messages and their history this long.", unit="s",
+        check="positive",
+    )
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ def test_configured_rules_file_is_used(cli: Cli, tmp_path: Path) -> None:
         '[[rule]]\nid = "local.x"\nreason = "suspend"\nany = ["frozen solid"]\n'
     )
     conf = tmp_path / "smtpguard.toml"
-    conf.write_text('[classifier]\nrules_file = "local.toml"\n')
+    conf.write_text(f'[classifier]\nrules_file = "{tmp_path / "local.toml"}"\n')
     r = cli("classify", "--config", str(conf), "--format", "jsonl", "--reply", "550 frozen solid")
     assert r.returncode == 0, r.stderr
     assert jsonl(r.stdout)[0]["rule"] == "local.x"

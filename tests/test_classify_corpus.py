@@ -20,14 +20,16 @@ from smtpguard.classify import Classifier
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "classify_bench.py"
 
-# metric -> lowest acceptable share (0..1)
+# metric -> lowest acceptable share (0..1). Measured when set: recipients 99.1%, status
+# 94.4%, reason 92.6%, suppress agreement 97.5%, precision 96.2%, recall 96.2%. Where the
+# issue's goal is reached (recipients 98%, reason 92%, agreement 97%) the floor is the goal.
 FLOORS = {
     "recipients found": 0.98,
-    "status exact match": 0.90,
-    "reason exact match": 0.85,
-    "suppress agreement": 0.94,
-    "suppress precision": 0.94,
-    "suppress recall": 0.90,
+    "status exact match": 0.93,
+    "reason exact match": 0.92,
+    "suppress agreement": 0.97,
+    "suppress precision": 0.95,
+    "suppress recall": 0.94,
 }
 
 

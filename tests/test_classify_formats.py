@@ -8,6 +8,7 @@ recipient, status and reason Sisimai's curated labels expect.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,129 @@ def test_verp_token_is_read_from_the_envelope_sender() -> None:
     assert (f.recipient, f.status, f.reply_code, f.stage) == ("gone@example.net", "5.1.1", "550",
                                                               "rcpt")  # fmt: skip
     assert (f.envelope_sender, f.return_path_token) == ("bounces+ab12cd@news.example.com", "ab12cd")
+
+
+EXIM_TWO_RECIPIENTS = b"""From: Mail Delivery System <Mailer-Daemon@mx.example.com>
+To: sender@example.com
+Subject: Mail delivery failed: returning message to sender
+
+This message was created automatically by mail delivery software.
+
+A message that you sent could not be delivered to one or more of its
+recipients. This is a permanent error. The following address(es) failed:
+
+  bob@badmx.example
+    all relevant MX records point to non-existent hosts
+  carol@example.org
+    SMTP error from remote mail server after RCPT TO:<carol@example.org>:
+    host mx.example.org [192.0.2.7]: 552 5.2.2 Mailbox full
+""".replace(b"\n", b"\r\n")
+
+
+def test_each_recipient_keeps_its_own_reason_in_a_multi_recipient_report(
+    classifier: Classifier,
+) -> None:
+    found = {v.recipient: v for v in classifier.message(EXIM_TWO_RECIPIENTS)}
+    assert (found["bob@badmx.example"].reason, found["bob@badmx.example"].status) == (
+        "hostunknown",
+        "5.0.912",
+    )
+    assert (found["carol@example.org"].reason, found["carol@example.org"].stage) == (
+        "mailboxfull",
+        "rcpt",
+    )
+    assert found["carol@example.org"].suppress is False
+
+
+SENDMAIL_TWO_HOSTS = b"""From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.com>
+To: sender@example.com
+Subject: Returned mail: see transcript for details
+
+   ----- The following addresses had permanent fatal errors -----
+<u1@example.net>
+    (reason: 550 5.1.1 <u1@example.net>... User unknown)
+<u2@example.org>
+    (reason: 552 5.2.2 Over quota)
+
+   ----- Transcript of session follows -----
+... while talking to mx.example.net.:
+>>> RCPT To:<u1@example.net>
+<<< 550 5.1.1 <u1@example.net>... User unknown
+550 5.1.1 <u1@example.net>... User unknown
+... while talking to mx.example.org.:
+>>> DATA
+<<< 552 5.2.2 Over quota
+""".replace(b"\n", b"\r\n")
+
+
+def test_sendmail_transcript_of_one_host_does_not_leak_into_another_recipient(
+    classifier: Classifier,
+) -> None:
+    found = {v.recipient: v for v in classifier.message(SENDMAIL_TWO_HOSTS)}
+    assert (found["u1@example.net"].reason, found["u1@example.net"].stage) == (
+        "userunknown",
+        "rcpt",
+    )
+    assert found["u2@example.org"].reason == "mailboxfull"
+
+
+def test_list_post_mentioning_non_members_is_not_a_bounce() -> None:
+    raw = (
+        b"From: news@lists.example.org\r\nTo: reader@example.com\r\nSubject: Weekly update\r\n"
+        b"List-Id: <news.lists.example.org>\r\n\r\n"
+        b"Non-members can join at https://example.org; write to help@example.org.\r\n"
+    )
+    assert extract(raw) == []
+
+
+def test_mailing_list_refusing_a_non_member_is_rejected_for_the_list(
+    classifier: Classifier, corpus: Path
+) -> None:
+    v = only(classifier, corpus, "lhost-fml-02.eml")
+    assert (v.recipient, v.reason, v.suppress) == ("neko-nyaan@example.org", "rejected", False)
+
+
+def test_bounce_wrapped_by_a_filter_reads_the_inner_report(
+    classifier: Classifier, corpus: Path
+) -> None:
+    # InterScan says only "Unable to deliver"; the attached Sendmail report has the reply.
+    v = only(classifier, corpus, "lhost-trendmicro-03.eml")
+    assert (v.recipient, v.reason, v.reply_code) == ("kijitora@example.jp", "userunknown", "550")
+
+
+def test_hostile_bounce_shapes_finish_fast_without_raising() -> None:
+    head = b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered Mail\r\n\r\n"
+    hostile = [
+        head + b"a@b." * 250_000,  # one 1 MB line of address-like text
+        head + b"<a@b.example>:\r\n" * 60_000,  # 60,000 recipient anchors
+        head + b">>> RCPT TO:<a@b.example>\r\n" * 30_000 + b"<<< 550 no\r\n",
+        b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n"
+        + b"".join(
+            b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
+            for i in range(500)
+        ),
+    ]
+    for raw in hostile:
+        start = time.perf_counter()
+        found = extract(raw)
+        assert time.perf_counter() - start < 1.0
+        assert len(found) <= 100
+
+
+def test_ordinary_mail_with_error_in_the_subject_is_not_a_bounce() -> None:
+    raw = (
+        b"From: Dana <dana@example.org>\r\nTo: support@example.com\r\n"
+        b"Subject: Error when I log in\r\n\r\n"
+        b"Hello, I get an error page. Please reply to:\r\n\r\n  dana@example.org\r\n"
+    )
+    assert extract(raw) == []
+
+
+def test_no_reply_auto_responder_is_vacation_not_a_bounce(classifier: Classifier) -> None:
+    raw = (
+        b"From: No Reply <noreply@shop.example>\r\nTo: news@example.com\r\n"
+        b"Subject: Re: Your newsletter\r\nAuto-Submitted: auto-replied\r\n\r\n"
+        b"Thanks for writing. This mailbox is not monitored; contact help@shop.example.\r\n"
+    )
+    (v,) = classifier.message(raw)
+    assert (v.recipient, v.reason, v.bounce) == ("noreply@shop.example", "vacation", "none")

@@ -235,3 +235,71 @@ def test_postfix_access_table_rejection_is_not_microsoft_dbeb(clf: Classifier) -
     assert v.suppress is False
     dbeb = clf.reply_line("550 5.4.1 Recipient address rejected: Access denied. AS(201806281)")
     assert (dbeb.reason, dbeb.suppress) == ("userunknown", True)
+
+
+def test_unexplained_bounce_is_onhold_and_counted_as_undefined(clf: Classifier) -> None:
+    v = clf.decide(Failure(recipient="a@b.example", diagnostic="Frobnicated beyond repair"))
+    assert (v.reason, v.rule, v.bounce) == ("onhold", "fallback:onhold", "hard")
+    assert clf.stats["undefined"] == 1
+
+
+def test_unexplained_delay_notice_is_expired_and_soft(clf: Classifier) -> None:
+    v = clf.decide(Failure(recipient="a@b.example", action="delayed", diagnostic="Frobnicated"))
+    assert (v.reason, v.rule, v.bounce, v.suppress) == (
+        "expired",
+        "fallback:delayed",
+        "soft",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "line", "reason", "suppress"),
+    [
+        ("rcpt", "550-5.1.1 The email account that you tried to reach does not exist.\r\n"
+                 "550 5.1.1 Please try double-checking the address", "userunknown", True),
+        ("rcpt", "550 5.2.1 The email account that you tried to reach is disabled.", "suspend",
+         False),
+        ("rcpt", "452 4.2.2 The email account that you tried to reach is over quota.",
+         "mailboxfull", False),
+        ("rcpt", "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address "
+                 "lookup", "userunknown", True),
+        ("rcpt", "550 5.1.1 <a@b.example>: Recipient address rejected: User unknown in virtual "
+                 "mailbox table", "userunknown", True),
+        ("rcpt", "511 sorry, no mailbox here by that name (#5.1.1 - chkuser)", "userunknown", True),
+        ("rcpt", "554 5.7.1 <a@b.example>: Relay access denied", "norelaying", False),
+        ("rcpt", "553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)",
+         "norelaying", False),
+        ("rcpt", "450 4.1.8 <s@bad.example>: Sender address rejected: Domain not found", "rejected",
+         False),
+        ("rcpt", "450 4.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
+         "requireptr", False),
+        ("connect", "550 5.7.1 Service unavailable, Client host [192.0.2.1] blocked using Spamhaus",
+         "blocked", False),
+        ("rcpt", "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact "
+                 "your Internet service provider", "blocked", False),
+        ("rcpt", "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected "
+                 "volume or user complaints", "rejected", False),
+        ("data", "550 5.7.509 Access denied, sending domain a.example does not pass DMARC "
+                 "verification", "authfailure", False),
+        ("data", "552 5.3.4 Message size exceeds fixed limit", "emailtoolarge", False),
+        ("data", "554 5.7.1 Message rejected as spam by Content Filtering.", "spamdetected", False),
+        ("data", "550 5.7.1 Virus Detected; Content Rejected", "virusdetected", False),
+        ("rcpt", "421 Too many concurrent SMTP connections; please try again later.", "ratelimited",
+         False),
+        ("rcpt", "452 4.4.5 Insufficient disk space; try again later", "systemfull", False),
+        ("rcpt", "550 5.1.6 recipient no longer on server: a@b.example", "hasmoved", True),
+    ],
+)  # fmt: skip
+def test_common_provider_replies(
+    clf: Classifier, stage: str, line: str, reason: str, suppress: bool
+) -> None:
+    v = clf.reply_line(line, stage=stage)
+    assert (v.reason, v.suppress) == (reason, suppress)
+
+
+def test_failed_action_is_never_delivered_even_with_a_2xx_text() -> None:
+    f = Failure(recipient="a@b.example", action="failed", diagnostic="250 2.0.0 Ok: queued")
+    v = decide(f, default_classifier().rules)
+    assert v.bounce == "hard"
+    assert v.reason != "delivered"

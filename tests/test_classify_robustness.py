@@ -68,6 +68,12 @@ def test_decide_never_raises_on_odd_failures(failure: Failure) -> None:
     assert not (v.suppress and v.bounce != "hard")
 
 
+def test_decide_tolerates_fields_that_are_not_strings() -> None:
+    f = Failure(recipient="a@b.example", reply_code=550, status=None, diagnostic=None)  # type: ignore[arg-type]
+    v = decide(f, default_classifier().rules)
+    assert (v.reply_code, v.bounce) == ("550", "hard")
+
+
 @FAST
 @given(st.text(max_size=600))
 def test_parse_reply_returns_three_strings(text: str) -> None:

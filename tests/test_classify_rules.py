@@ -195,7 +195,7 @@ def test_rules_check_reports_a_bad_file_in_one_line_with_exit_2(cli: Cli, tmp_pa
 
 def test_rules_check_uses_the_configured_rules_file(cli: Cli, tmp_path: Path) -> None:
     write(tmp_path, '[[rule]]\nid = "a"\nreason = "blocked"\nany = ["x"]\n', name="local.toml")
-    conf = write(tmp_path, '[classifier]\nrules_file = "local.toml"\n', name="smtpguard.toml")
+    conf = write(tmp_path, f'[classifier]\nrules_file = "{tmp_path / "local.toml"}"\n', "c.toml")
     r = cli("rules", "check", "--config", str(conf))
     assert r.returncode == 0, r.stderr
     assert "local.toml: 1 rules" in r.stdout

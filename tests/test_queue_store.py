@@ -11,7 +11,14 @@ import pytest
 
 from smtpguard.errors import StoreError, UserError
 from smtpguard.relay.envelope import InboundMessage, Recipient
-from smtpguard.store.queue import QueueAdmin, QueueStore, RecipientResult, format_qid, parse_qid
+from smtpguard.store.queue import (
+    CLAIM_SQL,
+    QueueAdmin,
+    QueueStore,
+    RecipientResult,
+    format_qid,
+    parse_qid,
+)
 
 
 def message(
@@ -197,3 +204,22 @@ async def _enqueue_one(data_dir: Path) -> str:
         return await s.enqueue(message("a@example.com"))
     finally:
         await s.close()
+
+
+async def test_claim_uses_the_message_index_not_a_queue_scan(store):
+    conn = sqlite3.connect(store.path)
+    plan = conn.execute("EXPLAIN QUERY PLAN " + CLAIM_SQL, (1, 9e9)).fetchall()
+    assert "USING INDEX queue_recipients_message (message_id=?)" in str(plan)
+
+
+async def test_purge_forgets_finished_messages_but_keeps_pending_ones(store):
+    await store.enqueue(message("done@example.com"))
+    await store.enqueue(message("pending@example.com"))
+    (c,) = await store.claim([1])
+    r = c.recipients[0]
+    await store.record([RecipientResult(r.id, 1, r.address, "delivered", "delivered")])
+    assert await store.purge(time.time() + 1) == 1
+    assert await store.message(1) is None
+    assert await store.message(2) is not None
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT count(*) FROM queue_events WHERE message_id = 1").fetchone() == (0,)

@@ -149,3 +149,47 @@ def test_every_attempt_is_an_event(start_relay, mx_domain, test_mx):
         ("deferred", "452", "4.2.2", "mailboxfull"),
         ("delivered", "250", "2.0.0", "delivered"),
     ]
+
+
+def test_nxdomain_is_a_hard_hostunknown_bounce(start_relay, dns_server, relay_dsn_mx):
+    relay = start_relay()
+    relay.send("sender@example.org", ["x@no-such-domain.example"], BODY)
+    (dsn,) = relay_dsn_mx.wait_for(1)
+    assert "Status: 5.1.2" in delivery_status(dsn)
+    wait_states(relay.data_dir, {"x@no-such-domain.example": "bounced"})
+    entry = suppressed(relay.data_dir, "x@no-such-domain.example")
+    assert entry is not None and entry.reason == "hostunknown"
+
+
+def test_null_mx_domain_bounces_with_5_1_10(start_relay, dns_server, relay_dsn_mx):
+    dns_server.null_mx("nomail.example")
+    relay = start_relay()
+    relay.send("sender@example.org", ["x@nomail.example"], BODY)
+    (dsn,) = relay_dsn_mx.wait_for(1)
+    assert "Status: 5.1.10" in delivery_status(dsn)
+    wait_states(relay.data_dir, {"x@nomail.example": "bounced"})
+
+
+def test_dns_servfail_is_retried_not_bounced(start_relay, dns_server):
+    dns_server.servfail("flaky.example")
+    relay = start_relay(delivery={"retry_initial": 30.0})
+    relay.send("sender@example.org", ["x@flaky.example"], BODY)
+    deadline = time.monotonic() + 15
+    conn = sqlite3.connect(relay.data_dir / "smtpguard.db")
+    row = None
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT state, attempts, last_reason FROM queue_recipients").fetchone()
+        if row[1] >= 1:
+            break
+        time.sleep(0.1)
+    assert row == ("queued", 1, "networkerror")
+    assert dsn_count(relay.data_dir) == 0
+
+
+def test_rejection_at_end_of_data_is_classified(start_relay, mx_domain, test_mx, relay_dsn_mx):
+    test_mx.script("r@example.com", "554 5.7.1 Message content rejected as spam", stage="data")
+    relay = start_relay()
+    relay.send("sender@example.org", ["r@example.com"], BODY)
+    relay_dsn_mx.wait_for(1)
+    wait_states(relay.data_dir, {"r@example.com": "bounced"})
+    assert suppressed(relay.data_dir, "r@example.com") is None

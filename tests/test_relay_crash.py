@@ -9,7 +9,7 @@ import time
 
 from tests.fixtures.relay import route_to_mx
 
-MESSAGES = 300
+MESSAGES = 600
 SENDERS = 4
 KILLS = 3
 
@@ -46,14 +46,20 @@ def test_every_accepted_message_survives_repeated_sigkill(start_relay, dns_serve
     for t in threads:
         t.start()
     rng = random.Random(4)
+    at_kill: list[int] = []
+    killed = []
     for _ in range(KILLS):
-        time.sleep(rng.uniform(0.3, 0.9))
+        time.sleep(rng.uniform(0.2, 0.6))
+        with lock:
+            at_kill.append(len(accepted))
         current["relay"].kill()
+        killed.append(current["relay"])
         current["relay"] = start_relay()
     for t in threads:
         t.join(timeout=90)
     done_sending.set()
     assert accepted == set(range(MESSAGES))
+    assert at_kill[0] < MESSAGES, "the first kill must come while messages are still arriving"
 
     deadline = time.monotonic() + 60
     seen: set[int] = set()
@@ -68,7 +74,16 @@ def test_every_accepted_message_survives_repeated_sigkill(start_relay, dns_serve
     )
     received = [_test_id(m.data) for m in list(test_mx.messages)]
     duplicates = len(received) - len(set(received))
-    print(f"\ncrash test: {MESSAGES} messages, {KILLS} SIGKILLs, {duplicates} duplicate deliveries")
+    recovered = sum(
+        int(line.split("recovered ", 1)[1].split()[0])
+        for proc in [*killed, current["relay"]]
+        for line in proc.log().splitlines()
+        if "recovered " in line and " recipients left in flight" in line
+    )
+    print(
+        f"\ncrash test: {MESSAGES} messages, SIGKILL after {at_kill} accepted, "
+        f"{recovered} in-flight recipients recovered, {duplicates} duplicate deliveries"
+    )
     # At-least-once: duplicates are bounded by what can be in flight at a kill.
     assert duplicates <= KILLS * 200
 

@@ -116,3 +116,57 @@ def test_connection_refused_is_retried(start_relay, dns_server, test_mx, make_te
             break
         time.sleep(0.1)
     assert row == (1, "networkerror")
+
+
+def test_opportunistic_starttls_is_used_when_offered(start_relay, dns_server, make_test_mx):
+    route_to_mx(dns_server, "example.com")
+    tls_mx = make_test_mx(tls=True)
+    relay = start_relay(delivery={"port": tls_mx.port})
+    relay.send("s@example.org", ["r@example.com"], BODY)
+    (got,) = tls_mx.wait_for(1)
+    assert got.tls is True
+
+
+def test_smtputf8_message_is_sent_with_smtputf8(start_relay, dns_server, test_mx):
+    route_to_mx(dns_server, "example.com")
+    relay = start_relay()
+    relay.send("s@example.org", ["jürgen@example.com"], BODY, mail_options=["SMTPUTF8"])
+    (got,) = test_mx.wait_for(1)
+    assert got.rcpt_tos == ["jürgen@example.com"]
+    assert "SMTPUTF8" in got.mail_params
+
+
+def test_metrics_endpoint_counts_deliveries(start_relay, dns_server, test_mx):
+    import urllib.request
+
+    from tests.fixtures.relay import free_port
+
+    route_to_mx(dns_server, "example.com")
+    port = free_port()
+    relay = start_relay(metrics={"listen": f"127.0.0.1:{port}"})
+    relay.send("s@example.org", ["r@example.com"], BODY)
+    wait_states(relay.data_dir, {"r@example.com": "delivered"})
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'smtpguard_deliveries_total{result="delivered"} 1.0' in text
+    assert "smtpguard_messages_received_total 1.0" in text
+
+
+def test_held_message_is_not_delivered_until_released(start_relay, dns_server, test_mx):
+    import json
+
+    route_to_mx(dns_server, "example.com")
+    test_mx.script("r@example.com", ["452 4.2.2 Mailbox full", "250 2.1.5 Ok"])
+    relay = start_relay(delivery={"retry_initial": 1.0, "retry_max": 1.0})
+    relay.send("s@example.org", ["r@example.com"], BODY)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        (row,) = json.loads(relay.queue_cli("list", "--format", "json").stdout)
+        if row["last_reason"]:
+            break
+        time.sleep(0.05)
+    assert relay.queue_cli("hold", row["id"]).returncode == 0
+    time.sleep(2.0)  # twice the retry interval: a held message stays put
+    assert test_mx.messages == []
+    assert relay.queue_cli("release", row["id"]).returncode == 0
+    test_mx.wait_for(1, timeout=10)

@@ -14,8 +14,12 @@ from __future__ import annotations
 import collections
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smtpguard.classify.verdict import Failure, Verdict
+
+if TYPE_CHECKING:  # the rules load lazily: importing the package stays cheap
+    from smtpguard.classify.rules import RuleSet
 
 __all__ = ["Classifier", "Failure", "Verdict", "default_classifier"]
 
@@ -24,15 +28,13 @@ class Classifier:
     """Rules compiled once; ``stats`` counts what was classified and what the rules missed.
 
     ``stats`` keys: ``replies``, ``messages``, ``verdicts``, ``undefined`` (verdicts no
-    rule, status or code explained), ``not_bounce`` (messages with no verdict),
+    rule, status or code explained: reason ``undefined``, or for a returned message the
+    ``onhold`` / ``expired`` fallback), ``not_bounce`` (messages with no verdict),
     ``errors`` (inputs a detector choked on), and ``reason.<name>`` per reason.
     """
 
-    def __init__(self, rules: object) -> None:
-        from smtpguard.classify.rules import RuleSet
-
-        assert isinstance(rules, RuleSet)
-        self.rules: RuleSet = rules
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
         self.stats: collections.Counter[str] = collections.Counter()
 
     @classmethod
@@ -44,14 +46,15 @@ class Classifier:
 
     # ------------------------------------------------------------------ decisions
 
-    def decide(self, failure: Failure, *, pseudo_status: bool = True) -> Verdict:
-        """One Failure -> Verdict, counted in :attr:`stats`."""
+    def decide(self, failure: Failure, *, returned: bool = True) -> Verdict:
+        """One Failure -> Verdict, counted in :attr:`stats` (see :func:`decide.decide`)."""
         from smtpguard.classify.decide import decide
 
-        verdict = decide(failure, self.rules, pseudo_status=pseudo_status)
+        verdict = decide(failure, self.rules, returned=returned)
         self.stats["verdicts"] += 1
         self.stats[f"reason.{verdict.reason}"] += 1
-        if verdict.reason == "undefined":
+        if verdict.reason == "undefined" or verdict.rule.startswith("fallback:"):
+            # Nothing explained it: plain "undefined", or a bounce's onhold/expired fallback.
             self.stats["undefined"] += 1
         return verdict
 
@@ -86,7 +89,7 @@ class Classifier:
             stage=stage,  # type: ignore[arg-type]
             format="reply",
         )
-        return self.decide(failure, pseudo_status=False)
+        return self.decide(failure, returned=False)
 
     def reply_line(self, line: str, *, stage: str = "unknown", recipient: str = "") -> Verdict:
         """A reply as one string: ``"550 5.1.1 <a@b.example>: User unknown"``."""

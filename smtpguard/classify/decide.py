@@ -13,7 +13,8 @@ Reason, first answer wins:
    beats codes, because servers reuse codes loosely (a ``550 5.1.1`` that says "too
    many recipients this hour" is rate limiting, not an unknown user);
 3. the enhanced status table (RFC 3463), then the reply code table (RFC 5321);
-4. ``undefined``.
+4. ``undefined`` - for a returned message Sisimai's fallbacks instead: ``expired`` when
+   ``Action: delayed``, else ``onhold``; either way counted as unexplained.
 
 The SMTP stage refines this (RFC 5321 section 3.3): an address reason in reply to
 ``MAIL FROM`` is about the sender (``rejected``); a refusal at connect / HELO that
@@ -61,22 +62,27 @@ _DELAY_RE = re.compile(r"(\d{1,6}) ?(seconds?|secs?|minutes?|mins?|hours?|hrs?)\
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
-def decide(failure: Failure, rules: RuleSet, *, pseudo_status: bool = True) -> Verdict:
+def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdict:
     """Turn one :class:`Failure` into a :class:`Verdict`. Pure; never raises on odd fields.
 
-    ``pseudo_status``: when the failure carries no enhanced status, report Sisimai's
-    pseudo status for the reason (``5.0.911`` for userunknown...), marked with
-    ``extra["status_source"] = "pseudo"``, so bounce statuses line up with Sisimai's.
-    The relay's inline replies pass False: a reply without a status keeps none.
+    ``returned``: the failure was read off a returned message (a DSN or an MTA's
+    bounce), where Sisimai's conventions apply so results compare with it: a failure
+    without an enhanced status gets Sisimai's pseudo status for its reason (``5.0.911``
+    for userunknown...) marked ``extra["status_source"] = "pseudo"``, and one that
+    nothing explains is ``expired`` when ``Action: delayed``, else ``onhold`` when it
+    has a diagnostic (Sisimai's "could not decide"), marked ``rule = "fallback:..."``.
+    The relay's inline replies pass False: no pseudo status, plain ``undefined``.
     """
-    code = failure.reply_code.strip() if _CODE_RE.fullmatch(failure.reply_code.strip()) else ""
-    status = failure.status.strip() if _STATUS_RE.fullmatch(failure.status.strip()) else ""
-    diagnostic = failure.diagnostic[: MAX_DIAGNOSTIC * 4]
+    code = _text(failure.reply_code).strip()
+    code = code if _CODE_RE.fullmatch(code) else ""
+    status = _text(failure.status).strip()
+    status = status if _STATUS_RE.fullmatch(status) else ""
+    diagnostic = _text(failure.diagnostic)[: MAX_DIAGNOSTIC * 4]
     if diagnostic and (not code or not status):
         p_code, p_status, _ = parse_reply(diagnostic[:MAX_DIAGNOSTIC])
         code = code or p_code
         status = status or p_status
-    action = failure.action.strip().lower()
+    action = _text(failure.action).strip().lower()
     stage = failure.stage if failure.stage in _STAGES else "unknown"
     hint = failure.reason_hint if failure.reason_hint in REASONS else ""
 
@@ -85,7 +91,9 @@ def decide(failure: Failure, rules: RuleSet, *, pseudo_status: bool = True) -> V
     reason = ""
     if hint:
         reason, decided_by = hint, f"hint:{hint}"
-    elif action in POSITIVE_ACTIONS or status.startswith("2") or code.startswith("2"):
+    elif action in POSITIVE_ACTIONS or (
+        action not in ("failed", "delayed") and (status.startswith("2") or code.startswith("2"))
+    ):
         reason, decided_by = "delivered", f"action:{action or 'positive'}"
     else:
         text = normalize(diagnostic)
@@ -114,6 +122,11 @@ def decide(failure: Failure, rules: RuleSet, *, pseudo_status: bool = True) -> V
         if not reason and stage in ("connect", "helo"):
             # Refused before any address was given: the connecting client is the problem.
             reason, decided_by = "blocked", f"stage:{stage}"
+        if not reason and returned:
+            if action == "delayed":
+                reason, decided_by = "expired", "fallback:delayed"
+            elif diagnostic.strip():
+                reason, decided_by = "onhold", "fallback:onhold"
         reason = reason or "undefined"
 
     temporary = (
@@ -136,7 +149,7 @@ def decide(failure: Failure, rules: RuleSet, *, pseudo_status: bool = True) -> V
         delay = retry_after(normalize(diagnostic))
         if delay is not None:
             extra["retry_after"] = str(delay)
-    if not status and pseudo_status and bounce != "none" and reason in rules.pseudo_status:
+    if not status and returned and bounce != "none" and reason in rules.pseudo_status:
         status = f"{'4' if temporary else '5'}.0.{rules.pseudo_status[reason]}"
         extra["status_source"] = "pseudo"
 
@@ -159,6 +172,11 @@ def decide(failure: Failure, rules: RuleSet, *, pseudo_status: bool = True) -> V
         format=failure.format,
         extra=extra,
     )
+
+
+def _text(value: object) -> str:
+    """A detector may leave a field None or give an int code: treat it as text."""
+    return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
 def retry_after(text: str) -> int | None:

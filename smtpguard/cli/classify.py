@@ -8,6 +8,7 @@ over hundreds of files and start-up time counts.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,17 +34,9 @@ STAGE_CHOICES = ("connect", "helo", "mail", "rcpt", "data", "eom", "unknown")
 
 
 def _rules_path(rules_file: str | None) -> str | None:
-    """``--rules`` wins; else config ``classifier.rules_file`` (relative to the config file)."""
-    if rules_file:
-        return rules_file
-    cfg = get_config()
-    configured = cfg.classifier.rules_file
-    if not configured:
-        return None
-    p = Path(configured)
-    if not p.is_absolute() and cfg.source and Path(cfg.source).is_file():
-        p = Path(cfg.source).parent / p
-    return str(p)
+    """``--rules`` wins; else config ``classifier.rules_file`` (relative to the working
+    directory, like ``store.data_dir``, so the CLI and the relay read the same file)."""
+    return rules_file or get_config().classifier.rules_file or None
 
 
 def _inputs(paths: tuple[str, ...]) -> list[tuple[str, Path | None]]:
@@ -63,6 +56,10 @@ def _inputs(paths: tuple[str, ...]) -> list[tuple[str, Path | None]]:
             raise UserError(f"{given}: not a regular file or directory")
         else:
             raise UserError(f"{given}: no such file or directory")
+    for name, path in out:
+        # Checked before any output, so a bad input never leaves half a report behind.
+        if path is not None and not os.access(path, os.R_OK):
+            raise UserError(f"{name}: cannot read: permission denied")
     return out
 
 
@@ -177,8 +174,10 @@ def _table(rows: list[tuple[str, Any]], classifier: Any, files: int) -> None:
     show_file = files > 0
     if show_file:
         table.add_column("file", overflow="fold")
-    for col in ("recipient", "status", "code", "reason", "bounce", "suppress", "diagnostic"):
-        table.add_column(col, overflow="fold")
+    table.add_column("recipient", overflow="fold")
+    for col in ("status", "code", "reason", "bounce", "suppress"):
+        table.add_column(col, no_wrap=True)  # short words stay readable in a narrow terminal
+    table.add_column("diagnostic", overflow="fold", ratio=1)
     for name, v in rows:
         cells = [name] if show_file else []
         if v is None:

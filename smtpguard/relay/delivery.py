@@ -212,12 +212,17 @@ class Delivery:
                 log.error("delivery to %s crashed: %r", dest, task.exception())
             if self._stopping:
                 return
-            self._maybe_connect(dest)
+            # Destinations that waited for a slot go first, then this one again.
             for waiting in list(self._waiting):
                 if self._connections >= self._d.concurrency:
                     break
                 self._waiting.pop(waiting, None)
                 self._maybe_connect(waiting)
+            self._maybe_connect(dest)
+            if dest not in self._active and not self._pending.get(dest):
+                # Forget idle destinations: a relay sees many domains over its life.
+                self._pending.pop(dest, None)
+                self._arrivals.pop(dest, None)
 
         return done
 

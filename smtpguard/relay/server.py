@@ -62,6 +62,7 @@ class Relay:
         self.outcome: OutcomeHandler | None = None
         self.recovered = 0
         self._scheduler_task: asyncio.Task[None] | None = None
+        self._housekeeping_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     @property
@@ -102,10 +103,24 @@ class Relay:
             delivery.submit(claim, _released(scheduler))
 
         self._scheduler_task = asyncio.create_task(scheduler.run(dispatch), name="scheduler")
+        self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
         self.inbound = InboundServer(cfg, enqueue=self.enqueue, lookup=self._lookup)
         await self.inbound.start()
         if cfg.metrics.listen:
             metrics.serve(cfg.metrics.listen)
+
+    async def _housekeeping(self) -> None:
+        """Forget finished messages older than ``delivery.keep_finished``, hourly."""
+        assert self.queue is not None
+        keep = self.cfg.delivery.keep_finished
+        while True:
+            try:
+                n = await self.queue.purge(time.time() - keep)
+                if n:
+                    log.info("forgot %d finished messages older than %.0fs", n, keep)
+            except Exception as e:
+                log.error("purging finished messages failed: %s", e)
+            await asyncio.sleep(min(keep, 3600.0))
 
     async def _lookup(self, address: str) -> Any:
         return await self.suppression.lookup(address)
@@ -124,6 +139,10 @@ class Relay:
         if self.inbound is not None:
             with contextlib.suppress(Exception):
                 await self.inbound.stop(timeout=drain)
+        if self._housekeeping_task is not None:
+            self._housekeeping_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._housekeeping_task
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._scheduler_task is not None:

@@ -295,16 +295,21 @@ def next_due(conn: sqlite3.Connection) -> float | None:
     return row[0] if row else None
 
 
+#: Claim one message's due recipients. INDEXED BY: left to itself SQLite picks the
+#: (state, next_attempt) index, which matches the whole due backlog, and every claim
+#: becomes a scan of the queue (40 claims/s instead of thousands with 100,000 queued).
+CLAIM_SQL = (
+    "UPDATE queue_recipients INDEXED BY queue_recipients_message SET state = 'active'"
+    " WHERE message_id = ? AND state = 'queued' AND next_attempt <= ?"
+    f" RETURNING {_RCPT_COLS}"
+)
+
+
 def claim(conn: sqlite3.Connection, message_ids: Iterable[int], now: float) -> list[Claim]:
     """Mark the due, queued recipients of these messages ``active`` and return them."""
     claims: list[Claim] = []
     for message_id in dict.fromkeys(message_ids):
-        rows = conn.execute(
-            f"UPDATE queue_recipients SET state = 'active'"
-            f" WHERE message_id = ? AND state = 'queued' AND next_attempt <= ?"
-            f" RETURNING {_RCPT_COLS}",
-            (message_id, now),
-        ).fetchall()
+        rows = conn.execute(CLAIM_SQL, (message_id, now)).fetchall()
         if not rows:
             continue
         mrow = conn.execute(
@@ -404,6 +409,25 @@ def recover(conn: sqlite3.Connection, now: float) -> int:
         _event(conn, now, message_id, "recovered", recipient=address,
                detail="attempt interrupted by a restart; queued again")  # fmt: skip
     return len(rows)
+
+
+def purge_finished(conn: sqlite3.Connection, before: float, limit: int = 500) -> int:
+    """Delete up to ``limit`` messages finished before ``before``, with their history."""
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM queue_messages WHERE done_at < ? ORDER BY done_at LIMIT ?",
+            (before, limit),
+        )
+    ]
+    if not ids:
+        return 0
+    marks = ",".join("?" * len(ids))
+    conn.execute(f"DELETE FROM queue_events WHERE message_id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM queue_recipients WHERE message_id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM queue_bodies WHERE message_id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM queue_messages WHERE id IN ({marks})", ids)
+    return len(ids)
 
 
 def read_body(conn: sqlite3.Connection, message_id: int) -> bytes:
@@ -628,6 +652,13 @@ class QueueStore:
     async def recover(self) -> int:
         now = time.time()
         return await self._writer.call(lambda c: recover(c, now))
+
+    async def purge(self, before: float) -> int:
+        """Forget messages finished before ``before``, in small transactions."""
+        total = 0
+        while n := await self._writer.call(lambda c: purge_finished(c, before)):
+            total += n
+        return total
 
     async def event(self, message_id: int, event: str, **kw: str) -> None:
         now = time.time()

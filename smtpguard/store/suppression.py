@@ -678,8 +678,8 @@ class SuppressionStore:
             live = "(expires IS NULL OR expires > ?)"
             total, addresses, domains, expired, with_expiry = c.execute(
                 "SELECT count(*), "
-                f"coalesce(sum(kind = 'address' AND {live}), 0), "
-                f"coalesce(sum(kind = 'domain' AND {live}), 0), "
+                f"coalesce(sum(local <> '' AND {live}), 0), "
+                f"coalesce(sum(local = '' AND {live}), 0), "
                 "coalesce(sum(expires IS NOT NULL AND expires <= ?), 0), "
                 f"coalesce(sum(expires IS NOT NULL AND {live}), 0) FROM suppression",
                 (now, now, now, now),

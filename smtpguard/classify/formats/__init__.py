@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from email.message import Message
 
-from smtpguard.classify.formats import amazonses, arf, autoreply, googlegroups, plaintext, rfc3464
+from smtpguard.classify.formats import (
+    amazonses,
+    arf,
+    autoreply,
+    googlegroups,
+    mailinglist,
+    plaintext,
+    rfc3464,
+)
 from smtpguard.classify.verdict import Failure
 
 Detector = Callable[[Message, bytes], "list[Failure] | None"]
@@ -23,6 +31,7 @@ DETECTORS: list[tuple[str, Detector]] = [
     ("rfc3464", rfc3464.detect),
     ("amazonses", amazonses.detect),
     ("googlegroups", googlegroups.detect),
+    ("mailinglist", mailinglist.detect),
     ("autoreply", autoreply.detect),
     ("plaintext", plaintext.detect),
 ]

@@ -9,6 +9,8 @@ detectors look at the same text and re-decoding it would cost more than the dete
 
 from __future__ import annotations
 
+import binascii
+import quopri
 import re
 from email.message import Message
 
@@ -81,7 +83,9 @@ def walk(msg: Message) -> list[tuple[int, Message, str]]:
         depth, part = stack.pop()
         ctype = content_type(part)
         out.append((depth, part, ctype))
-        if depth >= MAX_DEPTH:
+        if depth >= MAX_DEPTH or (ctype.startswith("message/") and depth > 0):
+            # The returned original is read through original_message(), never walked:
+            # its own parts are not the bounce's.
             continue
         payload = part.get_payload()
         if isinstance(payload, list):
@@ -111,24 +115,65 @@ def cache(msg: Message) -> dict[str, object]:
     return c  # type: ignore[return-value]
 
 
+_CHARSET_RE = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:+-]{1,40})", re.IGNORECASE)
+
+
+def _raw(payload: str) -> bytes:
+    """Back to bytes the way compat32 does it: undecodable input bytes were kept as
+    surrogates; text that came in as str (parsestr) is escaped, not lost."""
+    try:
+        return payload.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        return payload.encode("raw-unicode-escape")
+
+
+def _body_bytes(part: Message) -> bytes:
+    """The part's body with its Content-Transfer-Encoding undone, at most ~PART_LIMIT bytes.
+
+    The same decoding as ``get_payload(decode=True)`` for the common encodings, but on a
+    bounded slice and with the cached headers (the stdlib re-scans every header per call);
+    anything unusual goes to the stdlib.
+    """
+    # The stored payload, not get_payload(): for 8-bit bodies compat32 keeps the raw bytes
+    # as surrogates and get_payload() would already charset-decode them (lossily).
+    payload = part.__dict__.get("_payload")
+    if not isinstance(payload, str):
+        return b""
+    cte = _headers(part).get("content-transfer-encoding", "").strip().lower()
+    if cte in ("", "7bit", "8bit", "binary"):
+        return _raw(payload[:PART_LIMIT])
+    if cte == "base64":
+        compact = "".join(payload[: PART_LIMIT * 2].split())
+        compact = compact[: len(compact) - len(compact) % 4]
+        try:
+            return binascii.a2b_base64(compact)[:PART_LIMIT]
+        except (binascii.Error, ValueError):
+            pass
+    if cte == "quoted-printable":
+        try:
+            return quopri.decodestring(_raw(payload[: PART_LIMIT * 3]))[:PART_LIMIT]
+        except ValueError:
+            pass
+    try:
+        decoded = part.get_payload(decode=True)
+    except Exception:
+        decoded = None
+    if isinstance(decoded, bytes):
+        return decoded[:PART_LIMIT]
+    return payload[:PART_LIMIT].encode("utf-8", "replace")
+
+
 def part_text(part: Message) -> str:
     """The decoded text of a leaf part (transfer encoding and charset), first PART_LIMIT bytes."""
     c = cache(part)
     t = c.get("text")
     if t is None:
         try:
-            payload = part.get_payload(decode=True)
-        except Exception:
-            payload = None
-        if isinstance(payload, bytes):
-            data = payload[:PART_LIMIT]
-        else:
-            raw = part.get_payload()
-            data = raw[:PART_LIMIT].encode("utf-8", "replace") if isinstance(raw, str) else b""
-        try:
-            charset = part.get_content_charset() or "utf-8"
-        except Exception:
-            charset = "utf-8"
+            data = _body_bytes(part)
+        except (UnicodeError, ValueError):
+            data = b""
+        m = _CHARSET_RE.search(_headers(part).get("content-type", ""))
+        charset = m.group(1).lower() if m else "utf-8"
         try:
             t = data.decode(charset, "replace")
         except (LookupError, ValueError):

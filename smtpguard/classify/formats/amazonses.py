@@ -25,12 +25,12 @@ def _event(text: str) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(text[start : end + 1], strict=False)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(data, dict) and isinstance(data.get("Message"), str):
         try:
             data = json.loads(data["Message"], strict=False)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(data, dict):
         return None

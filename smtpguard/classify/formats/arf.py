@@ -16,9 +16,9 @@ from smtpguard.classify.formats._common import (
     clean_addr,
     collapse,
     envelope_info,
-    first_text,
     header,
     original_message,
+    part_text,
     walk,
 )
 from smtpguard.classify.formats._fields import Fields, parse_blocks, part_blocks
@@ -44,12 +44,23 @@ def _report_fields(msg: Message) -> Fields | None:
             "feedback-type": "abuse",
             "original-rcpt-to": header(orig, "X-HmXmrOriginalRecipient"),
         }
-    if "feedback-report" in header(msg, "Content-Type").lower():
-        for block in parse_blocks(first_text(msg)):
-            if "feedback-type" in block:
+    # A report whose fields sit in a text part (old AOL / Yahoo senders, broken wrappers):
+    # a "Feedback-Type:" field line next to the other §3.1 fields identifies it.
+    declared = "feedback-report" in header(msg, "Content-Type").lower()
+    for _depth, part, ctype in walk(msg):
+        if ctype.startswith("message/") and ctype != "message/feedback-report":
+            break
+        if not ctype.startswith("text/"):
+            continue
+        text = part_text(part)
+        if "eedback-Type:" not in text and "EEDBACK-TYPE:" not in text:
+            continue
+        for block in parse_blocks(text):
+            if "feedback-type" in block and (
+                declared or "user-agent" in block or "version" in block
+            ):
                 return block
-        return {}
-    return None
+    return {} if declared else None
 
 
 def _apple_unsubscribe(msg: Message) -> list[Failure] | None:
@@ -78,7 +89,9 @@ def detect(msg: Message, raw: bytes) -> list[Failure] | None:
     fields = _report_fields(msg)
     if fields is None:
         return None
-    recipients = ADDR_RE.findall(fields.get("original-rcpt-to", ""))
+    recipients = ADDR_RE.findall(
+        fields.get("original-rcpt-to", "") or fields.get("removal-recipient", "")
+    )
     if not recipients:
         orig = original_message(msg)
         if orig is not None:

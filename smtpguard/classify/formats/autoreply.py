@@ -12,7 +12,14 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from smtpguard.classify.formats._common import clean_addr, collapse, envelope_info, header
+from smtpguard.classify.formats._common import (
+    clean_addr,
+    code_in,
+    collapse,
+    envelope_info,
+    header,
+    status_in,
+)
 from smtpguard.classify.formats.plaintext import bounce_text, looks_like_bounce
 from smtpguard.classify.verdict import Failure
 
@@ -41,8 +48,14 @@ def detect(msg: Message, raw: bytes) -> list[Failure] | None:
     subject = header(msg, "Subject")
     if not (_auto_header(msg) or _SUBJECT_RE.search(subject)):
         return None
-    if looks_like_bounce(msg) and not _SUBJECT_RE.search(subject):
-        return None
+    if not _SUBJECT_RE.search(subject) and looks_like_bounce(msg):
+        # Bounces carry Auto-Submitted too (RFC 3834 §5): a reply code in the text or an
+        # X-Failed-Recipients header makes it one; a no-reply auto-responder stays vacation.
+        text = bounce_text(msg)
+        if header(msg, "X-Failed-Recipients") or code_in(text) or status_in(text):
+            return None
+        if "mailer-daemon" in header(msg, "From").lower():
+            return None
     mid, sender, token = envelope_info(msg)
     return [
         Failure(

@@ -32,20 +32,21 @@ from smtpguard.classify.verdict import Failure, Stage
 MAX_ANCHORS = 100
 
 # Where the returned original message starts inside a plain-text bounce.
+# Searched in "\n" + text.lower(): a leading literal lets the engine jump from line start
+# to line start (an IGNORECASE/MULTILINE "^" alternation costs 2.5x as much).
 _SEPARATOR_RE = re.compile(
-    r"^[ \t]*(?:"
+    r"\n[ \t]*(?:"
     r"[-=_*]{2,}.{0,40}(?:original|copy of|below this line|returned|undelivered|unsent|"
     r"header|included|message text|rfc822|attached)"
-    r"|(?:Return-Path|Received|Reporting-MTA|Arrival-Date|DKIM-Signature|X-Original-To)"
+    r"|(?:return-path|received|reporting-mta|arrival-date|dkim-signature|x-original-to)"
     r":"
-    r"|Original message headers?:"
-    r"|Message headers follow"
-    r"|Original message follows"
-    r"|Below (?:is|this line is) a copy"
-    r"|The (?:original|returned) message"
-    r"|Content-Type: message/rfc822"
-    r")",
-    re.IGNORECASE | re.MULTILINE,
+    r"|original message headers?:"
+    r"|message headers follow"
+    r"|original message follows"
+    r"|below (?:is|this line is) a copy"
+    r"|the (?:original|returned) message"
+    r"|content-type: message/rfc822"
+    r")"
 )
 # Words that may stand before a recipient address on its anchor line.
 _LABEL_RE = re.compile(
@@ -63,6 +64,7 @@ _ON_DATE_RE = re.compile(r"^on\s+\w")
 # Lines that end with the address after a short statement: "Mailbox is full: a@b".
 _STATEMENT_RE = re.compile(r"^[A-Za-z][\w,'()-]* [\w ,'()-]{2,80}:$")
 _DECORATION_RE = re.compile(r"^\s*[-=*_]{3,}[^\n]{0,80}[-=*_]{3,}\s*$|^\s*[-=*_]{3,}\s*$")
+_PARAGRAPH_RE = re.compile(r"\n[ \t]*\n")
 _TRAIL_RE = re.compile(r"^[\s<>\"'(),:;\[\]]*$")
 _BOUNCE_FROM_RE = re.compile(
     r"mailer-daemon|post_?master|mail ?delivery|mdaemon|mail ?administrator|"
@@ -70,14 +72,69 @@ _BOUNCE_FROM_RE = re.compile(
     re.IGNORECASE,
 )
 _BOUNCE_SUBJECT_RE = re.compile(
-    r"undeliver|undelivered|delivery (?:status|failure|notification|report|problem|"
-    r"has failed|failed)|failure notice|returned mail|mail delivery|could not be delivered|"
-    r"not delivered|returning message|delivery error|nondeliver|non-deliver|"
-    r"mail system error|failed delivery|permanent error|delivery fail|bounce|"
-    r"warning: could not send|message delayed|rejected|unzustellbar|not (?:a )?member|"
-    r"\u914d\u4fe1|\u4e0d\u9054|\u30a8\u30e9\u30fc|error",
+    r"undeliver|delivery (?:status|failure|notification|report|problem|has failed|failed)|"
+    r"failure notice|returned mail|mail delivery|could not be delivered|not delivered|"
+    r"returning message|delivery error|non-?deliver|mail system error|failed delivery|"
+    r"permanent error|delivery fail|warning: could not send|message delayed|"
+    r"unzustellbar|nicht zustellbar|non remis|non recapitabile|no entregado|"
+    r"not (?:a )?member|\u914d\u4fe1|\u4e0d\u9054|\u30a8\u30e9\u30fc",
     re.IGNORECASE,
 )
+# Words that also occur in ordinary mail: they count only with an SMTP code in the body.
+_WEAK_SUBJECT_RE = re.compile(r"error|rejected|bounce|failed|failure|returned", re.IGNORECASE)
+
+_LEAD_RE = re.compile(r"returned was:|response was:|said:|responded|server message", re.I)
+# Sendmail's per-host line ("550 example.org (smtp)... 550 Host unknown") opens the context
+# of the NEXT recipient line, so it ends the current block.
+_HOST_LINE_RE = re.compile(r"^\s*\d{3} [\w.-]{1,255} \(\w{1,20}\)\.\.\. ")
+
+_TALKING_RE = re.compile(r"^\s*(?:\.\.\.\s*)?while talking to ", re.IGNORECASE)
+
+_SENT_RE = re.compile(r"^\s*>>>\s*(.{1,200})$")
+_GOT_RE = re.compile(r"^\s*<<<\s*[45]\d\d")
+
+_RCPT_CMD_RE = re.compile(r"RCPT TO:\s*<([^<>\s]{3,256})>", re.IGNORECASE)
+_REPLY_LINE_RE = re.compile(r"^\s*(?:Out:|<<<)?\s*([45]\d\d[ -].{0,500})$", re.MULTILINE)
+_BRACKET_ADDR_RE = re.compile(r"<(" + ADDR_RE.pattern + r")>")
+_ROLE_RE = re.compile(r"^(?:mailer-daemon|postmaster|root|abuse|no-?reply|bounces?)@", re.I)
+
+# Vendor boilerplate around the remote server's words: it would only mislead the rules.
+_BOILERPLATE_RE = re.compile(
+    r"Google tried to deliver your message, but it was rejected by the .{0,200}?"
+    r"The error that the other server returned was:\s*"
+    r"|Technical details of (?:permanent|temporary) failure:\s*"
+    r"|Giving up on \d{1,3}(?:\.\d{1,3}){3}\.?\s*"  # qmail: "this MX host", not the message
+    r"|Please note that this is only a temporary failure report\..{0,300}$",
+    re.IGNORECASE,
+)
+# The reporting MTA itself says the recipient's domain does not resolve (its own words,
+# not a remote reply): Exim (and cPanel's rewording of its router failure), qmail,
+# DragonFly, Postfix's local "Host or domain name not found".
+HOSTUNKNOWN_RE = re.compile(
+    r"all relevant MX records point to non-existent hosts|Unrouteable address|"
+    r"couldn't find any host named|DNS lookup failure: host \S{1,255} not found|"
+    r"The account or domain may not exist, they may be blacklisted, or missing the proper dns|"
+    r"Host or domain name not found\. Name service error for name=\S{1,255} type=\w{1,5}: "
+    r"Host not found(?!, try again)",
+    re.IGNORECASE,
+)
+
+_BOILERPLATE_HINTS = ("google tried", "technical details", "giving up on", "failure report")
+_HOSTUNKNOWN_HINTS = ("non-existent", "unrouteable", "any host named", "not found", "proper dns")
+
+_ERROR_CODE_RE = re.compile(r"ERROR_CODE ?: ?([45]\d\d)\b")
+# A warning, not a failure report: the MTA still retries (Gmail, Exim, Sendmail wording).
+_DELAYED_RE = re.compile(
+    r"THIS IS A WARNING MESSAGE ONLY|has (?:not yet been|been) delayed|"
+    r"has not yet been delivered|Delay reason:|will be retried for|"
+    r"Technical details of temporary failure|"
+    r"Warning: message still undelivered|not been delivered yet",
+    re.IGNORECASE,
+)
+
+_DELAYED_HINTS = ("warning", "delay", "not yet", "retried", "temporary failure", "undelivered")
+
+_INLINE_TO_RE = re.compile(r"^To:[ \t]*(?:.{0,200}<)?(" + ADDR_RE.pattern + r")", re.M | re.I)
 
 
 def bounce_text(msg: Message) -> str:
@@ -86,8 +143,8 @@ def bounce_text(msg: Message) -> str:
     found = c.get("bounce_text")
     if found is None:
         found = first_text(msg)
-        m = _SEPARATOR_RE.search(found)
-        if m and m.start() > 0:
+        m = _SEPARATOR_RE.search("\n" + found.lower())
+        if m and m.start() > 0:  # m.start() is the line's offset in ``found``
             found = found[: m.start()]
         c["bounce_text"] = found
     return found  # type: ignore[return-value]
@@ -135,12 +192,6 @@ def _anchor(line: str) -> tuple[str, str] | None:
     return None
 
 
-_LEAD_RE = re.compile(r"returned was:|response was:|said:|responded|server message", re.I)
-# Sendmail's per-host line ("550 example.org (smtp)... 550 Host unknown") opens the context
-# of the NEXT recipient line, so it ends the current block.
-_HOST_LINE_RE = re.compile(r"^\s*\d{3} [\w.-]{1,255} \(\w{1,20}\)\.\.\. ")
-
-
 def _lead_in(lines: list[str], i: int) -> str:
     """The line before an anchor when it introduces the reply ("... did not like our
     RCPT TO:", "The error that the other server returned was:"): it names the stage."""
@@ -181,7 +232,7 @@ def recipient_blocks(text: str) -> list[tuple[str, str]]:
         for line in lines[i + 1 : min(end, i + 40)]:
             if _DECORATION_RE.match(line):
                 continue
-            if _HOST_LINE_RE.match(line) or line.startswith("While talking to "):
+            if _HOST_LINE_RE.match(line) or _TALKING_RE.match(line):
                 break
             if not line.strip():
                 if body:
@@ -202,10 +253,6 @@ def recipient_blocks(text: str) -> list[tuple[str, str]]:
         seen.add(key)
         out.append((addr, collapse(" ".join(body))))
     return out
-
-
-_SENT_RE = re.compile(r"^\s*>>>\s*(.{1,200})$")
-_GOT_RE = re.compile(r"^\s*<<<\s*[45]\d\d")
 
 
 def transcript_stage(text: str, recipient: str) -> Stage | None:
@@ -250,7 +297,7 @@ def looks_like_bounce(msg: Message) -> bool:
 
 def best_paragraph(text: str) -> str:
     """The paragraph most likely to hold the remote server's reply."""
-    paras = [p for p in re.split(r"\n[ \t]*\n", text[:20000]) if p.strip()]
+    paras = [p for p in _PARAGRAPH_RE.split(text[:20000]) if p.strip()]
     for p in paras:
         if status_in(p) or code_in(p):
             return p
@@ -266,12 +313,6 @@ def skip_set(msg: Message) -> frozenset[str]:
         out.add(clean_addr(header(orig, "Return-Path")).lower())
     out.discard("")
     return frozenset(out)
-
-
-_RCPT_CMD_RE = re.compile(r"RCPT TO:\s*<([^<>\s]{3,256})>", re.IGNORECASE)
-_REPLY_LINE_RE = re.compile(r"^\s*(?:Out:|<<<)?\s*([45]\d\d[ -].{0,500})$", re.MULTILINE)
-_BRACKET_ADDR_RE = re.compile(r"<(" + ADDR_RE.pattern + r")>")
-_ROLE_RE = re.compile(r"^(?:mailer-daemon|postmaster|root|abuse|no-?reply|bounces?)@", re.I)
 
 
 def _transcript(text: str) -> list[tuple[str, str]]:
@@ -299,41 +340,6 @@ def _mentioned(text: str, skip: frozenset[str]) -> list[str]:
         if len(out) >= 10:
             break
     return out
-
-
-# Vendor boilerplate around the remote server's words: it would only mislead the rules.
-_BOILERPLATE_RE = re.compile(
-    r"Google tried to deliver your message, but it was rejected by the .{0,200}?"
-    r"The error that the other server returned was:\s*"
-    r"|Technical details of (?:permanent|temporary) failure:\s*"
-    r"|Giving up on \d{1,3}(?:\.\d{1,3}){3}\.?\s*"  # qmail: "this MX host", not the message
-    r"|Please note that this is only a temporary failure report\..{0,300}$",
-    re.IGNORECASE,
-)
-# The reporting MTA itself says the recipient's domain does not resolve (its own words,
-# not a remote reply): Exim, qmail, DragonFly, Postfix's local "Host or domain name not found".
-HOSTUNKNOWN_RE = re.compile(
-    r"all relevant MX records point to non-existent hosts|Unrouteable address|"
-    r"couldn't find any host named|DNS lookup failure: host \S{1,255} not found|"
-    r"Host or domain name not found\. Name service error for name=\S{1,255} type=\w{1,5}: "
-    r"Host not found(?!, try again)",
-    re.IGNORECASE,
-)
-
-
-_BOILERPLATE_HINTS = ("google tried", "technical details", "giving up on", "failure report")
-_HOSTUNKNOWN_HINTS = ("non-existent", "unrouteable", "any host named", "not found")
-
-
-_ERROR_CODE_RE = re.compile(r"ERROR_CODE ?: ?([45]\d\d)\b")
-# A warning, not a failure report: the MTA still retries (Gmail, Exim, Sendmail wording).
-_DELAYED_RE = re.compile(
-    r"THIS IS A WARNING MESSAGE ONLY|has (?:not yet been|been) delayed|"
-    r"has not yet been delivered|Delay reason:|will be retried for|"
-    r"Technical details of temporary failure|"
-    r"Warning: message still undelivered|not been delivered yet",
-    re.IGNORECASE,
-)
 
 
 def clean_diagnostic(diag: str) -> str:
@@ -385,13 +391,18 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
             return []
         blocks = [(a, "") for a in addrs[:MAX_ANCHORS]]
     mid, sender, token = envelope_info(msg)
-    delayed = bool(_DELAYED_RE.search(text[:4000]))
+    head = text[:4000]
+    delayed = any(w in head.lower() for w in _DELAYED_HINTS) and bool(_DELAYED_RE.search(head))
     out = []
     best = ""
+    everyone = {a.lower() for a, _ in blocks}
     for addr, diag in blocks:
         if not diag or not (code_in(diag) or status_in(diag)):
             best = best or collapse(best_paragraph(text))
-            if not diag or code_in(best) or status_in(best):
+            # The shared explanation, unless it is about another recipient of this bounce.
+            best_low = best.lower()
+            others = any(a in best_low for a in everyone if a != addr.lower())
+            if not others and (not diag or code_in(best) or status_in(best)):
                 diag = best if not diag else collapse(diag + " " + best)
         if not (code_in(diag) or status_in(diag)):
             diag = _forwarded_reply(msg, addr) or diag
@@ -410,11 +421,13 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
     return out
 
 
-_INLINE_TO_RE = re.compile(r"^To:[ \t]*(?:.{0,200}<)?(" + ADDR_RE.pattern + r")", re.M | re.I)
-
-
 def detect(msg: Message, raw: bytes) -> list[Failure] | None:
-    if not looks_like_bounce(msg):
+    """Any bounce-looking message (sender, subject, X-Failed-Recipients; a weak subject
+    word only with an SMTP code in the text): one Failure per recipient block."""
+    text = bounce_text(msg)
+    if not looks_like_bounce(msg) and not (
+        _WEAK_SUBJECT_RE.search(header(msg, "Subject")) and (code_in(text) or status_in(text))
+    ):
         return None
-    out = failures_from_text(msg, bounce_text(msg), "plaintext")
+    out = failures_from_text(msg, text, "plaintext")
     return out or None

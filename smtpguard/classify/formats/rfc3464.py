@@ -88,7 +88,12 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
         if not recipient:
             continue
         action = block.get("action", "").split()[0].lower() if block.get("action") else ""
-        diag = _strip_type(block.get("diagnostic-code", ""))
+        raw_diag = block.get("diagnostic-code", "")
+        diag = _strip_type(raw_diag)
+        if diag.isdigit() and raw_diag.lstrip().lower().startswith("x-unix"):
+            # RFC 3464 §2.3.6 diagnostic type with a bare exit status: "X-Unix; 71" is the
+            # local delivery program failing, not a remote reply - keep the type.
+            diag = f"X-Unix; {diag}"
         if not diag:
             # "Status: 4.0.0 (cat.example.net: host name lookup failure)": the comment
             # (RFC 3464 §2.3.4 allows one) is the only explanation.
@@ -117,9 +122,11 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
     mid, sender, token = envelope_info(msg)
     for f in out:
         extra = by_rcpt.get(f.recipient.lower(), "")
-        if extra and (not f.diagnostic or len(f.diagnostic) < 8):
-            f.diagnostic = collapse(extra)
-        from_text = len(f.diagnostic) < 8 and (not f.status or f.status.endswith(".0.0"))
+        short = len(_strip_type(f.diagnostic)) < 8
+        if extra and short:
+            f.diagnostic = collapse(f"{f.diagnostic} {extra}")
+            short = False
+        from_text = short and (not f.status or f.status.endswith(".0.0"))
         if from_text:
             # No real Diagnostic-Code and only a generic Status: the explanation part is
             # all there is (Gmail's "address couldn't be found", Exim's "pipe to |...",

@@ -1,0 +1,898 @@
+"""``smtpguard suppression``: query and edit the suppression list.
+
+Thin by design: parse the command line (and import files), call
+:class:`~smtpguard.store.suppression.SuppressionStore`, render with rich.
+Exit codes follow the shell's habits: ``check`` exits 0 when every address
+given is suppressed, 1 when any is not; every command exits 2 with one line on
+stderr for bad input (an invalid address, a malformed import file, a locked or
+corrupt database).
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from smtpguard.cli.main import common_options, get_config
+from smtpguard.config import parse_duration
+from smtpguard.errors import UserError
+from smtpguard.store.suppression import (
+    SOURCES,
+    SUPPRESSION_REASONS,
+    HistoryRecord,
+    ListFilter,
+    Observation,
+    SuppressionEntry,
+    SuppressionStore,
+    iso,
+    make_observation,
+)
+
+#: Columns of ``export`` (CSV header / JSON keys); ``import`` reads the same ones.
+EXPORT_COLUMNS = (
+    "address",
+    "kind",
+    "reason",
+    "status",
+    "reply_code",
+    "diagnostic",
+    "source",
+    "first_seen",
+    "last_seen",
+    "count",
+    "expires",
+)
+IMPORT_COLUMNS = (*EXPORT_COLUMNS, "note")
+#: Header names accepted for the address column besides "address".
+ADDRESS_ALIASES = ("email", "recipient")
+#: How many bad lines an import error names in full.
+SHOWN_PROBLEMS = 5
+
+REASON_CHOICE = click.Choice(sorted(SUPPRESSION_REASONS))
+SOURCE_CHOICE = click.Choice(SOURCES)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _store() -> SuppressionStore:
+    cfg = get_config()
+    return SuppressionStore.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout)
+
+
+def _actor() -> str:
+    """Who is at the keyboard, for the history: ``cli:root``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+def _stdout() -> Console:
+    # A pipe gets wide lines rather than an 80-column wrap.
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    return console
+
+
+def parse_time(text: str | float | int, *, what: str) -> float:
+    """Epoch seconds from ``1796983200``, ``"2026-12-11"``, ``"2026-12-11T10:00:00Z"``.
+
+    An ISO 8601 time without an offset is UTC.
+    """
+    if isinstance(text, bool):
+        raise UserError(f"{what}: expected a time, not {text!r}")
+    if isinstance(text, (int, float)):
+        return float(text)
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UserError(
+            f"{what}: expected an ISO 8601 time like 2026-12-11T10:00:00Z or epoch seconds, "
+            f"not {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def parse_when(text: str, *, what: str, now: float, future: bool) -> float:
+    """A relative duration (``30d``: from now, forwards or backwards) or a time."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        return parse_time(text, what=what)
+    return now + seconds if future else now - seconds
+
+
+class _When(click.ParamType):
+    """``--since 7d`` / ``--expires 30d``: a duration relative to now, or a time."""
+
+    name = "WHEN"
+
+    def __init__(self, *, future: bool) -> None:
+        self.future = future
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_when(
+                value, what=param.name if param else "time", now=_now(), future=self.future
+            )
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _now() -> float:
+    return datetime.now(UTC).timestamp()
+
+
+def _describe(entry: SuppressionEntry, asked: str) -> str:
+    via = (
+        f"by domain {entry.address}: " if entry.kind == "domain" and asked != entry.address else ""
+    )
+    evidence = " ".join(x for x in (entry.reply_code, entry.status) if x)
+    details = [evidence] if evidence else []
+    details.append(f"source {entry.source}")
+    details.append(f"seen {entry.count} time{'s' if entry.count != 1 else ''}")
+    if entry.count > 1:
+        details.append(f"last {iso(entry.last_seen)}")
+    if entry.expires is not None:
+        details.append(f"expires {iso(entry.expires)}")
+    text = f"{asked}: suppressed {via}{entry.reason} since {iso(entry.first_seen)}"
+    text += f" ({', '.join(details)})"
+    if entry.diagnostic:
+        text += f": {entry.diagnostic}"
+    return text
+
+
+def _entries_table(entries: list[SuppressionEntry]) -> Table:
+    table = Table(show_edge=False, header_style="bold")
+    for name in (
+        "address",
+        "reason",
+        "code",
+        "source",
+        "first seen",
+        "last seen",
+        "count",
+        "expires",
+    ):
+        table.add_column(
+            name, no_wrap=name != "address", justify="right" if name == "count" else "left"
+        )
+    for e in entries:
+        address = e.address if e.kind == "address" else f"{e.address} (domain)"
+        code = " ".join(x for x in (e.reply_code, e.status) if x)
+        table.add_row(
+            address,
+            e.reason,
+            code,
+            e.source,
+            iso(e.first_seen),
+            iso(e.last_seen),
+            str(e.count),
+            iso(e.expires),
+        )
+    return table
+
+
+def _csv_row(e: SuppressionEntry) -> list[Any]:
+    d = e.to_dict()
+    return ["" if d[c] is None else d[c] for c in EXPORT_COLUMNS]
+
+
+def _write_entries(entries: Any, fmt: str, out: IO[str]) -> int:
+    """Stream entries as CSV, JSON Lines or a JSON array; returns how many."""
+    n = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(EXPORT_COLUMNS)
+        for e in entries:
+            writer.writerow(_csv_row(e))
+            n += 1
+    elif fmt == "jsonl":
+        for e in entries:
+            out.write(json.dumps(e.to_dict(), ensure_ascii=False) + "\n")
+            n += 1
+    else:  # json: an array, written as it streams
+        out.write("[")
+        for e in entries:
+            out.write(("\n  " if n == 0 else ",\n  ") + json.dumps(e.to_dict(), ensure_ascii=False))
+            n += 1
+        out.write("\n]\n" if n else "]\n")
+    return n
+
+
+# --------------------------------------------------------------------------- the group
+
+
+@click.group()
+def suppression() -> None:
+    """Query and edit the suppression list.
+
+    The list holds addresses (and whole domains) smtpguard refuses at RCPT
+    time: the relay adds them when a delivery proves the address bad, an
+    operator adds and removes them here. Addresses are compared normalised:
+    domain lowercased and IDNA-encoded, local part case-insensitively.
+    Every change is kept in a history: see `suppression history ADDR`.
+    """
+
+
+@suppression.command("list")
+@click.option("--reason", type=REASON_CHOICE, metavar="REASON", help="Only this reason.")
+@click.option("--domain", metavar="DOMAIN", help="Only addresses at this domain (and its entry).")
+@click.option("--source", type=SOURCE_CHOICE, help="Only entries from this source.")
+@click.option(
+    "--since",
+    type=_When(future=False),
+    metavar="WHEN",
+    help="Only entries first seen since WHEN: 7d (ago), 2026-11-01 or an ISO time.",
+)
+@click.option("--kind", type=click.Choice(["address", "domain"]), help="Only addresses or domains.")
+@click.option("--include-expired", is_flag=True, help="Also show entries past their expiry.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Entries per page (0: all).",
+)
+@click.option(
+    "--after",
+    metavar="ADDR",
+    help="Start after this address: the cursor printed below a full page.",
+)
+@common_options
+def list_cmd(
+    reason: str | None,
+    domain: str | None,
+    source: str | None,
+    since: float | None,
+    kind: str | None,
+    include_expired: bool,
+    fmt: str,
+    limit: int,
+    after: str | None,
+) -> None:
+    """List suppressed addresses, ordered by domain then address.
+
+    Paging uses a cursor, not an offset, so every page is equally fast even on
+    a list of millions: when a page is full, the command to get the next one
+    is printed on stderr.
+
+    \b
+    Examples:
+      smtpguard suppression list --reason userunknown --since 7d
+      smtpguard suppression list --domain example.com --format csv
+      smtpguard suppression list --after bob@example.com
+    """
+    from smtpguard.address import normalize_domain
+
+    filters = ListFilter(
+        reason=reason,
+        domain=normalize_domain(domain) if domain else None,
+        source=source,
+        since=since,
+        kind=kind,
+        include_expired=include_expired,
+    )
+    with _store() as store:
+        entries = store.list_page(filters, after=after, limit=limit or None)
+    if fmt == "table":
+        if entries:
+            _stdout().print(_entries_table(entries))
+        else:
+            click.echo("no matching entries", err=True)
+    else:
+        _write_entries(entries, fmt, sys.stdout)
+    if limit and len(entries) == limit:
+        click.echo(f"more: add --after {entries[-1].address}", err=True)
+
+
+@suppression.command("check")
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDR...")
+@common_options
+def check(addresses: tuple[str, ...]) -> None:
+    """Tell whether each ADDR is suppressed, why, and since when.
+
+    An address is suppressed by its own entry or by an entry for its whole
+    domain; expired entries do not count.
+
+    Exit status: 0 if every ADDR is suppressed, 1 if any is not, 2 if an ADDR
+    is invalid or the database cannot be read.
+
+    \b
+    Example:
+      smtpguard suppression check bob@example.com carol@example.org
+    """
+    status = 0
+    bad = False
+    with _store() as store:
+        for text in addresses:
+            try:
+                entry = store.lookup(text)
+            except UserError as e:
+                click.echo(f"smtpguard: error: {e}", err=True)
+                bad = True
+                continue
+            if entry is None:
+                click.echo(f"{text}: not suppressed")
+                status = 1
+            else:
+                click.echo(_describe(entry, text))
+    sys.exit(2 if bad else status)
+
+
+@suppression.command("add")
+@click.argument("address", metavar="ADDR")
+@click.option(
+    "--reason",
+    type=REASON_CHOICE,
+    metavar="REASON",
+    default="manual",
+    show_default=True,
+    help="Why (the classifier's reasons, complaint or manual).",
+)
+@click.option(
+    "--expires",
+    type=_When(future=True),
+    metavar="WHEN",
+    help="Lift it automatically after WHEN: 30d (from now) or an ISO time.",
+)
+@click.option("--note", default="", help="Free text kept in the history.")
+@common_options
+def add(address: str, reason: str, expires: float | None, note: str) -> None:
+    """Suppress ADDR (an address, or a whole domain as example.com or @example.com).
+
+    Adding an address that is already listed counts as seeing it again; a
+    stronger reason (complaint, manual > userunknown... > soft reasons)
+    replaces a weaker one.
+
+    \b
+    Examples:
+      smtpguard suppression add bob@example.com --reason complaint --note "ticket 4711"
+      smtpguard suppression add @gone.example --reason hostunknown --expires 90d
+    """
+    with _store() as store:
+        obs = make_observation(
+            address, reason, source="manual", kind=None, expires=expires, note=note
+        )
+        before = store.get(obs.address)
+        entry = store.record_observation(obs, actor=_actor())
+    if before is None or before.expired():
+        verb = "added"
+    elif entry.reason != before.reason:
+        verb = f"escalated ({before.reason} -> {entry.reason})"
+    else:
+        verb = "already listed, updated"
+    what = " (whole domain)" if entry.kind == "domain" else ""
+    click.echo(
+        f"{entry.address}{what}: {verb}: {entry.reason}"
+        + (f", expires {iso(entry.expires)}" if entry.expires else "")
+    )
+
+
+@suppression.command("remove")
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDR...")
+@click.option("--note", default="", help="Why, kept in the history.")
+@common_options
+def remove(addresses: tuple[str, ...], note: str) -> None:
+    """Take each ADDR (address or domain) off the list; the history keeps it.
+
+    Exit status: 0 if all were listed and are removed, 1 if any was not listed.
+
+    \b
+    Example:
+      smtpguard suppression remove bob@example.com --note "mailbox restored"
+    """
+    status = 0
+    with _store() as store:
+        for text in addresses:
+            if store.remove(text, actor=_actor(), note=note):
+                click.echo(f"{text}: removed")
+            else:
+                click.echo(f"{text}: not on the list", err=True)
+                status = 1
+    sys.exit(status)
+
+
+@suppression.command("history")
+@click.argument("address", metavar="ADDR")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@common_options
+def history(address: str, fmt: str) -> None:
+    """Show every change to ADDR: added, escalated, seen again, removed, expired.
+
+    Each line says when, who (relay, cli:USER, import:FILE), the reason and
+    the evidence (SMTP reply, enhanced status, diagnostic).
+    """
+    with _store() as store:
+        records = store.history(address)
+    if fmt == "json":
+        click.echo(json.dumps([r.to_dict() for r in records], ensure_ascii=False, indent=2))
+        return
+    if not records:
+        click.echo(f"{address}: no recorded changes", err=True)
+        return
+    _stdout().print(_history_table(records))
+
+
+def _history_table(records: list[HistoryRecord]) -> Table:
+    table = Table(show_edge=False, header_style="bold")
+    for name in ("when", "action", "actor", "reason", "evidence", "note"):
+        table.add_column(name, no_wrap=name in ("when", "action"))
+    for r in records:
+        if r.old_reason and r.old_reason != r.new_reason:
+            reason = f"{r.old_reason} -> {r.new_reason}"
+        else:
+            reason = r.new_reason
+        evidence = " ".join(x for x in (r.reply_code, r.status, r.diagnostic) if x)
+        source = f"[{r.source}] " if r.source else ""
+        table.add_row(iso(r.at), r.action, r.actor, reason, source + evidence, r.note)
+    return table
+
+
+# --------------------------------------------------------------------------- import
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    line: int
+    message: str
+
+
+class _ByteCounter:
+    """Iterates a binary file as text lines, counting bytes for the progress bar.
+
+    Undecodable bytes are kept as surrogates (and ``saw_bad_bytes`` set) so the
+    parser can name the line instead of failing the whole file.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.bytes = 0
+        self.saw_bad_bytes = False
+
+    def __iter__(self) -> Iterator[str]:
+        first = True
+        for raw in self._f:
+            self.bytes += len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("utf-8", "surrogateescape")
+                self.saw_bad_bytes = True
+            if first:
+                line = line.removeprefix("\ufeff")
+                first = False
+            yield line
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(lines: Any, value: str) -> bool:
+    return getattr(lines, "saw_bad_bytes", True) and _SURROGATE.search(value) is not None
+
+
+def _text(fields: dict[str, Any], key: str) -> str:
+    value = fields.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{key}: expected text, not {value!r}")
+    return value.strip()
+
+
+def _when(fields: dict[str, Any], key: str) -> float | None:
+    value = fields.get(key)
+    if value is None or value == "":
+        return None
+    return parse_time(value, what=key)
+
+
+def _observation(
+    fields: dict[str, Any], default_reason: str, default_expires: float | None
+) -> Observation:
+    """One import row (CSV cells or a JSON object; empty cells left out) -> an Observation."""
+    address = _text(fields, "address")
+    if not address:
+        raise UserError("address is empty")
+    # A bare word without '@' is a typo far more often than a domain: in a file,
+    # a whole domain must say so (kind=domain, or written as @example.com).
+    kind = _text(fields, "kind") or ("domain" if address.startswith("@") else "address")
+    count = 1
+    if len(fields) == 1:  # the common bulk case: a plain list of addresses
+        return make_observation(
+            address, default_reason, source="import", kind=kind, expires=default_expires
+        )
+    count_value = fields.get("count")
+    if isinstance(count_value, int) and not isinstance(count_value, bool):
+        count = count_value
+    elif isinstance(count_value, str) and count_value.strip().isdigit():
+        count = int(count_value)
+    elif count_value not in (None, ""):
+        raise UserError(f"count: expected a whole number, not {count_value!r}")
+    expires = _when(fields, "expires")
+    return make_observation(
+        address,
+        _text(fields, "reason") or default_reason,
+        source=_text(fields, "source") or "import",
+        kind=kind,
+        status=_text(fields, "status"),
+        reply_code=_text(fields, "reply_code"),
+        diagnostic=_text(fields, "diagnostic"),
+        expires=default_expires if expires is None else expires,
+        note=_text(fields, "note"),
+        first_seen=_when(fields, "first_seen"),
+        last_seen=_when(fields, "last_seen"),
+        count=count,
+    )
+
+
+def _header(names: list[str], path: str) -> list[str]:
+    columns = []
+    for name in names:
+        key = name.strip().lower()
+        if key in ADDRESS_ALIASES:
+            key = "address"
+        if key not in IMPORT_COLUMNS:
+            raise UserError(
+                f"{path}: line 1: unknown column {name!r} (known: {', '.join(IMPORT_COLUMNS)})"
+            )
+        columns.append(key)
+    if "address" not in columns:
+        raise UserError(f"{path}: line 1: the header has no 'address' column")
+    if len(set(columns)) != len(columns):
+        raise UserError(f"{path}: line 1: a column appears twice in the header")
+    return columns
+
+
+def parse_import(
+    lines: Any, fmt: str, path: str, default_reason: str, default_expires: float | None
+) -> Iterator[tuple[int, Observation | Problem]]:
+    """Yield (line number, Observation or Problem) for every record of the file."""
+    if fmt == "csv":
+        reader = csv.reader(lines, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise UserError(f"{path}: empty file (expected a CSV header with 'address')") from None
+        except csv.Error as e:
+            raise UserError(f"{path}: line 1: malformed CSV header: {e}") from None
+        columns = _header(header, path)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield reader.line_num, Problem(reader.line_num, f"malformed CSV: {e}")
+                continue
+            line = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(columns):
+                yield line, Problem(line, f"expected {len(columns)} fields, got {len(row)}")
+                continue
+            if _not_utf8(lines, "\x00".join(row)):
+                yield line, Problem(line, "not UTF-8 text")
+                continue
+            fields = {k: v for k, v in zip(columns, row, strict=True) if v}
+            try:
+                item: Observation | Problem = _observation(fields, default_reason, default_expires)
+            except UserError as e:
+                item = Problem(line, str(e))
+            yield line, item
+    else:
+        for line, text in enumerate(lines, start=1):
+            if not text.strip():
+                continue
+            if _not_utf8(lines, text):
+                yield line, Problem(line, "not UTF-8 text")
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield line, Problem(line, f"invalid JSON: {e.msg} at column {e.colno}")
+                continue
+            if not isinstance(obj, dict):
+                yield line, Problem(line, "expected a JSON object per line")
+                continue
+            fields: dict[str, Any] = {}
+            unknown = None
+            for key, value in obj.items():
+                k = "address" if key in ADDRESS_ALIASES else key
+                if k not in IMPORT_COLUMNS:
+                    unknown = key
+                    break
+                fields[k] = value
+            if unknown is not None:
+                yield line, Problem(line, f"unknown key {unknown!r}")
+                continue
+            try:
+                result: Observation | Problem = _observation(
+                    fields, default_reason, default_expires
+                )
+            except UserError as e:
+                result = Problem(line, str(e))
+            yield line, result
+
+
+def _detect_format(path: Path, f: IO[bytes]) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    head = f.peek(64) if hasattr(f, "peek") else b""
+    return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
+
+
+def _problems_message(path: str, problems: list[Problem]) -> str:
+    numbers = ", ".join(str(p.line) for p in problems[:50]) + (
+        ", ..." if len(problems) > 50 else ""
+    )
+    details = "; ".join(f"line {p.line}: {p.message}" for p in problems[:SHOWN_PROBLEMS])
+    return (
+        f"{path}: {len(problems)} invalid line{'s' if len(problems) != 1 else ''} ({numbers}); "
+        f"nothing imported (--skip-invalid imports the rest); {details}"
+    )
+
+
+@suppression.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "csv", "jsonl"]),
+    default="auto",
+    show_default=True,
+    help="File format; auto goes by extension, then content.",
+)
+@click.option(
+    "--reason",
+    type=REASON_CHOICE,
+    metavar="REASON",
+    default="manual",
+    show_default=True,
+    help="Reason for rows without a 'reason' column.",
+)
+@click.option(
+    "--expires",
+    type=_When(future=True),
+    metavar="WHEN",
+    help="Expiry for rows without an 'expires' value: 30d or an ISO time.",
+)
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Import the valid rows and report the invalid ones, instead of nothing.",
+)
+@common_options
+def import_cmd(
+    file: Path, fmt: str, reason: str, expires: float | None, skip_invalid: bool
+) -> None:
+    """Import entries from a CSV (with a header) or JSON Lines FILE.
+
+    Columns / keys: address (required; also 'email'), reason, kind, status,
+    reply_code, diagnostic, source, first_seen, last_seen, count, expires,
+    note. Times are ISO 8601 (UTC if no offset) or epoch seconds. The output of
+    `export` imports as is.
+
+    All or nothing: if any line is invalid, nothing is imported and the error
+    lists the bad line numbers; --skip-invalid imports the rest. The import is
+    one transaction: the relay's own writes wait for it (readers never do).
+
+    \b
+    Examples:
+      smtpguard suppression import bounces.csv --reason userunknown
+      smtpguard suppression import complaints.jsonl --reason complaint
+    """
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    name = str(file)
+    try:
+        f = open(file, "rb")  # noqa: SIM115 - closed below, after the transaction
+    except OSError as e:
+        raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if fmt == "auto":
+            fmt = _detect_format(file, f)  # type: ignore[arg-type]
+        counter = _ByteCounter(f)
+        problems: list[Problem] = []
+        console = Console(stderr=True)
+        progress = Progress(
+            TextColumn("importing {task.fields[rows]:,} rows"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+            transient=False,
+        )
+        with _store() as store, progress:
+            task = progress.add_task("import", total=size or None, rows=0)
+            with store.bulk(actor=f"import:{file.name}") as writer:
+                rows = 0
+                for _line, item in parse_import(counter, fmt, name, reason, expires):
+                    rows += 1
+                    if isinstance(item, Problem):
+                        problems.append(item)
+                    elif skip_invalid or not problems:
+                        writer.add(item)
+                    if rows % 10_000 == 0:
+                        progress.update(task, completed=counter.bytes, rows=rows)
+                progress.update(task, completed=counter.bytes, rows=rows)
+                if problems and not skip_invalid:
+                    raise UserError(_problems_message(name, problems))  # rolls back
+            counts = writer.counts
+    summary = (
+        f"imported {writer.total} entr{'y' if writer.total == 1 else 'ies'} from {name} "
+        f"({counts['added']} added, {counts['escalated']} escalated, {counts['updated']} updated)"
+    )
+    if problems:
+        for p in problems[:SHOWN_PROBLEMS]:
+            click.echo(f"smtpguard: warning: {name}: line {p.line}: {p.message}", err=True)
+        numbers = ", ".join(str(p.line) for p in problems[:50])
+        summary += f"; skipped {len(problems)} invalid line(s): {numbers}"
+        summary += ", ..." if len(problems) > 50 else ""
+    click.echo(summary)
+
+
+# --------------------------------------------------------------------------- export, prune, stats
+
+
+@suppression.command("export")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="Output format (both re-import with `import`).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file (atomically) instead of stdout.",
+)
+@click.option("--include-expired", is_flag=True, help="Also export entries past their expiry.")
+@common_options
+def export(fmt: str, output: Path | None, include_expired: bool) -> None:
+    """Write the whole list as CSV or JSON Lines, streaming (any size).
+
+    \b
+    Examples:
+      smtpguard suppression export > suppressed.csv
+      smtpguard suppression export --format jsonl -o /backup/suppressed.jsonl
+    """
+    filters = ListFilter(include_expired=include_expired)
+    with _store() as store:
+        if output is None:
+            _write_entries(store.iter_entries(filters), fmt, sys.stdout)
+            return
+        tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                n = _write_entries(store.iter_entries(filters), fmt, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, output)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"{output}: cannot write: {e.strerror or e}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    click.echo(f"exported {n} entr{'y' if n == 1 else 'ies'} to {output}", err=True)
+
+
+@suppression.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only count the expired entries.")
+@common_options
+def prune(dry_run: bool) -> None:
+    """Delete entries whose expiry has passed (each leaves an 'expired' history record).
+
+    Expired entries already stop suppressing on their own; pruning keeps the
+    table small and the history explicit. Safe to run from cron.
+    """
+    with _store() as store:
+        if dry_run:
+            n = store.stats()["expired_unpruned"]
+            click.echo(f"{n} expired entr{'y' if n == 1 else 'ies'} would be pruned")
+            return
+        n = store.prune(actor=_actor())
+    click.echo(f"pruned {n} expired entr{'y' if n == 1 else 'ies'}")
+
+
+@suppression.command("stats")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@common_options
+def stats(fmt: str) -> None:
+    """Summarise the list: active entries, by reason, by source, recent additions."""
+    with _store() as store:
+        s = store.stats()
+    if fmt == "json":
+        click.echo(json.dumps(s, indent=2))
+        return
+    console = _stdout()
+    overview = Table(show_edge=False, show_header=False)
+    overview.add_column()
+    overview.add_column(justify="right")
+    for label, key in (
+        ("active entries", "active"),
+        ("addresses", "addresses"),
+        ("whole domains", "domains"),
+        ("with an expiry", "with_expiry"),
+        ("expired, not yet pruned", "expired_unpruned"),
+        ("added in the last 24 h", "added_24h"),
+        ("added in the last 7 days", "added_7d"),
+        ("history records", "history_records"),
+    ):
+        overview.add_row(label, f"{s[key]:,}")
+    console.print(overview)
+    for title, key in (("reason", "by_reason"), ("source", "by_source")):
+        if s[key]:
+            t = Table(show_edge=False, header_style="bold")
+            t.add_column(title)
+            t.add_column("entries", justify="right")
+            for k, v in s[key].items():
+                t.add_row(k, f"{v:,}")
+            console.print()
+            console.print(t)
