@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -300,58 +301,77 @@ def queued_rss(args: argparse.Namespace, work: Path) -> None:
 
 
 def sampler_child(out: Path, interval: float, argv: list[str]) -> None:
-    """Run ``smtpguard <argv>`` in this process while a thread samples every thread's stack.
+    """Run ``smtpguard <argv>`` in this process while a thread samples where CPU goes.
 
-    Stdlib only (py-spy is not installed): ``sys._current_frames()`` every ``interval``
-    seconds; counts the innermost frame ("self") and every frame on the stack
-    ("inclusive"), written to ``out`` every 2 s and at exit.
+    Stdlib only (py-spy is not installed). Every ``interval`` seconds it reads each
+    thread's stack (``sys._current_frames()``) and that thread's CPU clock
+    (``time.pthread_getcpuclockid``); the CPU time used since the previous sample is
+    charged to the current stack. Blocked threads use no CPU and so cost nothing,
+    unlike a plain stack count. Written to ``out`` every 2 s and at exit.
     """
-    self_counts: collections.Counter[str] = collections.Counter()
-    incl_counts: collections.Counter[str] = collections.Counter()
-    samples = 0
+    self_ns: collections.Counter[str] = collections.Counter()
+    incl_ns: collections.Counter[str] = collections.Counter()
+    thread_ns: collections.Counter[str] = collections.Counter()
+    last_cpu: dict[int, int] = {}
+    clocks: dict[int, int] = {}
+    wall_start = time.monotonic()
 
-    def where(code: object) -> str:
-        c = code  # type: ignore[assignment]
-        fn = c.co_filename  # type: ignore[attr-defined]
-        short = fn.split("site-packages/")[-1].split("/lib/python3")[-1]
+    def where(code: types.CodeType) -> str:
+        short = code.co_filename.split("site-packages/")[-1].split("/lib/python3.11/")[-1]
         short = short.replace(str(REPO) + "/", "")
-        return f"{c.co_qualname} ({short}:{c.co_firstlineno})"  # type: ignore[attr-defined]
+        return f"{code.co_qualname} ({short}:{code.co_firstlineno})"
 
     def dump() -> None:
-        lines = [f"samples {samples} (every {interval * 1000:.0f} ms, all threads)"]
-        for title, counter in (("self", self_counts), ("inclusive", incl_counts)):
-            lines.append(f"\n-- top by {title} time --")
-            for key, n in counter.most_common(40):
-                lines.append(f"{100 * n / max(samples, 1):6.1f}%  {key}")
+        total = sum(thread_ns.values()) or 1
+        wall = time.monotonic() - wall_start
+        lines = [
+            f"CPU sampled: {total / 1e9:.2f} s over {wall:.1f} s wall "
+            f"(every {interval * 1000:.0f} ms, CPU-weighted, all threads)",
+            "\n-- CPU by thread --",
+        ]
+        lines += [f"{100 * n / total:6.1f}%  {k}" for k, n in thread_ns.most_common()]
+        for title, counter in (("self", self_ns), ("inclusive", incl_ns)):
+            lines.append(f"\n-- top by {title} CPU --")
+            lines += [f"{100 * n / total:6.1f}%  {k}" for k, n in counter.most_common(40)]
         out.write_text("\n".join(lines) + "\n")
 
     def run() -> None:
-        nonlocal samples
         me = threading.get_ident()
-        last = time.monotonic()
+        last_dump = time.monotonic()
         while True:
             time.sleep(interval)
+            names = {t.ident: t.name for t in threading.enumerate()}
             for tid, frame in sys._current_frames().items():
                 if tid == me:
                     continue
-                samples += 1
-                self_counts[where(frame.f_code)] += 1
+                try:
+                    clk = clocks.get(tid) or clocks.setdefault(tid, time.pthread_getcpuclockid(tid))
+                    cpu = time.clock_gettime_ns(clk)
+                except OSError:
+                    continue  # the thread just ended
+                spent = cpu - last_cpu.get(tid, cpu)
+                last_cpu[tid] = cpu
+                if spent <= 0:
+                    continue
+                name = re.sub(r"[-_]?\d+", "", names.get(tid, "?"))
+                thread_ns[name] += spent
+                self_ns[where(frame.f_code)] += spent
                 seen = set()
-                f = frame
+                f: types.FrameType | None = frame
                 while f is not None:
                     key = where(f.f_code)
                     if key not in seen:
                         seen.add(key)
-                        incl_counts[key] += 1
+                        incl_ns[key] += spent
                     f = f.f_back
-            if time.monotonic() - last > 2:
+            if time.monotonic() - last_dump > 2:
                 dump()
-                last = time.monotonic()
+                last_dump = time.monotonic()
 
     import atexit
 
     atexit.register(dump)
-    threading.Thread(target=run, daemon=True).start()
+    threading.Thread(target=run, name="sampler", daemon=True).start()
     from smtpguard.cli.main import main
 
     sys.argv = ["smtpguard", *argv]
@@ -359,19 +379,34 @@ def sampler_child(out: Path, interval: float, argv: list[str]) -> None:
 
 
 def profile(args: argparse.Namespace, work: Path) -> None:
-    """Load a sampled smtpguard (smtp-source -> smtpguard -> smtp-sink); print the profile."""
+    """Load a sampled smtpguard alone and behind Postfix; print where its CPU goes."""
     sink = Sink(free_port())
-    out = work / "profile.txt"
-    wrapper = [sys.executable, __file__, "_sample", str(out), "--"]
-    guard = Smtpguard(sink.port, work / "smtpguard-profile", wrapper=wrapper).start()
     try:
-        rate = measure(sink, guard.port, args)
-        print(f"profiled smtpguard: {rate:.0f} messages/s (sampling slows it a little)")
+        for leg in ("smtpguard", "postfix+smtpguard"):
+            out = work / f"profile-{leg}.txt"
+            wrapper = [sys.executable, __file__, "_sample", str(out), "--"]
+            guard = Smtpguard(sink.port, work / f"profile-{leg}", wrapper=wrapper).start()
+            front: PostfixInstance | None = None
+            try:
+                port = guard.port
+                if leg == "postfix+smtpguard":
+                    front = PostfixInstance(
+                        work / "profile-postfix",
+                        name="prof-pf",
+                        relayhost=f"127.0.0.1:{guard.port}",
+                        fast_retry=False,
+                    ).start()
+                    port = front.port
+                rate = measure(sink, port, args)
+            finally:
+                if front is not None:
+                    front.stop()
+                guard.stop()
+            time.sleep(0.5)
+            print(f"\n== profile of smtpguard in {leg}: {rate:.0f} messages/s while sampled ==")
+            print(out.read_text() if out.exists() else "(no profile written)")
     finally:
-        guard.stop()
         sink.stop()
-    time.sleep(0.5)
-    print(out.read_text() if out.exists() else "(no profile written)")
 
 
 # --------------------------------------------------------------------------- main

@@ -76,7 +76,7 @@ def _strip_brackets(addr: str) -> str:
     syntax and SHOULD ignore the route.
     """
     text = addr.strip()
-    if text.startswith("<") or text.endswith(">"):
+    if text[:1] == "<" or text[-1:] == ">":
         if not (text.startswith("<") and text.endswith(">")):
             raise _fail(addr, "unbalanced angle brackets")
         text = text[1:-1]
@@ -141,7 +141,7 @@ def _normalize_local(addr: str, local: str) -> str:
         else:
             result = '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
     else:
-        result = unicodedata.normalize("NFC", local).lower()
+        result = (local if local.isascii() else unicodedata.normalize("NFC", local)).lower()
         if not _DOT_STRING.fullmatch(result):
             if ".." in result:
                 raise _fail(addr, "consecutive dots in local part")
@@ -149,7 +149,7 @@ def _normalize_local(addr: str, local: str) -> str:
                 raise _fail(addr, "local part starts or ends with a dot")
             bad = next(c for c in result if not _DOT_STRING.fullmatch(c) and c != ".")
             raise _fail(addr, f"character {bad!r} not allowed in an unquoted local part")
-    size = len(result.encode("utf-8"))
+    size = len(result) if result.isascii() else len(result.encode("utf-8"))
     if size > MAX_LOCAL_OCTETS:
         raise _fail(addr, f"local part is {size} octets (RFC 5321 limit {MAX_LOCAL_OCTETS})")
     return result

@@ -378,3 +378,10 @@ def test_no_reply_auto_responder_is_vacation_not_a_bounce(classifier: Classifier
     )
     (v,) = classifier.message(raw)
     assert (v.recipient, v.reason, v.bounce) == ("noreply@shop.example", "vacation", "none")
+
+
+def test_qmail_wording_names_the_smtp_stage(classifier: Classifier, corpus: Path) -> None:
+    # "... does not like recipient." is RCPT; "... failed after I sent the message." is
+    # the end of DATA (and a "RCPT: <addr>" summary line does not count as the stage).
+    assert only(classifier, corpus, "lhost-qmail-16.eml").stage == "rcpt"
+    assert only(classifier, corpus, "lhost-qmail-20.eml").stage == "eom"

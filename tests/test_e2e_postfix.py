@@ -72,9 +72,13 @@ def chain(
     route_to_mx(dns_server, "example.test")
     sender_mx = make_test_mx(hostname="mx.sender.test")
     # Postfix's port is chosen first: the relay hands its DSNs to it (dsn.next_hop),
-    # and Postfix needs the relay's port as its relayhost.
+    # and Postfix needs the relay's port as its relayhost. Both ports come from
+    # outside the ephemeral range (see free_port), so no outgoing connection takes them.
     postfix_port = free_port()
-    relay = start_relay(dsn={"next_hop": f"127.0.0.1:{postfix_port}"})
+    relay = start_relay(
+        relay={"listen": f"127.0.0.1:{free_port()}"},
+        dsn={"next_hop": f"127.0.0.1:{postfix_port}"},
+    )
     postfix = postfix_factory(
         relay.port,
         port=postfix_port,

@@ -63,3 +63,26 @@ def test_sigterm_under_load_leaves_nothing_in_flight_and_restart_delivers_the_re
     assert "draining" in relay.log()
     start_relay()  # the same data dir: whatever was still queued goes out now
     test_mx.wait_for(sum(states.values()), timeout=30)
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "smtpguard", "serve", "--listen", f"127.0.0.1:{port}",
+             "--data-dir", str(tmp_path / "var")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"smtpguard: error: cannot listen on 127.0.0.1:{port}:")
+    )
+    assert "Traceback" not in r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -337,3 +338,20 @@ async def test_async_concurrent_records_all_land(data_dir: Path) -> None:
     finally:
         await s.close()
     assert [e.count for e in entries if e] == [5] * 10
+
+
+def test_bulk_fast_path_writes_what_record_writes(data_dir: Path, tmp_path: Path) -> None:
+    """A fresh import takes a shortcut; it must store exactly what record() stores."""
+    obs = dict(status="5.1.1", reply_code="550", diagnostic="no such user", note="n", expires=9e9)
+    with SuppressionStore.open(data_dir) as one:
+        one.record("a@example.com", "userunknown", source="import", actor="x", **obs)
+        slow_entry, slow_history = one.get("a@example.com"), one.history("a@example.com")
+    with SuppressionStore.open(tmp_path / "other") as two:
+        with two.bulk(actor="x") as writer:
+            writer.add(make_observation("a@example.com", "userunknown", source="import", **obs))
+            writer.add(make_observation("b@example.com", "userunknown", source="import", **obs))
+        fast_entry, fast_history = two.get("a@example.com"), two.history("a@example.com")
+    assert slow_entry is not None and fast_entry is not None
+    ignore_times = {"first_seen": 0.0, "last_seen": 0.0}
+    assert replace(fast_entry, **ignore_times) == replace(slow_entry, **ignore_times)
+    assert [replace(h, at=0.0) for h in fast_history] == [replace(h, at=0.0) for h in slow_history]

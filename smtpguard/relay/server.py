@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from smtpguard.config import Config
+from smtpguard.errors import UserError
 from smtpguard.relay import metrics
 from smtpguard.relay.delivery import Delivery
 from smtpguard.relay.envelope import InboundMessage
@@ -105,9 +106,17 @@ class Relay:
         self._scheduler_task = asyncio.create_task(scheduler.run(dispatch), name="scheduler")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
         self.inbound = InboundServer(cfg, enqueue=self.enqueue, lookup=self._lookup)
-        await self.inbound.start()
+        try:
+            await self.inbound.start()
+        except OSError as e:
+            raise UserError(f"cannot listen on {cfg.relay.listen}: {e.strerror or e}") from None
         if cfg.metrics.listen:
-            metrics.serve(cfg.metrics.listen)
+            try:
+                metrics.serve(cfg.metrics.listen)
+            except OSError as e:
+                raise UserError(
+                    f"cannot serve metrics on {cfg.metrics.listen}: {e.strerror or e}"
+                ) from None
 
     async def _housekeeping(self) -> None:
         """Forget finished messages older than ``delivery.keep_finished``, hourly."""

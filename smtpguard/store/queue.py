@@ -517,6 +517,11 @@ class _DbThread:
         else:
             fut.set_result(result)
 
+    @classmethod
+    def _resolve_all(cls, items: list[tuple[Any, Any, Any]]) -> None:
+        for fut, result, exc in items:
+            cls._resolve(fut, result, exc)
+
     def _run(self) -> None:
         stop = False
         while not stop:
@@ -536,10 +541,14 @@ class _DbThread:
             outcomes = self._run_batch([op[0] for op in batch])
             self.batches += 1
             self.operations += len(batch)
+            # One wake-up per event loop for the whole batch, not one per operation.
+            by_loop: dict[Any, list[tuple[Any, Any, Any]]] = {}
             for (_, fut, loop), (result, exc) in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((fut, result, exc))
+            for loop, items in by_loop.items():
                 # A closed loop (RuntimeError) means nobody is waiting any more.
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._resolve, fut, result, exc)
+                    loop.call_soon_threadsafe(self._resolve_all, items)
 
     def _run_batch(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[Any, Any]]:
         conn = self._conn

@@ -154,12 +154,14 @@ class HistoryRecord:
         return d
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Observation:
     """A sighting of a bad address, validated and normalised, ready to record.
 
     Build it with :func:`make_observation`. ``first_seen``/``last_seen`` None
-    mean "now"; an import may carry its own times and counts.
+    mean "now"; an import may carry its own times and counts. Treat it as
+    immutable; it is not frozen only because a million-row import creates a
+    million of them and frozen construction costs several times more.
     """
 
     address: str
@@ -232,17 +234,30 @@ def make_observation(
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise UserError(f"count must be a whole number of at least 1, not {count!r}")
     # Diagnostics arrive folded over several lines; one line keeps tables and CSV sane.
-    diagnostic = _WHITESPACE.sub(" ", diagnostic).strip()[:MAX_DIAGNOSTIC]
-    note = _WHITESPACE.sub(" ", note).strip()
-    first = _finite("first_seen", first_seen)
-    last = _finite("last_seen", last_seen)
-    if first is not None and last is not None and last < first:
-        raise UserError("last_seen is before first_seen")
+    if diagnostic:
+        diagnostic = _WHITESPACE.sub(" ", diagnostic).strip()[:MAX_DIAGNOSTIC]
+    if note:
+        note = _WHITESPACE.sub(" ", note).strip()
+    first = last = None
+    if first_seen is not None or last_seen is not None:
+        first = _finite("first_seen", first_seen)
+        last = _finite("last_seen", last_seen)
+        if first is not None and last is not None and last < first:
+            raise UserError("last_seen is before first_seen")
     return Observation(
-        address=key, kind=kind, reason=reason, source=source, status=status,
-        reply_code=reply_code, diagnostic=diagnostic, expires=_finite("expires", expires),
-        note=note, first_seen=first, last_seen=last, count=count,
-    )  # fmt: skip
+        address=key,
+        kind=kind,
+        reason=reason,
+        source=source,
+        status=status,
+        reply_code=reply_code,
+        diagnostic=diagnostic,
+        expires=_finite("expires", expires),
+        note=note,
+        first_seen=first,
+        last_seen=last,
+        count=count,
+    )
 
 
 # --------------------------------------------------------------------------- merge rule
@@ -256,9 +271,19 @@ def _history_row(
     e: SuppressionEntry, action: str, at: float, actor: str, note: str, old_reason: str
 ) -> _HistoryRow:
     return (
-        e.address, e.kind, action, at, actor, note, old_reason, e.reason,
-        e.source, e.status, e.reply_code, e.diagnostic,
-    )  # fmt: skip
+        e.address,
+        e.kind,
+        action,
+        at,
+        actor,
+        note,
+        old_reason,
+        e.reason,
+        e.source,
+        e.status,
+        e.reply_code,
+        e.diagnostic,
+    )
 
 
 def _merge(
@@ -273,10 +298,18 @@ def _merge(
         old = None
     if old is None:
         new = SuppressionEntry(
-            address=obs.address, kind=obs.kind, reason=obs.reason, status=obs.status,
-            reply_code=obs.reply_code, diagnostic=obs.diagnostic, source=obs.source,
-            first_seen=first, last_seen=last, count=obs.count, expires=obs.expires,
-        )  # fmt: skip
+            address=obs.address,
+            kind=obs.kind,
+            reason=obs.reason,
+            status=obs.status,
+            reply_code=obs.reply_code,
+            diagnostic=obs.diagnostic,
+            source=obs.source,
+            first_seen=first,
+            last_seen=last,
+            count=obs.count,
+            expires=obs.expires,
+        )
         history.append(_history_row(new, "added", now, actor, obs.note, ""))
         return new, history, "added"
 
@@ -287,9 +320,12 @@ def _merge(
         evidence = (obs.reason, obs.status, obs.reply_code, obs.diagnostic, obs.source)
     elif obs.reason == old.reason:
         evidence = (
-            old.reason, obs.status or old.status, obs.reply_code or old.reply_code,
-            obs.diagnostic or old.diagnostic, obs.source,
-        )  # fmt: skip
+            old.reason,
+            obs.status or old.status,
+            obs.reply_code or old.reply_code,
+            obs.diagnostic or old.diagnostic,
+            obs.source,
+        )
     else:
         evidence = (old.reason, old.status, old.reply_code, old.diagnostic, old.source)
     # An entry without expiry is permanent; otherwise the later expiry wins.
@@ -345,6 +381,10 @@ _UPSERT = (
     "first_seen = excluded.first_seen, last_seen = excluded.last_seen, "
     "count = excluded.count, expires = excluded.expires"
 )
+_INSERT_NEW = (
+    "INSERT OR IGNORE INTO suppression (domain, local, reason, status, reply_code, diagnostic, "
+    "source, first_seen, last_seen, count, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _DELETE = "DELETE FROM suppression WHERE domain = ? AND local = ?"
 _HISTORY_COLUMNS = (
     "address, kind, action, at, actor, note, old_reason, new_reason, source, status, "
@@ -391,9 +431,17 @@ def _key(address: str, kind: str) -> tuple[str, str]:
 
 def _upsert_row(e: SuppressionEntry) -> tuple[Any, ...]:
     return (
-        *_key(e.address, e.kind), e.reason, e.status, e.reply_code, e.diagnostic,
-        e.source, e.first_seen, e.last_seen, e.count, e.expires,
-    )  # fmt: skip
+        *_key(e.address, e.kind),
+        e.reason,
+        e.status,
+        e.reply_code,
+        e.diagnostic,
+        e.source,
+        e.first_seen,
+        e.last_seen,
+        e.count,
+        e.expires,
+    )
 
 
 def _target_key(address: str) -> tuple[str, str]:
@@ -531,6 +579,65 @@ class SuppressionStore:
         self._insert_history(history)
         return results
 
+    def _write_new(self, batch: list[Observation], actor: str, now: float) -> bool:
+        """Fast path for a batch of addresses not on the list yet (a fresh import).
+
+        Inserts every entry as :func:`_merge` adds it (the same rows; a test
+        holds them equal), skipping rows that exist; if any did (listed
+        already, or twice in the batch), undoes the batch and returns False so
+        that the caller merges it row by row.
+        """
+        conn = self._conn
+        rows = []
+        history: list[_HistoryRow] = []
+        for o in batch:
+            first = o.first_seen if o.first_seen is not None else now
+            last = o.last_seen if o.last_seen is not None else max(now, first)
+            domain, local = _key(o.address, o.kind)
+            rows.append(
+                (
+                    domain,
+                    local,
+                    o.reason,
+                    o.status,
+                    o.reply_code,
+                    o.diagnostic,
+                    o.source,
+                    first,
+                    last,
+                    o.count,
+                    o.expires,
+                )
+            )
+            history.append(
+                (
+                    o.address,
+                    o.kind,
+                    "added",
+                    now,
+                    actor,
+                    o.note,
+                    "",
+                    o.reason,
+                    o.source,
+                    o.status,
+                    o.reply_code,
+                    o.diagnostic,
+                )
+            )
+        rows.sort()
+        conn.execute("SAVEPOINT suppression_batch")
+        try:
+            before = conn.total_changes
+            conn.executemany(_INSERT_NEW, rows)
+            if conn.total_changes - before != len(rows):
+                conn.execute("ROLLBACK TO suppression_batch")
+                return False
+            self._insert_history(history)
+            return True
+        finally:
+            conn.execute("RELEASE suppression_batch")
+
     def _insert_history(self, rows: list[_HistoryRow]) -> None:
         if rows:
             last_id = self._conn.execute(_NEXT_IDS, (len(rows),)).fetchall()[0][0]
@@ -573,9 +680,16 @@ class SuppressionStore:
     ) -> SuppressionEntry:
         """Add ``address`` or, if present, merge the sighting (see module doc)."""
         obs = make_observation(
-            address, reason, source=source, kind=kind, status=status, reply_code=reply_code,
-            diagnostic=diagnostic, expires=expires, note=note,
-        )  # fmt: skip
+            address,
+            reason,
+            source=source,
+            kind=kind,
+            status=status,
+            reply_code=reply_code,
+            diagnostic=diagnostic,
+            expires=expires,
+            note=note,
+        )
         return self.record_observation(obs, actor=actor)
 
     def record_observation(
@@ -606,16 +720,21 @@ class SuppressionStore:
     # -- operator tools (CLI)
 
     def list_page(
-        self, filters: ListFilter | None = None, *, after: str | None = None,
-        limit: int | None = 100, now: float | None = None,
-    ) -> list[SuppressionEntry]:  # fmt: skip
+        self,
+        filters: ListFilter | None = None,
+        *,
+        after: str | None = None,
+        limit: int | None = 100,
+        now: float | None = None,
+    ) -> list[SuppressionEntry]:
         """One page in address order; pass the last address shown as ``after``.
 
         Keyset paging: the next page starts with an index seek, so page 10,000
         costs what page 1 costs.
         """
-        sql, params = _list_query(filters or ListFilter(), after, limit,
-                                  time.time() if now is None else now)  # fmt: skip
+        sql, params = _list_query(
+            filters or ListFilter(), after, limit, time.time() if now is None else now
+        )
         with self._errors():
             return [_entry(r) for r in self._conn.execute(sql, params)]
 
@@ -623,8 +742,12 @@ class SuppressionStore:
         self, filters: ListFilter | None = None, *, now: float | None = None
     ) -> Iterator[SuppressionEntry]:
         """Stream every matching entry (export) without holding them all in memory."""
-        sql, params = _list_query(filters or ListFilter(include_expired=True), None, None,
-                                  time.time() if now is None else now)  # fmt: skip
+        sql, params = _list_query(
+            filters or ListFilter(include_expired=True),
+            None,
+            None,
+            time.time() if now is None else now,
+        )
         with self._errors():
             for row in self._conn.execute(sql, params):
                 yield _entry(row)
@@ -684,12 +807,20 @@ class SuppressionStore:
                 f"coalesce(sum(expires IS NOT NULL AND {live}), 0) FROM suppression",
                 (now, now, now, now),
             ).fetchone()
-            by_reason = dict(c.execute(
-                f"SELECT reason, count(*) FROM suppression WHERE {live} "
-                "GROUP BY reason ORDER BY 2 DESC, 1", (now,)).fetchall())  # fmt: skip
-            by_source = dict(c.execute(
-                f"SELECT source, count(*) FROM suppression WHERE {live} "
-                "GROUP BY source ORDER BY 2 DESC, 1", (now,)).fetchall())  # fmt: skip
+            by_reason = dict(
+                c.execute(
+                    f"SELECT reason, count(*) FROM suppression WHERE {live} "
+                    "GROUP BY reason ORDER BY 2 DESC, 1",
+                    (now,),
+                ).fetchall()
+            )
+            by_source = dict(
+                c.execute(
+                    f"SELECT source, count(*) FROM suppression WHERE {live} "
+                    "GROUP BY source ORDER BY 2 DESC, 1",
+                    (now,),
+                ).fetchall()
+            )
             recent = {
                 label: c.execute(
                     f"SELECT count(*) FROM suppression WHERE first_seen >= ? AND {live}",
@@ -699,11 +830,18 @@ class SuppressionStore:
             }
             history = c.execute(_HISTORY_SEQ).fetchone()[0]
         return {
-            "active": addresses + domains, "addresses": addresses, "domains": domains,
-            "expired_unpruned": expired, "with_expiry": with_expiry, "stored": total,
-            "added_24h": recent["24h"], "added_7d": recent["7d"], "history_records": history,
-            "by_reason": by_reason, "by_source": by_source,
-        }  # fmt: skip
+            "active": addresses + domains,
+            "addresses": addresses,
+            "domains": domains,
+            "expired_unpruned": expired,
+            "with_expiry": with_expiry,
+            "stored": total,
+            "added_24h": recent["24h"],
+            "added_7d": recent["7d"],
+            "history_records": history,
+            "by_reason": by_reason,
+            "by_source": by_source,
+        }
 
 
 class BulkWriter:
@@ -715,6 +853,8 @@ class BulkWriter:
         self._batch_size = batch_size
         self._buffer: list[Observation] = []
         self.counts: dict[str, int] = {"added": 0, "escalated": 0, "updated": 0}
+        # Try the fresh-import fast path until a batch turns out to hold known addresses.
+        self._optimistic = True
 
     def add(self, obs: Observation) -> None:
         self._buffer.append(obs)
@@ -724,10 +864,14 @@ class BulkWriter:
     def flush(self) -> None:
         if not self._buffer:
             return
+        now = time.time()
         with self._store._errors():
-            results = self._store._write(self._buffer, self._actor, time.time())
-        for _, action in results:
-            self.counts[action] += 1
+            if self._optimistic and self._store._write_new(self._buffer, self._actor, now):
+                self.counts["added"] += len(self._buffer)
+            else:
+                self._optimistic = False
+                for _, action in self._store._write(self._buffer, self._actor, now):
+                    self.counts[action] += 1
         self._buffer = []
 
     @property
@@ -819,9 +963,16 @@ class AsyncSuppressionStore:
     ) -> SuppressionEntry:
         """See :meth:`SuppressionStore.record`."""
         obs = make_observation(
-            address, reason, source=source, kind=kind, status=status, reply_code=reply_code,
-            diagnostic=diagnostic, expires=expires, note=note,
-        )  # fmt: skip
+            address,
+            reason,
+            source=source,
+            kind=kind,
+            status=status,
+            reply_code=reply_code,
+            diagnostic=diagnostic,
+            expires=expires,
+            note=note,
+        )
         async with self._transaction() as conn:
             row = await self._fetchone(_GET, _key(obs.address, obs.kind))
             existing = {} if row is None else {obs.address: _entry(row)}

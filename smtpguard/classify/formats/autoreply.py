@@ -23,12 +23,15 @@ from smtpguard.classify.formats._common import (
 from smtpguard.classify.formats.plaintext import bounce_text, looks_like_bounce
 from smtpguard.classify.verdict import Failure
 
+# Auto-responders put their marker first ("Out of Office: <original subject>"); anchoring
+# keeps "Undelivered Mail: Re: vacation plans" a bounce.
 _SUBJECT_RE = re.compile(
-    r"out of (?:the )?office|automatic reply|auto(?:matic)?[- ]?(?:reply|response|answer)|"
-    r"autoreply|autorespon|vacation|away from (?:my|the) (?:desk|office)|\baway until\b|"
-    r"on leave|abwesenheit|automatische antwort|r[ée]ponse automatique|absence|"
+    r"^(?:(?:re|aw|fw|fwd|wg|tr)\s?:\s*)*(?:\[[^\]]{0,40}\]\s*)?\[?(?:"
+    r"out of (?:the )?office|ooo\b|automatic reply|automated (?:reply|response)|"
+    r"auto(?:matic)?[- ]?(?:reply|response|answer|antwort)|autoreply|autorespon|auto:|"
+    r"vacation|away\b|on leave|absen|abwesen|automatische antwort|r[ée]ponse automatique|"
     r"risposta automatica|fuera de la oficina|respuesta autom[aá]tica|"
-    r"\u4e0d\u5728|\u81ea\u52d5\u5fdc\u7b54|\u81ea\u52a8\u56de\u590d",
+    r"\u4e0d\u5728|\u81ea\u52d5\u5fdc\u7b54|\u81ea\u52d5\u8fd4\u4fe1|\u81ea\u52a8\u56de\u590d)",
     re.IGNORECASE,
 )
 
@@ -38,6 +41,8 @@ def _auto_header(msg: Message) -> bool:
     if auto.startswith("auto-replied"):
         return True
     if header(msg, "X-Autoreply") or header(msg, "X-Autorespond"):
+        return True
+    if header(msg, "X-Apple-Action").lower() == "vacation":
         return True
     if header(msg, "X-Auto-Response-Suppress") and _SUBJECT_RE.search(header(msg, "Subject")):
         return True

@@ -21,6 +21,7 @@ from smtpguard.classify.formats._common import (
     collapse,
     envelope_info,
     fill_codes,
+    first_code_at,
     first_text,
     header,
     original_message,
@@ -44,7 +45,7 @@ _SEPARATOR_RE = re.compile(
     r"|message headers follow"
     r"|original message follows"
     r"|below (?:is|this line is) a copy"
-    r"|the (?:original|returned) message"
+    r"|the (?:original|returned) message (?:follows|is (?:attached|included|below)|headers)"
     r"|content-type: message/rfc822"
     r")"
 )
@@ -99,14 +100,12 @@ _BRACKET_ADDR_RE = re.compile(r"<(" + ADDR_RE.pattern + r")>")
 _ROLE_RE = re.compile(r"^(?:mailer-daemon|postmaster|root|abuse|no-?reply|bounces?)@", re.I)
 
 # Vendor boilerplate around the remote server's words: it would only mislead the rules.
-_BOILERPLATE_RE = re.compile(
-    r"Google tried to deliver your message, but it was rejected by the .{0,200}?"
-    r"The error that the other server returned was:\s*"
-    r"|Technical details of (?:permanent|temporary) failure:\s*"
-    r"|Giving up on \d{1,3}(?:\.\d{1,3}){3}\.?\s*"  # qmail: "this MX host", not the message
-    r"|Please note that this is only a temporary failure report\..{0,300}$",
-    re.IGNORECASE,
+_BOILERPLATE_PHRASES = (
+    "technical details of permanent failure:",
+    "technical details of temporary failure:",
 )
+# qmail's "Giving up on 192.0.2.1." is about one MX host, not about the message.
+_GIVING_UP_RE = re.compile(r"Giving up on \d{1,3}(?:\.\d{1,3}){3}\.?", re.IGNORECASE)
 # The reporting MTA itself says the recipient's domain does not resolve (its own words,
 # not a remote reply): Exim (and cPanel's rewording of its router failure), qmail,
 # DragonFly, Postfix's local "Host or domain name not found".
@@ -296,12 +295,20 @@ def looks_like_bounce(msg: Message) -> bool:
 
 
 def best_paragraph(text: str) -> str:
-    """The paragraph most likely to hold the remote server's reply."""
-    paras = [p for p in _PARAGRAPH_RE.split(text[:20000]) if p.strip()]
-    for p in paras:
-        if status_in(p) or code_in(p):
-            return p
-    return text
+    """The paragraph most likely to hold the remote server's reply: the one with the first
+    reply code or status (the whole text when there is none)."""
+    text = text[:20000]
+    at = first_code_at(text)
+    if at < 0:
+        return text
+    start, end = 0, len(text)
+    for m in _PARAGRAPH_RE.finditer(text):
+        if m.end() <= at:
+            start = m.end()
+        else:
+            end = m.start()
+            break
+    return text[start:end]
 
 
 def skip_set(msg: Message) -> frozenset[str]:
@@ -343,10 +350,25 @@ def _mentioned(text: str, skip: frozenset[str]) -> list[str]:
 
 
 def clean_diagnostic(diag: str) -> str:
-    """The diagnostic without vendor boilerplate (bounded input, linear patterns)."""
+    """The diagnostic without vendor boilerplate (plain substring cuts, no backtracking)."""
     low = diag.lower()
-    if any(h in low for h in _BOILERPLATE_HINTS):
-        diag = _BOILERPLATE_RE.sub(" ", diag)
+    if not any(h in low for h in _BOILERPLATE_HINTS):
+        return collapse(diag)
+    note = low.find("please note that this is only a temporary failure report")
+    if note >= 0:  # OpenSMTPD's trailer: everything after it is advice
+        diag, low = diag[:note], low[:note]
+    google = low.find("google tried to deliver your message")
+    if google >= 0:
+        said = low.find("the error that the other server returned was:", google)
+        if 0 <= said - google <= 400:
+            cut = said + len("the error that the other server returned was:")
+            diag, low = diag[:google] + diag[cut:], low[:google] + low[cut:]
+    for phrase in _BOILERPLATE_PHRASES:
+        at = low.find(phrase)
+        if at >= 0:
+            diag, low = diag[:at] + diag[at + len(phrase) :], low[:at] + low[at + len(phrase) :]
+    if "giving up on" in low:
+        diag = _GIVING_UP_RE.sub(" ", diag)
     return collapse(diag)
 
 

@@ -117,7 +117,7 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
     if not out:
         return out
     # The human-readable part often says more than Diagnostic-Code (or all there is).
-    text = first_text(msg)
+    text = bounce_text(msg)
     by_rcpt = diagnostics_by_recipient(text) if text else {}
     mid, sender, token = envelope_info(msg)
     for f in out:
