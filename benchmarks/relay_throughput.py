@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import shlex
@@ -58,6 +59,11 @@ SMTPGUARD = [sys.executable, "-m", "smtpguard"]
 CONFIGS = ("sink", "postfix", "smtpguard", "postfix+smtpguard")
 SENDER = "bench@source.test"
 RECIPIENT = "rcpt@sink.test"
+# Child modes of this script (profiling a relay in-process): name -> what it prints.
+MODES = {
+    "_sample": "CPU-weighted stack samples, all threads",
+    "_cprofile": "cProfile, event-loop thread",
+}
 
 
 # --------------------------------------------------------------------------- the sink
@@ -149,6 +155,13 @@ class Smtpguard:
                 out[key] = int(value.split()[0])
         return out
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) CPU seconds the relay process has used so far (all its threads)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
     def stop(self, timeout: float = 60) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -190,17 +203,42 @@ def measure(sink: Sink, port: int, args: argparse.Namespace) -> float:
     return args.messages / (time.monotonic() - started)
 
 
-def throughput(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
+def cpu_busy_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+@dataclass
+class Results:
+    rates: dict[str, list[float]]  # messages/s per configuration, one per round
+    cpu_ms: dict[str, list[tuple[float, float]]]  # smtpguard's (user, sys) CPU ms per message
+    busy: dict[str, list[float]]  # share of the machine's CPUs busy during each run
+
+
+def throughput(args: argparse.Namespace, work: Path) -> Results:
     sink = Sink(free_port())
     postfix = PostfixInstance(
-        work / "postfix", name="bench-pf", relayhost=f"127.0.0.1:{sink.port}", fast_retry=False
+        work / "postfix",
+        name="bench-pf",
+        relayhost=f"127.0.0.1:{sink.port}",
+        fast_retry=False,
+        main=args.postfix_main,
     )
     guard = Smtpguard(sink.port, work / "smtpguard")
     guard_behind = Smtpguard(sink.port, work / "smtpguard-chain")
     chain = PostfixInstance(
-        work / "postfix-chain", name="bench-chain", relayhost="", fast_retry=False
+        work / "postfix-chain",
+        name="bench-chain",
+        relayhost="",
+        fast_retry=False,
+        main=args.postfix_main,
     )
     rates: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    cpu_ms: dict[str, list[tuple[float, float]]] = {"smtpguard": [], "postfix+smtpguard": []}
+    busy: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    relay_of = {"smtpguard": guard, "postfix+smtpguard": guard_behind}
     try:
         postfix.start()
         targets = {"sink": sink.port, "postfix": postfix.port}
@@ -220,9 +258,20 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
             order = order[(rnd - 1) % len(order) :] + order[: (rnd - 1) % len(order)]
             line = []
             for name in order:
+                relay = relay_of.get(name)
+                cpu_before = relay.cpu_seconds() if relay else (0.0, 0.0)
+                jiffies = cpu_busy_jiffies()
                 rate = measure(sink, targets[name], args)
+                now = cpu_busy_jiffies()
+                busy[name].append((now[0] - jiffies[0]) / max(now[1] - jiffies[1], 1))
                 rates[name].append(rate)
                 line.append(f"{name}={rate:.0f}/s")
+                if relay:
+                    after = relay.cpu_seconds()
+                    n = args.messages / 1000
+                    cpu_ms[name].append(
+                        ((after[0] - cpu_before[0]) / n, (after[1] - cpu_before[1]) / n)
+                    )
             print(f"round {rnd}: " + "  ".join(line), flush=True)
     finally:
         chain.stop()
@@ -230,10 +279,15 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
         guard.stop()
         postfix.stop()
         sink.stop()
-    return {k: v for k, v in rates.items() if v}
+    return Results(
+        {k: v for k, v in rates.items() if v},
+        {k: v for k, v in cpu_ms.items() if v},
+        {k: v for k, v in busy.items() if v},
+    )
 
 
-def report(rates: dict[str, list[float]]) -> None:
+def report(results: Results) -> None:
+    rates = results.rates
     base = rates["postfix"]
     print("\nmessages/s at the sink, and ratio to Postfix alone in the same round")
     header = f"{'round':>5}  " + "  ".join(f"{c:>24}" for c in rates)
@@ -253,6 +307,18 @@ def report(rates: dict[str, list[float]]) -> None:
             ratio = statistics.median(r / b for r, b in zip(rates[name], base, strict=True))
             verdict = "met" if ratio >= goal else "NOT met"
             print(f"goal {name} >= {goal:.1f}x Postfix: median {ratio:.2f}x -> {verdict}")
+    print(
+        "machine CPU busy during the runs (median; other load on the machine counts too): "
+        + ", ".join(f"{k} {100 * statistics.median(v):.0f}%" for k, v in results.busy.items())
+    )
+    for name, values in results.cpu_ms.items():
+        total = statistics.median(u + k for u, k in values)
+        user = statistics.median(u for u, _ in values)
+        system = statistics.median(k for _, k in values)
+        print(
+            f"smtpguard CPU per message in {name}: median {total:.2f} ms "
+            f"(user {user:.2f} + system {system:.2f})"
+        )
 
 
 # --------------------------------------------------------------------------- memory
@@ -285,11 +351,21 @@ def queued_rss(args: argparse.Namespace, work: Path) -> None:
                 flush=True,
             )
         time.sleep(5)  # let the scheduler take its first pass over the refused attempts
+        stats = subprocess.run(
+            [*SMTPGUARD, "--data-dir", str(guard.data_dir), "queue", "stats", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        pending = json.loads(stats.stdout)["messages_pending"] if stats.returncode == 0 else -1
+        if pending < sent:
+            raise SystemExit(f"only {pending} of {sent} messages queued: {stats.stderr.strip()}")
         st = guard.status()
         db = guard.data_dir / "smtpguard.db"
         size = sum(p.stat().st_size for p in guard.data_dir.glob("smtpguard.db*"))
         print(
-            f"relay memory with {sent} messages queued: VmRSS {st['VmRSS'] / 1024:.1f} MB, "
+            f"relay memory with {pending} messages queued (smtpguard queue stats): "
+            f"VmRSS {st['VmRSS'] / 1024:.1f} MB, "
             f"peak VmHWM {st['VmHWM'] / 1024:.1f} MB (at start {before['VmRSS'] / 1024:.1f} MB;"
             f" goal < 200 MB); {db.name} + WAL {size / 1e6:.0f} MB on disk"
         )
@@ -307,7 +383,8 @@ def sampler_child(out: Path, interval: float, argv: list[str]) -> None:
     thread's stack (``sys._current_frames()``) and that thread's CPU clock
     (``time.pthread_getcpuclockid``); the CPU time used since the previous sample is
     charged to the current stack. Blocked threads use no CPU and so cost nothing,
-    unlike a plain stack count. Written to ``out`` every 2 s and at exit.
+    unlike a plain stack count. Counting starts when ``out.start`` appears (after
+    start-up and warm-up); written to ``out`` every 2 s and at exit.
     """
     self_ns: collections.Counter[str] = collections.Counter()
     incl_ns: collections.Counter[str] = collections.Counter()
@@ -336,8 +413,12 @@ def sampler_child(out: Path, interval: float, argv: list[str]) -> None:
         out.write_text("\n".join(lines) + "\n")
 
     def run() -> None:
+        nonlocal wall_start
         me = threading.get_ident()
-        last_dump = time.monotonic()
+        trigger = out.with_suffix(".start")
+        while not trigger.exists():
+            time.sleep(0.05)
+        wall_start = last_dump = time.monotonic()
         while True:
             time.sleep(interval)
             names = {t.ident: t.name for t in threading.enumerate()}
@@ -378,32 +459,72 @@ def sampler_child(out: Path, interval: float, argv: list[str]) -> None:
     main()
 
 
+def cprofile_child(out: Path, argv: list[str]) -> None:
+    """Run ``smtpguard <argv>`` with cProfile on the event-loop (main) thread.
+
+    Deterministic per-function times of the asyncio thread, where most of the CPU
+    goes; it slows Python code down, so read it for proportions. SIGUSR2 (sent
+    after start-up and warm-up) switches it on; the report is written at exit.
+    """
+    import atexit
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    signal.signal(signal.SIGUSR2, lambda *_: prof.enable())
+
+    def dump() -> None:
+        prof.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(prof, stream=text)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(30)
+        out.write_text(text.getvalue().replace(str(REPO) + "/", ""))
+
+    atexit.register(dump)
+    from smtpguard.cli.main import main
+
+    sys.argv = ["smtpguard", *argv]
+    main()
+
+
 def profile(args: argparse.Namespace, work: Path) -> None:
     """Load a sampled smtpguard alone and behind Postfix; print where its CPU goes."""
     sink = Sink(free_port())
     try:
-        for leg in ("smtpguard", "postfix+smtpguard"):
-            out = work / f"profile-{leg}.txt"
-            wrapper = [sys.executable, __file__, "_sample", str(out), "--"]
-            guard = Smtpguard(sink.port, work / f"profile-{leg}", wrapper=wrapper).start()
+        legs = [(leg, mode) for leg in ("smtpguard", "postfix+smtpguard") for mode in MODES]
+        for leg, mode in legs:
+            out = work / f"profile-{leg}.{mode}.txt"
+            wrapper = [sys.executable, __file__, mode, str(out), "--"]
+            data_dir = work / f"profile-{leg}-{mode}"
+            guard = Smtpguard(sink.port, data_dir, wrapper=wrapper).start()
             front: PostfixInstance | None = None
             try:
                 port = guard.port
                 if leg == "postfix+smtpguard":
                     front = PostfixInstance(
-                        work / "profile-postfix",
+                        work / f"profile-postfix-{mode}",
                         name="prof-pf",
                         relayhost=f"127.0.0.1:{guard.port}",
                         fast_retry=False,
+                        main=args.postfix_main,
                     ).start()
                     port = front.port
+                measure(sink, port, argparse.Namespace(**{**vars(args), "messages": 20}))
+                out.with_suffix(".start").touch()  # the sampler starts counting
+                assert guard.proc is not None
+                guard.proc.send_signal(signal.SIGUSR2)  # cProfile starts
+                time.sleep(0.2)
                 rate = measure(sink, port, args)
             finally:
                 if front is not None:
                     front.stop()
                 guard.stop()
             time.sleep(0.5)
-            print(f"\n== profile of smtpguard in {leg}: {rate:.0f} messages/s while sampled ==")
+            print(
+                f"\n== {MODES[mode]} of smtpguard in {leg}: {rate:.0f} messages/s while profiled =="
+            )
             print(out.read_text() if out.exists() else "(no profile written)")
     finally:
         sink.stop()
@@ -413,9 +534,13 @@ def profile(args: argparse.Namespace, work: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "_sample":
+    if len(sys.argv) > 2 and sys.argv[1] in MODES:
         out, rest = Path(sys.argv[2]), sys.argv[sys.argv.index("--") + 1 :]
-        sampler_child(out, 0.005, rest)
+        if sys.argv[1] == "_sample":
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+            sampler_child(out, 0.005, rest)
+        else:
+            cprofile_child(out, rest)
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
@@ -431,8 +556,16 @@ def main() -> None:
         help="messages queued for the memory test (0: skip)",
     )
     p.add_argument("--profile", action="store_true", help="sample a loaded smtpguard's threads")
+    p.add_argument(
+        "--postfix-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="main.cf setting for every Postfix instance (repeatable)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
+    args.postfix_main = dict(kv.split("=", 1) for kv in args.postfix_set)
     for tool in (SMTP_SOURCE, SMTP_SINK):
         if not os.access(tool, os.X_OK):
             raise SystemExit(f"{tool} missing: install Debian's postfix package (make setup-apt)")
@@ -447,8 +580,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="smtpguard-bench-"))
     work.chmod(0o755)  # Postfix's daemons (user postfix) must reach their directories
     try:
-        rates = throughput(args, work)
-        report(rates)
+        report(throughput(args, work))
         if args.profile and not args.postfix_only:
             profile(args, work)
         if args.rss_messages and not args.postfix_only:

@@ -21,15 +21,16 @@ from smtpguard.classify import Classifier
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "classify_bench.py"
 
 # metric -> lowest acceptable share (0..1). Measured when set: recipients 99.1%, status
-# 94.4%, reason 92.6%, suppress agreement 97.5%, precision 96.2%, recall 96.2%. Where the
-# issue's goal is reached (recipients 98%, reason 92%, agreement 97%) the floor is the goal.
+# 95.1%, reason 94.1%, suppress agreement 98.5%, precision 100%, recall 95.2%. Each floor is
+# the measurement less about half a point, and never below the goal (recipients 98%,
+# status 95%, reason 92%, agreement 97%, precision 99%): status and precision sit at the goal.
 FLOORS = {
-    "recipients found": 0.98,
-    "status exact match": 0.93,
-    "reason exact match": 0.92,
-    "suppress agreement": 0.97,
-    "suppress precision": 0.95,
-    "suppress recall": 0.94,
+    "recipients found": 0.985,
+    "status exact match": 0.95,
+    "reason exact match": 0.935,
+    "suppress agreement": 0.98,
+    "suppress precision": 0.99,
+    "suppress recall": 0.945,
 }
 
 

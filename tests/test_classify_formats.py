@@ -385,3 +385,72 @@ def test_qmail_wording_names_the_smtp_stage(classifier: Classifier, corpus: Path
     # the end of DATA (and a "RCPT: <addr>" summary line does not count as the stage).
     assert only(classifier, corpus, "lhost-qmail-16.eml").stage == "rcpt"
     assert only(classifier, corpus, "lhost-qmail-20.eml").stage == "eom"
+
+
+def _dsn(explanation: str, blocks: str) -> bytes:
+    """A minimal RFC 3464 report: human-readable part, then the delivery-status part."""
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n"
+        "To: sender@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        f"--B\r\nContent-Type: text/plain\r\n\r\n{explanation}\r\n"
+        f"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        f"Reporting-MTA: dns; mx.example.net\r\n\r\n{blocks}\r\n--B--\r\n"
+    ).encode()
+
+
+def test_dsn_explanation_naming_a_disabled_account_prevents_suppression(
+    classifier: Classifier,
+) -> None:
+    raw = _dsn(
+        "The user(s) account is disabled.\r\n\r\n"
+        "<gone@example.net>: 550 user unknown (in reply to RCPT TO command)",
+        "Final-Recipient: rfc822; gone@example.net\r\nAction: failed\r\nStatus: 5.0.0",
+    )
+    (v,) = classifier.message(raw)
+    assert (v.reason, v.bounce, v.suppress) == ("suspend", "hard", False)
+
+
+def test_another_recipients_full_mailbox_does_not_speak_for_this_one(
+    classifier: Classifier, corpus: Path
+) -> None:
+    # Postfix: "<kijitora@...>: ... User Unknown (in reply to RCPT TO)", then another
+    # recipient's "Mailbox Full": each keeps its own reason.
+    found = {v.recipient: v for v in verdicts(classifier, corpus, "lhost-postfix-13.eml")}
+    assert (found["kijitora@example.jp"].reason, found["kijitora@example.jp"].suppress) == (
+        "userunknown",
+        True,
+    )
+    assert found["noraneko@example.jp"].reason == "mailboxfull"
+
+
+def test_dsn_with_x_unix_diagnostic_is_a_local_mailer_error(classifier: Classifier) -> None:
+    raw = _dsn(
+        "Your message could not be delivered.",
+        "Final-Recipient: rfc822; u@example.net\r\nAction: failed\r\nStatus: 4.3.0\r\n"
+        "Diagnostic-Code: x-unix; temporary failure",
+    )
+    (v,) = classifier.message(raw)
+    assert (v.reason, v.diagnostic) == ("mailererror", "temporary failure")
+
+
+def test_bare_user_unknown_wording_in_a_dsn_without_stage_is_not_suppressed(
+    classifier: Classifier,
+) -> None:
+    raw = _dsn(
+        "Delivery has failed.",
+        "Final-Recipient: rfc822; jane@example.net\r\nAction: failed\r\nStatus: 5.0.0\r\n"
+        "Diagnostic-Code: The email account that you tried to reach does not exist.",
+    )
+    (v,) = classifier.message(raw)
+    assert (v.reason, v.suppress) == ("filtered", False)
+
+
+def test_pipelined_sendmail_transcript_reply_answers_rcpt(
+    classifier: Classifier, corpus: Path
+) -> None:
+    # ">>> DATA" then "<<< 550 5.5.0 ... Invalid recipient" and Sendmail's own
+    # "550 5.1.1 <addr>... User unknown": the reply answered the pipelined RCPT TO.
+    v = only(classifier, corpus, "lhost-sendmail-46.eml")
+    assert (v.stage, v.reason, v.suppress) == ("rcpt", "userunknown", True)

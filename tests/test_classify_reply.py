@@ -303,3 +303,92 @@ def test_failed_action_is_never_delivered_even_with_a_2xx_text() -> None:
     v = decide(f, default_classifier().rules)
     assert v.bounce == "hard"
     assert v.reason != "delivered"
+
+
+# ------------------------------------------------------------------ when "user unknown" is believed
+
+
+def _returned(**fields: str) -> Failure:
+    return Failure(recipient="a@b.example", action="failed", **fields)  # type: ignore[arg-type]
+
+
+def test_recipient_not_found_with_no_stage_and_no_address_status_is_filtered() -> None:
+    v = decide(_returned(diagnostic="Recipient Not Found"), default_classifier().rules)
+    assert (v.reason, v.status, v.suppress) == ("filtered", "5.0.910", False)
+
+
+def test_account_does_not_exist_with_a_generic_status_is_filtered() -> None:
+    f = _returned(
+        status="5.0.0", diagnostic="The email account that you tried to reach does not exist."
+    )
+    v = decide(f, default_classifier().rules)
+    assert (v.reason, v.suppress) == ("filtered", False)
+
+
+def test_recipient_not_found_at_rcpt_suppresses() -> None:
+    v = decide(
+        _returned(diagnostic="550 Recipient not found", stage="rcpt"), default_classifier().rules
+    )
+    assert (v.reason, v.suppress) == ("userunknown", True)
+
+
+def test_addressing_status_with_a_vendor_detail_confirms_user_unknown() -> None:
+    f = _returned(
+        status="5.1.351", diagnostic="550 5.1.351 Remote server returned unknown recipient"
+    )
+    v = decide(f, default_classifier().rules)
+    assert (v.reason, v.suppress) == ("userunknown", True)
+
+
+def test_recipient_server_directory_lookup_is_userunknown_at_any_stage() -> None:
+    f = _returned(diagnostic="User some.name (a@b.example) not listed in Domino Directory")
+    v = decide(f, default_classifier().rules)
+    assert (v.reason, v.status, v.suppress) == ("userunknown", "5.0.911", True)
+
+
+def test_explanation_naming_a_disabled_account_beats_a_generic_user_unknown() -> None:
+    f = _returned(status="5.0.0", stage="rcpt", diagnostic="550 user unknown",
+                  explanation="The user(s) account is disabled.")  # fmt: skip
+    v = decide(f, default_classifier().rules)
+    assert (v.reason, v.bounce, v.suppress) == ("suspend", "hard", False)
+    assert v.rule.endswith(":explanation")
+
+
+def test_explanation_without_a_mailbox_state_leaves_user_unknown_alone() -> None:
+    f = _returned(status="5.1.1", stage="rcpt", diagnostic="550 5.1.1 user unknown",
+                  explanation="I'm sorry to have to inform you that your message could not be "
+                  "delivered to one or more recipients.")  # fmt: skip
+    v = decide(f, default_classifier().rules)
+    assert (v.reason, v.suppress) == ("userunknown", True)
+
+
+def test_x_unix_diagnostic_is_the_local_mailer_not_the_remote_system() -> None:
+    f = _returned(status="4.3.0", diagnostic="temporary failure", diagnostic_type="x-unix")
+    v = decide(f, default_classifier().rules)
+    assert (v.reason, v.bounce) == ("mailererror", "soft")
+
+
+def test_x_unix_diagnostic_naming_a_full_mailbox_stays_mailboxfull() -> None:
+    text = "Quota exceeded message delivery failed to /var/mail/a"
+    f = _returned(status="4.3.0", diagnostic=text, diagnostic_type="x-unix")
+    v = decide(f, default_classifier().rules)
+    assert v.reason == "mailboxfull"
+
+
+def test_expired_hint_yields_to_a_specific_status_naming_the_cause() -> None:
+    f = _returned(reason_hint="expired", status="5.4.312",
+                  diagnostic="550 5.4.312 Message expired, DNS query failed")  # fmt: skip
+    v = decide(f, default_classifier().rules)
+    assert (v.reason, v.rule) == ("networkerror", "status:5.4.312")
+
+
+def test_expired_hint_is_never_turned_into_a_suppression_by_the_status() -> None:
+    f = _returned(reason_hint="expired", status="5.1.1", diagnostic="retry timeout exceeded")
+    v = decide(f, default_classifier().rules)
+    assert (v.reason, v.suppress) == ("expired", False)
+
+
+def test_x_unix_no_such_user_confirmed_by_5_1_1_is_userunknown() -> None:
+    f = _returned(status="5.1.1", diagnostic="user unknown", diagnostic_type="x-unix")
+    v = decide(f, default_classifier().rules)
+    assert (v.reason, v.suppress) == ("userunknown", True)

@@ -178,3 +178,38 @@ def test_message_counts_inputs_that_are_not_bounces() -> None:
     assert clf.message(b"From: a@b.example\r\nSubject: hello\r\n\r\nJust saying hi.\r\n") == []
     assert clf.stats["messages"] == 1
     assert clf.stats["not_bounce"] == 1
+
+
+_BOUNCE_HEAD = (
+    b"From: MAILER-DAEMON@a.example\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+    b"MIME-Version: 1.0\r\n"
+)
+
+
+def test_hundred_thousand_sibling_parts_finish_quickly() -> None:
+    msg = (
+        _BOUNCE_HEAD
+        + b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+        + b"--b\r\n\r\n" * 100_000
+    )
+    assert isinstance(one_second(default_classifier().message, msg), list)
+
+
+def test_sixty_thousand_header_lines_finish_quickly() -> None:
+    msg = _BOUNCE_HEAD + b"X-A: b\r\n" * 60_000 + b"\r\nhello\r\n"
+    assert isinstance(one_second(default_classifier().message, msg), list)
+
+
+def test_report_at_the_top_is_still_read_when_junk_parts_follow() -> None:
+    report = (
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=r\r\n\r\n"
+        b"--r\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+        b"--r\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; a.example\r\n\r\nFinal-Recipient: rfc822; x@b.example\r\n"
+        b"Action: failed\r\nStatus: 5.1.1\r\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1 <x@b.example>: User unknown\r\n"
+        b"--r\r\nContent-Type: multipart/mixed; boundary=j\r\n\r\n"
+    )
+    junk = b"--j\r\nContent-Type: multipart/mixed; boundary=k\r\n\r\n--k\r\n\r\n" * 5_000
+    (v,) = one_second(default_classifier().message, _BOUNCE_HEAD + report + junk)
+    assert (v.recipient, v.reason, v.suppress) == ("x@b.example", "userunknown", True)

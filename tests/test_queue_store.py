@@ -223,3 +223,11 @@ async def test_purge_forgets_finished_messages_but_keeps_pending_ones(store):
     assert await store.message(2) is not None
     conn = sqlite3.connect(store.path)
     assert conn.execute("SELECT count(*) FROM queue_events WHERE message_id = 1").fetchone() == (0,)
+
+
+async def test_enqueue_commits_with_fsync_and_bookkeeping_without(store):
+    def sync_mode(conn: sqlite3.Connection) -> int:
+        return conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    assert await store._writer.call(sync_mode, durable=False) == 1  # NORMAL
+    assert await store._writer.call(sync_mode) == 2  # FULL, as every enqueue runs

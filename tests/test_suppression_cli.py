@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import pty
 import re
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -314,3 +318,35 @@ def test_every_command_has_readable_help(cli: Cli, command: str) -> None:
     assert "Traceback" not in r.stderr
     if command:
         assert "--data-dir" in r.stdout
+
+
+def test_import_shows_a_progress_bar_on_a_terminal(data_dir: Path, tmp_path: Path) -> None:
+    f = tmp_path / "list.csv"
+    f.write_text("address\n" + "".join(f"u{i}@example.com\n" for i in range(50)))
+    controller, terminal = pty.openpty()
+    try:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "smtpguard",
+                "--data-dir",
+                str(data_dir),
+                "suppression",
+                "import",
+                str(f),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(terminal)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the terminal side is closed and drained
+        while chunk := os.read(controller, 65536):
+            shown += chunk
+    os.close(controller)
+    assert r.returncode == 0
+    assert b"importing 50 rows" in shown and b"100%" in shown

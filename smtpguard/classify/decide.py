@@ -8,7 +8,9 @@ Reason, first answer wins:
 1. ``reason_hint`` - a fact the bounce *structure* proves (ARF = feedback, auto-reply =
    vacation, ``Action: delivered`` = delivered, an MTA's retry-timeout section =
    expired, an MTA's own "domain lookup failed" section = hostunknown);
-   ``Action: delivered/relayed/expanded`` without a hint is ``delivered``;
+   ``Action: delivered/relayed/expanded`` without a hint is ``delivered``; an
+   ``expired`` hint yields to a specific enhanced status that names another cause
+   ("5.4.312 Message expired, DNS query failed" is a network error);
 2. the first text rule that matches the diagnostic (``rules/default.toml``) - wording
    beats codes, because servers reuse codes loosely (a ``550 5.1.1`` that says "too
    many recipients this hour" is rate limiting, not an unknown user);
@@ -20,7 +22,14 @@ The SMTP stage refines this (RFC 5321 section 3.3): an address reason in reply t
 ``MAIL FROM`` is about the sender (``rejected``); a refusal at connect / HELO that
 nothing else explains is about the client (``blocked``); a generic "user unknown" that
 was neither the answer to ``RCPT TO`` nor backed by a 5.1.x status is a recipient-side
-filter (``filtered``), as Sisimai has it.
+filter (``filtered``), as Sisimai has it - whatever the wording, unless it names the
+recipient's own directory (Domino's "not listed in Domino Directory"). Two more facts of
+the structure: a diagnostic of RFC 3464 type ``X-Unix`` comes from a local delivery
+program, so it is ``mailererror`` unless it names a mailbox state (quota) or an unknown
+user that a 5.1.x status confirms; and when the reporting MTA's own explanation (the
+DSN's human-readable part, before any recipient's lines) names a state of an existing
+mailbox (disabled, full) while the diagnostic says "user unknown", the mailbox state
+wins - conflicting evidence never suppresses.
 
 ``bounce``: ``none`` for delivered / feedback / vacation (and positive actions);
 ``soft`` when the failure is temporary (4xx code, 4.x.x status, ``Action: delayed``, or
@@ -50,6 +59,11 @@ from smtpguard.classify.verdict import (
 
 #: Reasons that may suppress the recipient (when the bounce is hard).
 SUPPRESS_REASONS = ADDRESS_REASONS | {"notaccept"}
+#: Reasons that say the recipient's mailbox exists (so the address is good).
+MAILBOX_STATES = frozenset({"suspend", "mailboxfull", "systemfull"})
+#: Reasons a local delivery program's (X-Unix) text may give; anything else is mailererror.
+#: ``userunknown`` only survives when confirmed (a 5.1.x status: the program exited EX_NOUSER).
+LOCAL_PROGRAM_REASONS = MAILBOX_STATES | {"mailererror", "userunknown"}
 #: RFC 3464 section 2.3.3 actions that are not failures.
 POSITIVE_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
 #: Diagnostic text kept on a verdict.
@@ -89,7 +103,12 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
     rule: Rule | None = None
     decided_by = ""
     reason = ""
-    if hint:
+    by_status = rules.status_reason(status)
+    if hint == "expired" and by_status not in ("", "undefined", "expired", *SUPPRESS_REASONS):
+        # "550 5.4.312 Message expired, DNS query failed": the MTA gave up, but the
+        # specific enhanced status names why (Sisimai re-examines "expired" the same way).
+        reason, decided_by = by_status, f"status:{status}"
+    elif hint:
         reason, decided_by = hint, f"hint:{hint}"
     elif action in POSITIVE_ACTIONS or (
         action not in ("failed", "delayed") and (status.startswith("2") or code.startswith("2"))
@@ -103,17 +122,22 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
             if (
                 rule.unconfirmed_reason
                 and stage not in rule.confirm_stages
-                and rules.status_reason(status) != rule.reason
+                and not status_confirms(rules, status, rule.reason)
             ):
                 # Sisimai's convention: "user unknown" not said at RCPT TO (and not
-                # backed by a 5.1.1) is a recipient-side filter, not a missing address.
+                # backed by a 5.1.x) is a recipient-side filter, not a missing address.
                 reason, decided_by = rule.unconfirmed_reason, f"{rule.id}:unconfirmed"
-        if not reason:
-            by_status = rules.status_reason(status)
-            if by_status and by_status != "undefined":
-                reason, decided_by = by_status, f"status:{status}"
+        if not reason and by_status and by_status != "undefined":
+            reason, decided_by = by_status, f"status:{status}"
         if not reason and code in rules.reply_code:
             reason, decided_by = rules.reply_code[code], f"reply_code:{code}"
+        if _text(failure.diagnostic_type).strip().lower() == "x-unix" and (
+            reason not in LOCAL_PROGRAM_REASONS
+        ):
+            # RFC 3464 2.3.6: an X-Unix diagnostic is a local delivery program's exit, not a
+            # remote server's reply; only what it says about the mailbox (quota, no such
+            # user confirmed by 5.1.x) is kept.
+            reason, decided_by = "mailererror", f"diagnostic-type:x-unix:{decided_by or 'none'}"
         address_rule = rule is not None and rule.reason in SUPPRESS_REASONS
         if stage == "mail" and (address_rule or reason in SUPPRESS_REASONS or not reason):
             # RFC 5321 3.3: a MAIL FROM reply is about the reverse-path, so "unknown
@@ -128,6 +152,13 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
             elif diagnostic.strip():
                 reason, decided_by = "onhold", "fallback:onhold"
         reason = reason or "undefined"
+        if reason in SUPPRESS_REASONS and failure.explanation and stage != "mail":
+            explanation = normalize(_text(failure.explanation)[:MAX_DIAGNOSTIC])
+            state = rules.match_among(explanation, MAILBOX_STATES, status, code, stage)
+            if state is not None:
+                # The reporting MTA's own explanation names a state of an existing mailbox
+                # (disabled, full): conflicting evidence, so the address is not condemned.
+                rule, reason, decided_by = state, state.reason, f"{state.id}:explanation"
 
     temporary = (
         code.startswith("4")
@@ -172,6 +203,19 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         format=failure.format,
         extra=extra,
     )
+
+
+def status_confirms(rules: RuleSet, status: str, reason: str) -> bool:
+    """Does the enhanced status back a rule's own reason?
+
+    Yes when the status table maps it to that reason (5.1.1 -> userunknown), or when it is
+    an addressing status (RFC 3463 section 3.2, X.1.XXX) with a detail the table does not
+    know (vendors' 5.1.351, 5.1.10x): it still says "the address", not "a filter".
+    """
+    by_status = rules.status_reason(status)
+    if by_status == reason:
+        return True
+    return not by_status and status.split(".")[1:2] == ["1"] and reason in SUPPRESS_REASONS
 
 
 def _text(value: object) -> str:

@@ -147,6 +147,20 @@ class RuleSet:
                 return rule
         return None
 
+    def match_among(
+        self,
+        text: str,
+        reasons: frozenset[str],
+        status: str = "",
+        code: str = "",
+        stage: str = "unknown",
+    ) -> Rule | None:
+        """The first rule giving one of ``reasons`` that matches the (normalised) text."""
+        for rule in self.rules:
+            if rule.reason in reasons and rule.matches(text, status, code, stage):
+                return rule
+        return None
+
     def status_reason(self, status: str) -> str:
         """Reason for an enhanced status from the table: exact key, then any-class key."""
         if not status:

@@ -78,6 +78,11 @@ class Failure:
     report is ``feedback``, an auto-reply is ``vacation``, a positive DSN is
     ``delivered``, an MTA's "retry timeout exceeded" section is ``expired``);
     wording-based reasons are the rules' job, not the detector's.
+    ``diagnostic_type`` is RFC 3464's diagnostic-type (section 2.3.6: ``smtp``, ``x-unix``...)
+    when the detector read one; ``x-unix`` says a local delivery program wrote the text.
+    ``explanation`` is the reporting MTA's own human-readable text for the whole report
+    (RFC 3464 section 2.1's first part), when it has one: a mailbox state it names
+    ("account is disabled") outweighs a generic "user unknown" in ``diagnostic``.
     """
 
     recipient: str = ""
@@ -93,3 +98,5 @@ class Failure:
     return_path_token: str = ""
     feedback_type: str = ""
     format: str = ""
+    explanation: str = ""
+    diagnostic_type: str = ""

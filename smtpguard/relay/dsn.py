@@ -30,7 +30,9 @@ from io import BytesIO
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 
 #: CR, LF and every other control character: never allowed into a header value.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+#: C0/C1 controls and Unicode line/paragraph separators: str.splitlines() (which the
+#: email package uses) breaks lines at NEL and U+2028/9 too, so they count as newlines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 #: Header section of a message: everything up to the first empty line.
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 

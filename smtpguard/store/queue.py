@@ -11,7 +11,10 @@ Why it looks like this:
   which takes everything pending, runs it in ONE transaction (each operation in
   its own SAVEPOINT, so one bad operation fails alone and leaves nothing
   half-written) and then resolves each caller's future. Twenty sessions
-  committing at once cost one fsync, not twenty.
+  committing at once cost one fsync, not twenty. Batches holding only
+  delivery bookkeeping (claims, attempt results) commit without an fsync
+  (``synchronous=NORMAL``, see :meth:`_DbThread._set_sync`): losing one to a
+  power cut only means a recipient is tried again.
 * **Bodies are not held in memory while queued.** They live in
   ``queue_bodies`` and are read back only when a delivery attempt needs them;
   a finished message's body is deleted, its metadata and events stay.
@@ -488,16 +491,17 @@ class _DbThread:
         self._ops: _stdqueue.SimpleQueue[Any] = _stdqueue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
+        self._durable = True  # store.db.connect() sets synchronous = FULL
         self.batches = 0
         self.operations = 0
         self._thread.start()
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def call(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         if self._closed:
             raise StoreError(f"{self._path}: queue store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._ops.put((fn, fut, loop))
+        self._ops.put((fn, fut, loop, durable))
         return await fut
 
     def close(self) -> None:
@@ -522,6 +526,19 @@ class _DbThread:
         for fut, result, exc in items:
             cls._resolve(fut, result, exc)
 
+    def _set_sync(self, durable: bool) -> None:
+        """FULL (fsync at COMMIT) when the batch holds a write someone will answer 250 on.
+
+        A batch of only delivery bookkeeping (claims, attempt results) commits with
+        NORMAL: in WAL mode that survives a process crash (the frames are in the
+        OS's hands) and is made durable by the next FULL commit; only a power loss
+        in between can undo it, and then the recipients are simply tried again
+        (at-least-once), which is why those writes need not pay for an fsync.
+        """
+        if durable != self._durable:
+            self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
+
     def _run(self) -> None:
         stop = False
         while not stop:
@@ -538,19 +555,21 @@ class _DbThread:
                     stop = True
                     break
                 batch.append(op)
-            outcomes = self._run_batch([op[0] for op in batch])
+            outcomes = self._run_batch([op[0] for op in batch], any(op[3] for op in batch))
             self.batches += 1
             self.operations += len(batch)
             # One wake-up per event loop for the whole batch, not one per operation.
             by_loop: dict[Any, list[tuple[Any, Any, Any]]] = {}
-            for (_, fut, loop), (result, exc) in zip(batch, outcomes, strict=True):
+            for (_, fut, loop, _durable), (result, exc) in zip(batch, outcomes, strict=True):
                 by_loop.setdefault(loop, []).append((fut, result, exc))
             for loop, items in by_loop.items():
                 # A closed loop (RuntimeError) means nobody is waiting any more.
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(self._resolve_all, items)
 
-    def _run_batch(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[Any, Any]]:
+    def _run_batch(
+        self, fns: list[Callable[[sqlite3.Connection], Any]], durable: bool = True
+    ) -> list[tuple[Any, Any]]:
         conn = self._conn
         if not self._transactional:
             out: list[tuple[Any, Any]] = []
@@ -563,6 +582,7 @@ class _DbThread:
                     out.append((None, e))
             return out
         try:
+            self._set_sync(durable)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             err = explain(self._path, e)
@@ -642,7 +662,7 @@ class QueueStore:
     async def claim(self, message_ids: Sequence[int], now: float | None = None) -> list[Claim]:
         at = time.time() if now is None else now
         ids = list(message_ids)
-        return await self._writer.call(lambda c: claim(c, ids, at))
+        return await self._writer.call(lambda c: claim(c, ids, at), durable=False)
 
     async def record(
         self,
@@ -651,12 +671,15 @@ class QueueStore:
         now: float | None = None,
     ) -> list[int]:
         at = time.time() if now is None else now
-        return await self._writer.call(lambda c: record_results(c, results, dsns, at))
+        # Durable when it queues a DSN (new mail); plain bookkeeping otherwise.
+        return await self._writer.call(
+            lambda c: record_results(c, results, dsns, at), durable=bool(dsns)
+        )
 
     async def release(self, recipient_ids: Sequence[int]) -> int:
         now = time.time()
         ids = list(recipient_ids)
-        return await self._writer.call(lambda c: release_claims(c, ids, now))
+        return await self._writer.call(lambda c: release_claims(c, ids, now), durable=False)
 
     async def recover(self) -> int:
         now = time.time()

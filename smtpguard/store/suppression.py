@@ -8,7 +8,9 @@ fleets of relays can later implement the same methods.
 
 What happens when a bad address is seen again is decided in one pure function,
 :func:`_merge`, shared by both stores and by bulk import, so the relay, the
-CLI and an import of a million rows give the same answer:
+CLI and an import of a million rows give the same answer (an import of only
+new addresses takes a set-based shortcut that writes the same rows; a test
+holds them equal):
 
 * a new address is **added**;
 * a stronger reason **escalates** the entry (``mailboxfull`` -> ``userunknown``
@@ -381,10 +383,31 @@ _UPSERT = (
     "first_seen = excluded.first_seen, last_seen = excluded.last_seen, "
     "count = excluded.count, expires = excluded.expires"
 )
-_INSERT_NEW = (
-    "INSERT OR IGNORE INTO suppression (domain, local, reason, status, reply_code, diagnostic, "
-    "source, first_seen, last_seen, count, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Bulk writes are staged in a temporary table, then inserted in key order by
+# SQLite's own sorter: a million random addresses become sequential B-tree appends.
+_STAGE_COLUMNS = (
+    "domain, local, address, kind, reason, status, reply_code, diagnostic, source, "
+    "first_seen, last_seen, count, expires, note, at"
 )
+_STAGE_CREATE = f"CREATE TEMP TABLE IF NOT EXISTS suppression_bulk ({_STAGE_COLUMNS})"
+_STAGE_INSERT = (
+    f"INSERT INTO temp.suppression_bulk ({_STAGE_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Plain INSERT: an address already listed, or twice in the file, fails the
+# statement (UNIQUE), and the writer falls back to merging row by row.
+_STAGE_TO_ENTRIES = (
+    "INSERT INTO main.suppression (domain, local, reason, status, reply_code, diagnostic, "
+    "source, first_seen, last_seen, count, expires) SELECT domain, local, reason, status, "
+    "reply_code, diagnostic, source, first_seen, last_seen, count, expires "
+    "FROM temp.suppression_bulk ORDER BY domain, local"
+)
+_STAGE_READ = (
+    "SELECT rowid, address, kind, reason, source, status, reply_code, diagnostic, expires, "
+    "note, first_seen, last_seen, count FROM temp.suppression_bulk WHERE rowid > ? "
+    "ORDER BY rowid LIMIT ?"
+)
+_STAGE_DROP = "DROP TABLE IF EXISTS temp.suppression_bulk"
 _DELETE = "DELETE FROM suppression WHERE domain = ? AND local = ?"
 _HISTORY_COLUMNS = (
     "address, kind, action, at, actor, note, old_reason, new_reason, source, status, "
@@ -400,6 +423,11 @@ _NEXT_IDS = (
 )
 _HISTORY_SEQ = "SELECT value FROM suppression_meta WHERE key = 'history_seq'"
 _HISTORY = f"SELECT {_HISTORY_COLUMNS} FROM suppression_history WHERE address = ? ORDER BY id"
+_STAGE_TO_HISTORY = (
+    f"INSERT INTO main.suppression_history (id, {_HISTORY_COLUMNS}) "
+    "SELECT ? + rowid, address, kind, 'added', at, ?, note, '', reason, source, status, "
+    "reply_code, diagnostic FROM temp.suppression_bulk ORDER BY address, rowid"
+)
 _EXPIRED = "expires IS NOT NULL AND expires <= ?"
 _COUNT_EXPIRED = f"SELECT count(*) FROM suppression WHERE {_EXPIRED}"
 _PRUNE_HISTORY = (
@@ -579,65 +607,6 @@ class SuppressionStore:
         self._insert_history(history)
         return results
 
-    def _write_new(self, batch: list[Observation], actor: str, now: float) -> bool:
-        """Fast path for a batch of addresses not on the list yet (a fresh import).
-
-        Inserts every entry as :func:`_merge` adds it (the same rows; a test
-        holds them equal), skipping rows that exist; if any did (listed
-        already, or twice in the batch), undoes the batch and returns False so
-        that the caller merges it row by row.
-        """
-        conn = self._conn
-        rows = []
-        history: list[_HistoryRow] = []
-        for o in batch:
-            first = o.first_seen if o.first_seen is not None else now
-            last = o.last_seen if o.last_seen is not None else max(now, first)
-            domain, local = _key(o.address, o.kind)
-            rows.append(
-                (
-                    domain,
-                    local,
-                    o.reason,
-                    o.status,
-                    o.reply_code,
-                    o.diagnostic,
-                    o.source,
-                    first,
-                    last,
-                    o.count,
-                    o.expires,
-                )
-            )
-            history.append(
-                (
-                    o.address,
-                    o.kind,
-                    "added",
-                    now,
-                    actor,
-                    o.note,
-                    "",
-                    o.reason,
-                    o.source,
-                    o.status,
-                    o.reply_code,
-                    o.diagnostic,
-                )
-            )
-        rows.sort()
-        conn.execute("SAVEPOINT suppression_batch")
-        try:
-            before = conn.total_changes
-            conn.executemany(_INSERT_NEW, rows)
-            if conn.total_changes - before != len(rows):
-                conn.execute("ROLLBACK TO suppression_batch")
-                return False
-            self._insert_history(history)
-            return True
-        finally:
-            conn.execute("RELEASE suppression_batch")
-
     def _insert_history(self, rows: list[_HistoryRow]) -> None:
         if rows:
             last_id = self._conn.execute(_NEXT_IDS, (len(rows),)).fetchall()[0][0]
@@ -754,7 +723,7 @@ class SuppressionStore:
 
     @contextmanager
     def bulk(
-        self, *, actor: str, batch_size: int = 20_000, cache_mib: int = 256
+        self, *, actor: str, batch_size: int = 20_000, cache_mib: int = 64
     ) -> Iterator[BulkWriter]:
         """One transaction for many sightings: all are written, or (on any
         exception inside the block) none are.
@@ -775,7 +744,7 @@ class SuppressionStore:
             with self._transaction():
                 writer = BulkWriter(self, actor, batch_size)
                 yield writer
-                writer.flush()
+                writer._finish()
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -845,34 +814,92 @@ class SuppressionStore:
 
 
 class BulkWriter:
-    """Buffers sightings and writes them in batches inside :meth:`SuppressionStore.bulk`."""
+    """Collects sightings inside :meth:`SuppressionStore.bulk` and writes them at the end.
+
+    Rows are staged in a temporary table as they come (bounded memory), then
+    moved in key order in one statement per table. That is only right when
+    every address is new (the usual import into a fresh list); if any is
+    already listed or repeats, the staged rows are instead merged batch by
+    batch with :func:`_merge`, exactly as :meth:`SuppressionStore.record` would.
+    """
 
     def __init__(self, store: SuppressionStore, actor: str, batch_size: int) -> None:
         self._store = store
         self._actor = actor
         self._batch_size = batch_size
-        self._buffer: list[Observation] = []
+        self._buffer: list[tuple[Any, ...]] = []
+        self._staged = 0
         self.counts: dict[str, int] = {"added": 0, "escalated": 0, "updated": 0}
-        # Try the fresh-import fast path until a batch turns out to hold known addresses.
-        self._optimistic = True
+        with store._errors():
+            store._conn.execute(_STAGE_DROP)
+            store._conn.execute(_STAGE_CREATE)
 
     def add(self, obs: Observation) -> None:
-        self._buffer.append(obs)
-        if len(self._buffer) >= self._batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._buffer:
-            return
         now = time.time()
+        first = obs.first_seen if obs.first_seen is not None else now
+        last = obs.last_seen if obs.last_seen is not None else max(now, first)
+        domain, local = _key(obs.address, obs.kind)
+        self._buffer.append(
+            (
+                domain,
+                local,
+                obs.address,
+                obs.kind,
+                obs.reason,
+                obs.status,
+                obs.reply_code,
+                obs.diagnostic,
+                obs.source,
+                first,
+                last,
+                obs.count,
+                obs.expires,
+                obs.note,
+                now,
+            )
+        )
+        if len(self._buffer) >= self._batch_size:
+            self._stage()
+
+    def _stage(self) -> None:
+        if self._buffer:
+            with self._store._errors():
+                self._store._conn.executemany(_STAGE_INSERT, self._buffer)
+            self._staged += len(self._buffer)
+            self._buffer = []
+
+    def _finish(self) -> None:
+        """Move the staged rows into the list (inside the caller's transaction)."""
+        self._stage()
+        conn = self._store._conn
         with self._store._errors():
-            if self._optimistic and self._store._write_new(self._buffer, self._actor, now):
-                self.counts["added"] += len(self._buffer)
-            else:
-                self._optimistic = False
-                for _, action in self._store._write(self._buffer, self._actor, now):
-                    self.counts[action] += 1
-        self._buffer = []
+            if self._staged:
+                conn.execute("SAVEPOINT suppression_bulk_sorted")
+                try:
+                    conn.execute(_STAGE_TO_ENTRIES)
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO suppression_bulk_sorted")
+                    conn.execute("RELEASE suppression_bulk_sorted")
+                    self._merge_staged()
+                else:
+                    last_id = conn.execute(_NEXT_IDS, (self._staged,)).fetchall()[0][0]
+                    conn.execute(_STAGE_TO_HISTORY, (last_id - self._staged, self._actor))
+                    conn.execute("RELEASE suppression_bulk_sorted")
+                    self.counts["added"] += self._staged
+            conn.execute(_STAGE_DROP)
+
+    def _merge_staged(self) -> None:
+        """Slow path: merge the staged rows, in file order, batch by batch."""
+        conn = self._store._conn
+        after = 0
+        while True:
+            rows = conn.execute(_STAGE_READ, (after, self._batch_size)).fetchall()
+            if not rows:
+                return
+            after = rows[-1][0]
+            batch = [Observation(*row[1:]) for row in rows]
+            for _, action in self._store._write(batch, self._actor, time.time()):
+                self.counts[action] += 1
 
     @property
     def total(self) -> int:

@@ -94,6 +94,9 @@ _TALKING_RE = re.compile(r"^\s*(?:\.\.\.\s*)?while talking to ", re.IGNORECASE)
 _SENT_RE = re.compile(r"^\s*>>>\s*(.{1,200})$")
 _GOT_RE = re.compile(r"^\s*<<<\s*[45]\d\d")
 
+# Sendmail's own per-recipient line in a transcript, "550 5.1.1 <a@b.example>... User unknown":
+# it writes an addressing status (5.1.x) against one address only for a refused RCPT TO.
+_SENDMAIL_RCPT_RE = re.compile(r"^\s*[45]\d\d [45]\.1\.\d{1,3} <([^<>\s]{3,256})>\.\.\. ")
 _RCPT_CMD_RE = re.compile(r"RCPT TO:\s*<([^<>\s]{3,256})>", re.IGNORECASE)
 _REPLY_LINE_RE = re.compile(r"^\s*(?:Out:|<<<)?\s*([45]\d\d[ -].{0,500})$", re.MULTILINE)
 _BRACKET_ADDR_RE = re.compile(r"<(" + ADDR_RE.pattern + r")>")
@@ -209,6 +212,16 @@ def _lead_in(lines: list[str], i: int) -> str:
     return ""
 
 
+def preamble(text: str) -> str:
+    """The explanation before the first recipient anchor: what the reporting MTA says about
+    the whole report, not about one recipient (bounded to the first 200 lines)."""
+    lines = text.split("\n", 200)[:200]
+    for i, line in enumerate(lines):
+        if _anchor(line):
+            return "\n".join(lines[:i])
+    return "\n".join(lines)
+
+
 def recipient_blocks(text: str) -> list[tuple[str, str]]:
     """[(recipient, its text)] in order; the text runs to the next anchor (bounded)."""
     lines = text.split("\n")
@@ -259,7 +272,8 @@ def transcript_stage(text: str, recipient: str) -> Stage | None:
 
     The command a failure answers is the last ">>>" line before the first "<<< 4xx/5xx"
     reply that names the recipient (or, failing that, the first failure reply after
-    ">>> RCPT To:<recipient>"). None when the text has no transcript for the recipient.
+    ">>> RCPT To:<recipient>"); Sendmail's own "550 5.1.1 <recipient>... User unknown" line
+    means RCPT. None when the text has no transcript for the recipient.
     """
     if ">>>" not in text or "<<<" not in text:
         return None
@@ -277,6 +291,11 @@ def transcript_stage(text: str, recipient: str) -> Stage | None:
         if _GOT_RE.match(line) and last_sent and (rcpt in line.lower() or asked):
             stage = stage_in(last_sent)
             return stage if stage != "unknown" else None
+        own = _SENDMAIL_RCPT_RE.match(line)
+        if own and rcpt and own.group(1).lower() == rcpt:
+            # With PIPELINING the RCPT TO reply arrives after ">>> DATA" was sent; Sendmail's
+            # own "5.1.x <addr>..." line says which command it answered.
+            return "rcpt"
     return None
 
 

@@ -30,6 +30,7 @@ from smtpguard.classify.formats.plaintext import (
     best_paragraph,
     bounce_text,
     diagnostics_by_recipient,
+    preamble,
     says_hostunknown,
     transcript_stage,
 )
@@ -105,10 +106,12 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
         remote = _strip_type(block.get("remote-mta", "")) or _strip_type(
             per_message.get("reporting-mta", "")
         )
+        dtype = _TYPE_PREFIX_RE.match(raw_diag)
         f = Failure(
             recipient=recipient,
             status=status,
             diagnostic=collapse(diag),
+            diagnostic_type=dtype.group(0).strip(" \t;").lower() if dtype else "",
             action=action,
             remote_host=collapse(remote, 255),
             format=fmt,
@@ -120,6 +123,9 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
     text = bounce_text(msg)
     by_rcpt = diagnostics_by_recipient(text) if text else {}
     mid, sender, token = envelope_info(msg)
+    # Only the part before the first recipient's own lines: in a report for several
+    # recipients, another one's "Mailbox Full" must not speak for this one.
+    explanation = collapse(preamble(text), 2000) if text else ""
     for f in out:
         extra = by_rcpt.get(f.recipient.lower(), "")
         short = len(_strip_type(f.diagnostic)) < 8
@@ -155,6 +161,7 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
         elif says_hostunknown(f.diagnostic):
             f.reason_hint = "hostunknown"
         f.message_id, f.envelope_sender, f.return_path_token = mid, sender, token
+        f.explanation = explanation
     return out
 
 
