@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -67,7 +68,7 @@ def test_corrupt_database_pages_give_one_line_not_a_traceback(cli: Cli, data_dir
     with open(db, "r+b") as f:  # smash pages in the middle, leave the header page alone
         for offset in range(size // 4, size * 3 // 4, size // 16):
             f.seek(offset)
-            f.write(os.urandom(4096))
+            f.write(random.Random(offset).randbytes(4096))
     line = one_error_line(cli("suppression", "export"))
     assert str(db) in line
     assert "corrupt" in line or "malformed" in line

@@ -323,23 +323,18 @@ def test_every_command_has_readable_help(cli: Cli, command: str) -> None:
 def test_import_shows_a_progress_bar_on_a_terminal(data_dir: Path, tmp_path: Path) -> None:
     f = tmp_path / "list.csv"
     f.write_text("address\n" + "".join(f"u{i}@example.com\n" for i in range(50)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPGUARD_")}
+    env.update(COLUMNS="120", TERM="xterm")
+    command = [sys.executable, "-m", "smtpguard", "--data-dir", str(data_dir)]
     controller, terminal = pty.openpty()
     try:
         r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "smtpguard",
-                "--data-dir",
-                str(data_dir),
-                "suppression",
-                "import",
-                str(f),
-            ],
+            [*command, "suppression", "import", str(f)],
             stdout=subprocess.PIPE,
             stderr=terminal,
             text=True,
             timeout=60,
+            env=env,
         )
     finally:
         os.close(terminal)

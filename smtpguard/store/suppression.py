@@ -29,6 +29,7 @@ Times are unix epoch seconds (UTC); :func:`iso` renders them as ISO 8601.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import math
@@ -96,7 +97,13 @@ def iso(ts: float | None) -> str:
     """``1796983200.0`` -> ``"2026-12-11T10:00:00Z"``; ``None`` -> ``""``."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso_second(math.floor(ts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    # Cached: an export of a million rows formats the same few seconds over and over.
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- records
@@ -127,10 +134,19 @@ class SuppressionEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, times as ISO 8601 UTC (the export/import format)."""
-        d = asdict(self)
-        for key in ("first_seen", "last_seen", "expires"):
-            d[key] = iso(d[key]) or None
-        return d
+        return {
+            "address": self.address,
+            "kind": self.kind,
+            "reason": self.reason,
+            "status": self.status,
+            "reply_code": self.reply_code,
+            "diagnostic": self.diagnostic,
+            "source": self.source,
+            "first_seen": iso(self.first_seen),
+            "last_seen": iso(self.last_seen),
+            "count": self.count,
+            "expires": iso(self.expires) or None,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,7 +663,15 @@ class SuppressionStore:
         note: str = "",
         kind: str = "address",
     ) -> SuppressionEntry:
-        """Add ``address`` or, if present, merge the sighting (see module doc)."""
+        """Add ``address`` or, if present, merge the sighting (see module doc).
+
+        ``kind="domain"`` records a whole domain (``address`` is then the domain).
+        Raises :class:`~smtpguard.errors.AddressError` for an invalid address,
+        :class:`~smtpguard.errors.UserError` for an unknown reason or source or a
+        malformed status / reply code, :class:`~smtpguard.errors.StoreError` when
+        the database fails (locked past the busy timeout, corrupt, read-only);
+        nothing is written in any of these cases.
+        """
         obs = make_observation(
             address,
             reason,
