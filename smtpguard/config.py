@@ -60,7 +60,9 @@ class RelayConfig:
 
     listen: str = opt("127.0.0.1:10025", "Address and port to accept mail on.", check="hostport")
     hostname: str = opt(
-        "smtpguard.localdomain", "Name in the greeting, Received headers and DSNs.", check="hostname"
+        "smtpguard.localdomain",
+        "Name in the greeting, Received headers and DSNs.",
+        check="hostname",
     )
     trusted_networks: list[str] = opt(
         ["127.0.0.0/8", "::1/128"], "Clients allowed to relay without AUTH.", check="networks"
@@ -73,9 +75,7 @@ class RelayConfig:
     max_message_size: int = opt(
         36_700_160, "Largest message accepted (552 5.3.4 beyond).", unit="bytes", check="positive"
     )
-    max_recipients: int = opt(
-        1000, "Recipients per message (452 4.5.3 beyond).", check="positive"
-    )
+    max_recipients: int = opt(1000, "Recipients per message (452 4.5.3 beyond).", check="positive")
     max_line_length: int = opt(
         4096, "Longest SMTP command or data line accepted.", unit="bytes", check="positive"
     )
@@ -118,7 +118,9 @@ class DeliveryConfig:
     messages_per_connection: int = opt(
         100, "Messages sent over one connection before it is closed.", check="positive"
     )
-    retry_initial: float = opt(300.0, "First retry after a soft failure.", unit="s", check="positive")
+    retry_initial: float = opt(
+        300.0, "First retry after a soft failure.", unit="s", check="positive"
+    )
     retry_factor: float = opt(2.0, "Each later retry waits this much longer.", check="positive")
     retry_max: float = opt(
         14_400.0, "Longest wait between two retries.", unit="s", check="positive"
@@ -133,7 +135,9 @@ class DeliveryConfig:
         30.0, "On SIGTERM, wait this long for deliveries under way.", unit="s", check="positive"
     )
     keep_finished: float = opt(
-        604_800.0, "Keep finished queue messages and their history this long.", unit="s",
+        604_800.0,
+        "Keep finished queue messages and their history this long.",
+        unit="s",
         check="positive",
     )
 
@@ -143,7 +147,9 @@ class DsnConfig:
     """Delivery status notifications the relay sends back to senders (RFC 3464)."""
 
     enabled: bool = opt(True, "Send DSNs for hard bounces and expired messages.")
-    next_hop: str = opt("127.0.0.1:25", "Where DSNs are handed (the local Postfix).", check="hostport")
+    next_hop: str = opt(
+        "127.0.0.1:25", "Where DSNs are handed (the local Postfix).", check="hostport"
+    )
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,9 @@ class Config:
             for key, value in values.items():
                 if key not in merged:
                     raise ConfigError(f"unknown setting {name}.{key}")
-                merged[key] = _coerce(self.source, f"{name}.{key}", value, _field(type(current), key))
+                merged[key] = _coerce(
+                    self.source, f"{name}.{key}", value, _field(type(current), key)
+                )
             changed[name] = type(current)(**merged)
         return dataclasses.replace(self, **changed)
 
@@ -395,7 +403,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return (
+            "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
     raise TypeError(type(value))
 
 
@@ -409,7 +419,7 @@ def render(cfg: Config, *, commented: bool = False) -> str:
     if commented:
         out += [
             "# smtpguard configuration. Every key is shown commented out with its default;",
-            "# uncomment to change. Durations take s, m, h, d (\"5d\"); sizes are bytes.",
+            '# uncomment to change. Durations take s, m, h, d ("5d"); sizes are bytes.',
             "# Generated from smtpguard/config.py (smtpguard config example).",
             "",
         ]

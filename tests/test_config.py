@@ -71,7 +71,9 @@ def test_durations_accept_units(tmp_path: Path) -> None:
 
 
 def test_env_selects_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(config.ENV_CONFIG, str(write(tmp_path, '[relay]\nlisten = "127.0.0.1:2526"\n')))
+    monkeypatch.setenv(
+        config.ENV_CONFIG, str(write(tmp_path, '[relay]\nlisten = "127.0.0.1:2526"\n'))
+    )
     assert config.load().relay.listen == "127.0.0.1:2526"
 
 

@@ -170,3 +170,57 @@ def test_held_message_is_not_delivered_until_released(start_relay, dns_server, t
     assert test_mx.messages == []
     assert relay.queue_cli("release", row["id"]).returncode == 0
     test_mx.wait_for(1, timeout=10)
+
+
+def test_storage_failure_answers_451_and_writes_nothing(start_relay, dns_server, test_mx):
+    import smtplib
+
+    route_to_mx(dns_server, "example.com")
+    relay = start_relay(store={"busy_timeout": 0.3})
+    relay.send("s@example.org", ["first@example.com"], BODY)
+    wait_states(relay.data_dir, {"first@example.com": "delivered"})
+    blocker = sqlite3.connect(relay.data_dir / "smtpguard.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: commits fail
+    try:
+        with smtplib.SMTP(relay.host, relay.port, local_hostname="client.test") as s:
+            s.ehlo()
+            s.mail("s@example.org")
+            s.rcpt("second@example.com")
+            code, reply = s.data(BODY)
+    finally:
+        blocker.execute("ROLLBACK")
+    assert (code, reply[:5]) == (451, b"4.3.0")
+    assert list(states(relay.data_dir)) == ["first@example.com"]
+    relay.send("s@example.org", ["third@example.com"], BODY)  # the relay carries on
+    wait_states(relay.data_dir, {"third@example.com": "delivered"})
+
+
+def test_delivery_resumes_after_the_database_was_locked_for_a_while(
+    start_relay, dns_server, test_mx
+):
+    import threading
+
+    route_to_mx(dns_server, "example.com")
+    test_mx.script("r@example.com", ["452 4.2.2 Mailbox full", "250 2.1.5 Ok"])
+    relay = start_relay(store={"busy_timeout": 0.2}, delivery={"retry_initial": 0.5})
+    blocker = sqlite3.connect(
+        relay.data_dir / "smtpguard.db", isolation_level=None, check_same_thread=False
+    )
+    locked = threading.Event()
+
+    def lock_when_first_attempt_arrives() -> None:
+        deadline = time.monotonic() + 10
+        while test_mx.rcpt_attempts("r@example.com") < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        blocker.execute("BEGIN IMMEDIATE")  # the attempt's result cannot be written now
+        locked.set()
+
+    t = threading.Thread(target=lock_when_first_attempt_arrives)
+    t.start()
+    relay.send("s@example.org", ["r@example.com"], BODY)
+    t.join(timeout=15)
+    assert locked.is_set()
+    time.sleep(1.5)
+    blocker.execute("ROLLBACK")
+    test_mx.wait_for(1, timeout=20)
+    wait_states(relay.data_dir, {"r@example.com": "delivered"})

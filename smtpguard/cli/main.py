@@ -24,7 +24,10 @@ from smtpguard.errors import UserError
 # name -> "module:attribute"; each module owns one command (group).
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("smtpguard.cli.config_cmd:config", "Validate and print the configuration."),
-    "suppression": ("smtpguard.cli.suppression:suppression", "Query and edit the suppression list."),
+    "suppression": (
+        "smtpguard.cli.suppression:suppression",
+        "Query and edit the suppression list.",
+    ),
     "classify": ("smtpguard.cli.classify:classify", "Classify bounce messages or SMTP replies."),
     "rules": ("smtpguard.cli.classify:rules", "Validate classification rule files."),
     "serve": ("smtpguard.cli.serve:serve", "Run the relay (Postfix relayhost)."),
@@ -85,11 +88,17 @@ def common_options(f: Any) -> Any:
     ``smtpguard --data-dir D suppression list`` and ``smtpguard suppression list --data-dir D``.
     Put it on every leaf command."""
     f = click.option(
-        "--data-dir", metavar="DIR", expose_value=False, callback=_set_state("data_dir"),
+        "--data-dir",
+        metavar="DIR",
+        expose_value=False,
+        callback=_set_state("data_dir"),
         help=f"Directory of the SQLite database (env {ENV_DATA_DIR}; default ./var).",
     )(f)
     f = click.option(
-        "--config", metavar="PATH", expose_value=False, callback=_set_state("config_path"),
+        "--config",
+        metavar="PATH",
+        expose_value=False,
+        callback=_set_state("config_path"),
         help=f"TOML configuration file (env {ENV_CONFIG}).",
     )(f)
     return f

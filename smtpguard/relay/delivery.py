@@ -50,6 +50,8 @@ log = logging.getLogger("smtpguard.delivery")
 
 #: How long an idle connection waits for another message to the same destination.
 IDLE_LINGER = 0.5
+#: Pauses between tries to record an attempt's results when the database refuses.
+RECORD_RETRIES: tuple[float | None, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, None)
 
 
 class ReplyClassifier(Protocol):
@@ -240,11 +242,20 @@ class Delivery:
 
     async def _apply(self, job: Job, attempts: list[Attempt]) -> None:
         try:
-            await self._outcome.apply(job.message, attempts)
-        except Exception as e:
-            log.error("recording the attempt for %s failed: %s", job.message.qid, e)
-            with contextlib.suppress(Exception):
-                await self._store.release([r.id for r in job.recipients])
+            # The write is all-or-nothing, so trying again is safe; a database held
+            # locked for a while (a long CLI action) must not strand the recipients.
+            for wait in RECORD_RETRIES:
+                try:
+                    await self._outcome.apply(job.message, attempts)
+                    break
+                except Exception as e:
+                    if wait is None:
+                        # Left 'active': the next start's recovery queues them again.
+                        log.error("recording the attempt for %s failed: %s", job.message.qid, e)
+                    else:
+                        log.warning("recording the attempt for %s failed (%s); retrying",
+                                    job.message.qid, e)  # fmt: skip
+                        await asyncio.sleep(wait)
         finally:
             job.tracker.remaining -= 1
             if job.tracker.remaining == 0 and job.tracker.on_done is not None:

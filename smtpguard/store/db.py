@@ -91,8 +91,9 @@ def connect(data_dir: str | Path, *, busy_timeout: float = 5.0) -> sqlite3.Conne
     _prepare_dir(data_dir)
     path = db_path(data_dir)
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            path, isolation_level=None, timeout=busy_timeout, check_same_thread=False
+        )
         for p in _pragmas(busy_timeout):
             conn.execute(p)
         migrate(conn, path)
