@@ -203,6 +203,33 @@ def measure(sink: Sink, port: int, args: argparse.Namespace) -> float:
     return args.messages / (time.monotonic() - started)
 
 
+def tree_cpu_seconds(root_pid: int) -> float:
+    """CPU seconds used by a process and all its descendants, live or already reaped.
+
+    Postfix's daemons come and go under ``master``; a reaped child's time moves into
+    its parent's cutime/cstime, so summing utime+stime+cutime+cstime over the live
+    tree counts every daemon once.
+    """
+    parent: dict[int, int] = {}
+    spent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        spent[pid] = sum(int(v) for v in fields[11:15])
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        p = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(spent.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_busy_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine so far, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -215,6 +242,7 @@ class Results:
     rates: dict[str, list[float]]  # messages/s per configuration, one per round
     cpu_ms: dict[str, list[tuple[float, float]]]  # smtpguard's (user, sys) CPU ms per message
     busy: dict[str, list[float]]  # share of the machine's CPUs busy during each run
+    postfix_ms: dict[str, list[float]]  # Postfix's CPU ms per message (all its daemons)
 
 
 def throughput(args: argparse.Namespace, work: Path) -> Results:
@@ -238,7 +266,9 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
     rates: dict[str, list[float]] = {c: [] for c in CONFIGS}
     cpu_ms: dict[str, list[tuple[float, float]]] = {"smtpguard": [], "postfix+smtpguard": []}
     busy: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    postfix_ms: dict[str, list[float]] = {"postfix": [], "postfix+smtpguard": []}
     relay_of = {"smtpguard": guard, "postfix+smtpguard": guard_behind}
+    postfix_of = {"postfix": postfix, "postfix+smtpguard": chain}
     try:
         postfix.start()
         targets = {"sink": sink.port, "postfix": postfix.port}
@@ -260,9 +290,15 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
             for name in order:
                 relay = relay_of.get(name)
                 cpu_before = relay.cpu_seconds() if relay else (0.0, 0.0)
+                front = postfix_of.get(name)
+                front_pid = front.master_pid if front else None
+                front_before = tree_cpu_seconds(front_pid) if front_pid else 0.0
                 jiffies = cpu_busy_jiffies()
                 rate = measure(sink, targets[name], args)
                 now = cpu_busy_jiffies()
+                if front_pid:
+                    used = tree_cpu_seconds(front_pid) - front_before
+                    postfix_ms[name].append(used * 1000 / args.messages)
                 busy[name].append((now[0] - jiffies[0]) / max(now[1] - jiffies[1], 1))
                 rates[name].append(rate)
                 line.append(f"{name}={rate:.0f}/s")
@@ -283,6 +319,7 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
         {k: v for k, v in rates.items() if v},
         {k: v for k, v in cpu_ms.items() if v},
         {k: v for k, v in busy.items() if v},
+        {k: v for k, v in postfix_ms.items() if v},
     )
 
 
@@ -311,6 +348,8 @@ def report(results: Results) -> None:
         "machine CPU busy during the runs (median; other load on the machine counts too): "
         + ", ".join(f"{k} {100 * statistics.median(v):.0f}%" for k, v in results.busy.items())
     )
+    for name, ms in results.postfix_ms.items():
+        print(f"Postfix CPU per message in {name}: median {statistics.median(ms):.2f} ms")
     for name, values in results.cpu_ms.items():
         total = statistics.median(u + k for u, k in values)
         user = statistics.median(u for u, _ in values)

@@ -96,6 +96,23 @@ def relayed_to_smtpguard(chain: Chain, queue_id: str, rcpt: str, status: str) ->
     return line.group(0)
 
 
+def wait_message(
+    mx: TestMx, match: Callable[[ReceivedMessage], bool], timeout: float = 20.0
+) -> ReceivedMessage:
+    """The one message ``mx`` received that ``match`` accepts, waiting (bounded) for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [m for m in list(mx.messages) if match(m)]
+        if found:
+            assert len(found) == 1, f"{len(found)} matching messages"
+            return found[0]
+        assert time.monotonic() < deadline, (
+            f"no matching message within {timeout}s; got "
+            f"{[(m.mail_from, str(m.message()['From'])) for m in mx.messages]}"
+        )
+        time.sleep(0.1)
+
+
 def delivery_status(msg: ReceivedMessage) -> str:
     """The message/delivery-status part of a DSN (RFC 3464), as text."""
     for part in msg.message().walk():
@@ -140,14 +157,13 @@ def test_mx_550_5_1_1_suppresses_and_the_next_message_bounces_at_postfix_relay_s
         rf"{second.queue_id}: sender non-delivery notification: (\w+)"
     ).group(1)
     chain.postfix.wait_log(rf"{notice}: to=<{SENDER}>, relay=127\.0\.0\.1.*status=sent")
-    bounces = [
-        m
-        for m in chain.sender_mx.wait_for(2, timeout=20)
-        if f"MAILER-DAEMON@{chain.postfix.hostname}" in str(m.message()["From"])
-        and "second@sender.test" in m.data.decode(errors="replace")
-    ]
-    assert len(bounces) == 1, [m.message()["From"] for m in chain.sender_mx.messages]
-    (bounce,) = bounces
+    bounce = wait_message(
+        chain.sender_mx,
+        lambda m: (
+            f"MAILER-DAEMON@{chain.postfix.hostname}" in str(m.message()["From"])
+            and "second@sender.test" in m.data.decode(errors="replace")
+        ),
+    )
     assert bounce.mail_from == ""
     assert bounce.rcpt_tos == [SENDER]
     status = delivery_status(bounce)
