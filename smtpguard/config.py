@@ -90,7 +90,9 @@ class RelayConfig:
 class DeliveryConfig:
     """The outbound side: how queued mail reaches the next hop."""
 
-    smarthost: str = opt("", "Send everything via this HOST:PORT instead of MX lookup.")
+    smarthost: str = opt(
+        "", "Send everything via this HOST:PORT instead of MX lookup.", check="nexthop?"
+    )
     smarthost_user: str = opt("", "AUTH user for the smarthost (no AUTH when empty).")
     smarthost_password: str = opt("", "AUTH password for the smarthost.")
     smarthost_tls: str = opt(
@@ -100,12 +102,15 @@ class DeliveryConfig:
         {},
         'Per-domain next hops: { "example.com" = "mx.example.net:25" };'
         ' a key ".example.com" matches its subdomains.',
+        check="routes",
     )
     nameservers: list[str] = opt(
         [], "DNS servers as IP or IP:PORT (empty: the system resolver).", check="nameservers"
     )
-    helo_name: str = opt("", "Name sent in EHLO (empty: relay.hostname).")
-    tls: str = opt("opportunistic", "STARTTLS to MX hosts: none, opportunistic.", check="tls")
+    helo_name: str = opt("", "Name sent in EHLO (empty: relay.hostname).", check="hostname?")
+    tls: str = opt(
+        "opportunistic", "STARTTLS to MX hosts: none, opportunistic, required.", check="tls"
+    )
     port: int = opt(25, "Port of MX hosts.", check="port")
     connect_timeout: float = opt(30.0, "TCP connect timeout.", unit="s", check="positive")
     command_timeout: float = opt(
@@ -121,7 +126,7 @@ class DeliveryConfig:
     retry_initial: float = opt(
         300.0, "First retry after a soft failure.", unit="s", check="positive"
     )
-    retry_factor: float = opt(2.0, "Each later retry waits this much longer.", check="positive")
+    retry_factor: float = opt(2.0, "Each later retry waits this much longer.", check="factor")
     retry_max: float = opt(
         14_400.0, "Longest wait between two retries.", unit="s", check="positive"
     )
@@ -163,7 +168,9 @@ class ClassifierConfig:
 class MetricsConfig:
     """Prometheus metrics."""
 
-    listen: str = opt("", "HOST:PORT for the /metrics endpoint (off when empty).")
+    listen: str = opt(
+        "", "HOST:PORT for the /metrics endpoint (off when empty).", check="hostport?"
+    )
 
 
 @dataclass(frozen=True)
@@ -186,10 +193,12 @@ class Config:
     def db_path(self) -> Path:
         return self.data_dir / "smtpguard.db"
 
-    def with_overrides(self, **sections: dict[str, Any]) -> Config:
+    def with_overrides(self, *, origin: str = "", **sections: dict[str, Any]) -> Config:
         """A copy with some keys replaced, validated like file values.
 
-        ``cfg.with_overrides(relay={"listen": "127.0.0.1:2525"})``.
+        ``cfg.with_overrides(relay={"listen": "127.0.0.1:2525"}, origin="--listen")``;
+        ``origin`` names where the values came from in an error (default: the
+        configuration's own source).
         """
         changed = {}
         for name, values in sections.items():
@@ -199,7 +208,7 @@ class Config:
                 if key not in merged:
                     raise ConfigError(f"unknown setting {name}.{key}")
                 merged[key] = _coerce(
-                    self.source, f"{name}.{key}", value, _field(type(current), key)
+                    origin or self.source, f"{name}.{key}", value, _field(type(current), key)
                 )
             changed[name] = type(current)(**merged)
         return dataclasses.replace(self, **changed)
@@ -254,35 +263,98 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
     return host, int(port)
 
 
-def _check_value(check: str, value: Any) -> None:
-    if check == "positive" and not value > 0:
-        raise ValueError("a number greater than 0")
-    if check == "port" and not 0 < value < 65536:
-        raise ValueError("a port number 1-65535")
-    if check == "hostport":
-        try:
-            parse_hostport(value)
-        except ValueError:
-            raise ValueError("HOST:PORT with a port 1-65535") from None
-    if check == "hostname" and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", value):
+def parse_nexthop(value: str, default_port: int) -> tuple[str, int]:
+    """A next hop as an operator writes it: ``"mx.example.net:2525"``, ``"[::1]:25"``,
+    ``"host"`` (``default_port``) or a bare IPv6 address (no port)."""
+    if value.count(":") > 1 and not value.startswith("["):
+        ipaddress.ip_address(value)  # ValueError for anything but an IPv6 address
+        return value, default_port
+    return parse_hostport(value, default_port)
+
+
+def _hostport(value: str) -> None:
+    try:
+        parse_hostport(value)
+    except ValueError:
+        raise ValueError("HOST:PORT with a port 1-65535") from None
+
+
+def _nexthop(value: str) -> None:
+    try:
+        parse_nexthop(value, 25)
+    except ValueError:
+        raise ValueError("HOST or HOST:PORT with a port 1-65535") from None
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+
+
+def _hostname(value: str) -> None:
+    if not _HOSTNAME.fullmatch(value):
         raise ValueError("a host name of letters, digits, dots and hyphens")
-    if check == "networks":
-        for net in value:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"IP networks like 127.0.0.0/8, not {net!r}") from None
-    if check == "nameservers":
-        for ns in value:
-            try:
-                host, _ = parse_hostport(ns, 53)
-                ipaddress.ip_address(host)
-            except ValueError:
-                raise ValueError(f"IP or IP:PORT of a DNS server, not {ns!r}") from None
-    if check == "tls" and value not in ("none", "opportunistic", "required"):
-        raise ValueError("one of none, opportunistic, required")
-    if check == "reply" and not re.fullmatch(r"5\d\d [245]\.\d{1,3}\.\d{1,3}", value):
-        raise ValueError("a 5xx reply code and enhanced status like '550 5.1.1'")
+
+
+def _networks(value: list[str]) -> None:
+    for net in value:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ValueError(f"IP networks like 127.0.0.0/8, not {net!r}") from None
+
+
+def _nameservers(value: list[str]) -> None:
+    for ns in value:
+        try:
+            host, _ = parse_hostport(ns, 53)
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"IP or IP:PORT of a DNS server, not {ns!r}") from None
+
+
+def _routes(value: dict[str, str]) -> None:
+    for domain, hop in value.items():
+        if not _HOSTNAME.fullmatch(domain.removeprefix(".").rstrip(".")):
+            raise ValueError(f"domains like example.com or .example.com as keys, not {domain!r}")
+        try:
+            parse_nexthop(hop, 25)
+        except ValueError:
+            raise ValueError(f"HOST or HOST:PORT next hops, not {hop!r} for {domain!r}") from None
+
+
+def _is(test: Any, expected: str) -> Any:
+    def check(value: Any) -> None:
+        if not test(value):
+            raise ValueError(expected)
+
+    return check
+
+
+def _optional(check: Any) -> Any:
+    """The same check, but an empty string (the setting is off) passes."""
+    return lambda value: value == "" or check(value)
+
+
+#: ``opt(check=NAME)`` -> a function that raises ValueError("what was expected").
+_CHECKS: dict[str, Any] = {
+    "positive": _is(lambda v: v > 0, "a number greater than 0"),
+    "factor": _is(lambda v: v >= 1, "a factor of at least 1 (retries must not get shorter)"),
+    "port": _is(lambda v: 0 < v < 65536, "a port number 1-65535"),
+    "hostport": _hostport,
+    "hostport?": _optional(_hostport),
+    "nexthop?": _optional(_nexthop),
+    "hostname": _hostname,
+    "hostname?": _optional(_hostname),
+    "networks": _networks,
+    "nameservers": _nameservers,
+    "routes": _routes,
+    "tls": _is(
+        lambda v: v in ("none", "opportunistic", "required"), "one of none, opportunistic, required"
+    ),
+    "reply": _is(
+        lambda v: re.fullmatch(r"5\d\d [245]\.\d{1,3}\.\d{1,3}", v),
+        "a 5xx reply code and enhanced status like '550 5.1.1'",
+    ),
+}
 
 
 def _field(section: type, key: str) -> dataclasses.Field[Any]:
@@ -295,7 +367,8 @@ def _field(section: type, key: str) -> dataclasses.Field[Any]:
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is list:
-        return f"a list of {_describe(get_args(tp)[0])}s"
+        item = _describe(get_args(tp)[0]).removeprefix("a ").removeprefix("an ")
+        return f"a list of {item}s"
     if origin is dict:
         return "a table of strings"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[tp]
@@ -303,7 +376,7 @@ def _describe(tp: Any) -> str:
 
 def _coerce(source: str, key: str, value: Any, f: dataclasses.Field[Any]) -> Any:
     """Check ``value`` against the declared type and check; return it normalised."""
-    tp = get_type_hints(_owner[f.name, id(f)])[f.name]
+    tp = _types[id(f)]
     unit = f.metadata.get("unit", "")
     try:
         if unit == "s" and tp is float:
@@ -326,15 +399,16 @@ def _coerce(source: str, key: str, value: Any, f: dataclasses.Field[Any]) -> Any
         if not ok:
             raise ValueError(_describe(tp))
         if f.metadata.get("check"):
-            _check_value(f.metadata["check"], value)
+            _CHECKS[f.metadata["check"]](value)
     except ValueError as e:
         raise ConfigError(f"{source}: {key}: expected {e}, got {value!r}") from None
     return value
 
 
-# (field name, id(field)) -> owning section class, for get_type_hints on that class.
-_owner: dict[tuple[str, int], type] = {
-    (f.name, id(f)): cls for cls in SECTIONS.values() for f in fields(cls)
+# id(field) -> its declared type, resolved once (``from __future__ import
+# annotations`` leaves only strings in ``Field.type``).
+_types: dict[int, Any] = {
+    id(f): get_type_hints(cls)[f.name] for cls in SECTIONS.values() for f in fields(cls)
 }
 
 # --------------------------------------------------------------------------- loading
@@ -358,18 +432,25 @@ def load(path: str | os.PathLike[str] | None = None, *, data_dir: str | None = N
     return cfg
 
 
-def _load_file(path: Path) -> Config:
+def read_toml(path: Path, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """A TOML file's document; an unreadable, non-UTF-8 or invalid file raises
+    ``error`` naming the file (shared by the config and the classifier's rules)."""
     name = str(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{name}: cannot read: {e.strerror or e}") from None
+        raise error(f"{name}: cannot read: {e.strerror or e}") from None
     try:
-        doc = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{name}: not UTF-8 text") from None
+        raise error(f"{name}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{name}: invalid TOML: {e}") from None
+        raise error(f"{name}: invalid TOML: {e}") from None
+
+
+def _load_file(path: Path) -> Config:
+    name = str(path)
+    doc = read_toml(path)
     sections: dict[str, Any] = {}
     for table, values in doc.items():
         if table not in SECTIONS:

@@ -95,3 +95,44 @@ def test_config_check_bad_file_is_one_line_exit_2(cli, tmp_path: Path) -> None: 
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "relay.bogus" in r.stderr
+
+
+def test_config_check_takes_the_file_as_argument(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    p = write(tmp_path, '[relay]\nlisten = "127.0.0.1:2528"\n')
+    r = cli("config", "check", str(p))
+    assert r.returncode == 0, r.stderr
+    assert 'listen = "127.0.0.1:2528"' in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[delivery]\nsmarthost = "relay.example:0"\n', "delivery.smarthost"),
+        ('[delivery]\nroutes = { "example.com" = "mx.example.net:99999" }\n', "delivery.routes"),
+        ('[delivery]\nroutes = { "not a domain" = "mx.example.net" }\n', "delivery.routes"),
+        ('[delivery]\nhelo_name = "bad name!"\n', "delivery.helo_name"),
+        ("[delivery]\nretry_factor = 0.5\n", "delivery.retry_factor"),
+        ('[metrics]\nlisten = "nope"\n', "metrics.listen"),
+    ],
+)
+def test_bad_next_hops_and_names_are_errors_naming_the_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"smtpguard.toml: {key}: expected"):
+        config.load(write(tmp_path, text))
+
+
+def test_smarthost_may_omit_the_port_or_be_a_bare_ipv6_address(tmp_path: Path) -> None:
+    for value in ("relay.example", "2001:db8::1", "[::1]:2525"):
+        cfg = config.load(write(tmp_path, f'[delivery]\nsmarthost = "{value}"\n'))
+        assert cfg.delivery.smarthost == value
+
+
+def test_override_error_names_where_the_value_came_from() -> None:
+    with pytest.raises(ConfigError, match=r"^--listen: relay.listen: expected HOST:PORT"):
+        config.Config().with_overrides(relay={"listen": "nope"}, origin="--listen")
+
+
+def test_list_type_error_reads_well(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"expected a list of strings, got '127.0.0.1'"):
+        config.load(write(tmp_path, '[relay]\ntrusted_networks = "127.0.0.1"\n'))

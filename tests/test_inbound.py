@@ -684,6 +684,21 @@ def test_slow_but_active_data_transfer_is_not_idle(start: Callable[..., Running]
     assert raw.cmd(b".").startswith("250 2.0.0")
 
 
+def test_client_going_silent_during_data_gets_421_4_4_2(start: Callable[..., Running]) -> None:
+    server = start(idle_timeout=0.4)
+    raw = server.raw()
+    transaction(raw)
+    raw.cmd("DATA")
+    for _ in range(4):  # active for 0.6 s, then silent
+        time.sleep(0.15)
+        raw.send(b"line\r\n")
+    t0 = time.monotonic()
+    assert raw.reply() == "421 4.4.2 smtpguard.localdomain Error: timeout exceeded"
+    assert 0.2 < time.monotonic() - t0 < 3
+    assert raw.closed()
+    assert server.messages == []
+
+
 def test_session_beyond_max_sessions_gets_421_4_7_0(start: Callable[..., Running]) -> None:
     server = start(max_sessions=2)
     first, second = server.raw(), server.raw()
@@ -776,6 +791,102 @@ def test_dot_stuffed_lines_are_unstuffed(server: Running) -> None:
     raw.cmd("DATA")
     raw.cmd(b"Subject: s\r\n\r\n..leading dot\r\n..\r\n.")
     assert server.messages[0].data.endswith(b"\r\n\r\n.leading dot\r\n.\r\n")
+
+
+# --------------------------------------------------------------------------- DATA reading
+
+
+def _body(msg: InboundMessage) -> bytes:
+    return msg.data.split(b" +0000\r\n", 1)[1]  # after Received:'s date line
+
+
+def _stuff(content: bytes) -> bytes:
+    return (b"\r\n" + content).replace(b"\r\n.", b"\r\n..")[2:]
+
+
+def test_lone_dot_right_after_data_is_an_empty_message(server: Running) -> None:
+    raw = server.raw()
+    transaction(raw)
+    raw.cmd("DATA")
+    assert raw.cmd(".") == "250 2.0.0 Ok: queued as Q0001"
+    assert _body(server.messages[0]) == b""
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\r\n", b"a\r\n", b"\r\r\n", b".\r\n", b"\r\n.\r\n", b"\r\r\r\r\n"], ids=repr
+)
+def test_end_of_data_is_found_when_it_arrives_byte_by_byte(server: Running, content: bytes) -> None:
+    raw = server.raw()
+    raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transaction(raw)
+    raw.cmd("DATA")
+    for byte in _stuff(content) + b".\r\n":
+        raw.send(bytes([byte]))
+        time.sleep(0.002)
+    assert raw.reply() == "250 2.0.0 Ok: queued as Q0001"
+    assert _body(server.messages[0]) == normalise_line_endings(content)
+
+
+def test_message_larger_than_one_read_is_received_whole(server: Running) -> None:
+    # Dots at line starts all over 1.2 MB: chunk edges fall on stuffed lines too.
+    content = b"".join(b".%06d" % i + b"x" * (i % 300) + b"\r\n" for i in range(6000))
+    raw = server.raw()
+    transaction(raw)
+    raw.cmd("DATA")
+    assert raw.cmd(_stuff(content) + b".") == "250 2.0.0 Ok: queued as Q0001"
+    assert _body(server.messages[0]) == content
+
+
+def test_command_pipelined_after_the_final_dot_is_a_command(server: Running) -> None:
+    raw = server.raw()
+    transaction(raw)
+    raw.cmd("DATA")
+    raw.send(BODY + b".\r\nNOOP\r\n")
+    assert raw.reply() == "250 2.0.0 Ok: queued as Q0001"
+    assert raw.reply() == "250 2.0.0 OK"
+    assert server.messages[0].data.endswith(BODY)
+
+
+def test_big_message_over_the_size_limit_gets_552_after_its_end(
+    start: Callable[..., Running],
+) -> None:
+    server = start(max_message_size=100_000)
+    raw = server.raw()
+    transaction(raw)
+    raw.cmd("DATA")
+    assert raw.cmd((b"y" * 998 + b"\r\n") * 1000 + b".").startswith("552 5.3.4 ")
+    assert server.messages == []
+    assert raw.cmd("NOOP") == "250 2.0.0 OK"  # the rest of the data was not taken as commands
+
+
+def test_flood_of_bare_cr_is_one_message(start: Callable[..., Running]) -> None:
+    server = start(max_message_size=1000, max_line_length=8000)
+    raw = server.raw()
+    transaction(raw)
+    raw.cmd("DATA")
+    assert raw.cmd(b"\r" * 5000 + b"\r\n.").startswith("552 5.3.4 ")
+    transaction(raw)
+    raw.cmd("DATA")
+    assert raw.cmd(b"\r" * 500 + b"\r\n.").startswith("250 2.0.0 ")
+    assert _body(server.messages[0]) == b"\r\n" * 501
+
+
+def test_pipelined_replies_leave_in_one_segment(server: Running) -> None:
+    raw = server.raw()
+    raw.cmd("EHLO " + HELO)
+    raw.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    first = raw.sock.recv(4096)
+    assert first == (b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n")
+    raw.send(BODY + b".\r\n")
+    assert raw.sock.recv(4096) == b"250 2.0.0 Ok: queued as Q0001\r\n"
+
+
+def test_quit_reply_is_written_before_the_close(server: Running) -> None:
+    raw = server.raw()
+    raw.send(b"EHLO " + HELO.encode() + b"\r\nNOOP\r\nQUIT\r\n")
+    replies = [raw.reply() for _ in range(3)]
+    assert replies[1:] == ["250 2.0.0 OK", "221 2.0.0 Bye"]
+    assert raw.closed()
 
 
 # --------------------------------------------------------------------------- suppression

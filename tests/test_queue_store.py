@@ -155,6 +155,32 @@ async def test_failed_operation_writes_nothing_and_others_commit(store):
     assert conn.execute("SELECT count(*) FROM queue_bodies").fetchone()[0] == 1
 
 
+async def test_operation_failing_half_way_is_undone_alone_in_a_shared_batch(store):
+    # The bad recipient fails after the message and body rows were written.
+    bad = InboundMessage(
+        mail_from="x@example.org", recipients=(Recipient("c@example.com", notify=(1,)),), data=b"x"
+    )  # type: ignore[arg-type]
+    good = [store.enqueue(message(f"u{i}@example.com")) for i in range(20)]
+    results = await asyncio.gather(
+        *good[:10], store.enqueue(bad), *good[10:], return_exceptions=True
+    )
+    assert isinstance(results[10], TypeError)
+    assert sum(isinstance(r, str) for r in results) == 20
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT count(*) FROM queue_messages").fetchone()[0] == 20
+    assert conn.execute("SELECT count(*) FROM queue_bodies").fetchone()[0] == 20
+    assert conn.execute("SELECT count(*) FROM queue_events").fetchone()[0] == 20
+
+
+async def test_claim_of_several_messages_keeps_their_order(store):
+    for i in range(5):
+        await store.enqueue(message(f"u{i}@example.com", f"v{i}@example.net"))
+    claims = await store.claim([4, 2, 5, 1])
+    assert [c.message.id for c in claims] == [4, 2, 5, 1]
+    assert [len(c.recipients) for c in claims] == [2, 2, 2, 2]
+    assert all(c.recipients[0].message_id == c.message.id for c in claims)
+
+
 async def test_storage_failure_raises_store_error_and_writes_nothing(data_dir):
     s = await QueueStore.open(data_dir, busy_timeout=0.2)
     blocker = sqlite3.connect(data_dir / "smtpguard.db", isolation_level=None)

@@ -75,6 +75,20 @@ def test_add_with_expiry_shows_when_it_lapses(cli: Cli) -> None:
     assert re.search(rf"expires {ISO}", r.stdout)
 
 
+def test_add_with_an_expiry_already_past_is_refused(cli: Cli) -> None:
+    for when in ("0d", "2001-01-01"):
+        r = cli("suppression", "add", "bob@example.com", "--expires", when)
+        assert r.returncode == 2
+        assert "is not in the future" in r.stderr and "Traceback" not in r.stderr
+    assert cli("suppression", "history", "bob@example.com", "--format", "json").stdout == "[]\n"
+
+
+def test_bad_since_value_names_every_accepted_form(cli: Cli) -> None:
+    r = cli("suppression", "list", "--since", "yesterday")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "a duration like 30d, an ISO 8601 time" in r.stderr
+
+
 def test_add_of_invalid_reason_is_a_usage_error(cli: Cli) -> None:
     r = cli("suppression", "add", "bob@example.com", "--reason", "grumpy")
     assert r.returncode == 2

@@ -50,15 +50,14 @@ import re
 from smtpguard.classify.reply import parse_reply
 from smtpguard.classify.rules import Rule, RuleSet, normalize
 from smtpguard.classify.verdict import (
-    ADDRESS_REASONS,
     NON_BOUNCE_REASONS,
     REASONS,
+    STAGES,
+    SUPPRESS_REASONS,
     Failure,
     Verdict,
 )
 
-#: Reasons that may suppress the recipient (when the bounce is hard).
-SUPPRESS_REASONS = ADDRESS_REASONS | {"notaccept"}
 #: Reasons that say the recipient's mailbox exists (so the address is good).
 MAILBOX_STATES = frozenset({"suspend", "mailboxfull", "systemfull"})
 #: Reasons a local delivery program's (X-Unix) text may give; anything else is mailererror.
@@ -68,7 +67,7 @@ LOCAL_PROGRAM_REASONS = MAILBOX_STATES | {"mailererror", "userunknown"}
 POSITIVE_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
 #: Diagnostic text kept on a verdict.
 MAX_DIAGNOSTIC = 1000
-_STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "eom", "unknown"})
+_STAGES = frozenset(STAGES)
 _CODE_RE = re.compile(r"[2-5]\d\d")
 _STATUS_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 # "try again in 5 minutes", "retry after 300 seconds": a bounded, linear pattern.

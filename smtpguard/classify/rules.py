@@ -25,13 +25,14 @@ shape) are refused at load time.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from smtpguard.classify.verdict import REASONS
+from smtpguard.classify.verdict import STAGES as VERDICT_STAGES
+from smtpguard.config import read_toml
 from smtpguard.errors import ConfigError
 
 #: Characters of diagnostic text the rules ever look at. Real diagnostics are a few
@@ -48,7 +49,7 @@ RULE_KEYS = frozenset(
 )  # fmt: skip
 #: Top-level keys of a rules file.
 FILE_KEYS = frozenset({"rule", "status", "reply_code", "pseudo_status"})
-STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "eom", "unknown"})
+STAGES = frozenset(VERDICT_STAGES)
 
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")
 _STATUS_PREFIX_RE = re.compile(r"[245](\.\d{1,3}){0,2}\.?")
@@ -203,18 +204,7 @@ class _Parsed:
 
 
 def _parse_file(path: Path) -> _Parsed:
-    name = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise RulesError(f"{name}: cannot read: {e.strerror or e}") from None
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise RulesError(f"{name}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RulesError(f"{name}: invalid TOML: {e}") from None
-    return _parse_doc(name, doc)
+    return _parse_doc(str(path), read_toml(path, RulesError))
 
 
 def _parse_doc(name: str, doc: dict[str, Any]) -> _Parsed:

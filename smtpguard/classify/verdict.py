@@ -8,14 +8,19 @@ store only ever have to understand one record.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 Bounce = Literal["hard", "soft", "none"]
 Stage = Literal["connect", "helo", "mail", "rcpt", "data", "eom", "unknown"]
+#: The SMTP stages a reply can answer, in session order (for rules, the CLI, checks).
+STAGES: tuple[str, ...] = get_args(Stage)
 
 #: Reasons that mean the *address itself* is bad (Sisimai's hard-bounce rule).
 #: ``notaccept`` is conditional: only when the failure is permanent (not 4xx).
 ADDRESS_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved"})
+#: Reasons that may suppress the recipient (when the bounce is hard): the suppression
+#: list ranks an entry with one of them above every other machine-found reason.
+SUPPRESS_REASONS = ADDRESS_REASONS | {"notaccept"}
 #: Reasons that are not failures at all.
 NON_BOUNCE_REASONS = frozenset({"delivered", "feedback", "vacation"})
 

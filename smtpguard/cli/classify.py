@@ -16,7 +16,9 @@ from typing import Any
 
 import click
 
+from smtpguard.classify.verdict import STAGES
 from smtpguard.cli.main import common_options, get_config
+from smtpguard.cli.output import console, plural
 from smtpguard.errors import UserError
 
 #: Fields every jsonl object starts with (the issue's contract), then the rest of the verdict.
@@ -30,7 +32,6 @@ JSONL_FIELDS = (
     "suppress",
     "diagnostic",
 )
-STAGE_CHOICES = ("connect", "helo", "mail", "rcpt", "data", "eom", "unknown")
 
 
 def _rules_path(rules_file: str | None) -> str | None:
@@ -91,7 +92,7 @@ def _record(name: str, verdict: Any) -> dict[str, Any]:
 )
 @click.option(
     "--stage",
-    type=click.Choice(STAGE_CHOICES),
+    type=click.Choice(STAGES),
     default="unknown",
     show_default=True,
     help="SMTP stage the --reply answered.",
@@ -157,17 +158,16 @@ def classify(
 
 def _summary(classifier: Any, files: int) -> str:
     s = classifier.stats
-    parts = [f"{s['verdicts']} verdicts"]
+    parts = [plural(s["verdicts"], "verdict", "verdicts")]
     if files:
-        parts.append(f"from {files} files ({s['not_bounce']} not bounces)")
+        parts.append(f"from {plural(files, 'file', 'files')} ({s['not_bounce']} not bounces)")
     parts.append(f"{s['undefined']} undefined")
     if s["errors"]:
-        parts.append(f"{s['errors']} errors")
+        parts.append(plural(s["errors"], "error", "errors"))
     return "smtpguard: " + ", ".join(parts)
 
 
 def _table(rows: list[tuple[str, Any]], classifier: Any, files: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(show_lines=False)
@@ -188,9 +188,9 @@ def _table(rows: list[tuple[str, Any]], classifier: Any, files: int) -> None:
                 "yes" if v.suppress else "no", v.diagnostic[:120],
             ]  # fmt: skip
         table.add_row(*cells)
-    console = Console()
-    console.print(table)
-    console.print(_summary(classifier, files).removeprefix("smtpguard: "), highlight=False)
+    out = console()
+    out.print(table)
+    out.print(_summary(classifier, files).removeprefix("smtpguard: "), highlight=False)
 
 
 @click.group()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from smtpguard.cli.main import common_options, get_config
-from smtpguard.config import render, render_example
+from smtpguard.cli.main import State, common_options, get_config
+from smtpguard.config import load, render, render_example
 
 
 @click.group()
@@ -14,14 +14,24 @@ def config() -> None:
 
 
 @config.command("check")
+@click.argument("file", required=False, metavar="[FILE]")
 @common_options
-def check() -> None:
-    """Validate the configuration and print the effective settings as TOML.
+def check(file: str | None) -> None:
+    """Validate a configuration FILE and print the effective settings as TOML.
 
-    Exits 2 with a one-line error naming the file and key when the file is
-    invalid. Use the global --config PATH (or SMTPGUARD_CONFIG) to pick a file.
+    Without FILE, checks the one --config PATH (or SMTPGUARD_CONFIG) names, or
+    the embedded defaults. Exits 2 with a one-line error naming the file and
+    the key when it is invalid.
+
+    \b
+    Example:
+      smtpguard config check /etc/smtpguard/smtpguard.toml
     """
-    cfg = get_config()
+    if file is None:
+        cfg = get_config()
+    else:
+        state = click.get_current_context().find_object(State)
+        cfg = load(file, data_dir=state.data_dir if state else None)
     click.echo(f"# {cfg.source}: OK\n" + render(cfg), nl=False)
 
 

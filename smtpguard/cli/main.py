@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+CONFIG_HELP = f"TOML configuration file (env {ENV_CONFIG}; default: embedded defaults)."
+DATA_DIR_HELP = f"Directory of the SQLite database (env {ENV_DATA_DIR}; default ./var)."
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -92,14 +96,14 @@ def common_options(f: Any) -> Any:
         metavar="DIR",
         expose_value=False,
         callback=_set_state("data_dir"),
-        help=f"Directory of the SQLite database (env {ENV_DATA_DIR}; default ./var).",
+        help=DATA_DIR_HELP,
     )(f)
     f = click.option(
         "--config",
         metavar="PATH",
         expose_value=False,
         callback=_set_state("config_path"),
-        help=f"TOML configuration file (env {ENV_CONFIG}).",
+        help=CONFIG_HELP,
     )(f)
     return f
 
@@ -116,13 +120,13 @@ def get_config(ctx: click.Context | None = None) -> Config:
     "config_path",
     metavar="PATH",
     envvar=ENV_CONFIG,
-    help=f"TOML configuration file (env {ENV_CONFIG}; default: embedded defaults).",
+    help=CONFIG_HELP,
 )
 @click.option(
     "--data-dir",
     metavar="DIR",
     envvar=ENV_DATA_DIR,
-    help=f"Directory of the SQLite database (env {ENV_DATA_DIR}; default ./var).",
+    help=DATA_DIR_HELP,
 )
 @click.version_option(__version__, prog_name="smtpguard")
 @click.pass_context

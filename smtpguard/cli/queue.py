@@ -15,15 +15,15 @@ changed due times within a second.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from smtpguard.cli.main import common_options, get_config
+from smtpguard.cli.output import console, emit_json, format_option
+from smtpguard.store.db import iso as _iso
 from smtpguard.store.queue import (
     MessageSummary,
     QueueAdmin,
@@ -33,16 +33,7 @@ from smtpguard.store.queue import (
     QueueStats,
 )
 
-FORMAT = click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-    help="Output as a table or as JSON.",
-)  # fmt: skip
-
-
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+FORMAT = format_option("table", "json", help="Output as a table or as JSON.")
 
 
 def _admin() -> QueueAdmin:
@@ -100,15 +91,6 @@ def _stats_dict(s: QueueStats) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _console() -> Any:
-    import sys
-
-    from rich.console import Console
-
-    # Piped output (scripts, tests) is not cut to 80 columns.
-    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
-
-
 def _table(title: str, columns: list[str]) -> Any:
     from rich.table import Table
 
@@ -118,10 +100,6 @@ def _table(title: str, columns: list[str]) -> Any:
     return table
 
 
-def _emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
 @click.group()
 def queue() -> None:
     """Inspect and act on the relay's queue."""
@@ -129,14 +107,20 @@ def queue() -> None:
 
 @queue.command("list")
 @click.option("--all", "include_done", is_flag=True, help="Include finished messages.")
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Show at most this many messages.",
+)
 @FORMAT
 @common_options
 def list_cmd(include_done: bool, limit: int, fmt: str) -> None:
     """List pending messages, oldest first."""
     rows = _with_admin(lambda a: a.list(include_done=include_done, limit=limit))
     if fmt == "json":
-        _emit_json([_summary_dict(s) for s in rows])
+        emit_json([_summary_dict(s) for s in rows])
         return
     table = _table(
         f"{len(rows)} message(s)", ["id", "received", "from", "size", "rcpts", "states",
@@ -151,7 +135,7 @@ def list_cmd(include_done: bool, limit: int, fmt: str) -> None:
             m.qid, _iso(m.received_at), f"<{m.mail_from}>", str(m.size), str(s.recipients),
             states, _iso(s.next_attempt), s.last_reason,
         )  # fmt: skip
-    _console().print(table)
+    console().print(table)
 
 
 @queue.command()
@@ -162,33 +146,33 @@ def show(queue_id: str, fmt: str) -> None:
     """Show one message: envelope, recipients and history."""
     msg, rcpts, events = _with_admin(lambda a: a.show(queue_id))
     if fmt == "json":
-        _emit_json({
+        emit_json({
             "message": _message_dict(msg),
             "recipients": [_recipient_dict(r) for r in rcpts],
             "events": [_event_dict(e) for e in events],
         })  # fmt: skip
         return
-    console = _console()
+    out = console()
     info = _table(f"message {msg.qid}", ["field", "value"])
     for k, v in _message_dict(msg).items():
         info.add_row(k, str(v))
-    console.print(info)
+    out.print(info)
     rt = _table("recipients", ["address", "state", "attempts", "next attempt", "last reply",
                                "reason"])  # fmt: skip
     for r in rcpts:
         d = _recipient_dict(r)
         rt.add_row(r.address, r.state, str(r.attempts), d["next_attempt"], r.last_diag,
                    r.last_reason)  # fmt: skip
-    console.print(rt)
+    out.print(rt)
     et = _table("history", ["time", "event", "recipient", "reason", "detail"])
     for e in events:
         et.add_row(_iso(e.ts), e.event, e.recipient, e.reason, e.detail)
-    console.print(et)
+    out.print(et)
 
 
 def _report(fmt: str, action: str, queue_id: str | None, count: int) -> None:
     if fmt == "json":
-        _emit_json({"action": action, "id": queue_id or "*", "recipients": count})
+        emit_json({"action": action, "id": queue_id or "*", "recipients": count})
     else:
         target = f"message {queue_id}" if queue_id else "the whole queue"
         click.echo(f"{action}: {count} recipient(s) of {target}")
@@ -241,7 +225,7 @@ def stats(fmt: str) -> None:
     """Counts by state, the oldest pending message, why recipients are deferred."""
     s = _with_admin(lambda a: a.stats())
     if fmt == "json":
-        _emit_json(_stats_dict(s))
+        emit_json(_stats_dict(s))
         return
     table = _table("queue", ["metric", "value"])
     table.add_row("messages pending", str(s.messages_pending))
@@ -251,4 +235,4 @@ def stats(fmt: str) -> None:
     table.add_row("next due", _iso(s.next_due))
     for reason, n in s.deferred_reasons.items():
         table.add_row(f"deferred: {reason or 'unknown'}", str(n))
-    _console().print(table)
+    console().print(table)

@@ -18,7 +18,6 @@ import sys
 import click
 
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.errors import ConfigError
 
 
 @click.command()
@@ -40,15 +39,9 @@ def serve(listen: str | None, smarthost: str | None, log_level: str) -> None:
     """Run the relay (Postfix relayhost) until SIGTERM or SIGINT."""
     cfg = get_config()
     if listen:
-        cfg = cfg.with_overrides(relay={"listen": listen})
+        cfg = cfg.with_overrides(relay={"listen": listen}, origin="--listen")
     if smarthost:
-        from smtpguard.config import parse_hostport
-
-        try:
-            parse_hostport(smarthost)
-        except ValueError as e:
-            raise ConfigError(f"--smarthost: expected HOST:PORT ({e})") from None
-        cfg = cfg.with_overrides(delivery={"smarthost": smarthost})
+        cfg = cfg.with_overrides(delivery={"smarthost": smarthost}, origin="--smarthost")
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         stream=sys.stderr,

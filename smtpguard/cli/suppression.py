@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smtpguard.cli.main import common_options, get_config
+from smtpguard.cli.output import console, emit_json, format_option, plural
 from smtpguard.config import parse_duration
 from smtpguard.errors import UserError
 from smtpguard.store.suppression import (
@@ -87,14 +88,6 @@ def _actor() -> str:
         return f"cli:uid{os.getuid()}"
 
 
-def _stdout() -> Console:
-    # A pipe gets wide lines rather than an 80-column wrap.
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    return console
-
-
 def parse_time(text: str | float | int, *, what: str) -> float:
     """Epoch seconds from ``1796983200``, ``"2026-12-11"``, ``"2026-12-11T10:00:00Z"``.
 
@@ -126,7 +119,13 @@ def parse_when(text: str, *, what: str, now: float, future: bool) -> float:
     try:
         seconds = parse_duration(text)
     except ValueError:
-        return parse_time(text, what=what)
+        try:
+            return parse_time(text, what=what)
+        except UserError:
+            raise UserError(
+                f"{what}: expected a duration like 30d, an ISO 8601 time like "
+                f"2026-12-11T10:00:00Z or epoch seconds, not {text!r}"
+            ) from None
     return now + seconds if future else now - seconds
 
 
@@ -143,12 +142,26 @@ class _When(click.ParamType):
     ) -> float:
         if isinstance(value, float):
             return value
+        what, now = param.name if param else "time", _now()
         try:
-            return parse_when(
-                value, what=param.name if param else "time", now=_now(), future=self.future
-            )
+            when = parse_when(value, what=what, now=now, future=self.future)
         except UserError as e:
             self.fail(str(e), param, ctx)
+        if self.future and when <= now:
+            # An expiry already past would add an entry that suppresses nothing.
+            self.fail(f"{what}: {value!r} is not in the future", param, ctx)
+        return when
+
+
+def _reason_option(help: str) -> Any:
+    return click.option(
+        "--reason", type=REASON_CHOICE, metavar="REASON", default="manual", show_default=True,
+        help=help,
+    )  # fmt: skip
+
+
+def _expires_option(help: str) -> Any:
+    return click.option("--expires", type=_When(future=True), metavar="WHEN", help=help)
 
 
 def _now() -> float:
@@ -259,14 +272,7 @@ def suppression() -> None:
 )
 @click.option("--kind", type=click.Choice(["address", "domain"]), help="Only addresses or domains.")
 @click.option("--include-expired", is_flag=True, help="Also show entries past their expiry.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("table", "csv", "json")
 @click.option(
     "--limit",
     type=click.IntRange(min=0),
@@ -317,7 +323,7 @@ def list_cmd(
         entries = store.list_page(filters, after=after, limit=limit or None)
     if fmt == "table":
         if entries:
-            _stdout().print(_entries_table(entries))
+            console().print(_entries_table(entries))
         else:
             click.echo("no matching entries", err=True)
     else:
@@ -362,20 +368,8 @@ def check(addresses: tuple[str, ...]) -> None:
 
 @suppression.command("add")
 @click.argument("address", metavar="ADDR")
-@click.option(
-    "--reason",
-    type=REASON_CHOICE,
-    metavar="REASON",
-    default="manual",
-    show_default=True,
-    help="Why (the classifier's reasons, complaint or manual).",
-)
-@click.option(
-    "--expires",
-    type=_When(future=True),
-    metavar="WHEN",
-    help="Lift it automatically after WHEN: 30d (from now) or an ISO time.",
-)
+@_reason_option("Why (the classifier's reasons, complaint or manual).")
+@_expires_option("Lift it automatically after WHEN: 30d (from now) or an ISO time.")
 @click.option("--note", default="", help="Free text kept in the history.")
 @common_options
 def add(address: str, reason: str, expires: float | None, note: str) -> None:
@@ -435,14 +429,7 @@ def remove(addresses: tuple[str, ...], note: str) -> None:
 
 @suppression.command("history")
 @click.argument("address", metavar="ADDR")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("table", "json")
 @common_options
 def history(address: str, fmt: str) -> None:
     """Show every change to ADDR: added, escalated, seen again, removed, expired.
@@ -453,12 +440,12 @@ def history(address: str, fmt: str) -> None:
     with _store() as store:
         records = store.history(address)
     if fmt == "json":
-        click.echo(json.dumps([r.to_dict() for r in records], ensure_ascii=False, indent=2))
+        emit_json([r.to_dict() for r in records])
         return
     if not records:
         click.echo(f"{address}: no recorded changes", err=True)
         return
-    _stdout().print(_history_table(records))
+    console().print(_history_table(records))
 
 
 def _history_table(records: list[HistoryRecord]) -> Table:
@@ -673,10 +660,14 @@ def _detect_format(path: Path, f: IO[bytes]) -> str:
     return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
 
 
+def _line_numbers(problems: list[Problem]) -> str:
+    """``"3, 17, 20"``: the first 50 bad lines' numbers, then ``", ..."``."""
+    numbers = ", ".join(str(p.line) for p in problems[:50])
+    return numbers + (", ..." if len(problems) > 50 else "")
+
+
 def _problems_message(path: str, problems: list[Problem]) -> str:
-    numbers = ", ".join(str(p.line) for p in problems[:50]) + (
-        ", ..." if len(problems) > 50 else ""
-    )
+    numbers = _line_numbers(problems)
     details = "; ".join(f"line {p.line}: {p.message}" for p in problems[:SHOWN_PROBLEMS])
     return (
         f"{path}: {len(problems)} invalid line{'s' if len(problems) != 1 else ''} ({numbers}); "
@@ -775,28 +766,9 @@ class _Parser:
 
 @suppression.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "csv", "jsonl"]),
-    default="auto",
-    show_default=True,
-    help="File format; auto goes by extension, then content.",
-)
-@click.option(
-    "--reason",
-    type=REASON_CHOICE,
-    metavar="REASON",
-    default="manual",
-    show_default=True,
-    help="Reason for rows without a 'reason' column.",
-)
-@click.option(
-    "--expires",
-    type=_When(future=True),
-    metavar="WHEN",
-    help="Expiry for rows without an 'expires' value: 30d or an ISO time.",
-)
+@format_option("auto", "csv", "jsonl", help="File format; auto goes by extension, then content.")
+@_reason_option("Reason for rows without a 'reason' column.")
+@_expires_option("Expiry for rows without an 'expires' value: 30d or an ISO time.")
 @click.option(
     "--skip-invalid",
     is_flag=True,
@@ -808,7 +780,7 @@ def import_cmd(
 ) -> None:
     """Import entries from a CSV (with a header) or JSON Lines FILE.
 
-    Columns / keys: address (required; also 'email'), reason, kind, status,
+    Columns / keys: address (required; also 'email' or 'recipient'), reason, kind, status,
     reply_code, diagnostic, source, first_seen, last_seen, count, expires,
     note. Times are ISO 8601 (UTC if no offset) or epoch seconds. The output of
     `export` imports as is.
@@ -843,15 +815,15 @@ def import_cmd(
     # the parser is a forked process and must inherit neither.
     parser = _Parser(name, fmt, reason, expires)
     problems: list[Problem] = []
-    console = Console(stderr=True)
+    err = Console(stderr=True)
     progress = Progress(
         TextColumn("importing {task.fields[rows]:,} rows"),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
+        console=err,
+        disable=not err.is_terminal,
         transient=False,
     )
     with parser, _store() as store, progress:
@@ -867,15 +839,13 @@ def import_cmd(
                 raise UserError(_problems_message(name, problems))  # rolls back
         counts = writer.counts
     summary = (
-        f"imported {writer.total} entr{'y' if writer.total == 1 else 'ies'} from {name} "
+        f"imported {plural(writer.total, 'entry', 'entries')} from {name} "
         f"({counts['added']} added, {counts['escalated']} escalated, {counts['updated']} updated)"
     )
     if problems:
         for p in problems[:SHOWN_PROBLEMS]:
             click.echo(f"smtpguard: warning: {name}: line {p.line}: {p.message}", err=True)
-        numbers = ", ".join(str(p.line) for p in problems[:50])
-        summary += f"; skipped {len(problems)} invalid line(s): {numbers}"
-        summary += ", ..." if len(problems) > 50 else ""
+        summary += f"; skipped {len(problems)} invalid line(s): {_line_numbers(problems)}"
     click.echo(summary)
 
 
@@ -883,14 +853,7 @@ def import_cmd(
 
 
 @suppression.command("export")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["csv", "jsonl"]),
-    default="csv",
-    show_default=True,
-    help="Output format (both re-import with `import`).",
-)
+@format_option("csv", "jsonl", help="Output format (both re-import with `import`).")
 @click.option(
     "-o",
     "--output",
@@ -925,7 +888,7 @@ def export(fmt: str, output: Path | None, include_expired: bool) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    click.echo(f"exported {n} entr{'y' if n == 1 else 'ies'} to {output}", err=True)
+    click.echo(f"exported {plural(n, 'entry', 'entries')} to {output}", err=True)
 
 
 @suppression.command("prune")
@@ -940,30 +903,23 @@ def prune(dry_run: bool) -> None:
     with _store() as store:
         if dry_run:
             n = store.stats()["expired_unpruned"]
-            click.echo(f"{n} expired entr{'y' if n == 1 else 'ies'} would be pruned")
+            click.echo(f"{plural(n, 'expired entry', 'expired entries')} would be pruned")
             return
         n = store.prune(actor=_actor())
-    click.echo(f"pruned {n} expired entr{'y' if n == 1 else 'ies'}")
+    click.echo(f"pruned {plural(n, 'expired entry', 'expired entries')}")
 
 
 @suppression.command("stats")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("table", "json")
 @common_options
 def stats(fmt: str) -> None:
     """Summarise the list: active entries, by reason, by source, recent additions."""
     with _store() as store:
         s = store.stats()
     if fmt == "json":
-        click.echo(json.dumps(s, indent=2))
+        emit_json(s)
         return
-    console = _stdout()
+    out = console()
     overview = Table(show_edge=False, show_header=False)
     overview.add_column()
     overview.add_column(justify="right")
@@ -978,7 +934,7 @@ def stats(fmt: str) -> None:
         ("history records", "history_records"),
     ):
         overview.add_row(label, f"{s[key]:,}")
-    console.print(overview)
+    out.print(overview)
     for title, key in (("reason", "by_reason"), ("source", "by_source")):
         if s[key]:
             t = Table(show_edge=False, header_style="bold")
@@ -986,5 +942,5 @@ def stats(fmt: str) -> None:
             t.add_column("entries", justify="right")
             for k, v in s[key].items():
                 t.add_row(k, f"{v:,}")
-            console.print()
-            console.print(t)
+            out.print()
+            out.print(t)

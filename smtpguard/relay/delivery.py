@@ -32,6 +32,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,55 @@ def _orcpt_param(orcpt: str) -> str:
     if not sep:
         kind, addr = "rfc822", orcpt
     return f"ORCPT={kind.strip()};{xtext(addr.strip())}"
+
+
+# A bare LF, or a CR not followed by LF (the CR of a CRLF pair is left alone).
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+def wire_data(body: bytes) -> bytes:
+    """The DATA payload for a message: CRLF lines, dot-stuffed, ending in ``.CRLF``.
+
+    RFC 5321 section 2.3.8 (only CRLF ends a line) and section 4.5.2
+    (transparency: a line starting with "." gets another). Queued bodies are
+    CRLF-only already (the inbound side normalises), so the cheap counts
+    usually skip the regex that aiosmtplib would run over every body, and the
+    stuffing is one ``bytes.replace``.
+    """
+    crlf = body.count(b"\r\n")
+    if body.count(b"\r") != crlf or body.count(b"\n") != crlf:
+        body = _LINE_ENDINGS.sub(b"\r\n", body)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    if body[:1] == b".":
+        body = b"." + body
+    if b"\r\n." in body:
+        body = body.replace(b"\r\n.", b"\r\n..")
+    return body + b".\r\n"
+
+
+async def send_data(smtp: aiosmtplib.SMTP, body: bytes, *, timeout: float) -> Any:
+    """``DATA``, then the body as :func:`wire_data` makes it; the final reply.
+
+    Does what ``aiosmtplib.SMTP.data`` does (same errors: SMTPDataError for a
+    reply other than 354 / 250, SMTPServerDisconnected / SMTPTimeoutError with
+    the connection closed) without its two regex passes over every body.
+    """
+    resp = await smtp.execute_command(b"DATA", timeout=timeout)
+    if resp.code != 354:
+        raise aiosmtplib.SMTPDataError(resp.code, resp.message)
+    protocol = smtp.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    try:
+        protocol.write(wire_data(body))
+        resp = await protocol.read_response(timeout=timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        smtp.close()  # a reply may still be on its way: never reuse this connection
+        raise
+    if resp.code != 250:
+        raise aiosmtplib.SMTPDataError(resp.code, resp.message)
+    return resp
 
 
 def _ascii(text: str) -> bool:
@@ -497,7 +547,7 @@ class Delivery:
                 for r in accepted
             ]  # fmt: skip
         try:
-            resp = await smtp.data(body, timeout=d.data_timeout)
+            resp = await send_data(smtp, body, timeout=d.data_timeout)
         except aiosmtplib.SMTPDataError as e:
             await self._reset(smtp)
             return attempts + self._verdicts(accepted, e.code, e.message, "data", label)

@@ -118,6 +118,12 @@ MAX_ORCPT = 500
 MAX_QUOTED_DIAGNOSTIC = 200
 #: RFC 4954 brute-force brake: AUTH commands allowed per connection.
 MAX_AUTH_PER_CONNECTION = 5
+#: RFC 5321 section 4.1.1.4: the end of mail data.
+DATA_END = b"\r\n.\r\n"
+#: Message data taken per readuntil(); a typical message arrives in one.
+DATA_CHUNK = 256 * 1024
+#: Reply codes written at once (push): the connection may close right after them.
+_WRITE_AT_ONCE = frozenset({"220", "221", "421", "502"})
 
 # --------------------------------------------------------------------------- pure helpers
 
@@ -253,6 +259,27 @@ def normalise_line_endings(data: bytes) -> bytes:
     if data.count(b"\r") == crlf and data.count(b"\n") == crlf:
         return data
     return _LINE_ENDINGS.sub(b"\r\n", data)
+
+
+def unstuff(raw: bytes) -> bytes:
+    """Undo RFC 5321 section 4.5.2 transparency: a line's leading "." goes.
+
+    Lines are what CRLF separates (a bare LF does not start a line, as in
+    aiosmtpd); ``raw`` is data as received, without the final ".CRLF".
+    """
+    if raw[:1] == b".":
+        raw = raw[1:]
+    if b"\r\n." in raw:
+        raw = raw.replace(b"\r\n.", b"\r\n")
+    return raw
+
+
+def _partial_end(data: bytes) -> int:
+    """Length of the longest proper prefix of CRLF.CRLF that ``data`` ends with."""
+    for k in (4, 3, 2, 1):
+        if data.endswith(DATA_END[:k]):
+            return k
+    return 0
 
 
 def is_auto_submitted(data: bytes) -> bool:
@@ -405,10 +432,16 @@ class RelaySMTP(SMTP):
 
     def __init__(self, server: InboundServer, loop: asyncio.AbstractEventLoop) -> None:
         relay = server.cfg.relay
-        # Instance attributes shadowing aiosmtpd's class-wide limits: the stream
-        # reader's limit is the longest line (+ CRLF) we accept, for commands and data.
-        self.line_length_limit = relay.max_line_length + 2
+        # Instance attributes shadowing aiosmtpd's class-wide limits. The stream
+        # reader's limit is how much :meth:`_read_data` takes in one readuntil()
+        # (a typical message in one call); command lines longer than
+        # command_size_limit still get 500 (aiosmtpd checks each line's length), and
+        # data lines are checked against max_data_line.
+        self.line_length_limit = max(relay.max_line_length + 2, DATA_CHUNK)
         self.command_size_limit = relay.max_line_length
+        self.max_data_line = relay.max_line_length
+        self._out: list[bytes] = []  # replies not yet written (see push)
+        self._flush_pending = False
         self.server = server
         self.rejected = False
         self.trusted = False
@@ -417,6 +450,7 @@ class RelaySMTP(SMTP):
         self.in_data = False
         self.committing = False
         self._last_activity = loop.time()
+        self._deadline = 0.0
         super().__init__(
             server.hooks,
             hostname=relay.hostname,
@@ -457,12 +491,29 @@ class RelaySMTP(SMTP):
         self._last_activity = self.loop.time()
         super().data_received(data)
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels and re-creates a timer for every command; here the
+        # deadline just moves, and a timer that fires early re-arms itself.
+        now = self.loop.time()
+        deadline = now + (duration or self._timeout_duration)
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None and not handle.cancelled() and now < handle.when() <= deadline:
+            return  # the pending timer fires first and re-arms itself
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+
     def _timeout_cb(self) -> None:
         # aiosmtpd restarts its timer only on valid commands. During DATA any
         # received octet counts as activity too (a big message on a slow link), and
         # a pending commit is our wait, not the client's. Garbage outside DATA does
         # not keep a session alive.
-        idle = self.loop.time() - self._last_activity
+        now = self.loop.time()
+        if now < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
+            return
+        idle = now - self._last_activity
         if self.committing or (self.in_data and idle < self._timeout_duration):
             self._reset_timeout(max(self._timeout_duration - idle, 0.05))
             return
@@ -496,7 +547,10 @@ class RelaySMTP(SMTP):
             return
         # If the peer is gone already, closing is all that is left.
         with contextlib.suppress(OSError, AttributeError, RuntimeError):
-            transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+            self._out.append(reply.encode("ascii") + b"\r\n")
+            out = b"".join(self._out)
+            self._out.clear()
+            transport.write(out)  # type: ignore[attr-defined]
         transport.close()
 
     def _create_envelope(self) -> RelayEnvelope:
@@ -505,20 +559,56 @@ class RelaySMTP(SMTP):
     # -- replies -----------------------------------------------------------------------
 
     async def push(self, status: Any) -> None:
+        """Queue a reply; replies of one loop tick leave in one segment.
+
+        With PIPELINING (RFC 2920) Postfix sends MAIL, RCPT and DATA in one
+        packet; writing each reply at once costs a send() and a wake-up of the
+        client per reply. Replies are collected and written by one callback
+        when this session's task next waits (for the client or for the queue).
+        A reply after which the connection may close (greeting and STARTTLS 220,
+        221, 421, 502) is written at once, with everything before it, so a
+        close can never drop a queued reply.
+        """
         if isinstance(status, str):
             status = _REWRITE.get(status, status)
             code = status[:3]
             if status[3:4] == " " and code in _DEFAULT_ENHANCED and not _ENHANCED.match(status, 4):
                 status = f"{code} {_DEFAULT_ENHANCED[code]} {status[4:]}"
-        await super().push(status)
+            self._out.append(status.encode("utf-8") + b"\r\n")
+            deferrable = code not in _WRITE_AT_ONCE
+        else:
+            self._out.append(bytes(status) + b"\r\n")
+            deferrable = False
+        if deferrable:
+            if not self._flush_pending:
+                self._flush_pending = True
+                self.loop.call_soon(self._flush)
+        else:
+            self._flush()
+        await self._writer.drain()
         if self.server.stopping and not self.in_transaction:
             # Shutdown: a transaction just ended (RFC 5321 section 3.8: 421 may come any time).
             self.close_for_shutdown()
 
+    def _flush(self) -> None:
+        """Write every queued reply in one segment."""
+        self._flush_pending = False
+        if not self._out:
+            return
+        out = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._writer.write(out)
+
     async def _write_lines(self, lines: list[str]) -> None:
-        """A multi-line reply (EHLO) written as one segment, untouched by push()."""
+        """A multi-line reply (EHLO), queued like push() does, untouched by its rewriting."""
         out = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"
-        self._writer.write(out.encode("ascii"))
+        self._out.append(out.encode("ascii"))
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)
         await self._writer.drain()
 
     # -- commands ----------------------------------------------------------------------
@@ -714,11 +804,117 @@ class RelaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
         self.in_data = True
         try:
-            await super().smtp_DATA(arg)
+            raw, error = await self._read_data()
+        except asyncio.CancelledError:
+            # The connection went away during DATA (aiosmtpd cancels the handler).
+            self._writer.close()
+            raise
         finally:
             self.in_data = False
+        if error is not None:
+            self._set_post_data_state()
+            await self.push(error)
+            return
+        content = unstuff(raw)
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_data(self) -> tuple[bytes, str | None]:
+        """Read message data up to ``<CRLF>.<CRLF>``: (raw, still dot-stuffed content, error).
+
+        RFC 5321 section 4.1.1.4: only ``<CRLF>.<CRLF>`` ends the data, and the
+        CRLF that ended the DATA command line counts as the first CRLF, so a
+        "." first thing is an empty message. Any other look-alike (bare CR or
+        LF around a dot) is content: no smuggling. The content keeps the CRLF
+        that ends its last line.
+
+        Instead of one readuntil() per line (aiosmtpd), one readuntil() takes
+        the whole message when it fits in the stream limit, else chunks of it.
+        The first bytes are read with readexactly() while what was read so far
+        (with the command's CRLF in front) ends in a proper prefix of the end
+        sequence, so an end sequence straddling that point is still seen; from
+        then on readuntil() sees every possible end (a chunk it gives up on
+        never holds the start of one).
+
+        Errors are decided after the end was read (RFC 5321 section 4.2.5: the
+        reply comes after the final dot): ``552 5.3.4`` once more than the size
+        limit arrived (data dropped from then on), ``500 5.5.2`` for a line over
+        ``relay.max_line_length`` octets (section 4.5.3.1.6; folding would break
+        signatures, so the message is refused, not altered).
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        parts: list[bytes] = []
+        size = 0  # octets of content received so far
+        error: str | None = None
+
+        def take(chunk: bytes) -> None:
+            nonlocal size, error
+            size += len(chunk)
+            if error is None:
+                parts.append(chunk)
+                if limit and size > limit:  # from now on the data is only counted
+                    error = self._data_error(b"".join(parts), size, limit)
+                    parts.clear()
+
+        # Phase 1: piece by piece while the data so far (with the command's CRLF in
+        # front) ends in a proper prefix of CRLF.CRLF. Only the last five octets
+        # matter, so anything before them is handed on.
+        got = bytearray()
+        while True:
+            end = bytes(got[-5:]) if len(got) >= 5 else b"\r\n" + bytes(got)
+            if end.endswith(DATA_END):
+                del got[-3:]  # ".CRLF"; the CRLF before it ends the last line
+                take(bytes(got))
+                return self._finish_data(parts, size, limit, error)
+            k = _partial_end(end)
+            if k == 0:
+                take(bytes(got))
+                break
+            if k == 1:  # a CR: read through the next LF (the end sequence holds one)
+                try:
+                    piece = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as e:
+                    piece = await reader.read(e.consumed)
+            else:
+                piece = await reader.readexactly(len(DATA_END) - k)
+            got += piece
+            if len(got) > DATA_CHUNK:
+                take(bytes(got[:-5]))
+                del got[:-5]
+        # Phase 2: readuntil() sees every end sequence from here on; a chunk it gives
+        # up on (LimitOverrunError) never holds the start of one.
+        while True:
+            try:
+                chunk = await reader.readuntil(DATA_END)
+            except asyncio.LimitOverrunError as e:
+                take(await reader.read(e.consumed))
+                continue
+            take(chunk[:-3])
+            return self._finish_data(parts, size, limit, error)
+
+    def _finish_data(
+        self, parts: list[bytes], size: int, limit: int, error: str | None
+    ) -> tuple[bytes, str | None]:
+        if error is not None:
+            return b"", error
+        raw = b"".join(parts) if len(parts) != 1 else parts[0]
+        return raw, self._data_error(raw, size, limit)
+
+    def _data_error(self, raw: bytes, size: int, limit: int) -> str | None:
+        """The reply refusing this data, or None: the first problem in the data wins."""
+        longest = self.max_data_line
+        if len(raw) > longest and max(map(len, raw.split(b"\r\n"))) > longest:
+            return "500 5.5.2 Line too long"
+        if limit and size > limit:
+            return "552 5.3.4 Message size exceeds fixed maximum message size"
+        return None
 
     async def smtp_VRFY(self, arg: str) -> None:
         await self.push("252 2.0.0 Send some mail, I'll try my best")

@@ -41,7 +41,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from smtpguard.config import DeliveryConfig, parse_hostport
+from smtpguard.config import DeliveryConfig, parse_hostport, parse_nexthop
 from smtpguard.errors import ConfigError
 
 #: Bounds on how much one route() call may look up: RFC 5321 section 5.1 lets a
@@ -98,26 +98,23 @@ class RoutingError(Exception):
         return f"RoutingError({self.reply!r}, reason={self.reason!r})"
 
 
-def _nxdomain(name: str) -> RoutingError:
+def _hostunknown(text: str) -> RoutingError:
     # RFC 3463 X.1.2: bad destination system address.
     return RoutingError(
-        f"Host or domain name not found: {name} does not exist (NXDOMAIN)",
-        reason="hostunknown", status="5.1.2", reply_code="550", permanent=True,
-    )  # fmt: skip
+        text, reason="hostunknown", status="5.1.2", reply_code="550", permanent=True
+    )
+
+
+def _nxdomain(name: str) -> RoutingError:
+    return _hostunknown(f"Host or domain name not found: {name} does not exist (NXDOMAIN)")
 
 
 def _no_address(name: str) -> RoutingError:
-    return RoutingError(
-        f"Host or domain name not found: {name} has no MX, A or AAAA records",
-        reason="hostunknown", status="5.1.2", reply_code="550", permanent=True,
-    )  # fmt: skip
+    return _hostunknown(f"Host or domain name not found: {name} has no MX, A or AAAA records")
 
 
 def _bad_domain(domain: str, why: str) -> RoutingError:
-    return RoutingError(
-        f"Bad destination domain {domain!r}: {why}",
-        reason="hostunknown", status="5.1.2", reply_code="550", permanent=True,
-    )  # fmt: skip
+    return _hostunknown(f"Bad destination domain {domain!r}: {why}")
 
 
 def _null_mx(domain: str) -> RoutingError:
@@ -147,14 +144,6 @@ def _ip(text: str) -> str | None:
         return None
 
 
-def _split_target(value: str, default_port: int) -> tuple[str, int]:
-    """``("mx.example.net", 2525)`` from ``"mx.example.net:2525"``, ``"[::1]:25"``, ``"host"``."""
-    if value.count(":") > 1 and not value.startswith("["):
-        return value, default_port  # bare IPv6 address, no port
-    host, port = parse_hostport(value, default_port)
-    return host, port
-
-
 class Router:
     """Resolves recipient domains to next hops; one per relay process (it holds the cache)."""
 
@@ -182,16 +171,18 @@ class Router:
         resolver.use_edns(0, 0, 1232)  # RFC 6891; 1232 avoids IP fragmentation (DNS flag day 2020)
         resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)
         self.resolver = resolver
-        self._routes = {k.lower().rstrip("."): v for k, v in cfg.routes.items()}
+        # Parsed once here, not per delivery; config.load has already validated
+        # them, these errors are for a DeliveryConfig built in code.
         self._smarthost: tuple[str, int] | None = None
         if cfg.smarthost:
             try:
-                self._smarthost = _split_target(cfg.smarthost, 25)
+                self._smarthost = parse_nexthop(cfg.smarthost, 25)
             except ValueError as e:
                 raise ConfigError(f"delivery.smarthost: {e}") from None
-        for key, value in self._routes.items():
+        self._routes: dict[str, tuple[str, int]] = {}
+        for key, value in cfg.routes.items():
             try:
-                _split_target(value, cfg.port)
+                self._routes[key.lower().rstrip(".")] = parse_nexthop(value, cfg.port)
             except ValueError as e:
                 raise ConfigError(f"delivery.routes.{key}: {e}") from None
 
@@ -207,8 +198,7 @@ class Router:
             )  # fmt: skip
         route = self._match_route(domain)
         if route is not None:
-            host, port = _split_target(route, cfg.port)
-            return await self._fixed(host, port, "route", cfg.tls)
+            return await self._fixed(*route, "route", cfg.tls)
         if domain.startswith("["):  # user@[192.0.2.1]: RFC 5321 section 4.1.3, no DNS
             literal = _ip(domain)
             if literal is None:
@@ -218,7 +208,7 @@ class Router:
 
     # ------------------------------------------------------------------ configured hosts
 
-    def _match_route(self, domain: str) -> str | None:
+    def _match_route(self, domain: str) -> tuple[str, int] | None:
         if domain in self._routes:
             return self._routes[domain]
         labels = domain.split(".")

@@ -13,7 +13,10 @@ smtpguard is refused rather than misread.
 
 from __future__ import annotations
 
+import functools
+import math
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
@@ -22,6 +25,22 @@ from smtpguard.errors import StoreError
 from smtpguard.store.migrations import MIGRATIONS
 
 DB_NAME = "smtpguard.db"
+
+
+def iso(ts: float | None) -> str:
+    """``1796983200.0`` -> ``"2026-12-11T10:00:00Z"``; ``None`` -> ``""``.
+
+    Every stored time is UTC epoch seconds; this is how all of them are shown.
+    """
+    if ts is None:
+        return ""
+    return _iso_second(math.floor(ts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    # Cached: an export of a million rows formats the same few seconds over and over.
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def db_path(data_dir: str | Path) -> Path:

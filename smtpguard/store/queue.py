@@ -309,32 +309,45 @@ CLAIM_SQL = (
 
 
 def claim(conn: sqlite3.Connection, message_ids: Iterable[int], now: float) -> list[Claim]:
-    """Mark the due, queued recipients of these messages ``active`` and return them."""
-    claims: list[Claim] = []
+    """Mark the due, queued recipients of these messages ``active`` and return them.
+
+    One UPDATE per message (each served by the message index), then the
+    claimed messages' rows in one SELECT rather than one per message.
+    """
+    claimed: dict[int, list[QueuedRecipient]] = {}
     for message_id in dict.fromkeys(message_ids):
         rows = conn.execute(CLAIM_SQL, (message_id, now)).fetchall()
-        if not rows:
-            continue
-        mrow = conn.execute(
-            f"SELECT {_MSG_COLS} FROM queue_messages WHERE id = ?", (message_id,)
-        ).fetchone()
-        recipients = tuple(sorted((_recipient(r) for r in rows), key=lambda r: r.id))
-        claims.append(Claim(_message(mrow), recipients))
-    return claims
+        if rows:
+            claimed[message_id] = sorted((_recipient(r) for r in rows), key=lambda r: r.id)
+    if not claimed:
+        return []
+    messages: dict[int, QueuedMessage] = {}
+    ids = list(claimed)
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        marks = ",".join("?" * len(part))
+        for row in conn.execute(
+            f"SELECT {_MSG_COLS} FROM queue_messages WHERE id IN ({marks})", part
+        ):
+            messages[row[0]] = _message(row)
+    return [Claim(messages[mid], tuple(rcpts)) for mid, rcpts in claimed.items()]
 
 
 def _finish_if_done(conn: sqlite3.Connection, message_id: int, now: float) -> bool:
-    """Mark a message done and drop its body once no recipient has work left."""
-    pending = conn.execute(
-        "SELECT 1 FROM queue_recipients WHERE message_id = ?"
-        " AND state IN ('queued', 'active', 'held') LIMIT 1",
-        (message_id,),
-    ).fetchone()
-    if pending:
+    """Mark a message done and drop its body once no recipient has work left.
+
+    One conditional UPDATE decides and marks (rather than a SELECT first); the
+    body goes when it did. A message marked done earlier has no body left.
+    """
+    done = conn.execute(
+        "UPDATE queue_messages SET done_at = ? WHERE id = ? AND done_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM queue_recipients INDEXED BY queue_recipients_message"
+        " WHERE message_id = ?"
+        " AND state IN ('queued', 'active', 'held'))",
+        (now, message_id, message_id),
+    ).rowcount
+    if not done:
         return False
-    conn.execute(
-        "UPDATE queue_messages SET done_at = ? WHERE id = ? AND done_at IS NULL", (now, message_id)
-    )
     conn.execute("DELETE FROM queue_bodies WHERE message_id = ?", (message_id,))
     return True
 
@@ -581,14 +594,38 @@ class _DbThread:
                 except Exception as e:
                     out.append((None, e))
             return out
+        # Optimistic first: the whole batch without savepoints (two statements less
+        # per operation). Only if an operation fails is the transaction rolled back
+        # and the batch run again with each operation in its own SAVEPOINT, so the
+        # failing one fails alone. Operations only touch this connection, so running
+        # one again after a rollback is safe.
+        out = self._transaction(fns, durable, isolate=False)
+        if out is None:
+            out = self._transaction(fns, durable, isolate=True)
+        assert out is not None
+        return out
+
+    def _transaction(
+        self, fns: list[Callable[[sqlite3.Connection], Any]], durable: bool, *, isolate: bool
+    ) -> list[tuple[Any, Any]] | None:
+        """One transaction over ``fns``; None when an operation failed and ``isolate`` is off."""
+        conn = self._conn
         try:
             self._set_sync(durable)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             err = explain(self._path, e)
             return [(None, err) for _ in fns]
-        out = []
+        out: list[tuple[Any, Any]] = []
         for fn in fns:
+            if not isolate:
+                try:
+                    out.append((fn(conn), None))
+                except Exception:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    return None
+                continue
             try:
                 conn.execute("SAVEPOINT op")
                 result = fn(conn)

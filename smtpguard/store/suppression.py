@@ -29,7 +29,7 @@ Times are unix epoch seconds (UTC); :func:`iso` renders them as ISO 8601.
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import gc
 import json
 import math
@@ -39,16 +39,15 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from smtpguard.address import normalize_address, normalize_domain, normalize_target
-from smtpguard.classify.verdict import REASONS
+from smtpguard.classify.verdict import REASONS, SUPPRESS_REASONS
 from smtpguard.errors import UserError
-from smtpguard.store.db import connect, connect_async, db_path, explain
+from smtpguard.store.db import connect, connect_async, db_path, explain, iso
 
 __all__ = [
     "ACTIONS",
@@ -81,29 +80,15 @@ ACTIONS = ("added", "escalated", "updated", "removed", "expired")
 # 2: the address itself is provably bad (Sisimai's hard-bounce reasons).
 # 1: everything else (soft reasons, recorded by hand or imported).
 _PERSON_REASONS = frozenset({"complaint", "manual", "feedback"})
-_ADDRESS_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
 
 
 def reason_rank(reason: str) -> int:
     """How strong a reason for suppression is (higher wins; see module doc)."""
     if reason in _PERSON_REASONS:
         return 3
-    if reason in _ADDRESS_REASONS:
+    if reason in SUPPRESS_REASONS:
         return 2
     return 1
-
-
-def iso(ts: float | None) -> str:
-    """``1796983200.0`` -> ``"2026-12-11T10:00:00Z"``; ``None`` -> ``""``."""
-    if ts is None:
-        return ""
-    return _iso_second(math.floor(ts))
-
-
-@functools.lru_cache(maxsize=4096)
-def _iso_second(second: int) -> str:
-    # Cached: an export of a million rows formats the same few seconds over and over.
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- records
@@ -455,6 +440,16 @@ _PRUNE_HISTORY = (
 _PRUNE = f"DELETE FROM suppression WHERE {_EXPIRED}"
 
 
+@contextmanager
+def _explained(path: Path) -> Iterator[None]:
+    """sqlite3 errors inside the block become one-line StoreErrors naming ``path``
+    (a plain context manager: it serves ``await`` inside the async store too)."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise explain(path, e) from None
+
+
 def _with_ids(rows: list[_HistoryRow], last_id: int) -> list[tuple[Any, ...]]:
     """History rows with their ids, ending at ``last_id`` (from :data:`_NEXT_IDS`)."""
     first = last_id - len(rows) + 1
@@ -588,12 +583,8 @@ class SuppressionStore:
 
     # -- plumbing
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as e:
-            raise explain(self._path, e) from None
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return _explained(self._path)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -965,7 +956,7 @@ class AsyncSuppressionStore:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            try:
+            with _explained(self._path):
                 await self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._conn
@@ -974,8 +965,6 @@ class AsyncSuppressionStore:
                     if self._conn.in_transaction:
                         await self._conn.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as e:
-                raise explain(self._path, e) from None
 
     async def _insert_history(self, rows: list[_HistoryRow]) -> None:
         if rows:
@@ -990,12 +979,10 @@ class AsyncSuppressionStore:
     async def lookup(self, address: str, *, now: float | None = None) -> SuppressionEntry | None:
         """See :meth:`SuppressionStore.lookup`."""
         domain, local = _target_key(address)
-        try:
+        with _explained(self._path):
             row = await self._fetchone(
                 _LOOKUP, (domain, local, time.time() if now is None else now)
             )
-        except sqlite3.Error as e:
-            raise explain(self._path, e) from None
         return None if row is None else _entry(row)
 
     async def record(
@@ -1048,8 +1035,6 @@ class AsyncSuppressionStore:
     async def history(self, address: str) -> list[HistoryRecord]:
         """See :meth:`SuppressionStore.history`."""
         _, key = normalize_target(address)
-        try:
+        with _explained(self._path):
             async with self._conn.execute(_HISTORY, (key,)) as cur:
                 return [HistoryRecord(*r) async for r in cur]
-        except sqlite3.Error as e:
-            raise explain(self._path, e) from None
