@@ -257,3 +257,38 @@ async def test_enqueue_commits_with_fsync_and_bookkeeping_without(store):
 
     assert await store._writer.call(sync_mode, durable=False) == 1  # NORMAL
     assert await store._writer.call(sync_mode) == 2  # FULL, as every enqueue runs
+
+
+async def test_first_read_of_a_just_committed_body_needs_no_database_read(store):
+    data = b"Subject: fresh\r\n\r\nbody\r\n"
+    await store.enqueue(message("a@example.com", data=data))
+    reads = store._reader.operations
+    assert await store.body(1) == data
+    assert store._reader.operations == reads
+    assert await store.body(1) == data  # later reads: from SQLite
+    assert store._reader.operations == reads + 1
+
+
+async def test_bodies_kept_for_their_first_attempt_are_bounded(store, monkeypatch):
+    from smtpguard.store import queue
+
+    monkeypatch.setattr(queue, "FRESH_BODY_BYTES", 100)
+    bodies = [b"%02d" % i * 20 for i in range(5)]  # 40 bytes each
+    for data in bodies:
+        await store.enqueue(message("a@example.com", data=data))
+    assert store._fresh_bytes <= 100
+    assert [await store.body(i + 1) for i in range(5)] == bodies
+    assert store._fresh_bytes == 0
+
+
+async def test_bookkeeping_waits_to_share_the_next_enqueue_commit(store, monkeypatch):
+    from smtpguard.store import queue
+
+    monkeypatch.setattr(queue, "BOOKKEEPING_WAIT", 5.0)
+    t0 = time.monotonic()
+    bookkeeping = asyncio.ensure_future(store._writer.call(lambda c: "done", durable=False))
+    await asyncio.sleep(0.05)
+    await store.enqueue(message("a@example.com"))  # durable: ends the wait at once
+    assert await bookkeeping == "done"
+    assert time.monotonic() - t0 < 2.5
+    assert store.commit_batches == (1, 2)

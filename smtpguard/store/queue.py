@@ -14,10 +14,17 @@ Why it looks like this:
   committing at once cost one fsync, not twenty. Batches holding only
   delivery bookkeeping (claims, attempt results) commit without an fsync
   (``synchronous=NORMAL``, see :meth:`_DbThread._set_sync`): losing one to a
-  power cut only means a recipient is tried again.
+  power cut only means a recipient is tried again. Such a batch first waits
+  up to :data:`BOOKKEEPING_WAIT` for company, so bookkeeping mostly rides
+  along in the next enqueue's transaction instead of costing one of its own.
+  A batch runs without per-operation savepoints; only when an operation
+  fails is it rolled back and run again with one SAVEPOINT per operation.
 * **Bodies are not held in memory while queued.** They live in
   ``queue_bodies`` and are read back only when a delivery attempt needs them;
-  a finished message's body is deleted, its metadata and events stay.
+  a finished message's body is deleted, its metadata and events stay. The one
+  exception is bounded: the bodies of the last few messages committed (at most
+  :data:`FRESH_BODY_BYTES` in all) wait for their first attempt in memory,
+  which then needs no database read.
 * **Due work through an index.** Recipients carry ``(state, next_attempt)``
   and the scheduler asks the ``queue_recipients_due`` index for what is due;
   nothing rescans the queue.
@@ -62,6 +69,15 @@ PENDING_STATES = ("queued", "active", "held")
 FINAL_STATES = ("delivered", "bounced", "expired", "deleted")
 
 _MAX_BATCH = 500  # operations per group-commit transaction
+#: A message's first delivery attempt usually starts milliseconds after its commit;
+#: reading its body back from SQLite then costs a thread round trip for bytes the
+#: relay just had. The last few committed bodies are kept for that first read
+#: (bounded in total, ids are never reused: AUTOINCREMENT); later reads use SQLite.
+FRESH_BODY_BYTES = 8 * 1024 * 1024
+FRESH_BODY_MAX = 256 * 1024  # larger bodies are never kept
+#: How long a batch of only bookkeeping (claims, attempt results) waits for more
+#: operations before committing (seconds); see :meth:`_DbThread._run`.
+BOOKKEEPING_WAIT = 0.005
 
 
 # --------------------------------------------------------------------------- records
@@ -559,15 +575,12 @@ class _DbThread:
             if first is None:
                 return
             batch = [first]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    op = self._ops.get_nowait()
-                except _stdqueue.Empty:
-                    break
-                if op is None:
-                    stop = True
-                    break
-                batch.append(op)
+            stop = self._gather(batch, 0.0)
+            if not stop and self._transactional and not any(op[3] for op in batch):
+                # Only bookkeeping so far: it need not commit at once, so it waits a
+                # moment for company (ideally an enqueue, whose fsync it then shares).
+                # Alone, each record or claim would cost a commit of its own.
+                stop = self._gather(batch, BOOKKEEPING_WAIT)
             outcomes = self._run_batch([op[0] for op in batch], any(op[3] for op in batch))
             self.batches += 1
             self.operations += len(batch)
@@ -579,6 +592,31 @@ class _DbThread:
                 # A closed loop (RuntimeError) means nobody is waiting any more.
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(self._resolve_all, items)
+
+    def _gather(self, batch: list[Any], wait: float) -> bool:
+        """Add pending operations to ``batch``; True when ``close()`` asked to stop.
+
+        With ``wait`` > 0, keeps waiting up to that long for more, but no longer
+        than until a durable operation arrives (someone awaits a 250 on it).
+        """
+        deadline = time.monotonic() + wait
+        while len(batch) < _MAX_BATCH:
+            try:
+                op = self._ops.get_nowait()
+            except _stdqueue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    op = self._ops.get(timeout=left)
+                except _stdqueue.Empty:
+                    return False
+            if op is None:
+                return True
+            batch.append(op)
+            if op[3]:
+                deadline = 0.0  # take what is pending already, wait no more
+        return False
 
     def _run_batch(
         self, fns: list[Callable[[sqlite3.Connection], Any]], durable: bool = True
@@ -662,6 +700,9 @@ class QueueStore:
         self._writer = writer
         self._reader = reader
         self.path = path
+        # Bodies committed by this process and not read yet, oldest first.
+        self._fresh: dict[int, bytes] = {}
+        self._fresh_bytes = 0
 
     @classmethod
     async def open(cls, data_dir: str | Path, *, busy_timeout: float = 5.0) -> QueueStore:
@@ -690,11 +731,22 @@ class QueueStore:
 
     async def enqueue(self, msg: InboundMessage) -> str:
         """Commit one accepted message; returns its queue id once durable."""
-        message_id = await self._writer.call(lambda c: insert_message(c, msg))
-        return format_qid(message_id)
+        return format_qid(await self.enqueue_id(msg))
 
     async def enqueue_id(self, msg: InboundMessage, *, kind: str = "mail") -> int:
-        return await self._writer.call(lambda c: insert_message(c, msg, kind=kind))
+        message_id: int = await self._writer.call(lambda c: insert_message(c, msg, kind=kind))
+        self._remember(message_id, msg.data)
+        return message_id
+
+    def _remember(self, message_id: int, data: bytes) -> None:
+        """Keep a just-committed body for its first attempt (see :data:`FRESH_BODY_BYTES`)."""
+        if len(data) > FRESH_BODY_MAX:
+            return
+        self._fresh[message_id] = data
+        self._fresh_bytes += len(data)
+        while self._fresh_bytes > FRESH_BODY_BYTES:
+            oldest = next(iter(self._fresh))
+            self._fresh_bytes -= len(self._fresh.pop(oldest))
 
     async def claim(self, message_ids: Sequence[int], now: float | None = None) -> list[Claim]:
         at = time.time() if now is None else now
@@ -740,6 +792,10 @@ class QueueStore:
         return await self._reader.call(next_due)
 
     async def body(self, message_id: int) -> bytes:
+        fresh = self._fresh.pop(message_id, None)
+        if fresh is not None:
+            self._fresh_bytes -= len(fresh)
+            return fresh
         return await self._reader.call(lambda c: read_body(c, message_id))
 
     async def message(self, message_id: int) -> QueuedMessage | None:
