@@ -113,3 +113,11 @@ def test_retry_while_the_relay_runs_delivers_now(start_relay, dns_server, test_m
     assert r.returncode == 0, r.stderr
     test_mx.wait_for(1, timeout=10)
     wait_states(relay.data_dir, {"later@example.com": "delivered"})
+
+
+def test_queue_list_on_a_mistyped_data_dir_is_an_error(tmp_path: Path) -> None:
+    from tests.fixtures.cli import _run
+
+    r = _run(["queue", "list", "--data-dir", str(tmp_path / "nope")])
+    assert r.returncode == 2
+    assert "no smtpguard database" in r.stderr and "Traceback" not in r.stderr

@@ -140,7 +140,9 @@ def test_data_dir_that_is_a_file_is_refused(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_database_path_that_is_a_directory_is_refused(cli: Cli, data_dir: Path) -> None:
-    (data_dir / "smtpguard.db").mkdir()
+    db = data_dir / "smtpguard.db"
+    db.unlink()
+    db.mkdir()
     assert "cannot open database" in one_error_line(cli("suppression", "list"))
 
 

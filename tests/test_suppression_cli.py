@@ -359,3 +359,20 @@ def test_import_shows_a_progress_bar_on_a_terminal(data_dir: Path, tmp_path: Pat
     os.close(controller)
     assert r.returncode == 0
     assert b"importing 50 rows" in shown and b"100%" in shown
+
+
+def test_read_command_on_a_mistyped_data_dir_is_an_error_and_creates_nothing(
+    cli: Cli, tmp_path: Path
+) -> None:
+    typo = tmp_path / "vra"
+    r = cli("suppression", "check", "alice@example.com", "--data-dir", str(typo))
+    assert r.returncode == 2
+    assert "no smtpguard database" in r.stderr and r.stderr.count("\n") == 1
+    assert not typo.exists()
+
+
+def test_add_creates_the_database_of_a_new_installation(cli: Cli, tmp_path: Path) -> None:
+    fresh = tmp_path / "new"
+    r = cli("suppression", "add", "bob@example.com", "--reason", "manual", "--data-dir", str(fresh))
+    assert r.returncode == 0, r.stderr
+    assert (fresh / "smtpguard.db").exists()

@@ -38,7 +38,7 @@ FORMAT = format_option("table", "json", help="Output as a table or as JSON.")
 
 def _admin() -> QueueAdmin:
     cfg = get_config()
-    return QueueAdmin.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout)
+    return QueueAdmin.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=False)
 
 
 def _with_admin(fn: Callable[[QueueAdmin], Any]) -> Any:

@@ -75,9 +75,10 @@ SOURCE_CHOICE = click.Choice(SOURCES)
 # --------------------------------------------------------------------------- helpers
 
 
-def _store() -> SuppressionStore:
+def _store(*, create: bool = False) -> SuppressionStore:
+    """The store; only commands that add entries may create a missing database."""
     cfg = get_config()
-    return SuppressionStore.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout)
+    return SuppressionStore.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=create)
 
 
 def _actor() -> str:
@@ -384,7 +385,7 @@ def add(address: str, reason: str, expires: float | None, note: str) -> None:
       smtpguard suppression add bob@example.com --reason complaint --note "ticket 4711"
       smtpguard suppression add @gone.example --reason hostunknown --expires 90d
     """
-    with _store() as store:
+    with _store(create=True) as store:
         obs = make_observation(
             address, reason, source="manual", kind=None, expires=expires, note=note
         )
@@ -826,7 +827,7 @@ def import_cmd(
         disable=not err.is_terminal,
         transient=False,
     )
-    with parser, _store() as store, progress:
+    with parser, _store(create=True) as store, progress:
         task = progress.add_task("import", total=size or None, rows=0)
         with store.bulk(actor=f"import:{file.name}") as writer:
             for batch, bad, done_bytes, rows in parser:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from smtpguard.config import ENV_DATA_DIR
 from smtpguard.errors import StoreError
 from smtpguard.store.migrations import MIGRATIONS
 
@@ -99,16 +100,39 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             raise
 
 
-def connect(data_dir: str | Path, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
+def _exists(path: Path) -> bool:
+    """False only when the file is plainly absent; other troubles (a file where a
+    directory should be, no permission) are left for the open to explain."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def connect(
+    data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True
+) -> sqlite3.Connection:
     """A synchronous connection (CLI, milter, benchmarks), migrated and ready.
+
+    ``create=False`` is for commands that only read or edit existing data: a
+    mistyped ``--data-dir`` must be an error, not an empty list that answers
+    "not suppressed" (and leaves a stray database behind).
 
     The connection is in autocommit mode (``isolation_level=None``): callers
     open transactions explicitly with ``BEGIN IMMEDIATE`` so that a write lock
     is taken up front and never upgraded half-way (the classic SQLITE_BUSY trap).
     """
     data_dir = Path(data_dir)
-    _prepare_dir(data_dir)
     path = db_path(data_dir)
+    if not create and not _exists(path):
+        raise StoreError(
+            f"{path}: no smtpguard database here (check --data-dir / {ENV_DATA_DIR}; "
+            "the relay or `suppression add`/`import` creates it)"
+        )
+    _prepare_dir(data_dir)
     try:
         conn = sqlite3.connect(
             path, isolation_level=None, timeout=busy_timeout, check_same_thread=False

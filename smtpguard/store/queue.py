@@ -831,8 +831,10 @@ class QueueAdmin:
         self._path = Path(conn.execute("PRAGMA database_list").fetchone()[2])
 
     @classmethod
-    def open(cls, data_dir: str | Path, *, busy_timeout: float = 5.0) -> QueueAdmin:
-        return cls(connect(data_dir, busy_timeout=busy_timeout))
+    def open(
+        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True
+    ) -> QueueAdmin:
+        return cls(connect(data_dir, busy_timeout=busy_timeout, create=create))
 
     def close(self) -> None:
         self._conn.close()

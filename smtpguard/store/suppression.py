@@ -564,9 +564,11 @@ class SuppressionStore:
         self._path = Path(row[2]) if row and row[2] else Path(":memory:")
 
     @classmethod
-    def open(cls, data_dir: str | Path, *, busy_timeout: float = 5.0) -> SuppressionStore:
+    def open(
+        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True
+    ) -> SuppressionStore:
         """Open (creating and migrating if needed) the store under ``data_dir``."""
-        return cls(connect(data_dir, busy_timeout=busy_timeout))
+        return cls(connect(data_dir, busy_timeout=busy_timeout, create=create))
 
     @property
     def path(self) -> Path:
