@@ -31,6 +31,22 @@ CONNECTIONS = Counter(
 )
 INFLIGHT = Gauge("smtpguard_inflight_messages", "Messages claimed for delivery right now.")
 
+#: Distinct destination domains given their own label; later ones count as "other".
+#: A label per domain is what an operator wants to see ("who is refusing us?"), but
+#: an unbounded label set would grow Prometheus's memory with every domain ever mailed.
+MAX_DOMAIN_LABELS = 1000
+_domain_labels: set[str] = set()
+
+
+def domain_label(domain: str) -> str:
+    """``domain`` itself for the first :data:`MAX_DOMAIN_LABELS` domains, else ``other``."""
+    if domain in _domain_labels:
+        return domain
+    if len(_domain_labels) < MAX_DOMAIN_LABELS:
+        _domain_labels.add(domain)
+        return domain
+    return "other"
+
 
 def serve(listen: str) -> None:
     """Start the /metrics HTTP endpoint on ``HOST:PORT`` (a daemon thread)."""

@@ -23,7 +23,6 @@ queue state, history events, DSNs and suppression entries, and nothing else:
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -81,8 +80,6 @@ class OutcomeHandler:
         self._store = store
         self._record_suppression = record_suppression
         self._on_deferred = on_deferred
-        #: hard rejections that did not suppress, per (destination domain, reason)
-        self.rejections: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # -- policy ---------------------------------------------------------------
 
@@ -142,8 +139,7 @@ class OutcomeHandler:
                 if v.suppress:
                     to_suppress.append(a)
                 else:
-                    self.rejections[r.domain, v.reason] += 1
-                    metrics.REJECTIONS.labels(r.domain, v.reason).inc()
+                    metrics.REJECTIONS.labels(metrics.domain_label(r.domain), v.reason).inc()
                     log.warning(
                         "rejected without suppression: %s to=<%s> reason=%s %s %s: %s",
                         msg.qid, r.address, v.reason, v.reply_code, v.status, diag,
