@@ -8,7 +8,7 @@ APT_PKGS := postfix libmilter-dev openssl
 STAMP_RUN  := $(VENV)/.stamp-run
 STAMP_TEST := $(VENV)/.stamp-test
 
-.PHONY: run test lint format bench setup-apt setup-run setup-test clean
+.PHONY: run test lint format bench setup-python setup-apt setup-run setup-test clean
 
 run: setup-run
 	$(VENV)/bin/smtpguard serve
@@ -32,19 +32,26 @@ bench: setup-test
 
 # Debian packages, installed only when missing. "No configuration" leaves the
 # system Postfix unconfigured and stopped: tests start their own instances.
-setup-apt:
+APT_INSTALL = echo "apt: installing $(1)"; \
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1)
+
+# Both targets: a python3 that can make a venv (Debian splits venv into python3-venv).
+setup-python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { $(call APT_INSTALL,python3 python3-venv); }
+
+# Tests also need Postfix and its load tools, libmilter-dev, openssl (test certificates)
+# and a C compiler with the Python headers to build pymilter.
+setup-apt: setup-python
 	@missing=""; \
 	for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
-	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc python3-dev"; \
-	if [ -n "$$missing" ]; then \
-		echo "apt: installing$$missing"; \
-		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	$(PYTHON) -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+		>/dev/null 2>&1 || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then $(call APT_INSTALL,$$missing); fi
 
-$(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python: | setup-python
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); $(call APT_INSTALL,python3-venv) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP_RUN): pyproject.toml | $(VENV)/bin/python
