@@ -296,3 +296,17 @@ def test_any_value_stays_inside_its_own_field(
         "Diagnostic-Code", "Last-Attempt-Date",
     }  # fmt: skip
     assert block["Action"] == "failed"
+
+
+def test_utf8_recipient_is_reported_in_a_global_delivery_status() -> None:
+    data = dsn(failed("jürgen@example.test"), mail_from="alice@example.org")
+    msg = parse(data)
+    kinds = [part.get_content_type() for part in msg.iter_parts()]
+    assert kinds[1] == "message/global-delivery-status"  # RFC 6533 section 6
+    assert "Final-Recipient: utf-8; jürgen@example.test\r\n".encode() in data
+    assert b"?" not in data.split(b"Final-Recipient:")[1].split(b"\r\n")[0]
+
+
+def test_global_delivery_status_reads_back_through_the_classifier() -> None:
+    verdicts = [f for f in extract(dsn(failed("jürgen@example.test")))]
+    assert [(f.recipient, f.status) for f in verdicts] == [("jürgen@example.test", "5.1.1")]

@@ -104,6 +104,9 @@ def build_dsn(
     utf8 = not (sender + "".join(r.address for r in recipients)).isascii()
     # RFC 6531: an SMTPUTF8 sender can only be written with UTF-8 headers.
     policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+    # RFC 6533: a recipient address that is not ASCII can only be reported in a
+    # message/global-delivery-status part, as address type "utf-8".
+    global_status = not all(r.address.isascii() for r in recipients)
 
     report = email.message.EmailMessage(policy=policy)
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{mta}>"
@@ -125,7 +128,7 @@ def build_dsn(
     text["Content-Description"] = "Notification"
     for part in (
         text,
-        _status_part(recipients, envid, mta, arrival_date, policy),
+        _status_part(recipients, envid, mta, arrival_date, policy, global_status),
         _returned_part(original, ret, policy),
     ):
         del part["MIME-Version"]  # set_content adds it; RFC 2045 wants it at the top only
@@ -133,10 +136,17 @@ def build_dsn(
 
     out = BytesIO()
     # Fold only beyond RFC 5322's 998: status fields stay one line each for simple readers.
-    BytesGenerator(out, policy=policy.clone(max_line_length=998)).flatten(report)
+    _Generator(out, policy=policy.clone(max_line_length=998)).flatten(report)
     data = out.getvalue()
     # Belt and braces for the RFC 5321 section 2.3.8 promise: no bare CR or LF.
     return re.sub(rb"\r?\n|\r", b"\r\n", data)
+
+
+class _Generator(BytesGenerator):
+    """BytesGenerator that also writes RFC 6533 status parts (pre-rendered UTF-8 text)."""
+
+    def _handle_message_global_delivery_status(self, msg: email.message.Message) -> None:
+        self._fp.write(str(msg.get_payload()).encode("utf-8"))  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------- parts
@@ -148,8 +158,13 @@ def _status_part(
     mta: str,
     arrival_date: float,
     policy: email.policy.EmailPolicy,
+    global_status: bool = False,
 ) -> email.message.EmailMessage:
-    """``message/delivery-status``: one per-message block, one block per recipient."""
+    """``message/delivery-status``: one per-message block, one block per recipient.
+
+    With ``global_status`` the part is RFC 6533's ``message/global-delivery-status``
+    and recipients are written as ``utf-8; <address>`` (UTF-8 kept as it is).
+    """
     blocks: list[email.message.Message] = []
     head = email.message.Message(policy=policy)
     head["Reporting-MTA"] = f"dns; {mta}"  # RFC 3464 section 2.2.2
@@ -162,7 +177,10 @@ def _status_part(
         block = email.message.Message(policy=policy)
         if _clean(r.orcpt):
             block["Original-Recipient"] = _typed(r.orcpt, "rfc822")  # section 2.3.1
-        block["Final-Recipient"] = f"rfc822; {_ascii(r.address)}"  # section 2.3.2
+        if global_status:
+            block["Final-Recipient"] = f"utf-8; {_clean(r.address)}"  # RFC 6533 section 3
+        else:
+            block["Final-Recipient"] = f"rfc822; {_ascii(r.address)}"  # section 2.3.2
         block["Action"] = r.action  # section 2.3.3
         block["Status"] = _ascii(r.status) or _default_status(r.action)  # section 2.3.4
         if _clean(r.remote_mta):
@@ -173,8 +191,16 @@ def _status_part(
             block["Last-Attempt-Date"] = _date(r.last_attempt)  # section 2.3.7
         blocks.append(block)
     part = email.message.EmailMessage(policy=policy)
-    part.set_type("message/delivery-status")
-    part.set_payload(blocks)
+    if global_status:
+        # The stdlib generator only knows how to write message/delivery-status blocks;
+        # for the global type the blocks are rendered here (each ends in a blank line)
+        # and written as UTF-8 by _Generator.
+        part.set_type("message/global-delivery-status")
+        part.set_payload("".join(b.as_string(policy=policy) for b in blocks))
+        part["Content-Transfer-Encoding"] = "8bit"
+    else:
+        part.set_type("message/delivery-status")
+        part.set_payload(blocks)
     part["Content-Description"] = "Delivery report"
     return part
 

@@ -30,6 +30,12 @@ DIAG_LIMIT = 1000
 ADDR_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,128}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,10}"
 )
+# The same with RFC 6531 UTF-8 allowed, for fields typed "utf-8;" (RFC 6533 section 3)
+# only: in free text, UTF-8 prose written against an address would be swallowed.
+ADDR_UTF8_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]{1,128}"
+    r"@[A-Za-z0-9\u0080-\U0010ffff-]{1,63}(?:\.[A-Za-z0-9\u0080-\U0010ffff-]{1,63}){1,10}"
+)
 # RFC 3463 enhanced status code: class.subject.detail; not part of an IP address or version.
 # The "not preceded by" checks are done in Python (_guarded): a regex lookbehind at the
 # start of a pattern disables the engine's fast scan and costs 4x.
@@ -207,15 +213,20 @@ def _headers(msg: Message) -> dict[str, str]:
     return found  # type: ignore[return-value]
 
 
+def unescape(v: str) -> str:
+    """compat32 keeps 8-bit bytes of headers and message/* bodies as surrogates:
+    read them as the UTF-8 they almost always are (RFC 6532), else as replacements."""
+    if v.isascii():
+        return v
+    return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def header(msg: Message, name: str) -> str:
     """A header as one clean line ('' when missing or unreadable)."""
     v = _headers(msg).get(name.lower())
     if not v:
         return ""
-    if not v.isascii():
-        # compat32 keeps undecodable 8-bit bytes as surrogates: turn them into text.
-        v = v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return collapse(v, 2000)
+    return collapse(unescape(v), 2000)
 
 
 def first_text(msg: Message) -> str:
@@ -345,7 +356,8 @@ def stage_in(text: str) -> Stage:
 
 def clean_addr(value: str) -> str:
     """'rfc822; <A@B.example>' -> 'A@B.example' ('' when no address)."""
-    m = ADDR_RE.search(value)
+    typed_utf8 = value[:6].lower() == "utf-8;"
+    m = (ADDR_UTF8_RE if typed_utf8 else ADDR_RE).search(value)
     if not m:
         return ""
     return m.group(0).strip(".")

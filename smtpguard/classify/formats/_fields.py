@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from smtpguard.classify.formats._common import collapse, part_text
+from smtpguard.classify.formats._common import collapse, part_text, unescape
 
 Fields = dict[str, str]
 
@@ -64,7 +64,7 @@ def _from_message(block: Message) -> list[Fields]:
             out.append(cur)
             cur = {}
         if k not in cur:
-            cur[k] = collapse(str(v), 2000)
+            cur[k] = collapse(unescape(str(v)), 2000)
     if cur:
         out.append(cur)
     return out
@@ -84,7 +84,11 @@ def part_blocks(part: Message) -> list[Fields]:
         # a body with more fields; append those.
         for b in payload[:1]:
             if isinstance(b, Message) and isinstance(b.get_payload(), str) and b.get_payload():
-                blocks.extend(parse_blocks(str(b.get_payload())[:65536]))
+                # decode=True gives the raw bytes: compat32's str view would have read
+                # 8-bit text (RFC 6533 utf-8 addresses) as ASCII and replaced it.
+                raw = b.get_payload(decode=True)
+                text = raw[:65536].decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+                blocks.extend(parse_blocks(text))
         if any(blocks):
             return [b for b in blocks if b]
     return parse_blocks(part_text(part))
