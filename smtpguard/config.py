@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -474,20 +475,20 @@ def _load_file(path: Path) -> Config:
 # --------------------------------------------------------------------------- rendering
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """One value in TOML syntax (config rendering, and test fixtures writing configs)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # A JSON string is a valid TOML basic string, control characters escaped included.
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return (
-            "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-        )
-    raise TypeError(type(value))
+        return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
 
 
 def render(cfg: Config, *, commented: bool = False) -> str:
@@ -510,7 +511,7 @@ def render(cfg: Config, *, commented: bool = False) -> str:
         out.append(f"[{table}]")
         for f in fields(cls):
             value = getattr(section, f.name)
-            line = f"{f.name} = {_toml_value(value)}"
+            line = f"{f.name} = {toml_value(value)}"
             if commented:
                 unit = f.metadata.get("unit")
                 suffix = f" ({unit})" if unit else ""
