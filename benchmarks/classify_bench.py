@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "sisimai-dev"
+DEFAULT_CORPUS = REPO / "tests" / "corpus" / "sisimai-dev"
 PLACEHOLDER = "undisclosed-recipient-in-headers@libsisimai.org.invalid"
 
 
@@ -36,7 +36,7 @@ def run_cli(corpus: Path) -> tuple[list[dict[str, Any]], float, list[str]]:
     """(verdicts, wall seconds, command) of one ``smtpguard classify --format jsonl`` run.
 
     Runs from the repository root; the corpus path is given relative to it when it can be
-    (``../shared/corpus/sisimai-dev``), as an operator would type it.
+    (``tests/corpus/sisimai-dev``), as an operator would type it.
     """
     arg = os.path.relpath(corpus, REPO) if corpus.is_relative_to(REPO.parent) else str(corpus)
     cmd = [sys.executable, "-m", "smtpguard", "classify", "--format", "jsonl", arg]

@@ -2,7 +2,7 @@
 
 One test per format family the classifier reads (RFC 3464 DSNs, ARF, auto-replies, and
 the non-standard reports of Exim, qmail, Postfix, Sendmail, Exchange, Gmail, Yahoo,
-Amazon SES, ...), each on a real sample from ``../shared/corpus/sisimai-dev/`` with the
+Amazon SES, ...), each on a real sample from ``tests/corpus/sisimai-dev/`` with the
 recipient, status and reason Sisimai's curated labels expect.
 """
 

@@ -24,7 +24,7 @@ SUPPRESS_REASONS = ADDRESS_REASONS | {"notaccept"}
 #: Reasons that are not failures at all.
 NON_BOUNCE_REASONS = frozenset({"delivered", "feedback", "vacation"})
 
-#: The reason vocabulary (Sisimai v5), see ``../shared/corpus/sisimai-dev/README.md``.
+#: The reason vocabulary (Sisimai v5), see the corpus README (``tests/corpus/README.md``).
 REASONS = frozenset(
     {
         "authfailure", "badreputation", "blocked", "contenterror", "delivered",
