@@ -166,6 +166,95 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class MilterConfig:
+    """The milter (`smtpguard milter`, Postfix smtpd_milters; needs the milter extra)."""
+
+    listen: str = opt(
+        "inet:127.0.0.1:8891",
+        "Where Postfix connects, as in main.cf: inet:HOST:PORT or unix:/path/to/socket.",
+        check="milter_socket",
+    )
+    socket_mode: str = opt(
+        "660",
+        "Permissions (octal) of a unix: socket; Postfix's smtpd must be able to write it.",
+        check="octal_mode",
+    )
+    on_suppressed: str = opt(
+        "reject",
+        "A suppressed recipient is: reject (relay.suppressed_reply), tempfail (450 4.x.x:"
+        " a dry run that only delays) or discard (accepted, then silently dropped).",
+        check="milter_action",
+    )
+    on_error: str = opt(
+        "accept",
+        "When smtpguard itself fails (store, classifier, timeout): accept or tempfail.",
+        check="accept_tempfail",
+    )
+    internal_networks: list[str] = opt(
+        ["127.0.0.0/8", "::1/128"],
+        "Clients whose mail is outgoing (as is authenticated and locally submitted mail):"
+        " bounces are recorded only from the others.",
+        check="networks",
+    )
+    record_bounces: bool = opt(
+        True, "Classify incoming DSNs, bounces and ARF reports and record them."
+    )
+    bounce_header: bool = opt(
+        True, "Add an X-Smtpguard-Bounce: header with the verdict to an incoming bounce."
+    )
+    record_timeout: float = opt(
+        5.0,
+        "Longest wait at end of message for a bounce to be recorded (the message then"
+        " passes and the record completes in the background).",
+        unit="s",
+        check="positive",
+    )
+    metrics_listen: str = opt(
+        "", "HOST:PORT for the milter's /metrics endpoint (off when empty).", check="hostport?"
+    )
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The Postfix policy service (`smtpguard policy`, check_policy_service in Postfix)."""
+
+    listen: str = opt("127.0.0.1:10040", "Address and port Postfix connects to.", check="hostport")
+    on_suppressed: str = opt(
+        "reject",
+        "A suppressed recipient is: reject (relay.suppressed_reply) or tempfail"
+        " (450 4.x.x: a dry run that only delays).",
+        check="policy_action",
+    )
+    on_error: str = opt(
+        "dunno",
+        "Answer to a request that cannot be checked (malformed, oversized, store failure):"
+        " dunno (let the other restrictions decide) or defer (DEFER_IF_PERMIT, 450 4.3.0).",
+        check="dunno_defer",
+    )
+    max_request_size: int = opt(
+        16_384,
+        "Largest request (attribute lines up to the blank line); larger ones get on_error.",
+        unit="bytes",
+        check="positive",
+    )
+    idle_timeout: float = opt(
+        600.0,
+        "Close a Postfix connection idle this long (Postfix closes first, after its"
+        " smtpd_policy_service_max_idle of 300s).",
+        unit="s",
+        check="positive",
+    )
+    max_connections: int = opt(
+        1000, "Postfix connections served at once; more are closed at once.", check="positive"
+    )
+    metrics_listen: str = opt(
+        "",
+        "HOST:PORT for the policy service's /metrics endpoint (off when empty).",
+        check="hostport?",
+    )
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics."""
 
@@ -184,6 +273,8 @@ class Config:
     dsn: DsnConfig = field(default_factory=DsnConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: str = field(default="(embedded defaults)", compare=False)
 
     @property
@@ -273,6 +364,41 @@ def parse_nexthop(value: str, default_port: int) -> tuple[str, int]:
     return parse_hostport(value, default_port)
 
 
+def parse_milter_socket(value: str) -> tuple[str, str, int]:
+    """A milter socket as Postfix's main.cf names it -> ``(kind, host or path, port)``.
+
+    ``"inet:127.0.0.1:8891"`` -> ``("inet", "127.0.0.1", 8891)``, ``"inet:[::1]:8891"``
+    -> ``("inet", "::1", 8891)``, ``"unix:/run/smtpguard/milter.sock"`` -> ``("unix",
+    "/run/smtpguard/milter.sock", 0)``. (libmilter spells the first ``inet:8891@127.0.0.1``;
+    operators copy the main.cf form, so that is the one the configuration takes.)
+    """
+    kind, sep, rest = value.partition(":")
+    if sep and kind == "unix":
+        if not rest.startswith("/") or "\0" in rest:
+            raise ValueError(f"unix: needs an absolute path, got {value!r}")
+        return "unix", rest, 0
+    if sep and kind == "inet":
+        host, port = parse_hostport(rest)
+        return "inet", host, port
+    raise ValueError(f"expected inet:HOST:PORT or unix:/path, got {value!r}")
+
+
+def _milter_socket(value: str) -> None:
+    try:
+        parse_milter_socket(value)
+    except ValueError:
+        raise ValueError("inet:HOST:PORT (port 1-65535) or unix:/absolute/path") from None
+
+
+def _octal_mode(value: str) -> None:
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError("file permissions in octal, like 660")
+
+
+def _choice(*values: str) -> Any:
+    return _is(lambda v: v in values, "one of " + ", ".join(values))
+
+
 def _hostport(value: str) -> None:
     try:
         parse_hostport(value)
@@ -351,6 +477,12 @@ _CHECKS: dict[str, Any] = {
     "tls": _is(
         lambda v: v in ("none", "opportunistic", "required"), "one of none, opportunistic, required"
     ),
+    "milter_socket": _milter_socket,
+    "octal_mode": _octal_mode,
+    "milter_action": _choice("reject", "tempfail", "discard"),
+    "policy_action": _choice("reject", "tempfail"),
+    "accept_tempfail": _choice("accept", "tempfail"),
+    "dunno_defer": _choice("dunno", "defer"),
     "reply": _is(
         lambda v: re.fullmatch(r"5\d\d [245]\.\d{1,3}\.\d{1,3}", v),
         "a 5xx reply code and enhanced status like '550 5.1.1'",

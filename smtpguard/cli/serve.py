@@ -12,11 +12,11 @@ process can wait for it; logs go to stderr. SIGTERM or SIGINT drain and exit 0.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 import click
 
+from smtpguard.cli.daemon import announce, hostport, log_level_option, setup_logging
 from smtpguard.cli.main import common_options, get_config
 
 
@@ -27,13 +27,7 @@ from smtpguard.cli.main import common_options, get_config
     metavar="HOST:PORT",
     help="Deliver everything via this host (delivery.smarthost).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Least severe log level written to stderr.",
-)
+@log_level_option
 @common_options
 def serve(listen: str | None, smarthost: str | None, log_level: str) -> None:
     """Run the relay (Postfix relayhost) until SIGTERM or SIGINT."""
@@ -42,17 +36,8 @@ def serve(listen: str | None, smarthost: str | None, log_level: str) -> None:
         cfg = cfg.with_overrides(relay={"listen": listen}, origin="--listen")
     if smarthost:
         cfg = cfg.with_overrides(delivery={"smarthost": smarthost}, origin="--smarthost")
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(log_level)
     from smtpguard.relay.server import serve as run
 
-    def listening(host: str, port: int) -> None:
-        shown = f"[{host}]" if ":" in host else host
-        click.echo(f"smtpguard: listening on {shown}:{port}")
-        sys.stdout.flush()
-
-    code = asyncio.run(run(cfg, on_listening=listening))
+    code = asyncio.run(run(cfg, on_listening=lambda host, port: announce(hostport(host, port))))
     sys.exit(code)
