@@ -38,7 +38,8 @@ class MessageCopy:
     """The message as the milter receives it (header fields, then body chunks), bounded.
 
     Postfix passes each header field's value with its folding as ``\\n`` plus
-    whitespace; the copy restores CRLF line ends. Input past
+    whitespace; the copy restores CRLF line ends, and the empty line before the
+    body (no end-of-headers event is asked for: one event less). Input past
     :data:`~smtpguard.classify.message.MAX_BYTES` is dropped: the classifier
     reads no more than that anyway, and the milter's memory per session stays bounded.
     """
@@ -47,16 +48,20 @@ class MessageCopy:
         self.limit = limit
         self.size = 0
         self._parts: list[bytes] = []
+        self._in_body = False
 
     def header(self, name: str, value: str) -> None:
         folded = value.replace("\n", "\r\n")
         self._add(f"{name}: {folded}\r\n".encode("utf-8", "surrogateescape"))
 
-    def end_of_headers(self) -> None:
-        self._add(b"\r\n")
-
     def body(self, chunk: bytes) -> None:
+        self._end_of_headers()
         self._add(chunk)
+
+    def _end_of_headers(self) -> None:
+        if not self._in_body:
+            self._in_body = True
+            self._add(b"\r\n")
 
     def _add(self, data: bytes) -> None:
         room = self.limit - self.size
@@ -66,6 +71,7 @@ class MessageCopy:
             self.size += len(data)
 
     def data(self) -> bytes:
+        self._end_of_headers()
         return b"".join(self._parts)
 
 

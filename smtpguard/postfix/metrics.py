@@ -8,10 +8,6 @@ bound once: a labelled child costs a dict lookup and a lock per use otherwise.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from prometheus_client import Counter, Gauge, Histogram
 
 SERVICES = ("milter", "policy")
@@ -60,16 +56,6 @@ class ServiceMetrics:
         self.rejections = {a: _REJECTIONS.labels(service, a) for a in REFUSALS}
         self.errors = {k: _ERRORS.labels(service, k) for k in ERROR_KINDS}
         self.latency = _LATENCY.labels(service)
-
-    @contextmanager
-    def timed(self) -> Iterator[None]:
-        """Count one request and observe how long answering it took."""
-        self.requests.inc()
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.latency.observe(time.perf_counter() - started)
 
     def answered(self, verb: str) -> None:
         if verb in self.rejections:
