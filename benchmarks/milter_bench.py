@@ -25,24 +25,23 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 # The script's own folder is on sys.path; relay_throughput puts the repository there too.
 from relay_throughput import (
-    SMTP_SINK,
-    SMTP_SOURCE,
     SMTPGUARD,
     Sink,
+    check_tools,
+    load_options,
     measure,
     tree_cpu_seconds,
+    work_directory,
 )
 
 from tests.fixtures.postfix_instance import PostfixInstance, free_port, wait_port
@@ -211,17 +210,11 @@ def main() -> None:
         noop_milter(sys.argv[2])
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--sessions", type=int, default=20, help="parallel SMTP sessions (20)")
-    p.add_argument("--size", type=int, default=5120, help="message body bytes (5120)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per run")
+    load_options(p)
     p.add_argument("--suppressed", type=int, default=100_000, help="list size (100000)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
-    for tool in (SMTP_SOURCE, SMTP_SINK):
-        if not os.access(tool, os.X_OK):
-            raise SystemExit(f"{tool} missing: install Debian's postfix package (make setup-apt)")
+    check_tools()
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     load = os.getloadavg()[0]
     print(
@@ -231,17 +224,10 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
         flush=True,
     )
-    work = Path(tempfile.mkdtemp(prefix="smtpguard-milter-bench-"))
-    work.chmod(0o755)  # Postfix's daemons (user postfix) must reach their directories
-    try:
+    with work_directory("smtpguard-milter-bench-", keep=args.keep) as work:
         fill_store(work, args.suppressed)
         report(throughput(args, work))
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    finally:
-        if args.keep:
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -383,13 +383,6 @@ def parse_milter_socket(value: str) -> tuple[str, str, int]:
     raise ValueError(f"expected inet:HOST:PORT or unix:/path, got {value!r}")
 
 
-def _milter_socket(value: str) -> None:
-    try:
-        parse_milter_socket(value)
-    except ValueError:
-        raise ValueError("inet:HOST:PORT (port 1-65535) or unix:/absolute/path") from None
-
-
 def _octal_mode(value: str) -> None:
     if not re.fullmatch(r"0?[0-7]{3}", value):
         raise ValueError("file permissions in octal, like 660")
@@ -399,18 +392,23 @@ def _choice(*values: str) -> Any:
     return _is(lambda v: v in values, "one of " + ", ".join(values))
 
 
-def _hostport(value: str) -> None:
-    try:
-        parse_hostport(value)
-    except ValueError:
-        raise ValueError("HOST:PORT with a port 1-65535") from None
+def _parsed_by(parse: Any, expected: str) -> Any:
+    """A check that ``parse(value)`` accepts the value; its error says what was ``expected``."""
+
+    def check(value: str) -> None:
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(expected) from None
+
+    return check
 
 
-def _nexthop(value: str) -> None:
-    try:
-        parse_nexthop(value, 25)
-    except ValueError:
-        raise ValueError("HOST or HOST:PORT with a port 1-65535") from None
+_hostport = _parsed_by(parse_hostport, "HOST:PORT with a port 1-65535")
+_nexthop = _parsed_by(lambda v: parse_nexthop(v, 25), "HOST or HOST:PORT with a port 1-65535")
+_milter_socket = _parsed_by(
+    parse_milter_socket, "inet:HOST:PORT (port 1-65535) or unix:/absolute/path"
+)
 
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")

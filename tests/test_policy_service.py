@@ -20,10 +20,9 @@ import pytest
 
 from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.net import free_port
-from tests.fixtures.relay import REPO, RelayProcess
+from tests.fixtures.relay import REPO, SUPPRESSED, RelayProcess
 
 StartService = Callable[..., RelayProcess]
-SUPPRESSED = "bob@example.com"
 
 
 def request(recipient: str, state: str = "RCPT", **extra: str) -> bytes:
@@ -76,11 +75,8 @@ class PolicyClient:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SuppressionStore:
-    s = SuppressionStore.open(tmp_path / "var")
-    s.record(SUPPRESSED, "userunknown", source="smtp-reply", actor="test", status="5.1.1",
-             reply_code="550", diagnostic="550 5.1.1 <bob@example.com>: User unknown")  # fmt: skip
-    return s
+def store(suppressed_store: SuppressionStore) -> SuppressionStore:
+    return suppressed_store
 
 
 @pytest.fixture

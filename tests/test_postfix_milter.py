@@ -27,9 +27,8 @@ from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.mx import TestMx
 from tests.fixtures.net import free_port
 from tests.fixtures.postfix import PostfixFactory, PostfixInstance
-from tests.fixtures.relay import RelayProcess
+from tests.fixtures.relay import SUPPRESSED, RelayProcess
 
-SUPPRESSED = "bob@example.com"
 GOOD = "carol@example.com"
 SENDER = "alice@sender.test"
 OUTSIDE = "127.0.0.2"  # a client elsewhere on the Internet
@@ -79,11 +78,8 @@ class Stack:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SuppressionStore:
-    s = SuppressionStore.open(tmp_path / "var")
-    s.record(SUPPRESSED, "userunknown", source="smtp-reply", actor="test", status="5.1.1",
-             reply_code="550", diagnostic="550 5.1.1 <bob@example.com>: User unknown")  # fmt: skip
-    return s
+def store(suppressed_store: SuppressionStore) -> SuppressionStore:
+    return suppressed_store
 
 
 @pytest.fixture

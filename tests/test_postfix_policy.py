@@ -6,7 +6,6 @@ client --SMTP--> Postfix (check_policy_service = smtpguard policy) --relayhost--
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -16,20 +15,16 @@ from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.mx import TestMx
 from tests.fixtures.net import free_port
 from tests.fixtures.postfix import PostfixFactory, PostfixInstance
-from tests.fixtures.relay import RelayProcess
+from tests.fixtures.relay import SUPPRESSED, RelayProcess
 
-SUPPRESSED = "bob@example.com"
 GOOD = "carol@example.com"
 SENDER = "alice@sender.test"
 MESSAGE = b"From: <alice@sender.test>\r\nSubject: hello\r\n\r\nHello.\r\n"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SuppressionStore:
-    s = SuppressionStore.open(tmp_path / "var")
-    s.record(SUPPRESSED, "userunknown", source="smtp-reply", actor="test", status="5.1.1",
-             reply_code="550", diagnostic="550 5.1.1 <bob@example.com>: User unknown")  # fmt: skip
-    return s
+def store(suppressed_store: SuppressionStore) -> SuppressionStore:
+    return suppressed_store
 
 
 @pytest.fixture

@@ -148,14 +148,16 @@ class MilterApp:
         ]
         deadline = time.monotonic() + self.settings.record_timeout
         recorded: list[Recorded] = []
-        failure: BaseException | None = None
+        failure: Exception | None = None
         for kind, batch, future in pending:
             outcomes: dict[str, str] = {}
             try:
                 outcomes = _outcomes(future.result(max(deadline - time.monotonic(), 0.0)))
-            except BaseException as e:  # TimeoutError, or the sink's own error
+            except TimeoutError as e:
                 failure = failure or e
                 future.add_done_callback(lambda f, k=kind: _late(f, k, queue_id))
+            except Exception as e:
+                failure = failure or e
             for v in batch:
                 outcome = outcomes.get(v.recipient.lower(), "")
                 BOUNCES.labels(kind, outcome or "unknown").inc()
@@ -171,7 +173,7 @@ class MilterApp:
 
 
 def _evidence(kind: str, note: str) -> interim_policy.Evidence:
-    return interim_policy.Evidence(kind=kind, actor="milter", note=note)  # type: ignore[arg-type]
+    return interim_policy.Evidence(kind=kind, actor="milter", note=note)
 
 
 def _outcomes(report: SinkReport) -> dict[str, str]:
