@@ -115,7 +115,7 @@ def start_services(work: Path) -> dict[str, Service]:
     noop_port = free_port()
     policy_port = free_port()
     policy_config = smtpguard_config(
-        work, "policy", "policy", {"listen": f"127.0.0.1:{policy_port}"}
+        work, "policy", "policy_service", {"listen": f"127.0.0.1:{policy_port}"}
     )
     return {
         "noop-milter": Service(

@@ -215,7 +215,7 @@ class MilterConfig:
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class PolicyServiceConfig:
     """The Postfix policy service (`smtpguard policy`, check_policy_service in Postfix)."""
 
     listen: str = opt("127.0.0.1:10040", "Address and port Postfix connects to.", check="hostport")
@@ -274,7 +274,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    policy_service: PolicyServiceConfig = field(default_factory=PolicyServiceConfig)
     source: str = field(default="(embedded defaults)", compare=False)
 
     @property

@@ -150,9 +150,9 @@ def test_list_type_error_reads_well(tmp_path: Path) -> None:
         ),
         ('[milter]\non_suppressed = "bounce"\n', "milter.on_suppressed", "one of reject"),
         ('[milter]\non_error = "reject"\n', "milter.on_error", "one of accept, tempfail"),
-        ('[policy]\non_suppressed = "discard"\n', "policy.on_suppressed", "one of reject, tempf"),
-        ('[policy]\non_error = "accept"\n', "policy.on_error", "one of dunno, defer"),
-        ('[policy]\nlisten = "inet:127.0.0.1:10040"\n', "policy.listen", "HOST:PORT"),
+        ('[policy_service]\non_suppressed = "discard"\n', "policy_service.on_suppressed", "one of"),
+        ('[policy_service]\non_error = "accept"\n', "policy_service.on_error", "one of dunno"),
+        ('[policy_service]\nlisten = "inet:127.0.0.1:1"\n', "policy_service.listen", "HOST:PORT"),
     ],
 )
 def test_bad_milter_and_policy_settings_are_errors_naming_the_key(

@@ -81,7 +81,7 @@ def store(suppressed_store: SuppressionStore) -> SuppressionStore:
 
 @pytest.fixture
 def policy(start_service: StartService, store: SuppressionStore) -> RelayProcess:
-    return start_service("policy", policy={"listen": f"127.0.0.1:{free_port()}"})
+    return start_service("policy", policy_service={"listen": f"127.0.0.1:{free_port()}"})
 
 
 def test_a_suppressed_recipient_gets_a_numeric_reject_with_the_relays_text(
@@ -134,7 +134,7 @@ def test_a_malformed_request_is_answered_and_the_connection_goes_on(policy: Rela
 
 def test_an_oversized_request_is_answered_and_skipped(start_service: StartService, store) -> None:
     policy = start_service(
-        "policy", policy={"listen": f"127.0.0.1:{free_port()}", "max_request_size": 1024}
+        "policy", policy_service={"listen": f"127.0.0.1:{free_port()}", "max_request_size": 1024}
     )
     client = PolicyClient(policy.port)
     big = request(SUPPRESSED, ccert_subject="x" * 5000)
@@ -142,12 +142,12 @@ def test_an_oversized_request_is_answered_and_skipped(start_service: StartServic
     endless = b"request=smtpd_access_policy\n" + b"y=" + b"z" * 100_000 + b"\n\n"
     assert client.ask(endless) == "DUNNO"
     assert client.ask(request(SUPPRESSED)).startswith("550 5.1.1 ")
-    assert "request over policy.max_request_size (1024 bytes)" in policy.log()
+    assert "request over policy_service.max_request_size (1024 bytes)" in policy.log()
 
 
 def test_on_error_defer_answers_defer_if_permit(start_service: StartService, store) -> None:
     policy = start_service(
-        "policy", policy={"listen": f"127.0.0.1:{free_port()}", "on_error": "defer"}
+        "policy", policy_service={"listen": f"127.0.0.1:{free_port()}", "on_error": "defer"}
     )
     action = PolicyClient(policy.port).ask(b"nonsense\n\n")
     assert action == "DEFER_IF_PERMIT 4.3.0 smtpguard: temporary lookup failure, try again"
@@ -155,7 +155,7 @@ def test_on_error_defer_answers_defer_if_permit(start_service: StartService, sto
 
 def test_tempfail_mode_answers_450_with_the_same_text(start_service: StartService, store) -> None:
     policy = start_service(
-        "policy", policy={"listen": f"127.0.0.1:{free_port()}", "on_suppressed": "tempfail"}
+        "policy", policy_service={"listen": f"127.0.0.1:{free_port()}", "on_suppressed": "tempfail"}
     )
     action = PolicyClient(policy.port).ask(request(SUPPRESSED))
     assert action.startswith("450 4.1.1 recipient suppressed by smtpguard: userunknown since ")
@@ -165,7 +165,7 @@ def test_a_store_that_cannot_be_read_answers_on_error(
     start_service: StartService, store: SuppressionStore
 ) -> None:
     policy = start_service(
-        "policy", policy={"listen": f"127.0.0.1:{free_port()}", "on_error": "defer"}
+        "policy", policy_service={"listen": f"127.0.0.1:{free_port()}", "on_error": "defer"}
     )
     client = PolicyClient(policy.port)
     assert client.ask(request(SUPPRESSED)).startswith("550 ")
@@ -201,7 +201,7 @@ def test_many_concurrent_connections_are_served(policy: RelayProcess) -> None:
 
 def test_an_idle_connection_is_closed(start_service: StartService, store) -> None:
     policy = start_service(
-        "policy", policy={"listen": f"127.0.0.1:{free_port()}", "idle_timeout": 0.5}
+        "policy", policy_service={"listen": f"127.0.0.1:{free_port()}", "idle_timeout": 0.5}
     )
     client = PolicyClient(policy.port)
     assert client.ask(request("a@example.com")) == "DUNNO"
@@ -213,7 +213,7 @@ def test_connections_over_the_limit_are_closed_and_the_others_served(
     start_service: StartService, store
 ) -> None:
     policy = start_service(
-        "policy", policy={"listen": f"127.0.0.1:{free_port()}", "max_connections": 3}
+        "policy", policy_service={"listen": f"127.0.0.1:{free_port()}", "max_connections": 3}
     )
     clients = [PolicyClient(policy.port) for _ in range(3)]
     for c in clients:
@@ -231,7 +231,7 @@ def test_connections_over_the_limit_are_closed_and_the_others_served(
         except ConnectionError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    assert "over policy.max_connections" in policy.log()
+    assert "over policy_service.max_connections" in policy.log()
 
 
 def test_a_connection_closed_mid_request_leaves_the_service_running(policy: RelayProcess) -> None:
@@ -258,5 +258,5 @@ def test_a_listen_address_in_use_is_a_one_line_error(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=30, cwd=REPO,
         )  # fmt: skip
     assert out.returncode == 2
-    assert out.stderr.startswith(f"smtpguard: error: policy.listen 127.0.0.1:{port}: ")
+    assert out.stderr.startswith(f"smtpguard: error: policy_service.listen 127.0.0.1:{port}: ")
     assert "Traceback" not in out.stderr

@@ -29,7 +29,7 @@ def store(suppressed_store: SuppressionStore) -> SuppressionStore:
 
 @pytest.fixture
 def policy(start_service: Callable[..., RelayProcess], store: SuppressionStore) -> RelayProcess:
-    return start_service("policy", policy={"listen": f"127.0.0.1:{free_port()}"})
+    return start_service("policy", policy_service={"listen": f"127.0.0.1:{free_port()}"})
 
 
 @pytest.fixture

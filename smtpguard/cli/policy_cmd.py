@@ -19,14 +19,16 @@ from smtpguard.cli.main import common_options, get_config
 
 
 @click.command()
-@click.option("--listen", metavar="HOST:PORT", help="Where Postfix connects (policy.listen).")
+@click.option(
+    "--listen", metavar="HOST:PORT", help="Where Postfix connects (policy_service.listen)."
+)
 @log_level_option
 @common_options
 def policy(listen: str | None, log_level: str) -> None:
     """Run the Postfix policy service until SIGTERM or SIGINT."""
     cfg = get_config()
     if listen:
-        cfg = cfg.with_overrides(policy={"listen": listen}, origin="--listen")
+        cfg = cfg.with_overrides(policy_service={"listen": listen}, origin="--listen")
     setup_logging(log_level)
     from smtpguard.postfix.policy_server import serve
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of the milter and the policy service (label ``service``).
 
 Each runs in its own process with its own ``/metrics`` endpoint
-(``milter.metrics_listen``, ``policy.metrics_listen``), so the two share the
+(``milter.metrics_listen``, ``policy_service.metrics_listen``), so the two share the
 metric names and the label tells them apart in a dashboard. Labelled children are
 bound once: a labelled child costs a dict lookup and a lock per use otherwise.
 """
@@ -15,7 +15,7 @@ SERVICES = ("milter", "policy")
 REFUSALS = ("reject", "tempfail", "discard")
 #: What can go wrong; ``lookup``: the recipient check failed; ``record``: a bounce
 #: could not be recorded in time; ``malformed`` / ``oversized``: a policy request;
-#: ``busy``: a policy connection over ``policy.max_connections``; ``non_smtp``: a
+#: ``busy``: a policy connection over ``policy_service.max_connections``; ``non_smtp``: a
 #: refusal Postfix does not allow for locally submitted mail (the recipient passes).
 ERROR_KINDS = ("lookup", "record", "malformed", "oversized", "busy", "internal", "non_smtp")
 

@@ -13,12 +13,12 @@ cheaper than a hop to a thread), answer (:mod:`~smtpguard.postfix.answers`):
 * anything else, and requests from other protocol states: ``action=DUNNO``
   (the other restrictions decide);
 * a request that cannot be checked (malformed, larger than
-  ``policy.max_request_size``, a failed lookup): ``policy.on_error``, ``DUNNO``
+  ``policy_service.max_request_size``, a failed lookup): ``policy_service.on_error``, ``DUNNO``
   or ``DEFER_IF_PERMIT``, and a log line. The connection stays usable.
 
-Bounded: at most ``policy.max_connections`` connections (more are closed at
+Bounded: at most ``policy_service.max_connections`` connections (more are closed at
 once: Postfix then applies ``smtpd_policy_service_default_action``), a request
-buffer of ``max_request_size``, and ``policy.idle_timeout`` of silence.
+buffer of ``max_request_size``, and ``policy_service.idle_timeout`` of silence.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class PolicyServer:
     """The policy service over one recipient policy; :meth:`start`, then :meth:`close`."""
 
     def __init__(self, cfg: Config, policy: RecipientPolicy) -> None:
-        self.settings = cfg.policy
+        self.settings = cfg.policy_service
         self.policy = policy
         self.metrics = ServiceMetrics("policy")
         self.trouble = policy_action(trouble_answer(self.settings.on_error))
@@ -53,7 +53,7 @@ class PolicyServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> tuple[str, int]:
-        """Bind ``policy.listen``; returns the bound (host, port)."""
+        """Bind ``policy_service.listen``; returns the bound (host, port)."""
         host, port = parse_hostport(self.settings.listen)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port)
@@ -71,7 +71,7 @@ class PolicyServer:
 
     def oversized(self, peer: object) -> bytes:
         log.warning(
-            "%s: request over policy.max_request_size (%d bytes), answered %s",
+            "%s: request over policy_service.max_request_size (%d bytes), answered %s",
             peer, self.settings.max_request_size, self.trouble,
         )  # fmt: skip
         self.metrics.errors["oversized"].inc()
@@ -138,7 +138,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
         if len(self.server.connections) >= self.server.settings.max_connections:
-            log.warning("%s: over policy.max_connections, closed", self.peer)
+            log.warning("%s: over policy_service.max_connections, closed", self.peer)
             self.server.metrics.errors["busy"].inc()
             transport.close()
             return
@@ -200,11 +200,12 @@ async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None 
         host, port = await server.start()
     except OSError as e:
         policy.close()
-        raise UserError(f"policy.listen {cfg.policy.listen}: {e.strerror or e}") from None
-    if cfg.policy.metrics_listen:
+        listen = cfg.policy_service.listen
+        raise UserError(f"policy_service.listen {listen}: {e.strerror or e}") from None
+    if cfg.policy_service.metrics_listen:
         from smtpguard.relay.metrics import serve as serve_metrics
 
-        serve_metrics(cfg.policy.metrics_listen)
+        serve_metrics(cfg.policy_service.metrics_listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
