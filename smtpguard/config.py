@@ -175,6 +175,23 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class DoctorConfig:
+    """The doctor command: DNS and reputation checks of a sending domain."""
+
+    dnsbl_zones: list[str] = opt(
+        ["zen.spamhaus.org", "bl.spamcop.net", "psbl.surriel.com"],
+        "DNS block lists checked for the sending IP (--ip); --dnsbl replaces the list.",
+        check="dns_names",
+    )
+    dkim_selectors: list[str] = opt(
+        [], "DKIM selectors checked when no --selector is given.", check="dns_names"
+    )
+    timeout: float = opt(
+        3.0, "Time limit of one DNS lookup, retries included.", unit="s", check="positive"
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per TOML table."""
 
@@ -184,6 +201,7 @@ class Config:
     dsn: DsnConfig = field(default_factory=DsnConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     source: str = field(default="(embedded defaults)", compare=False)
 
     @property
@@ -295,6 +313,15 @@ def _hostname(value: str) -> None:
         raise ValueError("a host name of letters, digits, dots and hyphens")
 
 
+_DNS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+
+
+def _dns_names(value: list[str]) -> None:
+    for name in value:
+        if not _DNS_NAME.fullmatch(name.rstrip(".")):
+            raise ValueError(f"DNS names of letters, digits, '.', '-' and '_', not {name!r}")
+
+
 def _networks(value: list[str]) -> None:
     for net in value:
         try:
@@ -345,6 +372,7 @@ _CHECKS: dict[str, Any] = {
     "nexthop?": _optional(_nexthop),
     "hostname": _hostname,
     "hostname?": _optional(_hostname),
+    "dns_names": _dns_names,
     "networks": _networks,
     "nameservers": _nameservers,
     "routes": _routes,

@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rules": ("smtpguard.cli.classify:rules", "Validate classification rule files."),
     "serve": ("smtpguard.cli.serve:serve", "Run the relay (Postfix relayhost)."),
     "queue": ("smtpguard.cli.queue:queue", "Inspect and act on the relay's queue."),
+    "doctor": (
+        "smtpguard.cli.doctor:doctor",
+        "Check a domain's MX, SPF, DKIM, DMARC, PTR and DNSBL listings.",
+    ),
 }
 
 
