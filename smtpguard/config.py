@@ -7,9 +7,15 @@ check``'s printout, and the commented example ``conf/smtpguard.toml`` (a test
 keeps that file identical to :func:`render_example`). Postfix does the same
 with ``postconf.proto``: one place, no drift.
 
-Precedence, lowest to highest: embedded defaults, the TOML file
-(``--config PATH`` or ``SMTPGUARD_CONFIG``), then command-line overrides such
-as ``--data-dir`` (or ``SMTPGUARD_DATA_DIR``) and ``serve --listen``.
+Precedence, lowest to highest: embedded defaults, the TOML file, then
+command-line overrides such as ``--data-dir`` (or ``SMTPGUARD_DATA_DIR``) and
+``serve --listen``. The file is ``--config PATH`` or ``SMTPGUARD_CONFIG`` when
+given, else the installed system file :data:`SYSTEM_CONFIG` when it exists,
+else none. So an installed smtpguard (``make install``) and every CLI command
+run on that machine read the same file, and with it the same ``data_dir``:
+the relay's database, whatever the working directory. ``--config /dev/null``
+(an empty file) means "embedded defaults, ignore the system file": that is how
+``make run`` keeps a development checkout on ``./var``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from smtpguard.errors import ConfigError
 
 ENV_CONFIG = "SMTPGUARD_CONFIG"
 ENV_DATA_DIR = "SMTPGUARD_DATA_DIR"
+#: The installed configuration (``make install`` puts it here), read when no
+#: other file is named. A module attribute so tests can point it elsewhere.
+SYSTEM_CONFIG = Path("/etc/smtpguard/smtpguard.toml")
 
 
 def opt(default: Any, doc: str, *, unit: str = "", check: str = "") -> Any:
@@ -203,6 +212,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     source: str = field(default="(embedded defaults)", compare=False)
+    #: Durations as the operator wrote them ("5d"), by "table.key", for printing.
+    written: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def data_dir(self) -> Path:
@@ -220,23 +231,24 @@ class Config:
         configuration's own source).
         """
         changed = {}
+        written = dict(self.written)
         for name, values in sections.items():
             current = getattr(self, name)
             merged = {f.name: getattr(current, f.name) for f in fields(current)}
             for key, value in values.items():
                 if key not in merged:
                     raise ConfigError(f"unknown setting {name}.{key}")
-                merged[key] = _coerce(
-                    origin or self.source, f"{name}.{key}", value, _field(type(current), key)
-                )
+                f = _field(type(current), key)
+                merged[key] = _coerce(origin or self.source, f"{name}.{key}", value, f)
+                written[f"{name}.{key}"] = value
             changed[name] = type(current)(**merged)
-        return dataclasses.replace(self, **changed)
+        return dataclasses.replace(self, **changed, written=written)
 
 
 SECTIONS: dict[str, type] = {
     f.name: f.default_factory  # type: ignore[misc]
     for f in fields(Config)
-    if f.name != "source"
+    if f.name not in ("source", "written")
 }
 
 # --------------------------------------------------------------------------- validation
@@ -255,6 +267,15 @@ def parse_duration(value: str | int | float) -> float:
     if not m:
         raise ValueError("a duration like 30s, 5m, 12h or 5d")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact form: ``432000.0`` -> ``"5d"``, ``2.5`` -> ``"2500ms"``."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        n = seconds / _DURATION_UNITS[unit]
+        if n >= 1 and abs(n - round(n)) < 1e-9:
+            return f"{round(n)}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -446,11 +467,14 @@ _types: dict[int, Any] = {
 def load(path: str | os.PathLike[str] | None = None, *, data_dir: str | None = None) -> Config:
     """Read the configuration: embedded defaults, then the file, then ``data_dir``.
 
-    ``path`` None means ``$SMTPGUARD_CONFIG`` if set, else no file at all;
-    ``data_dir`` None means ``$SMTPGUARD_DATA_DIR`` if set, else the file's value.
+    ``path`` None means ``$SMTPGUARD_CONFIG`` if set, else :data:`SYSTEM_CONFIG`
+    if it exists, else no file at all; ``data_dir`` None means
+    ``$SMTPGUARD_DATA_DIR`` if set, else the file's value.
     """
     if path is None:
         path = os.environ.get(ENV_CONFIG) or None
+    if path is None and SYSTEM_CONFIG.exists():
+        path = SYSTEM_CONFIG
     cfg = Config()
     if path is not None:
         cfg = _load_file(Path(path))
@@ -481,6 +505,7 @@ def _load_file(path: Path) -> Config:
     name = str(path)
     doc = read_toml(path)
     sections: dict[str, Any] = {}
+    written: dict[str, Any] = {}
     for table, values in doc.items():
         if table not in SECTIONS:
             known = ", ".join(SECTIONS)
@@ -496,8 +521,9 @@ def _load_file(path: Path) -> Config:
                     f"{name}: unknown key {table}.{key} (known: {', '.join(known_keys)})"
                 )
             kwargs[key] = _coerce(name, f"{table}.{key}", value, known_keys[key])
+            written[f"{table}.{key}"] = value
         sections[table] = cls(**kwargs)
-    return Config(**sections, source=name)
+    return Config(**sections, source=name, written=written)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -523,7 +549,10 @@ def render(cfg: Config, *, commented: bool = False) -> str:
     """The configuration as TOML; ``commented`` gives the example file's form.
 
     In the example every key is commented out with its default, and its doc
-    line above it, so the file documents itself and changes nothing.
+    line above it, so the file documents itself and changes nothing; a key
+    whose value differs from the default (``smtpguard --data-dir /var/lib/smtpguard
+    config example``, as ``make install`` writes the installed file) is left
+    uncommented.
     """
     out: list[str] = []
     if commented:
@@ -533,22 +562,33 @@ def render(cfg: Config, *, commented: bool = False) -> str:
             "# Generated from smtpguard/config.py (smtpguard config example).",
             "",
         ]
+    defaults = Config()
     for table, cls in SECTIONS.items():
-        section = getattr(cfg, table)
         out.append(f"# {cls.__doc__.strip()}" if commented else "")
         out.append(f"[{table}]")
         for f in fields(cls):
-            value = getattr(section, f.name)
-            line = f"{f.name} = {toml_value(value)}"
+            line = f"{f.name} = {toml_value(display_value(cfg, table, f))}"
             if commented:
                 unit = f.metadata.get("unit")
                 suffix = f" ({unit})" if unit else ""
                 out.append(f"# {f.metadata['doc']}{suffix}")
-                out.append(f"#{line}")
+                changed = getattr(getattr(cfg, table), f.name) != getattr(
+                    getattr(defaults, table), f.name
+                )
+                out.append(line if changed else f"#{line}")
             else:
                 out.append(line)
         out.append("")
     return "\n".join(out).lstrip("\n")
+
+
+def display_value(cfg: Config, table: str, f: dataclasses.Field[Any]) -> Any:
+    """A setting as the operator wrote it: durations keep their unit ("5d", not 432000.0)."""
+    value = getattr(getattr(cfg, table), f.name)
+    if f.metadata.get("unit") != "s":
+        return value
+    written = cfg.written.get(f"{table}.{f.name}")
+    return written if written is not None else format_duration(value)
 
 
 def render_example() -> str:

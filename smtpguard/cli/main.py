@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from smtpguard import __version__
-from smtpguard.config import ENV_CONFIG, ENV_DATA_DIR, Config, load
+from smtpguard.config import ENV_CONFIG, ENV_DATA_DIR, SYSTEM_CONFIG, Config, load
 from smtpguard.errors import UserError
 
 # name -> "module:attribute"; each module owns one command (group).
@@ -43,8 +43,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-CONFIG_HELP = f"TOML configuration file (env {ENV_CONFIG}; default: embedded defaults)."
-DATA_DIR_HELP = f"Directory of the SQLite database (env {ENV_DATA_DIR}; default ./var)."
+CONFIG_HELP = (
+    f"TOML configuration file (env {ENV_CONFIG}; default: {SYSTEM_CONFIG} if it exists,"
+    " else embedded defaults; /dev/null: embedded defaults)."
+)
+DATA_DIR_HELP = (
+    f"Directory of the SQLite database (env {ENV_DATA_DIR}; default: the config file's"
+    " store.data_dir, else ./var)."
+)
 
 
 class LazyGroup(click.Group):
