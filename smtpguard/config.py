@@ -351,13 +351,20 @@ def _networks(value: list[str]) -> None:
             raise ValueError(f"IP networks like 127.0.0.0/8, not {net!r}") from None
 
 
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """``("127.0.0.1", 5353)`` from ``"127.0.0.1:5353"``; port 53 by default; the host
+    must be an IP address (a resolver cannot look up its own name server)."""
+    try:
+        host, port = parse_hostport(value, 53)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"IP or IP:PORT of a DNS server, not {value!r}") from None
+    return host, port
+
+
 def _nameservers(value: list[str]) -> None:
     for ns in value:
-        try:
-            host, _ = parse_hostport(ns, 53)
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"IP or IP:PORT of a DNS server, not {ns!r}") from None
+        parse_nameserver(ns)
 
 
 def _routes(value: dict[str, str]) -> None:

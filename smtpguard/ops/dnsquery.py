@@ -24,7 +24,7 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
-from smtpguard.config import parse_hostport
+from smtpguard.config import parse_nameserver
 from smtpguard.errors import UserError
 
 Outcome = Literal["ok", "nxdomain", "nodata", "error"]
@@ -83,27 +83,8 @@ class Lookup:
         """``nameservers``: ``IP`` or ``IP:PORT`` (``[::1]:53`` for IPv6 with a port);
         empty means the system resolver (/etc/resolv.conf). ``timeout`` bounds one
         whole lookup, retries included."""
-        if nameservers:
-            resolver = dns.resolver.Resolver(configure=False)
-            servers: list[str | dns.nameserver.Nameserver] = []
-            for entry in nameservers:
-                try:
-                    host, port = parse_hostport(entry, 53)
-                    ipaddress.ip_address(host)
-                except ValueError:
-                    raise UserError(f"name server: expected IP or IP:PORT, not {entry!r}") from None
-                servers.append(dns.nameserver.Do53Nameserver(host, port))
-            resolver.nameservers = servers
-            self.described = ", ".join(nameservers)
-        else:
-            try:
-                resolver = dns.resolver.Resolver()
-            except dns.resolver.NoResolverConfiguration:
-                raise ResolverError(
-                    "no name server configured: /etc/resolv.conf has none;"
-                    " use --nameserver IP or delivery.nameservers"
-                ) from None
-            self.described = ", ".join(str(ns) for ns in resolver.nameservers)
+        resolver = _resolver(nameservers)
+        self.described = ", ".join(nameservers or [str(ns) for ns in resolver.nameservers])
         resolver.lifetime = timeout
         resolver.timeout = min(timeout, 2.0)  # per try; then the next server or a retry
         resolver.use_edns(0, 0, 1232)  # RFC 6891; 1232 avoids IP fragmentation
@@ -177,6 +158,27 @@ class Lookup:
             return Answer(name, "/".join(families), "error", error=failed.error)
         outcome: Outcome = "nxdomain" if answers[0].outcome == "nxdomain" else "nodata"
         return Answer(name, "/".join(families), outcome)
+
+
+def _resolver(nameservers: Sequence[str]) -> dns.resolver.Resolver:
+    """The given servers (``IP`` or ``IP:PORT``), else the system's (/etc/resolv.conf)."""
+    if not nameservers:
+        try:
+            return dns.resolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            raise ResolverError(
+                "no name server configured: /etc/resolv.conf has none;"
+                " use --nameserver IP or delivery.nameservers"
+            ) from None
+    servers: list[str | dns.nameserver.Nameserver] = []
+    for entry in nameservers:
+        try:
+            servers.append(dns.nameserver.Do53Nameserver(*parse_nameserver(entry)))
+        except ValueError as e:
+            raise UserError(f"name server: {e}") from None
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = servers
+    return resolver
 
 
 def _no_nameservers(e: dns.resolver.NoNameservers) -> str:

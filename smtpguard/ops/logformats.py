@@ -119,16 +119,9 @@ def parse_postfix(line: str) -> LogEvent | None:
         reply = reply[hm.end() :]
     status: Status = "bounced" if m.group("status") == "bounced" else "deferred"
     return LogEvent(
-        "postfix",
-        status,
-        m.group("rcpt"),
-        reply[:MAX_REPLY],
-        m.group("dsn"),
-        stage,
-        relay,
-        m.group("qid"),
-        _time(line),
-    )
+        mta="postfix", status=status, recipient=m.group("rcpt"), reply=reply[:MAX_REPLY],
+        dsn=m.group("dsn"), stage=stage, relay=relay, queue_id=m.group("qid"), time=_time(line),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- Exim
@@ -167,16 +160,9 @@ def parse_exim(line: str) -> LogEvent | None:
     reply = reply.replace("\\n", "\n")
     status: Status = "bounced" if m.group("mark") == "**" else "deferred"
     return LogEvent(
-        "exim",
-        status,
-        m.group("rcpt"),
-        reply[:MAX_REPLY],
-        "",
-        stage,
-        relay,
-        m.group("qid"),
-        m.group("time"),
-    )
+        mta="exim", status=status, recipient=m.group("rcpt"), reply=reply[:MAX_REPLY],
+        stage=stage, relay=relay, queue_id=m.group("qid"), time=m.group("time"),
+    )  # fmt: skip
 
 
 def _exim_split(rest: str) -> tuple[str, str]:
@@ -212,17 +198,17 @@ def parse_sendmail(line: str) -> list[LogEvent]:
     status: Status = "bounced" if m.group("dsn")[0] == "5" else "deferred"
     if stat.lower().startswith("deferred"):
         stat = stat[8:].lstrip(": ") or "Deferred"
+    relay, qid, when = (rm.group(1).strip() if rm else ""), m.group("qid"), _time(line)
     return [
         LogEvent(
-            "sendmail",
-            status,
-            rcpt,
-            stat[:MAX_REPLY],
-            m.group("dsn"),
-            "unknown",
-            rm.group(1).strip() if rm else "",
-            m.group("qid"),
-            _time(line),
+            mta="sendmail",
+            status=status,
+            recipient=rcpt,
+            reply=stat[:MAX_REPLY],
+            dsn=m.group("dsn"),
+            relay=relay,
+            queue_id=qid,
+            time=when,
         )
         for rcpt in recipients[:100]
     ]
