@@ -54,6 +54,7 @@ DESTDIR     ?=
 ROOT_VENV   := $(DESTDIR)$(PREFIX)
 
 install: setup-python
+	@$(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || { $(call APT_INSTALL,python3-venv); }
 	$(PYTHON) -m venv $(ROOT_VENV)
 	$(ROOT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-warn-script-location .
 	$(ROOT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-warn-script-location \

@@ -82,7 +82,9 @@ def logscan(files: tuple[str, ...], follow: bool, from_end: bool, fmt: str, top:
     cfg = get_config()
     scanner = Scanner(Classifier.load(cfg.classifier.rules_file or None))
     items = _follow(scanner, names, from_end) if follow else _scan(scanner, names)
-    with contextlib.suppress(KeyboardInterrupt):
+    # Following ends with Ctrl-C or SIGTERM, then the summary; a scan cut short by
+    # Ctrl-C is no summary of the files, so it ends as an interruption (exit 130).
+    with contextlib.suppress(KeyboardInterrupt) if follow else contextlib.nullcontext():
         for item in items:
             _emit(item, fmt, follow)
     summary = scanner.done()
