@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from smtpguard.errors import ConfigError
+from smtpguard.smtp.status import is_reply_with_status
 
 ENV_CONFIG = "SMTPGUARD_CONFIG"
 ENV_DATA_DIR = "SMTPGUARD_DATA_DIR"
@@ -175,6 +176,45 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """What evidence may do to the suppression list (the sink's rules and storm breaker)."""
+
+    modes: dict[str, str] = opt(
+        {},
+        "Per evidence kind, enforce (default) or record (history and metrics only),"
+        ' e.g. { data-reply = "record" }; dsn-unverified is never enforced.',
+        check="modes",
+    )
+    dns_confirm_after: float = opt(
+        3600.0,
+        "A DNS answer (NXDOMAIN, null MX) suppresses its domain only when seen again"
+        " at least this long after the first time.",
+        unit="s",
+        check="positive",
+    )
+    dns_expiry: float = opt(
+        2_592_000.0, "How long a domain suppressed by DNS answers stays so.", unit="s",
+        check="positive",
+    )  # fmt: skip
+    storm_share: float = opt(
+        0.2,
+        "Storm breaker: a destination's new suppressions become pending (not enforced)"
+        " while more than this share of its attempts in storm_window would suppress.",
+        check="share",
+    )
+    storm_min_attempts: int = opt(
+        50,
+        "Storm breaker: a destination with fewer attempts in the window counts as having"
+        " this many (so a small sample cannot look normal).",
+        check="positive",
+    )
+    storm_window: float = opt(
+        600.0, "Storm breaker: the sliding window attempts are counted in.", unit="s",
+        check="positive",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics."""
 
@@ -209,6 +249,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dsn: DsnConfig = field(default_factory=DsnConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     source: str = field(default="(embedded defaults)", compare=False)
@@ -377,6 +418,16 @@ def _routes(value: dict[str, str]) -> None:
             raise ValueError(f"HOST or HOST:PORT next hops, not {hop!r} for {domain!r}") from None
 
 
+def _modes(value: dict[str, str]) -> None:
+    from smtpguard.policy.evidence import EVIDENCE_KINDS, MODES
+
+    for kind, mode in value.items():
+        if kind not in EVIDENCE_KINDS:
+            raise ValueError(f"evidence kinds as keys ({', '.join(EVIDENCE_KINDS)}), not {kind!r}")
+        if mode not in MODES:
+            raise ValueError(f"enforce or record for {kind!r}, not {mode!r}")
+
+
 def _is(test: Any, expected: str) -> Any:
     def check(value: Any) -> None:
         if not test(value):
@@ -394,6 +445,8 @@ def _optional(check: Any) -> Any:
 _CHECKS: dict[str, Any] = {
     "positive": _is(lambda v: v > 0, "a number greater than 0"),
     "factor": _is(lambda v: v >= 1, "a factor of at least 1 (retries must not get shorter)"),
+    "share": _is(lambda v: 0 < v < 1, "a share between 0 and 1, like 0.2"),
+    "modes": _modes,
     "port": _is(lambda v: 0 < v < 65536, "a port number 1-65535"),
     "hostport": _hostport,
     "hostport?": _optional(_hostport),
@@ -408,7 +461,7 @@ _CHECKS: dict[str, Any] = {
         lambda v: v in ("none", "opportunistic", "required"), "one of none, opportunistic, required"
     ),
     "reply": _is(
-        lambda v: re.fullmatch(r"5\d\d [245]\.\d{1,3}\.\d{1,3}", v),
+        lambda v: v.startswith("5") and is_reply_with_status(v),
         "a 5xx reply code and enhanced status like '550 5.1.1'",
     ),
 }
