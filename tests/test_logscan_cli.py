@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.cli import REPO
+from tests.fixtures.cli import Background, cli_env
 from tests.fixtures.maillogs import ALL, EXIM, POSTFIX, SENDMAIL, write_log
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -68,7 +65,7 @@ def test_compressed_stdin_is_read_too(cli: Cli, tmp_path: Path) -> None:
     gz = write_log(tmp_path / "x.gz", [s.line for s in SENDMAIL], compress=True)
     r = subprocess.run(
         [sys.executable, "-m", "smtpguard", "logscan", "-", "--format", "json"],
-        stdin=gz.open("rb"), capture_output=True, env=_env(), timeout=60,
+        stdin=gz.open("rb"), capture_output=True, env=cli_env(), timeout=60,
     )  # fmt: skip
     assert json.loads(r.stdout)["events"] == len(SENDMAIL)
 
@@ -88,43 +85,9 @@ def test_follow_refuses_inputs_that_cannot_grow(cli: Cli, rotated_logs: list[Pat
 # --------------------------------------------------------------------------- --follow
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPGUARD_")}
-    env["SMTPGUARD_CONFIG"] = "/dev/null"
-    return env
-
-
-class Following:
-    """``smtpguard logscan --follow --format jsonl`` in the background; read its lines
-    with a timeout."""
-
-    def __init__(self, *paths: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smtpguard", "logscan", "--follow", "--format", "jsonl",
-             *map(str, paths)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
-        )  # fmt: skip
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-
-    def next(self, timeout: float = 15) -> dict[str, Any]:
-        return json.loads(self.lines.get(timeout=timeout))
-
-    def stop(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=15)
-        assert self.proc.stderr is not None
-        return code, self.proc.stderr.read()
-
-
 def test_follow_survives_rotation_and_stops_cleanly(tmp_path: Path) -> None:
     log = write_log(tmp_path / "mail.log", [POSTFIX[0].line])
-    f = Following(log)
+    f = Background("logscan", "--follow", "--format", "jsonl", str(log))
     try:
         assert f.next()["recipient"] == POSTFIX[0].recipient
         os.rename(log, tmp_path / "mail.log.1")  # logrotate: rename, then the writer reopens

@@ -1,8 +1,10 @@
 """``smtpguard logscan``: bounced and deferred deliveries in Postfix, Exim and Sendmail logs.
 
-Thin by design: check the inputs, drive :class:`smtpguard.ops.logscan.Scanner`,
-render. Exit status: 0 when every input was read (whatever it contained), 2
-for an unreadable input or bad arguments.
+Thin by design: check the inputs, drive :class:`smtpguard.ops.logscan.Scanner`
+(and with ``--apply`` :class:`smtpguard.ops.logapply.LogApplier`), render.
+Exit status: 0 when every input was read (whatever it contained), 2 for an
+unreadable input, bad arguments or a database error, 130 for a scan
+interrupted by Ctrl-C (``--follow`` stops that way: 0).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from smtpguard.cli.output import console, emit_json, format_option
 from smtpguard.errors import UserError
 
 if TYPE_CHECKING:
+    from smtpguard.ops.logapply import LogApplier
     from smtpguard.ops.logscan import Scanned, Scanner, Summary
 
 
@@ -42,6 +45,12 @@ if TYPE_CHECKING:
     " jsonl: one event per line, then the summary.",
 )
 @click.option(
+    "--apply",
+    is_flag=True,
+    help="Hand the verdicts (and the deliveries) to the suppression list's evidence rules"
+    " (evidence kind log): hard bounces that name the address may suppress it.",
+)
+@click.option(
     "--top",
     type=click.IntRange(1, 10_000),
     default=20,
@@ -49,7 +58,9 @@ if TYPE_CHECKING:
     help="Recipient domains shown in the summary.",
 )
 @common_options
-def logscan(files: tuple[str, ...], follow: bool, from_end: bool, fmt: str, top: int) -> None:
+def logscan(
+    files: tuple[str, ...], follow: bool, from_end: bool, fmt: str, apply: bool, top: int
+) -> None:
     """Classify the bounced and deferred deliveries in mail logs.
 
     FILE is a Postfix, Exim or Sendmail log: plain, rotated, gzip-compressed
@@ -58,11 +69,18 @@ def logscan(files: tuple[str, ...], follow: bool, from_end: bool, fmt: str, top:
     4.x.x/5.x.x dsn=) is classified with the relay's rules; the summary counts
     them by reason and by recipient domain.
 
+    With --apply the verdicts go to the suppression list through the same
+    evidence rules as the relay's (a reply at MAIL FROM, one naming another
+    address, an end-of-DATA reply that names nobody: never), with the log's
+    times, so the storm breaker sees the log's pace; deliveries are read too.
+    Give rotated files oldest first.
+
     \b
     Examples:
       smtpguard logscan /var/log/mail.log /var/log/mail.log.1 /var/log/mail.log.2.gz
       zcat /var/log/exim4/mainlog.*.gz | smtpguard logscan - --format jsonl
       smtpguard logscan --follow /var/log/mail.log
+      smtpguard logscan --apply /var/log/mail.log.2.gz /var/log/mail.log.1 /var/log/mail.log
     """
     from smtpguard.classify import Classifier
     from smtpguard.ops.logread import check_inputs, is_gzip
@@ -80,20 +98,36 @@ def logscan(files: tuple[str, ...], follow: bool, from_end: bool, fmt: str, top:
     elif from_end:
         raise UserError("--from-end only applies with --follow")
     cfg = get_config()
-    scanner = Scanner(Classifier.load(cfg.classifier.rules_file or None))
-    items = _follow(scanner, names, from_end) if follow else _scan(scanner, names)
-    # Following ends with Ctrl-C or SIGTERM, then the summary; a scan cut short by
-    # Ctrl-C is no summary of the files, so it ends as an interruption (exit 130).
-    with contextlib.suppress(KeyboardInterrupt) if follow else contextlib.nullcontext():
-        for item in items:
-            _emit(item, fmt, follow)
+    scanner = Scanner(Classifier.load(cfg.classifier.rules_file or None), deliveries=apply)
+    applier: LogApplier | None = None
+    if apply:
+        from smtpguard.ops.logapply import LogApplier
+
+        applier = LogApplier(cfg)
+    on_idle = applier.flush if applier else None
+    items = _follow(scanner, names, from_end, on_idle) if follow else _scan(scanner, names)
+    try:
+        # Following ends with Ctrl-C or SIGTERM, then the summary; a scan cut short by
+        # Ctrl-C is no summary of the files, so it ends as an interruption (exit 130).
+        with contextlib.suppress(KeyboardInterrupt) if follow else contextlib.nullcontext():
+            for item in items:
+                if applier is not None:
+                    applier.add(item)
+                if item.event.status != "delivered":
+                    _emit(item, fmt, follow)
+    finally:
+        if applier is not None:
+            applier.close()
     summary = scanner.done()
+    record = summary.to_dict(top)
+    if applier is not None:
+        record["applied"] = dict(applier.outcomes)
     if fmt == "json":
-        emit_json(summary.to_dict(top))
+        emit_json(record)
     elif fmt == "jsonl":
-        _line({"type": "summary", **summary.to_dict(top)})
+        _line({"type": "summary", **record})
     else:
-        _summary(summary, top)
+        _summary(summary, top, record.get("applied"))
 
 
 def _scan(scanner: Scanner, names: list[str]) -> Iterator[Scanned]:
@@ -122,7 +156,7 @@ def _scan(scanner: Scanner, names: list[str]) -> Iterator[Scanned]:
             )
 
 
-def _follow(scanner: Scanner, names: list[str], from_end: bool) -> Iterator[Scanned]:
+def _follow(scanner: Scanner, names: list[str], from_end: bool, on_idle: Any) -> Iterator[Scanned]:
     """Follow until SIGINT or SIGTERM (a service manager stopping it)."""
 
     def stop(signum: int, frame: Any) -> None:
@@ -130,7 +164,7 @@ def _follow(scanner: Scanner, names: list[str], from_end: bool) -> Iterator[Scan
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        yield from scanner.follow(names, from_end=from_end)
+        yield from scanner.follow(names, from_end=from_end, on_idle=on_idle)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -153,7 +187,7 @@ def _line(record: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _summary(summary: Summary, top: int) -> None:
+def _summary(summary: Summary, top: int, applied: dict[str, int] | None) -> None:
     from rich.table import Table
 
     out = console()
@@ -169,21 +203,29 @@ def _summary(summary: Summary, top: int) -> None:
         domains = Table(
             show_edge=False, header_style="bold", title="by recipient domain", title_justify="left"
         )
-        for name in ("domain", "bounced", "deferred", "top reason"):
-            domains.add_column(name, justify="right" if name in ("bounced", "deferred") else "left")
+        counted = (
+            ("bounced", "deferred", "delivered") if summary.delivered else ("bounced", "deferred")
+        )
+        for name in ("domain", *counted, "top reason"):
+            domains.add_column(name, justify="right" if name in counted else "left")
         for domain, c in summary.top_domains(top):
             top_reason = c.reasons.most_common(1)[0][0] if c.reasons else ""
-            domains.add_row(domain, f"{c.bounced:,}", f"{c.deferred:,}", top_reason)
+            numbers = [f"{getattr(c, name):,}" for name in counted]
+            domains.add_row(domain, *numbers, top_reason)
         out.print(domains)
     out.print(_totals(summary), highlight=False)
+    if applied is not None:
+        done = ", ".join(f"{n:,} {outcome}" for outcome, n in sorted(applied.items())) or "nothing"
+        out.print(f"applied to the suppression list (evidence log): {done}", highlight=False)
 
 
 def _totals(s: Summary) -> str:
     rate = f"{s.lines_per_second():,.0f} lines/s" if s.seconds else ""
+    delivered = f" {s.delivered:,} delivered," if s.delivered else ""
     text = (
         f"{s.files} file{'s' if s.files != 1 else ''}, {s.lines:,} lines, {s.bytes / 1e6:,.1f} MB"
         f" in {s.seconds:.1f} s ({rate}): {s.bounced:,} bounced, {s.deferred:,} deferred,"
-        f" {s.suppressible:,} with a bad address"
+        f"{delivered} {s.suppressible:,} with a bad address"
     )
     if s.unparsed:
         text += f"; {s.unparsed:,} failure-like lines in no known format"

@@ -40,15 +40,24 @@ Sendmail, one line per delivery attempt with ``dsn=`` and ``stat=``::
 
 (``to=`` may list several recipients; a 4.x.x ``dsn=`` is a deferral and its
 ``stat=Deferred: 451 ...`` carries the reply.)
+
+Successful deliveries (Postfix ``status=sent``, Exim ``=>`` and ``->``,
+Sendmail ``dsn=2.x.x``) are read only when asked (``deliveries=True``, for
+``logscan --apply``: the suppression policy counts every attempt to a
+destination, not only the failures). A parser returns None for a line that is
+not its format, and an empty list for one of its lines that reports nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Literal
 
-Status = Literal["bounced", "deferred"]
+Status = Literal["bounced", "deferred", "delivered"]
 
 #: Byte strings every failure line of some format contains.
 NEEDLES: tuple[bytes, ...] = (
@@ -59,13 +68,15 @@ NEEDLES: tuple[bytes, ...] = (
     b" == ",
     b", stat=",
 )
+#: Byte strings every successful delivery line contains (read with ``deliveries``).
+DELIVERY_NEEDLES: tuple[bytes, ...] = (b"status=sent", b" => ", b" -> ")
 #: Longest reply text kept per event.
 MAX_REPLY = 2000
 
 
 @dataclass(frozen=True, slots=True)
 class LogEvent:
-    """One failed or deferred delivery to one recipient, as the MTA logged it."""
+    """One delivery attempt to one recipient (failed, deferred or delivered), as logged."""
 
     mta: Literal["postfix", "exim", "sendmail"]
     status: Status
@@ -85,6 +96,13 @@ _TIME = re.compile(
     r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d"  # traditional syslog
     r"|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)"  # RFC 3339 (rsyslog)
 )
+#: What each verb of the MTAs means.
+_POSTFIX_STATUS: dict[str, Status] = {
+    "bounced": "bounced",
+    "deferred": "deferred",
+    "SOFTBOUNCE": "deferred",
+    "sent": "delivered",
+}
 
 # --------------------------------------------------------------------------- Postfix
 
@@ -92,7 +110,7 @@ _POSTFIX = re.compile(
     r"[\w.-]+(?:/[\w.-]+)+\[\d+\]: (?P<qid>[0-9A-Za-z]{5,20}): to=<(?P<rcpt>[^>]{0,512})>,"
     r"(?: orig_to=<[^>]{0,512}>,)? relay=(?P<relay>[^,]{0,300}),(?: conn_use=\d+,)?"
     r" delay=[\d.]+, delays=[\d./]+, dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}),"
-    r" status=(?P<status>bounced|deferred|SOFTBOUNCE) \((?P<reply>.*)\)\s*$"
+    r" status=(?P<status>bounced|deferred|SOFTBOUNCE|sent) \((?P<reply>.*)\)\s*$"
 )
 _POSTFIX_STAGE = re.compile(r"\s*\(in reply to (?P<cmd>[A-Za-z ]{2,20}?) command\)$")
 _POSTFIX_HOST = re.compile(
@@ -117,18 +135,25 @@ def parse_postfix(line: str) -> LogEvent | None:
         if "refused to talk" in hm.group(0):
             stage = "connect"
         reply = reply[hm.end() :]
-    status: Status = "bounced" if m.group("status") == "bounced" else "deferred"
+    status = _POSTFIX_STATUS[m.group("status")]
     return LogEvent(
-        mta="postfix", status=status, recipient=m.group("rcpt"), reply=reply[:MAX_REPLY],
-        dsn=m.group("dsn"), stage=stage, relay=relay, queue_id=m.group("qid"), time=_time(line),
-    )  # fmt: skip
+        mta="postfix",
+        status=status,
+        recipient=m.group("rcpt"),
+        reply=reply[:MAX_REPLY],
+        dsn=m.group("dsn"),
+        stage=stage,
+        relay=relay,
+        queue_id=m.group("qid"),
+        time=_time(line),
+    )
 
 
 # --------------------------------------------------------------------------- Exim
 
 _EXIM = re.compile(
-    r"^(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{3})?)(?: [+-]\d{4})?(?: \[\d+\])?"
-    r" (?P<qid>[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) (?P<mark>\*\*|==)"
+    r"^(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{3})?(?: [+-]\d{4})?)(?: \[\d+\])?"
+    r" (?P<qid>[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) (?P<mark>\*\*|==|=>|->)"
     r" (?P<rcpt>[^\s:]{1,512})(?P<sep>: | )(?P<rest>.*)$"
 )
 _EXIM_SMTP = re.compile(
@@ -142,6 +167,8 @@ def parse_exim(line: str) -> LogEvent | None:
     m = _EXIM.match(line)
     if not m:
         return None
+    if m.group("mark") in ("=>", "->"):
+        return _exim_delivered(m)
     if m.group("sep") == ": ":  # "** bob@example.com: Unrouteable address": no fields
         fields, message = "", m.group("rest")
     else:
@@ -160,9 +187,33 @@ def parse_exim(line: str) -> LogEvent | None:
     reply = reply.replace("\\n", "\n")
     status: Status = "bounced" if m.group("mark") == "**" else "deferred"
     return LogEvent(
-        mta="exim", status=status, recipient=m.group("rcpt"), reply=reply[:MAX_REPLY],
-        stage=stage, relay=relay, queue_id=m.group("qid"), time=m.group("time"),
-    )  # fmt: skip
+        mta="exim",
+        status=status,
+        recipient=m.group("rcpt"),
+        reply=reply[:MAX_REPLY],
+        stage=stage,
+        relay=relay,
+        queue_id=m.group("qid"),
+        time=m.group("time"),
+    )
+
+
+def _exim_delivered(m: re.Match[str]) -> LogEvent:
+    """``=> al@example.com R=...`` (or ``=> al <al@example.com> R=...`` for a local
+    part with its original address): the address delivered to."""
+    recipient, rest = m.group("rcpt"), m.group("rest")
+    if "@" not in recipient and rest.startswith("<"):
+        recipient = rest[1 : rest.find(">")] if ">" in rest else recipient
+    hm = _EXIM_HOST.search(rest)
+    return LogEvent(
+        mta="exim",
+        status="delivered",
+        recipient=recipient,
+        reply="",
+        relay=hm.group(1) if hm else "",
+        queue_id=m.group("qid"),
+        time=m.group("time"),
+    )
 
 
 def _exim_split(rest: str) -> tuple[str, str]:
@@ -187,16 +238,18 @@ _SENDMAIL_FIELD = re.compile(r", (?=[a-z_]{2,12}=)")
 _SENDMAIL_RELAY = re.compile(r"(?:^|, )relay=([^,]{1,300})")
 
 
-def parse_sendmail(line: str) -> list[LogEvent]:
+def parse_sendmail(line: str) -> list[LogEvent] | None:
     m = _SENDMAIL.search(line)
-    if not m or m.group("dsn")[0] == "2":
-        return []
+    if not m:
+        return None
     parts = _SENDMAIL_FIELD.split(m.group("middle"), maxsplit=1)
     recipients = [r.strip().strip("<>") for r in parts[0].split(",") if r.strip()]
     rm = _SENDMAIL_RELAY.search(parts[1]) if len(parts) > 1 else None
     stat = m.group("stat").strip()
-    status: Status = "bounced" if m.group("dsn")[0] == "5" else "deferred"
-    if stat.lower().startswith("deferred"):
+    status: Status = {"5": "bounced", "4": "deferred"}.get(m.group("dsn")[0], "delivered")
+    if status == "delivered":
+        stat = ""
+    elif stat.lower().startswith("deferred"):
         stat = stat[8:].lstrip(": ") or "Deferred"
     relay, qid, when = (rm.group(1).strip() if rm else ""), m.group("qid"), _time(line)
     return [
@@ -217,17 +270,24 @@ def parse_sendmail(line: str) -> list[LogEvent]:
 # --------------------------------------------------------------------------- shared
 
 
-def parse_line(line: str) -> list[LogEvent]:
-    """The failure events on one log line ([] when it is not a failure line)."""
+def parse_line(line: str, *, deliveries: bool = False) -> list[LogEvent] | None:
+    """The events on one log line: failures, and successful deliveries too when
+    ``deliveries``. None when the line is in no known format."""
+    events: list[LogEvent] | None
     if "status=" in line:
         event = parse_postfix(line)
-        return [event] if event else []
-    if ", stat=" in line:
-        return parse_sendmail(line)
-    if " ** " in line or " == " in line:
+        events = None if event is None else [event]
+    elif ", stat=" in line:
+        events = parse_sendmail(line)
+    elif " ** " in line or " == " in line or " => " in line or " -> " in line:
         event = parse_exim(line)
-        return [event] if event else []
-    return []
+        # An Exim line of its own kind that is no attempt ("retry time not reached").
+        events = [event] if event else ([] if _EXIM.match(line) else None)
+    else:
+        return None
+    if events and not deliveries:
+        return [e for e in events if e.status != "delivered"]
+    return events
 
 
 def smtp_stage(command: str) -> str:
@@ -258,3 +318,43 @@ _STAGES = (
 def _time(line: str) -> str:
     m = _TIME.match(line)
     return m.group(1) if m else ""
+
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def timestamp(logged: str, reference: float | None = None) -> float | None:
+    """Epoch seconds of a logged time, None when it cannot be read.
+
+    RFC 3339 (rsyslog) and Exim's ``2024-03-01 10:00:00 [+0100]`` carry a date;
+    traditional syslog (``Mar  1 10:00:00``) has no year: the year that puts it
+    in the past of ``reference`` (now), at most a day ahead. Times without an
+    offset are local time, as the MTA wrote them.
+    """
+    if not logged:
+        return None
+    try:
+        if logged[:1].isdigit():  # "2024-03-01 10:00:00 +0100": no space before the offset
+            return datetime.fromisoformat(logged.replace(" +", "+").replace(" -", "-")).timestamp()
+        month, day, clock = logged.split()
+        ref = datetime.fromtimestamp(reference if reference is not None else time.time())
+        hour, minute, second = (int(x) for x in clock.split(":"))
+        when = ref.replace(
+            month=_MONTHS[month],
+            day=int(day),
+            hour=hour,
+            minute=minute,
+            second=second,
+            microsecond=0,
+        )
+        if when.timestamp() > ref.timestamp() + 86400:
+            when = when.replace(year=ref.year - 1)
+        return when.timestamp()
+    except (ValueError, KeyError):
+        return None

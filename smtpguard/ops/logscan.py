@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smtpguard.classify import Classifier, Verdict
-from smtpguard.ops.logformats import NEEDLES, LogEvent, parse_line
+from smtpguard.ops.logformats import DELIVERY_NEEDLES, NEEDLES, LogEvent, parse_line
 from smtpguard.ops.logread import Follower, Line, LineFilter, open_source, read_lines
 
 #: Recipient domains counted one by one; the rest are summed as "(other)".
@@ -53,6 +53,7 @@ class Scanned:
 class DomainCount:
     bounced: int = 0
     deferred: int = 0
+    delivered: int = 0  # counted only when deliveries are read (--apply)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -65,9 +66,10 @@ class Summary:
     bytes: int = 0
     long_lines: int = 0  # cut at the maximum line length
     unparsed: int = 0  # lines that looked like failures but matched no format
-    events: int = 0
+    events: int = 0  # failures: bounced + deferred
     bounced: int = 0
     deferred: int = 0
+    delivered: int = 0  # counted only when deliveries are read (--apply)
     suppressible: int = 0  # verdicts saying the address itself is bad
     seconds: float = 0.0
     by_mta: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -76,15 +78,16 @@ class Summary:
 
     def add(self, item: Scanned) -> None:
         e, v = item.event, item.verdict
+        if e.status == "delivered":
+            self.delivered += 1
+            self._domain(e.recipient).delivered += 1
+            return
         self.events += 1
         self.by_mta[e.mta] += 1
         self.by_reason[(v.reason, v.bounce)] += 1
         if v.suppress:
             self.suppressible += 1
-        domain = e.recipient.rpartition("@")[2].lower() or "(none)"
-        if domain not in self.by_domain and len(self.by_domain) >= MAX_DOMAINS:
-            domain = OTHER
-        counts = self.by_domain.setdefault(domain, DomainCount())
+        counts = self._domain(e.recipient)
         counts.reasons[v.reason] += 1
         if e.status == "bounced":
             self.bounced += 1
@@ -93,13 +96,21 @@ class Summary:
             self.deferred += 1
             counts.deferred += 1
 
+    def _domain(self, recipient: str) -> DomainCount:
+        domain = recipient.rpartition("@")[2].lower() or "(none)"
+        if domain not in self.by_domain and len(self.by_domain) >= MAX_DOMAINS:
+            domain = OTHER
+        return self.by_domain.setdefault(domain, DomainCount())
+
     def lines_per_second(self) -> float:
         return self.lines / self.seconds if self.seconds > 0 else 0.0
 
     def top_domains(self, n: int) -> list[tuple[str, DomainCount]]:
-        return sorted(
-            self.by_domain.items(), key=lambda kv: (-(kv[1].bounced + kv[1].deferred), kv[0])
-        )[:n]
+        def failures(kv: tuple[str, DomainCount]) -> tuple[int, int, str]:
+            c = kv[1]
+            return (-(c.bounced + c.deferred), -c.delivered, kv[0])
+
+        return sorted(self.by_domain.items(), key=failures)[:n]
 
     def top_reasons(self) -> list[tuple[str, str, int]]:
         return sorted(
@@ -116,6 +127,7 @@ class Summary:
             "events": self.events,
             "bounced": self.bounced,
             "deferred": self.deferred,
+            "delivered": self.delivered,
             "suppressible": self.suppressible,
             "seconds": round(self.seconds, 3),
             "by_mta": dict(self.by_mta),
@@ -125,6 +137,7 @@ class Summary:
                     "domain": d,
                     "bounced": c.bounced,
                     "deferred": c.deferred,
+                    "delivered": c.delivered,
                     "top_reason": c.reasons.most_common(1)[0][0] if c.reasons else "",
                 }
                 for d, c in self.top_domains(top)
@@ -133,23 +146,35 @@ class Summary:
 
 
 class Scanner:
-    """Parse and classify candidate lines; keeps the :class:`Summary`."""
+    """Parse and classify candidate lines; keeps the :class:`Summary`.
 
-    needles = NEEDLES
+    With ``deliveries`` it also reads successful deliveries (yielded with a
+    ``delivered`` verdict, not classified), for the suppression policy's
+    per-destination counts.
+    """
 
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier: Classifier, *, deliveries: bool = False) -> None:
         self.classifier = classifier
+        self.deliveries = deliveries
+        self.needles = NEEDLES + DELIVERY_NEEDLES if deliveries else NEEDLES
         self.summary = Summary()
         self._started = time.monotonic()
 
     def scan(self, name: str, lines: Iterable[Line]) -> Iterator[Scanned]:
         for line in lines:
-            events = parse_line(line.data.decode("utf-8", "replace"))
-            if not events:
+            events = parse_line(line.data.decode("utf-8", "replace"), deliveries=self.deliveries)
+            if events is None:
                 self.summary.unparsed += 1
                 continue
             for event in events:
-                item = Scanned(f"{name}:{line.lineno}", event, self.classify(event))
+                if event.status == "delivered":  # a fact of the log, nothing to classify
+                    verdict = Verdict(
+                        recipient=event.recipient, reason="delivered", bounce="none",
+                        action="delivered", remote_host=event.relay, format="log",
+                    )  # fmt: skip
+                else:
+                    verdict = self.classify(event)
+                item = Scanned(f"{name}:{line.lineno}", event, verdict)
                 self.summary.add(item)
                 yield item
 
@@ -186,10 +211,16 @@ class Scanner:
             self._count(lines)
 
     def follow(
-        self, names: list[str], *, poll: float = 0.25, from_end: bool = False
+        self,
+        names: list[str],
+        *,
+        poll: float = 0.25,
+        from_end: bool = False,
+        on_idle: Callable[[], None] | None = None,
     ) -> Iterator[Scanned]:
         """Scan the files, then keep following them across rotation until interrupted
-        (KeyboardInterrupt, or the caller stops iterating)."""
+        (KeyboardInterrupt, or the caller stops iterating); ``on_idle`` runs each time
+        the files have nothing new (before waiting)."""
         followers = [Follower(n, self.needles, from_end=from_end) for n in names]
         try:
             while True:
@@ -200,6 +231,8 @@ class Scanner:
                         idle = False
                         yield from self.scan(f.path, found)
                 if idle:
+                    if on_idle is not None:
+                        on_idle()
                     time.sleep(poll)
         finally:
             for f in followers:
