@@ -60,6 +60,7 @@ def test_table_shows_each_check_with_status_and_fix(cli: Cli, doctor_dns: Doctor
     assert any("PTR mismatch" in line for line in lines)
     assert "nullmx.test: " in r.stdout and "(exit 3)" in r.stdout
     assert "not checked: dkim" in r.stdout
+    assert "[/]" not in r.stdout  # statuses are styled, not markup printed as text
 
 
 def test_listed_ip_is_reported_in_json(cli: Cli, doctor_dns: DoctorZones) -> None:

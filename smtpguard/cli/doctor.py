@@ -98,15 +98,16 @@ def doctor(
 
 def _table(report: DoctorReport) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_edge=False, header_style="bold")
     for name in ("check", "status", "result", "fix"):
         table.add_column(name, no_wrap=name in ("check", "status"))
     for f in report.findings:
-        table.add_row(f.check, f"[{STYLES[f.status]}]{f.status}[/]", f.summary, f.fix)
+        table.add_row(f.check, Text(f.status, style=STYLES[f.status]), f.summary, f.fix)
     out = console()
     out.print(table)
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
     out.print(f"{report.domain}: {counts} (exit {report.exit_code})", highlight=False)
     for note in report.skipped:
-        out.print(f"[dim]not checked: {note}[/]", highlight=False)
+        out.print(Text(f"not checked: {note}", style="dim"))
