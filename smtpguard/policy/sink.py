@@ -42,7 +42,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from smtpguard.classify.verdict import Verdict
@@ -174,7 +174,7 @@ class SinkPlan:
         )
         if count == 1:
             store.record_history(
-                conn, _with_note(obs, "first sighting of this DNS answer"), "recorded", actor, now
+                conn, replace(obs, note="first sighting of this DNS answer"), "recorded", actor, now
             )
         return Applied(obs.address, "recorded", wait)
 
@@ -182,7 +182,8 @@ class SinkPlan:
         """After the commit: metrics, logs and the sink's memory of what is pending."""
         sink, kind = self._sink, self.evidence.kind
         for step, applied in zip(self.steps, self._applied, strict=True):
-            metrics.VERDICTS.labels(kind, applied.outcome).inc()
+            if step.op != "delivered" or applied.outcome == "discarded":
+                metrics.VERDICTS.labels(kind, applied.outcome).inc()
             if applied.outcome == "suppressed" and step.obs is not None:
                 metrics.SUPPRESSED.labels(step.obs.reason).inc()
             elif applied.outcome == "pending":
@@ -199,14 +200,6 @@ class SinkPlan:
 
 def _is_noop(s: _Step) -> bool:
     return s.op == "delivered" and not (s.refute or s.forget_dns)
-
-
-def _with_note(obs: Observation, note: str) -> Observation:
-    return Observation(
-        obs.address, obs.kind, obs.reason, obs.source, obs.status, obs.reply_code,
-        obs.diagnostic, obs.expires, note, obs.first_seen, obs.last_seen, obs.count,
-        obs.evidence,
-    )  # fmt: skip
 
 
 class SuppressionSink:
@@ -266,19 +259,22 @@ class SuppressionSink:
         mode = self._modes.get(evidence.kind, "enforce")
         steps: list[_Step] = []
         for v in verdicts:
-            rcpt = canonical(v.recipient)
-            domain = rcpt.rpartition("@")[2]
-            destination = evidence.destination or domain
-            self.storm.attempt(destination, now)
             if _is_delivery(v):
+                # The common case, kept cheap: no normalising unless there is something
+                # to refute (the relay's recipient domains are normalised already).
+                domain = v.recipient.rpartition("@")[2].lower()
+                destination = evidence.destination or domain
+                self.storm.attempt(destination, now)
+                refute = destination in self.pending_destinations
+                forget = domain in self.dns_domains
+                rcpt = canonical(v.recipient) if refute or forget else v.recipient
                 steps.append(
-                    _Step(
-                        "delivered", rcpt, "delivered",
-                        refute=destination in self.pending_destinations,
-                        forget_dns=domain in self.dns_domains,
-                    )
-                )  # fmt: skip
+                    _Step("delivered", rcpt, "delivered", refute=refute, forget_dns=forget)
+                )
                 continue
+            rcpt = canonical(v.recipient)
+            destination = evidence.destination or rcpt.rpartition("@")[2]
+            self.storm.attempt(destination, now)
             j = judge(v, evidence, rcpt)
             if j.ruling == "ignore":
                 steps.append(_Step("ignore", rcpt, j.why))
