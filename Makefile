@@ -29,6 +29,7 @@ bench: setup-test
 	$(PY) benchmarks/classify_bench.py
 	$(PY) benchmarks/suppression_bench.py
 	$(PY) benchmarks/relay_throughput.py
+	$(PY) benchmarks/smtpclient_bench.py
 
 # Debian packages, installed only when missing. "No configuration" leaves the
 # system Postfix unconfigured and stopped: tests start their own instances.

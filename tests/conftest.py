@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.fixtures.dns",
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
+    "tests.fixtures.rawsmtp",
     "tests.fixtures.relay",
 ]
