@@ -6,5 +6,6 @@ pytest_plugins = [
     "tests.fixtures.maillogs",
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
+    "tests.fixtures.rawsmtp",
     "tests.fixtures.relay",
 ]
