@@ -3,7 +3,9 @@
 pytest_plugins = [
     "tests.fixtures.cli",
     "tests.fixtures.dns",
+    "tests.fixtures.maillogs",
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
+    "tests.fixtures.rawsmtp",
     "tests.fixtures.relay",
 ]

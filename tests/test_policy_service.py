@@ -22,6 +22,8 @@ from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.net import free_port
 from tests.fixtures.relay import REPO, SUPPRESSED, RelayProcess
 
+pytestmark = pytest.mark.slow
+
 StartService = Callable[..., RelayProcess]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from smtpguard.policy.recipient import ACCEPT, LOOKUP_FAILED, Decision
 from smtpguard.postfix.answers import (
     PASS,
     Answer,
@@ -12,8 +13,7 @@ from smtpguard.postfix.answers import (
     rcpt_answer,
     trouble_answer,
 )
-from smtpguard.postfix.interim_policy import ACCEPT, LOOKUP_FAILED, Decision
-from smtpguard.store.suppression import SuppressionEntry
+from smtpguard.store.entries import SuppressionEntry
 
 ENTRY = SuppressionEntry(
     address="bob@example.com", kind="address", reason="userunknown", status="5.1.1",

@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from smtpguard.config import Config
-from smtpguard.relay.inbound import suppressed_reply
 from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.mx import TestMx
 from tests.fixtures.net import free_port
 from tests.fixtures.postfix import PostfixFactory, PostfixInstance
-from tests.fixtures.relay import SUPPRESSED, RelayProcess
+from tests.fixtures.relay import SUPPRESSED, RelayProcess, relay_refusal
+
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]
 
 GOOD = "carol@example.com"
 SENDER = "alice@sender.test"
@@ -69,9 +69,7 @@ class Stack:
 
     def expected_refusal(self, address: str) -> str:
         """What the relay answers at RCPT for ``address`` (its exact text)."""
-        entry = self.store.lookup(address)
-        assert entry is not None
-        return suppressed_reply(Config().relay.suppressed_reply, address, entry)
+        return relay_refusal(self.store, address)
 
     def delivered(self, count: int) -> list[Any]:
         return self.mx.wait_for(count, timeout=20)
@@ -171,17 +169,34 @@ def test_an_incoming_dsn_is_recorded_as_unverified_and_suppresses_nobody(stack: 
     [received] = stack.delivered(1)
     assert received.message()["X-Smtpguard-Bounce"] == (
         f"{failed}; bounce=hard; reason=userunknown; status=5.1.1;"
-        " evidence=dsn-unverified; outcome=ignored"
+        " evidence=dsn-unverified; outcome=recorded"
     )
     assert stack.store.lookup(failed) is None
-    assert "dsn-unverified: kijitora@example.net userunknown ignored" in stack.milter.log()
+    [history] = stack.store.history(failed)
+    assert (history.action, history.evidence, history.actor) == (
+        "recorded", "dsn-unverified", "milter",
+    )  # fmt: skip
+    assert history.note.startswith("postfix queue id ")
+    assert "dsn-unverified: kijitora@example.net userunknown recorded" in stack.milter.log()
 
 
-def test_an_arf_report_is_recorded_as_a_complaint(stack: Stack) -> None:
+def test_an_arf_report_goes_to_the_sink_as_a_complaint(stack: Stack) -> None:
     report = (CORPUS / "arf-02.eml").read_bytes()
     assert stack.postfix.send("fbl@isp.example", SENDER, report, source=OUTSIDE).code == 250
     [received] = stack.delivered(1)
-    assert "reason=feedback; evidence=arf" in received.message()["X-Smtpguard-Bounce"]
+    header = received.message()["X-Smtpguard-Bounce"]
+    assert "reason=feedback; evidence=arf; outcome=suppressed" in header
+    complainer = header.split(";")[0]
+    entry = stack.store.lookup(complainer)
+    assert entry is not None and (entry.reason, entry.evidence) == ("complaint", "arf")
+
+
+def test_an_auto_reply_records_nothing(stack: Stack) -> None:
+    reply = message("Out of Office: hello", "Auto-Submitted: auto-replied\r\n")
+    assert stack.postfix.send("carol@example.com", SENDER, reply, source=OUTSIDE).code == 250
+    [received] = stack.delivered(1)
+    assert received.message()["X-Smtpguard-Bounce"] is None
+    assert stack.store.history(GOOD) == []
 
 
 def test_a_forged_bounce_header_from_outside_is_removed(stack: Stack) -> None:

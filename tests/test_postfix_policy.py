@@ -9,13 +9,13 @@ from collections.abc import Callable
 
 import pytest
 
-from smtpguard.config import Config
-from smtpguard.relay.inbound import suppressed_reply
 from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.mx import TestMx
 from tests.fixtures.net import free_port
 from tests.fixtures.postfix import PostfixFactory, PostfixInstance
-from tests.fixtures.relay import SUPPRESSED, RelayProcess
+from tests.fixtures.relay import SUPPRESSED, RelayProcess, relay_refusal
+
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]
 
 GOOD = "carol@example.com"
 SENDER = "alice@sender.test"
@@ -42,9 +42,7 @@ def postfix(
 def test_postfix_refuses_a_suppressed_recipient_with_the_relays_text(
     postfix: PostfixInstance, store: SuppressionStore
 ) -> None:
-    entry = store.lookup(SUPPRESSED)
-    assert entry is not None
-    relay_text = suppressed_reply(Config().relay.suppressed_reply, SUPPRESSED, entry)
+    relay_text = relay_refusal(store, SUPPRESSED)
     reply = postfix.send(SENDER, SUPPRESSED, MESSAGE)
     # Postfix inserts "Recipient address rejected:" after the address in every
     # access-map and policy rejection; code, status, address and our text are the relay's.

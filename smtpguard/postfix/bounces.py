@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from smtpguard.classify.message import MAX_BYTES
 from smtpguard.classify.verdict import Verdict
+from smtpguard.policy.evidence import EvidenceKind
 
 #: The header the milter adds to an incoming bounce (and removes from one that arrives with it).
 HEADER = "X-Smtpguard-Bounce"
@@ -77,7 +78,7 @@ class MessageCopy:
 
 def evidence_kind(
     verdict: Verdict, return_paths: Sequence[str], check: ReturnPathCheck | None
-) -> str:
+) -> EvidenceKind:
     """``arf``, ``dsn-verified`` or ``dsn-unverified`` for one verdict of a returned message.
 
     ``return_paths``: the envelope recipients of the returned message (where it

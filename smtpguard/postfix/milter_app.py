@@ -47,7 +47,9 @@ from smtpguard.classify import Classifier
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config, parse_milter_socket
 from smtpguard.errors import UserError
-from smtpguard.postfix import interim_policy
+from smtpguard.policy import Evidence, EvidenceKind, open_recipient_policy, open_sink
+from smtpguard.policy.recipient import Client, RecipientPolicy
+from smtpguard.policy.sink import SinkReport, VerdictSink
 from smtpguard.postfix.answers import Answer, milter_reply, rcpt_answer, trouble_answer
 from smtpguard.postfix.background import MILTER_SIGNALS, BackgroundLoop
 from smtpguard.postfix.bounces import (
@@ -58,7 +60,6 @@ from smtpguard.postfix.bounces import (
     bounce_header,
     evidence_kind,
 )
-from smtpguard.postfix.interim_policy import Client, RecipientPolicy, SinkReport, VerdictSink
 from smtpguard.postfix.metrics import BOUNCES, ServiceMetrics
 
 log = logging.getLogger("smtpguard.milter")
@@ -136,9 +137,11 @@ class MilterApp:
         """
         with self._classify_lock:  # Classifier.stats is a shared Counter
             verdicts = self.classifier.message(raw)
+        # An auto-reply says nothing about the address (bounce intake drops them too).
+        verdicts = [v for v in verdicts if v.reason != "vacation"]
         if not verdicts:
             return []
-        groups: dict[str, list[Verdict]] = {}
+        groups: dict[EvidenceKind, list[Verdict]] = {}
         for v in verdicts:
             groups.setdefault(evidence_kind(v, return_paths, self.return_path_check), []).append(v)
         note = f"postfix queue id {queue_id}" if queue_id else ""
@@ -172,8 +175,8 @@ class MilterApp:
         return recorded
 
 
-def _evidence(kind: str, note: str) -> interim_policy.Evidence:
-    return interim_policy.Evidence(kind=kind, actor="milter", note=note)
+def _evidence(kind: EvidenceKind, note: str) -> Evidence:
+    return Evidence(kind=kind, actor="milter", note=note)
 
 
 def _outcomes(report: SinkReport) -> dict[str, str]:
@@ -387,16 +390,16 @@ def run(cfg: Config, *, on_listening: Callable[[str], None] | None = None) -> in
     settings = cfg.milter
     spec = libmilter_socket(settings.listen)
     classifier = Classifier.load(cfg.classifier.rules_file or None)
-    policy = interim_policy.open_recipient_policy(cfg)
+    policy = open_recipient_policy(cfg)
     loop = BackgroundLoop("smtpguard-sink")
     sink: VerdictSink | None = None
     try:
-        sink = loop.run(interim_policy.open_sink(cfg), OPEN_TIMEOUT)
+        sink = loop.run(open_sink(cfg), OPEN_TIMEOUT)
         app = MilterApp(cfg, policy, sink, loop, classifier)
         session = BounceSession if settings.record_bounces else Session
         _register(lambda: session(app), settings.on_error)
         if settings.metrics_listen:
-            from smtpguard.relay.metrics import serve as serve_metrics
+            from smtpguard.metrics import serve as serve_metrics
 
             serve_metrics(settings.metrics_listen)
         _open_socket(spec, settings.listen, settings.socket_mode)

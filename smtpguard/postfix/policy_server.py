@@ -32,9 +32,9 @@ from typing import cast
 
 from smtpguard.config import Config, parse_hostport
 from smtpguard.errors import UserError
-from smtpguard.postfix import interim_policy
+from smtpguard.policy import open_recipient_policy
+from smtpguard.policy.recipient import Client, RecipientPolicy
 from smtpguard.postfix.answers import Answer, policy_action, rcpt_answer, trouble_answer
-from smtpguard.postfix.interim_policy import RecipientPolicy
 from smtpguard.postfix.metrics import POLICY_CONNECTIONS, ServiceMetrics
 from smtpguard.postfix.policy_protocol import END, RequestError, encode_reply, parse_request
 
@@ -96,7 +96,7 @@ class PolicyServer:
         return policy_action(answer)
 
     def _check(self, attrs: dict[str, str], recipient: str) -> Answer:
-        client = interim_policy.Client(
+        client = Client(
             ip=attrs.get("client_address", ""),
             helo=attrs.get("helo_name", ""),
             name=attrs.get("client_name", ""),
@@ -194,7 +194,7 @@ class _Connection(asyncio.Protocol):
 
 async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None = None) -> int:
     """Run the policy service until SIGTERM or SIGINT; returns the exit code (0)."""
-    policy = interim_policy.open_recipient_policy(cfg)
+    policy = open_recipient_policy(cfg)
     server = PolicyServer(cfg, policy)
     try:
         host, port = await server.start()
@@ -203,7 +203,7 @@ async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None 
         listen = cfg.policy_service.listen
         raise UserError(f"policy_service.listen {listen}: {e.strerror or e}") from None
     if cfg.policy_service.metrics_listen:
-        from smtpguard.relay.metrics import serve as serve_metrics
+        from smtpguard.metrics import serve as serve_metrics
 
         serve_metrics(cfg.policy_service.metrics_listen)
     stop = asyncio.Event()
