@@ -8,6 +8,8 @@ machine drifts, so only ratios within a round mean anything):
   smtpguard-milter ... Postfix with `smtpguard milter` (conf/postfix/milter.cf)
   milter-inbound   ... the same, every client counted as inbound: every message is
                    also copied to the milter and classified (it is not a bounce)
+  noop-policy      ... Postfix with a policy server that answers DUNNO at once
+                   (asyncio, no lookup: what Postfix's policy client itself costs)
   policy           ... Postfix with `smtpguard policy` (conf/postfix/policy.cf)
 
 Each Postfix relays to one ``smtp-sink``; a run counts messages AT THE SINK until
@@ -15,7 +17,10 @@ every one has arrived. smtp-source sends one message per connection. The
 suppression list holds ``--suppressed`` addresses (the recipient is not one of
 them: every message reaches the sink, and every RCPT costs a real lookup).
 Goals: smtpguard's milter >= 0.9x the do-nothing milter; the policy service >=
-0.95x no check at all.
+0.95x no check at all (also shown against the do-nothing policy server). Besides
+messages/s, the CPU per message of Postfix (all its daemons) and of the milter or
+policy process is printed: with other load on the machine it is steadier than
+throughput, and "CPU-bound estimate" is the ratio those costs predict.
 
 Run as root: ``python benchmarks/milter_bench.py``. Does not depend on pytest.
 """
@@ -46,8 +51,15 @@ from relay_throughput import (
 
 from tests.fixtures.postfix_instance import PostfixInstance, free_port, wait_port
 
-CONFIGS = ("postfix", "noop-milter", "smtpguard-milter", "milter-inbound", "policy")
-GOALS = {("smtpguard-milter", "noop-milter"): 0.9, ("policy", "postfix"): 0.95}
+CONFIGS = (
+    "postfix", "noop-milter", "smtpguard-milter", "milter-inbound", "noop-policy", "policy",
+)  # fmt: skip
+MILTERS = ("noop-milter", "smtpguard-milter", "milter-inbound")
+GOALS = {
+    ("smtpguard-milter", "noop-milter"): 0.9,
+    ("policy", "postfix"): 0.95,
+    ("policy", "noop-policy"): 0.95,
+}
 
 
 def noop_milter(socket: str) -> None:
@@ -61,6 +73,25 @@ def noop_milter(socket: str) -> None:
 
     Milter.factory = Noop
     Milter.runmilter("noop", socket, 0)
+
+
+def noop_policy(port: int) -> None:
+    """Child mode: a policy server answering every request DUNNO (Postfix's own cost)."""
+    import asyncio
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\n\n")
+                writer.write(b"action=DUNNO\n\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(session, "127.0.0.1", port)
+        await server.serve_forever()
+
+    asyncio.run(main())
 
 
 class Service:
@@ -113,6 +144,7 @@ def start_services(work: Path) -> dict[str, Service]:
         return Service(argv, port, work / f"{name}.log")
 
     noop_port = free_port()
+    noop_policy_port = free_port()
     policy_port = free_port()
     policy_config = smtpguard_config(
         work, "policy", "policy_service", {"listen": f"127.0.0.1:{policy_port}"}
@@ -125,6 +157,11 @@ def start_services(work: Path) -> dict[str, Service]:
         ),
         "smtpguard-milter": milter("smtpguard-milter"),
         "milter-inbound": milter("milter-inbound", internal_networks=[]),
+        "noop-policy": Service(
+            [sys.executable, __file__, "--_noop-policy", str(noop_policy_port)],
+            noop_policy_port,
+            work / "noop-policy.log",
+        ),
         "policy": Service(
             [*SMTPGUARD, "policy", "--config", str(policy_config), "--log-level", "warning"],
             policy_port,
@@ -136,7 +173,13 @@ def start_services(work: Path) -> dict[str, Service]:
 @dataclass
 class Results:
     rates: dict[str, list[float]]  # messages/s at the sink, one per round
-    cpu_ms: dict[str, list[float]]  # Postfix (all its daemons) + the service, CPU ms per message
+    postfix_ms: dict[str, list[float]]  # Postfix's CPU (all its daemons) per message
+    service_ms: dict[str, list[float]]  # the milter's or policy service's CPU per message
+
+    def cpu_ms(self, name: str) -> float:
+        """Median CPU per message of Postfix and its milter or policy service together."""
+        service = statistics.median(self.service_ms[name]) if self.service_ms[name] else 0.0
+        return statistics.median(self.postfix_ms[name]) + service
 
 
 def throughput(args: argparse.Namespace, work: Path) -> Results:
@@ -151,10 +194,10 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
             name=f"bench{len(instances)}",
             relayhost=f"127.0.0.1:{sink.port}",
             fast_retry=False,
-            milter=where if name != "policy" and service else None,
-            policy_service=where if name == "policy" else None,
+            milter=where if name in MILTERS else None,
+            policy_service=where if name in ("noop-policy", "policy") else None,
         )
-    results = Results({c: [] for c in CONFIGS}, {c: [] for c in CONFIGS})
+    results = Results(*({c: [] for c in CONFIGS} for _ in range(3)))
     try:
         for pf in instances.values():
             pf.start()
@@ -168,10 +211,15 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
             for name in order:
                 service, master = services.get(name), instances[name].master_pid
                 assert master is not None
-                before = tree_cpu_seconds(master) + (service.cpu_seconds() if service else 0.0)
+                postfix_before = tree_cpu_seconds(master)
+                service_before = service.cpu_seconds() if service else 0.0
                 results.rates[name].append(measure(sink, instances[name].port, args))
-                after = tree_cpu_seconds(master) + (service.cpu_seconds() if service else 0.0)
-                results.cpu_ms[name].append((after - before) * 1000 / args.messages)
+                per_message = 1000 / args.messages
+                postfix_cpu = tree_cpu_seconds(master) - postfix_before
+                results.postfix_ms[name].append(postfix_cpu * per_message)
+                if service:
+                    service_cpu = service.cpu_seconds() - service_before
+                    results.service_ms[name].append(service_cpu * per_message)
                 line.append(f"{name}={results.rates[name][-1]:.0f}/s")
             print(f"round {rnd}: " + "  ".join(line), flush=True)
     finally:
@@ -184,30 +232,34 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
 
 
 def report(results: Results) -> None:
-    rates, cpu = results.rates, results.cpu_ms
+    rates = results.rates
     base = rates["postfix"]
     print("\nmessages/s at the sink, and ratio to Postfix without any check in the same round")
     print(f"{'round':>5}  " + "  ".join(f"{c:>22}" for c in CONFIGS))
     for i in range(len(base)):
         cells = [f"{rates[c][i]:7.0f} ({rates[c][i] / base[i]:4.2f}x)" for c in CONFIGS]
         print(f"{i + 1:>5}  " + "  ".join(f"{c:>22}" for c in cells))
-    print(
-        "CPU per message, Postfix's daemons + the milter or policy process (median ms): "
-        + ", ".join(f"{c} {statistics.median(cpu[c]):.2f}" for c in CONFIGS)
-    )
+    print("CPU per message (median ms): Postfix's daemons + the milter or policy process")
+    for c in CONFIGS:
+        service = results.service_ms[c]
+        extra = f" + {statistics.median(service):.2f}" if service else ""
+        print(f"  {c:>17}: {statistics.median(results.postfix_ms[c]):.2f}{extra}")
     for (name, ref), goal in GOALS.items():
         ratios = [r / b for r, b in zip(rates[name], rates[ref], strict=True)]
         median = statistics.median(ratios)
         shown = ", ".join(f"{r:.2f}" for r in ratios)
         verdict = "met" if median >= goal else "NOT met"
         print(f"goal {name} >= {goal}x {ref}: per round {shown}; median {median:.2f}x -> {verdict}")
-        cost = statistics.median(cpu[ref]) / statistics.median(cpu[name])
+        cost = results.cpu_ms(ref) / results.cpu_ms(name)
         print(f"  CPU-bound estimate (CPU per message of {ref} / of {name}): {cost:.2f}x")
 
 
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--_noop-milter":
         noop_milter(sys.argv[2])
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--_noop-policy":
+        noop_policy(int(sys.argv[2]))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     load_options(p)
