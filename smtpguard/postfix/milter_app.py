@@ -49,7 +49,7 @@ from smtpguard.config import Config, parse_milter_socket
 from smtpguard.errors import UserError
 from smtpguard.policy import Evidence, EvidenceKind, open_recipient_policy, open_sink
 from smtpguard.policy.recipient import Client, RecipientPolicy
-from smtpguard.policy.sink import SinkReport, VerdictSink
+from smtpguard.policy.sink import VerdictSink
 from smtpguard.postfix.answers import Answer, milter_reply, rcpt_answer, trouble_answer
 from smtpguard.postfix.background import MILTER_SIGNALS, BackgroundLoop
 from smtpguard.postfix.bounces import (
@@ -128,6 +128,13 @@ class MilterApp:
         self.metrics.answered(answer.verb)
         return answer
 
+    def _evidence(self, kind: EvidenceKind, queue_id: str) -> Evidence:
+        """The evidence for one batch; an unverified DSN's note says why it is unverified."""
+        note = f"postfix queue id {queue_id or '?'}"
+        if kind == "dsn-unverified" and self.return_path_check is None:
+            note += "; no-token: return paths are not checked (no VERP codec)"
+        return Evidence(kind=kind, actor="milter", note=note)
+
     def record(self, raw: bytes, return_paths: Sequence[str], queue_id: str) -> list[Recorded]:
         """Classify an incoming message and hand its verdicts to the sink, bounded in time.
 
@@ -144,43 +151,33 @@ class MilterApp:
         groups: dict[EvidenceKind, list[Verdict]] = {}
         for v in verdicts:
             groups.setdefault(evidence_kind(v, return_paths, self.return_path_check), []).append(v)
-        note = f"postfix queue id {queue_id}" if queue_id else ""
-        pending = [
-            (kind, batch, self.loop.submit(self.sink.accept(batch, _evidence(kind, note))))
-            for kind, batch in groups.items()
-        ]
+        pending = []
+        for kind, batch in groups.items():
+            evidence = self._evidence(kind, queue_id)
+            pending.append((kind, batch, self.loop.submit(self.sink.accept(batch, evidence))))
         deadline = time.monotonic() + self.settings.record_timeout
         recorded: list[Recorded] = []
         failure: Exception | None = None
         for kind, batch, future in pending:
-            outcomes: dict[str, str] = {}
+            outcomes = [""] * len(batch)  # not known (yet)
             try:
-                outcomes = _outcomes(future.result(max(deadline - time.monotonic(), 0.0)))
+                report = future.result(max(deadline - time.monotonic(), 0.0))
+                if len(report.applied) == len(batch):  # one per verdict, in order
+                    outcomes = [applied.outcome for applied in report.applied]
             except TimeoutError as e:
                 failure = failure or e
                 future.add_done_callback(lambda f, k=kind: _late(f, k, queue_id))
             except Exception as e:
                 failure = failure or e
-            for v in batch:
-                outcome = outcomes.get(v.recipient.lower(), "")
+            shown = []
+            for v, outcome in zip(batch, outcomes, strict=True):
                 BOUNCES.labels(kind, outcome or "unknown").inc()
                 recorded.append((v, kind, outcome))
-            log.info(
-                "%s: %s: %s", queue_id or "-", kind,
-                ", ".join(f"{v.recipient} {v.reason} {outcomes.get(v.recipient.lower(), '?')}"
-                          for v in batch),
-            )  # fmt: skip
+                shown.append(f"{v.recipient} {v.reason} {outcome or '?'}")
+            log.info("%s: %s: %s", queue_id or "-", kind, ", ".join(shown))
         if failure is not None:
             raise failure
         return recorded
-
-
-def _evidence(kind: EvidenceKind, note: str) -> Evidence:
-    return Evidence(kind=kind, actor="milter", note=note)
-
-
-def _outcomes(report: SinkReport) -> dict[str, str]:
-    return {a.address.lower(): a.outcome for a in report.applied}
 
 
 def _late(future: Any, kind: str, queue_id: str) -> None:
