@@ -105,13 +105,25 @@ def test_reply_before_rcpt_never_suppresses(start_relay, mx_domain, test_mx, sta
     assert listed(relay.data_dir) == []
 
 
-def test_starttls_refusal_never_suppresses(start_relay, dns_server, make_test_mx):
+@pytest.mark.parametrize(
+    ("tls", "outcome"),
+    # Opportunistic goes on in plaintext (RFC 3207 section 4); required defers.
+    [("opportunistic", ("delivered", "delivered")), ("required", ("queued", "failedstarttls"))],
+)
+def test_starttls_refusal_never_suppresses(start_relay, dns_server, make_test_mx, tls, outcome):
     mx = make_test_mx(tls=True)
     route_to_mx(dns_server, "example.com")
     mx.script("*", "554 5.1.1 <a@example.com>: user unknown", stage="starttls")
-    relay = start_relay(delivery={"port": mx.port})
+    relay = start_relay(delivery={"port": mx.port, "tls": tls, "retry_initial": 30.0})
     relay.send("sender@example.org", ["a@example.com"], BODY)
-    wait_states(relay.data_dir, {"a@example.com": "bounced"})
+    conn = sqlite3.connect(relay.data_dir / "smtpguard.db")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT state, last_reason, attempts FROM queue_recipients").fetchone()
+        if row[2]:
+            break
+        time.sleep(0.05)
+    assert row[:2] == outcome
     assert listed(relay.data_dir) == []
 
 

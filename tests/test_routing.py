@@ -16,7 +16,13 @@ from smtpguard.relay.routing import MAX_DEAD_ANSWER_CACHE, NextHop, Router, Rout
 from tests.fixtures.dns import DnsStub
 
 
+#: The stub's answers point at loopback, which a router drops unless allowed.
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
+
+
 def router(dns: DnsStub, timeout: float = 2.0, **settings: Any) -> Router:
+    settings.setdefault("allowed_destination_networks", LOOPBACK)
+    settings.setdefault("allow_address_literals", True)
     cfg = DeliveryConfig(nameservers=[dns.nameserver], port=2525, **settings)
     return Router(cfg, timeout=timeout)
 
