@@ -1,4 +1,4 @@
-"""Smarthost credentials in the configuration: verified TLS only, never printed, not world-readable."""
+"""Smarthost credentials in the config: verified TLS only, never printed, not world-readable."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from tests.fixtures.certs import CertAuthority, openssl_fingerprint, self_signed
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 PASSWORD = "hunter2-Secret"
-CREDENTIALS = f'[delivery]\nsmarthost = "relay.example:587"\nsmarthost_user = "u"\nsmarthost_password = "{PASSWORD}"\n'
+CREDENTIALS = (
+    '[delivery]\nsmarthost = "relay.example:587"\nsmarthost_user = "u"\n'
+    f'smarthost_password = "{PASSWORD}"\n'
+)
 
 
 def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:

@@ -15,7 +15,6 @@ from smtpguard.config import DeliveryConfig
 from smtpguard.relay.routing import MAX_DEAD_ANSWER_CACHE, NextHop, Router, RoutingError
 from tests.fixtures.dns import DnsStub
 
-
 #: The stub's answers point at loopback, which a router drops unless allowed.
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
