@@ -138,7 +138,10 @@ class DeliveryConfig:
     )
     helo_name: str = opt("", "Name sent in EHLO (empty: relay.hostname).", check="hostname?")
     tls: str = opt(
-        "opportunistic", "STARTTLS to MX hosts: none, opportunistic, required.", check="tls"
+        "opportunistic",
+        "STARTTLS to MX hosts: none, opportunistic (RFC 7435: unverified), required; DANE and"
+        " MTA-STS would be further modes (not implemented).",
+        check="tls",
     )
     port: int = opt(25, "Port of MX hosts.", check="port")
     allowed_destination_networks: list[str] = opt(

@@ -140,3 +140,15 @@ def test_mx_delivery_stays_opportunistic_with_an_unverifiable_certificate(
     relay.send("s@example.org", ["r@example.com"], BODY)
     (got,) = mx.wait_for(1, timeout=15)
     assert got.tls  # RFC 7435: encrypted, not authenticated, better than plaintext
+
+
+def test_refused_credentials_defer_instead_of_bouncing(
+    make_test_mx: Callable[..., TestMx], smarthost_relay: Callable[..., Any], tmp_path: Path
+) -> None:
+    files = self_signed(tmp_path / "pin", "smarthost.test")
+    mx = make_test_mx(tls=True, tls_files=files, auth={USER: "another password"})
+    relay = smarthost_relay(mx, smarthost_tls_fingerprints=[openssl_fingerprint(files.cert)])
+    relay.send("s@example.org", ["r@example.com"], BODY)
+    state, reason, diag = last_attempt(relay.data_dir)
+    assert (state, reason) == ("queued", "authfailure")
+    assert diag.startswith("AUTH refused: 535")

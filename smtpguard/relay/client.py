@@ -51,9 +51,10 @@ class Refusal:
     ``kind``: ``reply`` (``code``/``text`` are the hop's refusal, ``stage`` the
     classifier's stage for it), ``network`` (refused, timeout, garbage: ``text``
     says which), ``tls`` (the TLS policy was not met: no STARTTLS where it is
-    required, a certificate that does not verify) or ``auth`` (credentials that
-    cannot be used there: no common mechanism, or no verified TLS to send them
-    over). ``status`` is the RFC 3463 code to record for the last three.
+    required, a certificate that does not verify) or ``auth`` (credentials
+    refused, or that cannot be used there: no common mechanism, no verified TLS
+    to send them over). ``status`` is the RFC 3463 code to record for the last
+    three, always temporary: each is for the operator to fix, not the sender.
     """
 
     kind: RefusalKind
@@ -126,8 +127,17 @@ class Connection:
                 metrics.CONNECTIONS.labels("failed").inc()
                 (log.warning if kind != "network" else log.info)("%s: %s", where, e)
                 continue
+            if not hs.ok and hs.stage == "auth":
+                # Our credentials were refused: ours to fix, so the mail waits (as with
+                # Postfix's smtp_sasl_auth_soft_bounce) instead of bouncing every message.
+                r = hs.reply
+                status = f"4{r.status[1:]}" if r.status else "4.7.0"
+                refusal = Refusal("auth", where, f"AUTH refused: {r}", status=status)
+                metrics.CONNECTIONS.labels("refused").inc()
+                log.warning("%s refused our credentials: %s", where, r)
+                continue
             if not hs.ok:
-                # The greeting, EHLO, STARTTLS or AUTH refused us.
+                # The greeting, EHLO or STARTTLS refused us.
                 r = hs.reply
                 refusal = Refusal("reply", where, r.text, r.code, _HANDSHAKE_STAGES[hs.stage])
                 metrics.CONNECTIONS.labels("refused").inc()
