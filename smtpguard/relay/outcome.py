@@ -7,7 +7,11 @@ too: the storm breaker counts attempts) to the policy's
 :class:`~smtpguard.policy.sink.VerdictSink` with its evidence:
 
 * ``bounce == "hard"``: the recipient is done (``bounced``). The sender gets an
-  RFC 3464 DSN when :func:`~smtpguard.relay.dsn.dsn_wanted` says so (never to
+  RFC 3464 DSN, one per :meth:`OutcomeHandler.apply` listing every failure in
+  it (the delivery side hands one message's reportable failures from all its
+  destinations of a round over in one call, see :meth:`OutcomeHandler.awaits_dsn`),
+  built with bounded work (:meth:`OutcomeHandler._dsn_bytes`),
+  when :func:`~smtpguard.relay.dsn.dsn_wanted` says so (never to
   the null sender, never for Auto-Submitted mail, honouring NOTIFY) and
   ``dsn.enabled`` is on. The DSN is enqueued as a new queue message with the
   null sender in the same transaction that records the bounce, so it is as
