@@ -18,11 +18,11 @@ import pytest
 from smtpguard.config import Config
 from smtpguard.relay import outcome as outcome_module
 from smtpguard.relay.outcome import Attempt, OutcomeHandler
-from smtpguard.store.messages import InboundMessage, Recipient
+from smtpguard.store.messages import Claim, InboundMessage, Recipient
 from smtpguard.store.queue import QueueStore
 from tests.fixtures.relay import route_to_mx
 from tests.test_dsn import many_parts, nested_message, returned_part
-from tests.test_relay_bounces import delivery_status, dsn_count
+from tests.test_relay_bounces import delivery_status, dsn_count, suppressed
 from tests.test_relay_delivery import wait_states
 
 pytestmark = pytest.mark.slow
@@ -98,19 +98,50 @@ def test_a_13_mb_message_of_100000_parts_bounces_with_a_dsn_in_seconds(
 # ---------------------------------------------------------------------- when building fails
 
 
-async def bounce_one(tmp_path: Path, *, ret: str = "FULL") -> tuple[QueueStore, int]:
-    """Queue a message, claim it and apply a hard bounce through a real OutcomeHandler."""
+async def claim_one(
+    tmp_path: Path, *rcpts: str, ret: str = "FULL"
+) -> tuple[Config, QueueStore, Claim]:
     cfg = Config().with_overrides(store={"data_dir": str(tmp_path)})
     store = await QueueStore.open(tmp_path)
     message_id = await store.enqueue_id(
         InboundMessage(
-            mail_from="s@example.org", recipients=(Recipient("gone@example.com"),),
+            mail_from="s@example.org", recipients=tuple(Recipient(r) for r in rcpts),
             data=HEADERS + b"\r\nbody\r\n", ret=ret, received_at=time.time(),
         )
     )  # fmt: skip
     (claim,) = await store.claim([message_id])
+    return cfg, store, claim
+
+
+async def test_a_reply_after_data_speaks_only_for_its_own_transaction(tmp_path: Path) -> None:
+    """Failures held for the message's one DSN are judged with their own transaction's
+    recipients: a one-recipient transaction's 550 5.1.1 after DATA still suppresses."""
+    from smtpguard.classify import default_classifier
+    from smtpguard.policy import open_sink
+
+    cfg, store, claim = await claim_one(tmp_path, "a@one.example", "b@two.example")
+    sink = await open_sink(cfg, writer=store.writer)
+    a, b = claim.recipients
+    refused = default_classifier().reply(550, "5.1.1 User unknown", stage="data",
+                                         recipient=a.address)  # fmt: skip
+    await OutcomeHandler(cfg, store, sink=sink).apply(
+        claim.message,
+        [
+            Attempt(a, refused, "550", "5.1.1 User unknown", "mx.one", transaction=1),
+            Attempt(b, None, "250", "2.0.0 Ok", "mx.two", transaction=2),
+        ],
+    )
+    await sink.close()
+    await store.close()
+    assert suppressed(tmp_path, "a@one.example") is not None
+    assert suppressed(tmp_path, "b@two.example") is None
+
+
+async def bounce_one(tmp_path: Path) -> QueueStore:
+    """Queue a message, claim it and apply a hard bounce through a real OutcomeHandler."""
     from smtpguard.classify import default_classifier
 
+    cfg, store, claim = await claim_one(tmp_path, "gone@example.com")
     rcpt = claim.recipients[0]
     verdict = default_classifier().reply(
         550, "5.1.1 <gone@example.com>: User unknown", stage="rcpt", recipient=rcpt.address
@@ -118,7 +149,7 @@ async def bounce_one(tmp_path: Path, *, ret: str = "FULL") -> tuple[QueueStore, 
     await OutcomeHandler(cfg, store).apply(
         claim.message, [Attempt(rcpt, verdict, "550", "5.1.1 <gone@example.com>: User unknown")]
     )
-    return store, message_id
+    return store
 
 
 def queue_rows(tmp_path: Path) -> tuple[list[tuple[str, str]], list[bytes]]:
@@ -148,7 +179,7 @@ async def test_a_dsn_that_cannot_be_built_as_asked_is_sent_with_the_headers_only
         return real(**kw)
 
     monkeypatch.setattr(outcome_module, "build_dsn", fails_for_full)
-    store, _ = await bounce_one(tmp_path)
+    store = await bounce_one(tmp_path)
     await store.close()
     states, (dsn,) = queue_rows(tmp_path)
     assert states[0] == ("gone@example.com", "bounced")
@@ -162,7 +193,7 @@ async def test_a_bounce_whose_original_is_gone_still_gets_a_dsn(
         raise OSError("disk I/O error")
 
     monkeypatch.setattr(QueueStore, "body_head", unreadable)
-    store, _ = await bounce_one(tmp_path)
+    store = await bounce_one(tmp_path)
     await store.close()
     states, (dsn,) = queue_rows(tmp_path)
     assert states[0] == ("gone@example.com", "bounced")

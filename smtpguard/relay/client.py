@@ -14,6 +14,7 @@ took us (:class:`Refusal`); the delivery side classifies.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -169,6 +170,8 @@ class Connection:
             size=msg.size, body_8bit=msg.body_type == "8BITMIME", smtputf8=msg.smtputf8,
             ret=msg.ret, envid=msg.envid,
         )  # fmt: skip
+        if not self.client.usable and inspect.iscoroutine(body):
+            body.close()  # never awaited: the client refuses before it reads the body
         result = await self.client.send(envelope, body)
         if result.error:
             log.info("%s: %s", self.label, result.error)

@@ -156,6 +156,7 @@ class Delivery:
         self._connections = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs_in_progress: dict[int, Job] = {}
+        self._transactions = 0  # numbers the SMTP transactions (after DATA: who shared a reply)
         self._stopping = False
 
     # -- intake ---------------------------------------------------------------
@@ -387,6 +388,9 @@ class Delivery:
                 return
             job = line.popleft()
             await self._shaper.admit(dest)
+            if not conn.is_connected:  # the hop closed the session while we waited
+                line.appendleft(job)
+                return
             self._jobs_in_progress[id(job)] = job
             try:
                 replies = await conn.send(job.message, job.recipients,
@@ -397,13 +401,15 @@ class Delivery:
                 return
             finally:
                 self._jobs_in_progress.pop(id(job), None)
-            self._finish(job, [self._attempt(reply, conn.label) for reply in replies])
+            self._transactions += 1
+            txn = self._transactions
+            self._finish(job, [self._attempt(reply, conn.label, txn) for reply in replies])
             sent += 1
 
-    def _attempt(self, reply: RecipientReply, where: str) -> Attempt:
+    def _attempt(self, reply: RecipientReply, where: str, transaction: int) -> Attempt:
         r = reply.recipient
         if reply.delivered:
-            return Attempt(r, None, str(reply.code), reply.text, where)
+            return Attempt(r, None, str(reply.code), reply.text, where, transaction=transaction)
         if reply.local:
             # No reply about this recipient: the session failed (or our body read did).
             status = reply.status or "4.4.2"
@@ -411,9 +417,9 @@ class Delivery:
             stage = reply.stage if reply.stage in ("mail", "rcpt", "data") else "data"
             verdict = soft_verdict(r.address, reply.local, reason=reason, status=status,
                                    remote_host=where, stage=stage)  # fmt: skip
-            return Attempt(r, verdict, remote_host=where)
+            return Attempt(r, verdict, remote_host=where, transaction=transaction)
         verdict = self._classify(reply.code, reply.text, reply.stage, r.address, where)
-        return Attempt(r, verdict, str(reply.code), reply.text, where)
+        return Attempt(r, verdict, str(reply.code), reply.text, where, transaction=transaction)
 
     def _classify(self, code: int, text: str, stage: str, recipient: str, label: str) -> Verdict:
         """The classifier's verdict on a reply; a classifier bug must not lose the message."""
