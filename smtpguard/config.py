@@ -584,9 +584,13 @@ _SECRET_NAME = re.compile(r"password|secret|token|passphrase|credential|api_key"
 
 
 def is_secret(f: dataclasses.Field[Any]) -> bool:
-    """A setting whose value is never printed: flagged ``secret``, or named like one
-    (``*password*``, ``*secret*``, ``*token*``...), so a key added later is covered too."""
-    return bool(f.metadata.get("secret")) or _SECRET_NAME.search(f.name) is not None
+    """A setting whose value is never printed: flagged ``secret``, or a string named like
+    one (``*password*``, ``*secret*``, ``*token*``...; not a ``*_file`` naming where one is
+    kept), so a key added later is covered too."""
+    if f.metadata.get("secret"):
+        return True
+    named = _SECRET_NAME.search(f.name) is not None and not f.name.endswith(("_file", "_path"))
+    return named and _types.get(id(f)) is str
 
 
 def secrets_set(cfg: Config) -> list[str]:

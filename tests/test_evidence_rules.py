@@ -16,7 +16,7 @@ import pytest
 from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.cli import _run
 from tests.fixtures.relay import route_to_mx
-from tests.test_relay_delivery import BODY, wait_states
+from tests.test_relay_delivery import BODY, tried, wait_states
 
 pytestmark = pytest.mark.slow
 
@@ -116,14 +116,8 @@ def test_starttls_refusal_never_suppresses(start_relay, dns_server, make_test_mx
     mx.script("*", "554 5.1.1 <a@example.com>: user unknown", stage="starttls")
     relay = start_relay(delivery={"port": mx.port, "tls": tls, "retry_initial": 30.0})
     relay.send("sender@example.org", ["a@example.com"], BODY)
-    conn = sqlite3.connect(relay.data_dir / "smtpguard.db")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        row = conn.execute("SELECT state, last_reason, attempts FROM queue_recipients").fetchone()
-        if row[2]:
-            break
-        time.sleep(0.05)
-    assert row[:2] == outcome
+    state, _, reason, _ = tried(relay.data_dir)
+    assert (state, reason) == outcome
     assert listed(relay.data_dir) == []
 
 

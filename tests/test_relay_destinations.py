@@ -4,34 +4,15 @@ address literals, and its own listener (a configuration error, never a mail loop
 from __future__ import annotations
 
 import sqlite3
-import time
-from pathlib import Path
 
 import pytest
 
 from tests.fixtures.net import free_port
 from tests.fixtures.relay import route_to_mx
 from tests.test_relay_bounces import delivery_status, suppressed
-from tests.test_relay_delivery import BODY, wait_states
+from tests.test_relay_delivery import BODY, tried, wait_states
 
 pytestmark = pytest.mark.slow
-
-
-def tried(data_dir: Path, timeout: float = 15) -> tuple[str, str, str, str]:
-    """(state, last_status, last_reason, last_diag) of the only recipient once tried."""
-    conn = sqlite3.connect(data_dir / "smtpguard.db")
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            row = conn.execute(
-                "SELECT state, last_status, last_reason, last_diag, attempts FROM queue_recipients"
-            ).fetchone()
-            if row and row[4] >= 1:
-                return row[:4]
-            assert time.monotonic() < deadline, f"no attempt recorded within {timeout}s: {row}"
-            time.sleep(0.05)
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.5", "169.254.169.254"])

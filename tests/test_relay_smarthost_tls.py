@@ -9,8 +9,6 @@ after STARTTLS): "the password was never sent" is an observation, not a promise.
 from __future__ import annotations
 
 import base64
-import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 
 from tests.fixtures.certs import CertAuthority, openssl_fingerprint, self_signed
 from tests.fixtures.mx import TestMx
-from tests.test_relay_delivery import BODY, wait_states
+from tests.test_relay_delivery import BODY, tried, wait_states
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -33,23 +31,6 @@ def password_on_the_wire(mx: TestMx) -> bool:
     plain = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
     login = base64.b64encode(PASSWORD.encode())
     return any(s in sent for s in (PASSWORD.encode(), plain, login, b"AUTH"))
-
-
-def last_attempt(data_dir: Path, timeout: float = 15) -> tuple[str, str, str]:
-    """(state, last_reason, last_diag) of the only recipient once it has been tried."""
-    conn = sqlite3.connect(data_dir / "smtpguard.db")
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            row = conn.execute(
-                "SELECT state, attempts, last_reason, last_diag FROM queue_recipients"
-            ).fetchone()
-            if row and row[1] >= 1:
-                return row[0], row[2], row[3]
-            assert time.monotonic() < deadline, f"no attempt recorded within {timeout}s: {row}"
-            time.sleep(0.05)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -76,7 +57,7 @@ def test_auth_offered_without_starttls_gets_no_password_and_defers(
     mx = make_test_mx(auth={USER: PASSWORD})  # AUTH PLAIN LOGIN, no STARTTLS
     relay = smarthost_relay(mx)  # smarthost_tls not set: credentials make it "required"
     relay.send("s@example.org", ["r@example.com"], BODY)
-    state, reason, diag = last_attempt(relay.data_dir)
+    state, _, reason, diag = tried(relay.data_dir)
     assert (state, reason) == ("queued", "failedstarttls")
     assert "does not offer STARTTLS and TLS is required" in diag
     assert not password_on_the_wire(mx) and mx.auth_attempts == [] and mx.messages == []
@@ -88,7 +69,7 @@ def test_self_signed_certificate_for_another_name_is_refused_and_gets_no_passwor
     mx = make_test_mx(tls=True, hostname="unrelated.example", auth={USER: PASSWORD})
     relay = smarthost_relay(mx, smarthost_tls="required")
     relay.send("s@example.org", ["r@example.com"], BODY)
-    state, reason, diag = last_attempt(relay.data_dir)
+    state, _, reason, diag = tried(relay.data_dir)
     assert (state, reason) == ("queued", "failedstarttls")
     assert "certificate not trusted for 'smarthost.test'" in diag
     assert not password_on_the_wire(mx) and mx.auth_attempts == [] and mx.messages == []
@@ -123,7 +104,7 @@ def test_a_pin_that_does_not_match_is_refused_and_gets_no_password(
     mx = make_test_mx(tls=True, hostname="smarthost.test", auth={USER: PASSWORD})
     relay = smarthost_relay(mx, smarthost_tls_fingerprints=["ab" * 32])
     relay.send("s@example.org", ["r@example.com"], BODY)
-    state, reason, diag = last_attempt(relay.data_dir)
+    state, _, reason, diag = tried(relay.data_dir)
     assert (state, reason) == ("queued", "failedstarttls")
     assert "matches no configured pin" in diag
     assert not password_on_the_wire(mx)
@@ -149,6 +130,6 @@ def test_refused_credentials_defer_instead_of_bouncing(
     mx = make_test_mx(tls=True, tls_files=files, auth={USER: "another password"})
     relay = smarthost_relay(mx, smarthost_tls_fingerprints=[openssl_fingerprint(files.cert)])
     relay.send("s@example.org", ["r@example.com"], BODY)
-    state, reason, diag = last_attempt(relay.data_dir)
+    state, _, reason, diag = tried(relay.data_dir)
     assert (state, reason) == ("queued", "authfailure")
     assert diag.startswith("AUTH refused: 535")

@@ -388,7 +388,8 @@ class Delivery:
                 return
             job = line.popleft()
             await self._shaper.admit(dest)
-            if not conn.is_connected:  # the hop closed the session while we waited
+            if sent and not conn.is_connected:
+                # The hop closed the session after an earlier message: a new one takes it.
                 line.appendleft(job)
                 return
             self._jobs_in_progress[id(job)] = job
