@@ -66,14 +66,21 @@ def test_failures_in_one_round_share_a_dsn_with_deliveries_recorded_at_once(
     assert re.findall(r"Final-Recipient: rfc822; (\S+)", delivery_status(dsn)) == ["x@gone.example"]
 
 
-def test_a_message_nested_450_levels_deep_with_ret_full_bounces_with_a_dsn(
-    start_relay, dns_server, test_mx, relay_dsn_mx
-):
+def bounce_with_ret_full(start_relay, dns_server, test_mx, original: bytes):  # type: ignore[no-untyped-def]
+    """Send ``original`` with RET=FULL to a recipient the MX refuses; the relay."""
     route_to_mx(dns_server, "example.com")
     test_mx.script("gone@example.com", "550 5.1.1 <gone@example.com>: User unknown")
     relay = start_relay()
+    relay.send("s@example.org", ["gone@example.com"], original, mail_options=["RET=FULL"],
+               timeout=60)  # fmt: skip
+    return relay
+
+
+def test_a_message_nested_450_levels_deep_with_ret_full_bounces_with_a_dsn(
+    start_relay, dns_server, test_mx, relay_dsn_mx
+):
     original = nested_message(450)
-    relay.send("s@example.org", ["gone@example.com"], original, mail_options=["RET=FULL"])
+    relay = bounce_with_ret_full(start_relay, dns_server, test_mx, original)
     (dsn,) = relay_dsn_mx.wait_for(1, timeout=10)
     assert returned_part(dsn.data).endswith(original)  # returned whole: under the limit
     wait_states(relay.data_dir, {"gone@example.com": "bounced"})
@@ -82,12 +89,7 @@ def test_a_message_nested_450_levels_deep_with_ret_full_bounces_with_a_dsn(
 def test_a_13_mb_message_of_100000_parts_bounces_with_a_dsn_in_seconds(
     start_relay, dns_server, test_mx, relay_dsn_mx
 ):
-    route_to_mx(dns_server, "example.com")
-    test_mx.script("gone@example.com", "550 5.1.1 <gone@example.com>: User unknown")
-    relay = start_relay()
-    original = many_parts(100_000)
-    relay.send("s@example.org", ["gone@example.com"], original, mail_options=["RET=FULL"],
-               timeout=60)  # fmt: skip
+    relay = bounce_with_ret_full(start_relay, dns_server, test_mx, many_parts(100_000))
     sent = time.monotonic()
     (dsn,) = relay_dsn_mx.wait_for(1, timeout=10)
     assert time.monotonic() - sent < 10
