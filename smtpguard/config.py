@@ -40,13 +40,15 @@ ENV_DATA_DIR = "SMTPGUARD_DATA_DIR"
 SYSTEM_CONFIG = Path("/etc/smtpguard/smtpguard.toml")
 
 
-def opt(default: Any, doc: str, *, unit: str = "", check: str = "") -> Any:
+def opt(default: Any, doc: str, *, unit: str = "", check: str = "", secret: bool = False) -> Any:
     """Declare one setting: its default, a one-line doc, a unit and a value check.
 
     ``check`` names a validator in :data:`_CHECKS` for values whose type alone
-    does not make them possible (a port, a network, a duration).
+    does not make them possible (a port, a network, a duration). ``secret``
+    marks a value never printed (``config check``, errors); names that look
+    like secrets (:func:`is_secret`) are treated so even without the flag.
     """
-    meta = {"doc": doc, "unit": unit, "check": check}
+    meta = {"doc": doc, "unit": unit, "check": check, "secret": secret}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -104,10 +106,26 @@ class DeliveryConfig:
     smarthost: str = opt(
         "", "Send everything via this HOST:PORT instead of MX lookup.", check="nexthop?"
     )
-    smarthost_user: str = opt("", "AUTH user for the smarthost (no AUTH when empty).")
-    smarthost_password: str = opt("", "AUTH password for the smarthost.")
+    smarthost_user: str = opt(
+        "", "AUTH user for the smarthost (no AUTH when empty); sent only over verified TLS."
+    )
+    smarthost_password: str = opt("", "AUTH password for the smarthost.", secret=True)
     smarthost_tls: str = opt(
-        "opportunistic", "STARTTLS to the smarthost: none, opportunistic, required.", check="tls"
+        "",
+        "STARTTLS to the smarthost: none, opportunistic (unverified), required (certificate"
+        " verified); empty: required when smarthost_user is set, else opportunistic.",
+        check="tls?",
+    )
+    smarthost_tls_ca_file: str = opt(
+        "",
+        "PEM CA file the smarthost's certificate must chain to (instead of the system"
+        " store); needs smarthost_tls = required.",
+    )
+    smarthost_tls_fingerprints: list[str] = opt(
+        [],
+        "SHA-256 fingerprints of the smarthost's certificate (openssl x509 -fingerprint"
+        " -sha256); one matching replaces chain and name checks; needs smarthost_tls = required.",
+        check="pins",
     )
     routes: dict[str, str] = opt(
         {},
@@ -120,9 +138,22 @@ class DeliveryConfig:
     )
     helo_name: str = opt("", "Name sent in EHLO (empty: relay.hostname).", check="hostname?")
     tls: str = opt(
-        "opportunistic", "STARTTLS to MX hosts: none, opportunistic, required.", check="tls"
+        "opportunistic",
+        "STARTTLS to MX hosts: none, opportunistic (RFC 7435: unverified), required; DANE and"
+        " MTA-STS would be further modes (not implemented).",
+        check="tls",
     )
     port: int = opt(25, "Port of MX hosts.", check="port")
+    allowed_destination_networks: list[str] = opt(
+        [],
+        "Networks MX and A/AAAA answers and address literals may point into although they"
+        ' are not public (loopback, RFC 1918, ULA, link-local), e.g. ["10.0.0.0/8"];'
+        " smarthost and routes are trusted as configured.",
+        check="networks",
+    )
+    allow_address_literals: bool = opt(
+        False, "Deliver to address literals (user@[192.0.2.1]); off: they are bounced."
+    )
     connect_timeout: float = opt(30.0, "TCP connect timeout.", unit="s", check="positive")
     command_timeout: float = opt(
         300.0, "Timeout per SMTP command (RFC 5321 section 4.5.3.2).", unit="s", check="positive"
@@ -157,6 +188,14 @@ class DeliveryConfig:
         check="positive",
     )
 
+    @property
+    def smarthost_tls_mode(self) -> str:
+        """``smarthost_tls`` as applied: empty is ``required`` with credentials, else
+        ``opportunistic`` (a password only ever goes over verified TLS)."""
+        if self.smarthost_tls:
+            return self.smarthost_tls
+        return "required" if self.smarthost_user else "opportunistic"
+
 
 @dataclass(frozen=True)
 class DsnConfig:
@@ -165,6 +204,13 @@ class DsnConfig:
     enabled: bool = opt(True, "Send DSNs for hard bounces and expired messages.")
     next_hop: str = opt(
         "127.0.0.1:25", "Where DSNs are handed (the local Postfix).", check="hostport"
+    )
+    return_size_limit: int = opt(
+        50_000,
+        "Largest original returned whole with RET=FULL (Postfix's bounce_size_limit);"
+        " a larger one is returned as its header section only.",
+        unit="bytes",
+        check="positive",
     )
 
 
@@ -374,7 +420,9 @@ class Config:
                 merged[key] = _coerce(origin or self.source, f"{name}.{key}", value, f)
                 written[f"{name}.{key}"] = value
             changed[name] = type(current)(**merged)
-        return dataclasses.replace(self, **changed, written=written)
+        cfg = dataclasses.replace(self, **changed, written=written)
+        check_combinations(cfg)
+        return cfg
 
 
 SECTIONS: dict[str, type] = {
@@ -542,6 +590,18 @@ def _routes(value: dict[str, str]) -> None:
             raise ValueError(f"HOST or HOST:PORT next hops, not {hop!r} for {domain!r}") from None
 
 
+def _pins(value: list[str]) -> None:
+    from smtpguard.relay.tlspolicy import TLSPolicyError, parse_pin
+
+    for pin in value:
+        try:
+            parse_pin(pin)
+        except TLSPolicyError:
+            raise ValueError(
+                f"SHA-256 certificate fingerprints (64 hex digits, colons allowed), not {pin!r}"
+            ) from None
+
+
 def _modes(value: dict[str, str]) -> None:
     from smtpguard.policy.evidence import EVIDENCE_KINDS, MODES
 
@@ -565,6 +625,10 @@ def _optional(check: Any) -> Any:
     return lambda value: value == "" or check(value)
 
 
+_tls = _is(
+    lambda v: v in ("none", "opportunistic", "required"), "one of none, opportunistic, required"
+)
+
 #: ``opt(check=NAME)`` -> a function that raises ValueError("what was expected").
 _CHECKS: dict[str, Any] = {
     "positive": _is(lambda v: v > 0, "a number greater than 0"),
@@ -581,9 +645,9 @@ _CHECKS: dict[str, Any] = {
     "networks": _networks,
     "nameservers": _nameservers,
     "routes": _routes,
-    "tls": _is(
-        lambda v: v in ("none", "opportunistic", "required"), "one of none, opportunistic, required"
-    ),
+    "tls": _tls,
+    "tls?": _optional(_tls),
+    "pins": _pins,
     "milter_socket": _milter_socket,
     "octal_mode": _octal_mode,
     "milter_action": _choice("reject", "tempfail", "discard"),
@@ -641,8 +705,101 @@ def _coerce(source: str, key: str, value: Any, f: dataclasses.Field[Any]) -> Any
         if f.metadata.get("check"):
             _CHECKS[f.metadata["check"]](value)
     except ValueError as e:
-        raise ConfigError(f"{source}: {key}: expected {e}, got {value!r}") from None
+        shown = "(hidden)" if is_secret(f) else repr(value)
+        raise ConfigError(f"{source}: {key}: expected {e}, got {shown}") from None
     return value
+
+
+_SECRET_NAME = re.compile(r"password|secret|token|passphrase|credential|api_key")
+
+
+def is_secret(f: dataclasses.Field[Any]) -> bool:
+    """A setting whose value is never printed: flagged ``secret``, or a string named like
+    one (``*password*``, ``*secret*``, ``*token*``...; not a ``*_file`` naming where one is
+    kept), so a key added later is covered too."""
+    if f.metadata.get("secret"):
+        return True
+    named = _SECRET_NAME.search(f.name) is not None and not f.name.endswith(("_file", "_path"))
+    return named and _types.get(id(f)) is str
+
+
+def secrets_set(cfg: Config) -> list[str]:
+    """``table.key`` of every secret setting that holds a value."""
+    return [
+        f"{table}.{f.name}"
+        for table, cls in SECTIONS.items()
+        for f in fields(cls)
+        if is_secret(f) and getattr(getattr(cfg, table), f.name)
+    ]
+
+
+#: The group ``make install`` gives the installed configuration (mode 0640 root:smtpguard):
+#: the relay runs as it and must read the file.
+SERVICE_GROUP = "smtpguard"
+
+
+def secret_file_warnings(cfg: Config) -> list[str]:
+    """Warnings for a configuration file that holds a secret and that others may read.
+
+    Like ssh refusing a private key with loose permissions: a password in a
+    world-readable file is everybody's. Group-readable is fine only for the
+    service group (``make install``'s 0640 root:smtpguard).
+    """
+    held = secrets_set(cfg)
+    path = Path(cfg.source)
+    if not held or not path.is_file():
+        return []
+    st = path.stat()
+    who = []
+    if st.st_mode & 0o004:
+        who.append("everyone")
+    if st.st_mode & 0o040:
+        import grp
+
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        if group != SERVICE_GROUP:
+            who.append(f"group {group}")
+    if not who:
+        return []
+    mode = f"{st.st_mode & 0o777:04o}"
+    return [
+        f"{path}: holds {', '.join(held)} and is readable by {' and '.join(who)} (mode {mode}):"
+        f" chmod 0600, or 0640 with group {SERVICE_GROUP}"
+    ]
+
+
+def check_combinations(cfg: Config) -> None:
+    """Settings that are fine alone and wrong together; ConfigError naming the key.
+
+    Credentials go only over TLS that verifies the server (RFC 4954 section 4
+    wants an encrypted channel; an unverified one gives the password to
+    whoever answers): with ``smarthost_user`` set, ``smarthost_tls`` must be
+    ``required`` (its default then).
+    """
+    d = cfg.delivery
+    mode = d.smarthost_tls_mode
+    where = cfg.source
+    if d.smarthost_user and mode != "required":
+        raise ConfigError(
+            f"{where}: delivery.smarthost_tls: {mode!r} with delivery.smarthost_user set would"
+            ' send the password without a verified certificate: use "required" (with'
+            " smarthost_tls_ca_file or smarthost_tls_fingerprints for a private CA or a"
+            " self-signed certificate)"
+        )
+    for key, value in (
+        ("smarthost_tls_ca_file", d.smarthost_tls_ca_file),
+        ("smarthost_tls_fingerprints", d.smarthost_tls_fingerprints),
+    ):
+        if value and mode != "required":
+            raise ConfigError(f'{where}: delivery.{key} needs smarthost_tls = "required"')
+    if d.smarthost_tls_ca_file and d.smarthost_tls_fingerprints:
+        raise ConfigError(
+            f"{where}: delivery.smarthost_tls_fingerprints: choose a CA file or fingerprints,"
+            " not both (a fingerprint replaces the chain check)"
+        )
 
 
 # id(field) -> its declared type, resolved once (``from __future__ import
@@ -713,7 +870,9 @@ def _load_file(path: Path) -> Config:
             kwargs[key] = _coerce(name, f"{table}.{key}", value, known_keys[key])
             written[f"{table}.{key}"] = value
         sections[table] = cls(**kwargs)
-    return Config(**sections, source=name, written=written)
+    cfg = Config(**sections, source=name, written=written)
+    check_combinations(cfg)
+    return cfg
 
 
 # --------------------------------------------------------------------------- rendering
@@ -772,9 +931,16 @@ def render(cfg: Config, *, commented: bool = False) -> str:
     return "\n".join(out).lstrip("\n")
 
 
+#: What a secret's value is printed as.
+MASK = "********"
+
+
 def display_value(cfg: Config, table: str, f: dataclasses.Field[Any]) -> Any:
-    """A setting as the operator wrote it: durations keep their unit ("5d", not 432000.0)."""
+    """A setting as the operator wrote it: durations keep their unit ("5d", not 432000.0);
+    secrets masked (:data:`MASK`)."""
     value = getattr(getattr(cfg, table), f.name)
+    if value and is_secret(f):
+        return MASK
     if f.metadata.get("unit") != "s":
         return value
     written = cfg.written.get(f"{table}.{f.name}")

@@ -7,7 +7,10 @@ and impossible values. What it cannot see from the file alone:
   relay would refuse to start), and the same for the TLS and AUTH files;
 * warnings: a ``relay.trusted_networks`` entry wider than loopback and private
   address space - every client there relays without AUTH, which on a reachable
-  port is an open relay.
+  port is an open relay; a file holding a secret (``smarthost_password``...)
+  that others may read.
+
+Secrets are never printed: :func:`smtpguard.config.render` masks them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from smtpguard.config import Config
+from smtpguard.config import Config, secret_file_warnings
 from smtpguard.errors import UserError
 
 #: Networks a relay may trust without AUTH: loopback, RFC 1918, RFC 4193 ULA.
@@ -36,6 +39,7 @@ def audit(cfg: Config) -> Audit:
     result = Audit()
     _files(cfg, result)
     _trusted_networks(cfg, result)
+    result.warnings += secret_file_warnings(cfg)
     return result
 
 
@@ -50,6 +54,14 @@ def _files(cfg: Config, result: Audit) -> None:
             result.errors.append(f"{key}: cannot read {path}: {why}")
     if cfg.relay.tls_key and not cfg.relay.tls_cert:
         result.errors.append("relay.tls_key is set but relay.tls_cert is empty")
+    ca_file = cfg.delivery.smarthost_tls_ca_file
+    if ca_file:
+        from smtpguard.relay.tlspolicy import TLSPolicy, TLSPolicyError
+
+        try:
+            TLSPolicy("required", ca_file=ca_file).context()
+        except TLSPolicyError as e:
+            result.errors.append(f"delivery.smarthost_tls_ca_file: {e}")
     rules = cfg.classifier.rules_file
     if rules:
         from smtpguard.classify import Classifier

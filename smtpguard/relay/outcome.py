@@ -7,7 +7,11 @@ too: the storm breaker counts attempts) to the policy's
 :class:`~smtpguard.policy.sink.VerdictSink` with its evidence:
 
 * ``bounce == "hard"``: the recipient is done (``bounced``). The sender gets an
-  RFC 3464 DSN when :func:`~smtpguard.relay.dsn.dsn_wanted` says so (never to
+  RFC 3464 DSN, one per :meth:`OutcomeHandler.apply` listing every failure in
+  it (the delivery side hands one message's reportable failures from all its
+  destinations of a round over in one call, see :meth:`OutcomeHandler.awaits_dsn`),
+  built with bounded work (:meth:`OutcomeHandler._dsn_bytes`),
+  when :func:`~smtpguard.relay.dsn.dsn_wanted` says so (never to
   the null sender, never for Auto-Submitted mail, honouring NOTIFY) and
   ``dsn.enabled`` is on. The DSN is enqueued as a new queue message with the
   null sender in the same transaction that records the bounce, so it is as
@@ -26,6 +30,8 @@ too: the storm breaker counts attempts) to the policy's
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +42,7 @@ from smtpguard.config import Config
 from smtpguard.policy.evidence import Evidence, EvidenceKind
 from smtpguard.policy.sink import SinkPlan, SuppressionSink
 from smtpguard.relay import metrics
+from smtpguard.relay.dsn import DsnRecipient, build_dsn, dsn_wanted, returned_bytes_needed
 from smtpguard.relay.scheduler import retry_delay
 from smtpguard.smtp.status import leading_status
 from smtpguard.store.messages import InboundMessage, Recipient
@@ -45,6 +52,9 @@ log = logging.getLogger("smtpguard.outcome")
 
 #: Status written for a recipient whose queue lifetime ran out (RFC 3463 X.4.7).
 EXPIRED_STATUS = "5.4.7"
+#: Bound on reading the original and building a DSN from it (both bounded by size,
+#: so this only matters for a stalled disk or a bug: the bounce is recorded anyway).
+DSN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,7 @@ class Attempt:
     text: str = ""
     remote_host: str = ""
     dns: bool = False  # the verdict is a DNS answer (routing), not a reply
+    transaction: int = 0  # which SMTP transaction gave it (after DATA: who shared the reply)
 
     @property
     def evidence(self) -> EvidenceKind:
@@ -199,11 +210,11 @@ class OutcomeHandler:
         """
         if self._sink is None:
             return []
-        groups: dict[EvidenceKind, list[Attempt]] = {}
+        groups: dict[tuple[EvidenceKind, int], list[Attempt]] = {}
         for a in attempts:
-            groups.setdefault(a.evidence, []).append(a)
+            groups.setdefault((a.evidence, a.transaction), []).append(a)
         plans = []
-        for kind, group in groups.items():
+        for (kind, _), group in groups.items():
             evidence = Evidence(kind, "relay")
             if kind == "data-reply":
                 evidence = Evidence(
@@ -213,14 +224,28 @@ class OutcomeHandler:
             plans.append((group, self._sink.prepare(verdicts, evidence, now)))
         return plans
 
+    def _dsn_wanted(self, msg: QueuedMessage, r: QueuedRecipient) -> bool:
+        """Whether a failure of ``r`` goes back to the sender in a DSN."""
+        if not self._cfg.dsn.enabled or msg.kind == "dsn" or not msg.mail_from:
+            return False
+        return dsn_wanted(mail_from=msg.mail_from, auto_submitted=msg.auto_submitted,
+                          notify=r.notify, action="failed")  # fmt: skip
+
+    def awaits_dsn(self, msg: QueuedMessage, a: Attempt, now: float) -> bool:
+        """This attempt ends its recipient (bounced or expired) with a DSN to the sender."""
+        v = a.verdict
+        if v is None or not (v.bounce == "hard" or self.expired(msg, now)):
+            return False
+        return self._dsn_wanted(msg, a.recipient)
+
     async def _dsns(
         self, msg: QueuedMessage, failed: Sequence[tuple[Attempt, str, str, str]], now: float
     ) -> list[tuple[int, InboundMessage]]:
-        """At most one DSN per message per attempt, listing every failed recipient."""
-        if not failed or not self._cfg.dsn.enabled or msg.kind == "dsn" or not msg.mail_from:
-            return []
-        from smtpguard.relay.dsn import DsnRecipient, build_dsn, dsn_wanted
+        """At most one DSN per message per call, listing every failed recipient.
 
+        Never raises: a DSN that cannot be built as asked is built with less
+        (see :meth:`_dsn_bytes`), and the bounce is recorded whatever happens here.
+        """
         recipients = [
             DsnRecipient(
                 address=a.recipient.address,
@@ -232,25 +257,13 @@ class OutcomeHandler:
                 last_attempt=now,
             )
             for a, status, diag, _reason in failed
-            if dsn_wanted(
-                mail_from=msg.mail_from,
-                auto_submitted=msg.auto_submitted,
-                notify=a.recipient.notify,
-                action="failed",
-            )
+            if self._dsn_wanted(msg, a.recipient)
         ]
         if not recipients:
             return []
-        try:
-            original = await self._store.body(msg.id)
-        except Exception as e:
-            log.error("no DSN for %s: cannot read the original: %s", msg.qid, e)
+        data = await self._dsn_bytes(msg, recipients, now)
+        if data is None:
             return []
-        data = build_dsn(
-            original=original, mail_from=msg.mail_from, envid=msg.envid, ret=msg.ret,
-            recipients=recipients, reporting_mta=self._cfg.relay.hostname,
-            arrival_date=msg.received_at, now=now,
-        )  # fmt: skip
         dsn = InboundMessage(
             mail_from="",
             recipients=(Recipient(address=msg.mail_from),),
@@ -263,6 +276,43 @@ class OutcomeHandler:
         )
         metrics.DSNS.inc()
         return [(msg.id, dsn)]
+
+    async def _dsn_bytes(
+        self, msg: QueuedMessage, recipients: Sequence[DsnRecipient], now: float
+    ) -> bytes | None:
+        """The DSN, built off the event loop from at most the start of the original.
+
+        Only what can be returned is read (:func:`~smtpguard.relay.dsn.returned_bytes_needed`:
+        the whole message only when RET=FULL and it is within ``dsn.return_size_limit``,
+        else the first 64 KiB for its header section), and nothing is parsed, so
+        the work is bounded whatever the message holds. If building fails anyway
+        (or the body cannot be read), a DSN with the header section only, then one
+        without the original, is sent instead; None only if even that fails.
+        """
+        limit = self._cfg.dsn.return_size_limit
+        args = {
+            "mail_from": msg.mail_from, "envid": msg.envid, "recipients": recipients,
+            "reporting_mta": self._cfg.relay.hostname, "arrival_date": msg.received_at,
+            "now": now, "original_size": msg.size, "return_limit": limit,
+        }  # fmt: skip
+        original: bytes | None = None
+        try:
+            need = returned_bytes_needed(msg.ret, msg.size, limit)
+            original = await asyncio.wait_for(self._store.body_head(msg.id, need), DSN_TIMEOUT)
+            return await asyncio.wait_for(
+                asyncio.to_thread(functools.partial(build_dsn, original=original, ret=msg.ret,
+                                                    **args)),  # type: ignore[arg-type]
+                DSN_TIMEOUT,
+            )  # fmt: skip
+        except Exception as e:
+            what = "building it failed" if original is not None else "cannot read the original"
+            log.error("DSN for %s: %s (%r); sending a simpler one", msg.qid, what, e)
+        for fallback in (original, None) if original is not None else (None,):
+            try:
+                return build_dsn(original=fallback, ret="HDRS", **args)  # type: ignore[arg-type]
+            except Exception as e:
+                log.error("DSN for %s: the fallback failed too (%r)", msg.qid, e)
+        return None
 
 
 def _sink_verdict(a: Attempt) -> Verdict:

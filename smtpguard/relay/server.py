@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from smtpguard import metrics as prometheus
 from smtpguard.classify import Classifier
-from smtpguard.config import Config
+from smtpguard.config import Config, secret_file_warnings
 from smtpguard.errors import UserError
 from smtpguard.policy import open_recipient_policy, open_sink
 from smtpguard.policy.recipient import RecipientPolicy
@@ -85,6 +85,8 @@ class Relay:
         from smtpguard.relay.routing import Router
 
         cfg = self.cfg
+        for warning in secret_file_warnings(cfg):
+            log.warning("%s", warning)
         busy = cfg.store.busy_timeout
         classifier = load_classifier(cfg)  # fail on bad rules before opening anything
         self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy)
@@ -109,7 +111,12 @@ class Relay:
             cfg, self.queue, sink=self.sink, on_deferred=self.scheduler.notify
         )
         self.delivery = Delivery(
-            cfg, self.queue, Router(d), classifier, self.outcome, shaper=self._shaper
+            cfg,
+            self.queue,
+            Router(d, listen=cfg.relay.listen),
+            classifier,
+            self.outcome,
+            shaper=self._shaper,
         )
         scheduler, delivery = self.scheduler, self.delivery
 

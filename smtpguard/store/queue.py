@@ -345,6 +345,15 @@ def read_body(conn: sqlite3.Connection, message_id: int) -> bytes:
     return bytes(row[0])
 
 
+def read_body_head(conn: sqlite3.Connection, message_id: int, limit: int) -> bytes:
+    """The first ``limit`` bytes of a body, reading no more of it (a DSN needs the start)."""
+    try:
+        with conn.blobopen("queue_bodies", "data", message_id, readonly=True) as blob:
+            return blob.read(limit)
+    except sqlite3.OperationalError:
+        return read_body(conn, message_id)[:limit]  # raises StoreError when there is none
+
+
 def read_message(conn: sqlite3.Connection, message_id: int) -> QueuedMessage | None:
     row = conn.execute(
         f"SELECT {_MSG_COLS} FROM queue_messages WHERE id = ?", (message_id,)
@@ -504,6 +513,13 @@ class QueueStore:
             self._fresh_bytes -= len(fresh)
             return fresh
         return await self._reader.call(lambda c: read_body(c, message_id))
+
+    async def body_head(self, message_id: int, limit: int) -> bytes:
+        """The first ``limit`` bytes of a queued body (a large message is not read whole)."""
+        fresh = self._fresh.get(message_id)
+        if fresh is not None:
+            return fresh[:limit]
+        return await self._reader.call(lambda c: read_body_head(c, message_id, limit))
 
     async def message(self, message_id: int) -> QueuedMessage | None:
         return await self._reader.call(lambda c: read_message(c, message_id))
