@@ -28,13 +28,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config, parse_hostport
 from smtpguard.relay import metrics
 from smtpguard.relay.client import Connection, ConnectionLost, RecipientReply, Refusal
+from smtpguard.relay.observe import Timing
 from smtpguard.relay.outcome import Attempt, OutcomeHandler
 from smtpguard.relay.routing import NextHop, RoutingError
 from smtpguard.relay.scheduler import ConnectionCap
@@ -199,8 +200,10 @@ class Delivery:
 
     # -- finishing a job ------------------------------------------------------
 
-    def _finish(self, job: Job, attempts: list[Attempt]) -> None:
+    def _finish(self, job: Job, attempts: list[Attempt], timing: Timing | None = None) -> None:
         """Hand the attempts to the outcome handler without stalling the connection."""
+        if timing is not None:
+            attempts = [replace(a, timing=timing) for a in attempts]
         self._shaper.feedback(job.destination, attempts)
         task = asyncio.create_task(self._apply(job, attempts))
         self._tasks.add(task)
@@ -229,17 +232,18 @@ class Delivery:
 
     def _fail(
         self, job: Job, make: Callable[[QueuedRecipient], Verdict], host: str = "",
-        dns: bool = False,
+        dns: bool = False, timing: Timing | None = None,
     ) -> None:  # fmt: skip
-        self._finish(job, [Attempt(r, make(r), remote_host=host, dns=dns) for r in job.recipients])
+        attempts = [Attempt(r, make(r), remote_host=host, dns=dns) for r in job.recipients]
+        self._finish(job, attempts, timing)
 
     def _fail_pending(
         self, dest: str, make: Callable[[QueuedRecipient], Verdict], host: str = "",
-        dns: bool = False,
+        dns: bool = False, timing: Timing | None = None,
     ) -> None:  # fmt: skip
         line = self._pending.get(dest)
         while line:
-            self._fail(line.popleft(), make, host, dns)
+            self._fail(line.popleft(), make, host, dns, timing)
 
     # -- a connection ---------------------------------------------------------
 
@@ -255,32 +259,36 @@ class Delivery:
         if not line:
             return
         domain = line[0].domain
+        started, t0 = time.time(), time.monotonic()  # the delivery log's connection setup
         try:
             hops = await self._hops(dest, domain)
         except RoutingError as e:
             log.info("routing %s failed: %s", domain, e.text)
-            self._fail_pending(dest, lambda r, err=e: routing_verdict(r.address, err), dns=True)
+            self._fail_pending(dest, lambda r, err=e: routing_verdict(r.address, err), dns=True,
+                               timing=Timing(started, time.monotonic() - t0))  # fmt: skip
             return
         except Exception as e:
             log.error("routing %s failed unexpectedly: %r", domain, e)
             why = f"routing failed: {e}"
-            self._fail_pending(dest, lambda r: soft_verdict(r.address, why))
+            self._fail_pending(dest, lambda r: soft_verdict(r.address, why),
+                               timing=Timing(started, time.monotonic() - t0))  # fmt: skip
             return
         d = self._d
         conn = await Connection.open(
             hops, helo=self._helo, connect_timeout=d.connect_timeout,
             command_timeout=d.command_timeout,
         )  # fmt: skip
+        setup = Timing(started, time.monotonic() - t0)
         if isinstance(conn, Refusal):
-            self._refused(dest, conn)
+            self._refused(dest, conn, setup)
             return
         metrics.CONNECTIONS.labels("ok").inc()
         try:
-            await self._session(conn, dest)
+            await self._session(conn, dest, setup)
         finally:
             await conn.close(min(d.command_timeout, 10.0))
 
-    def _refused(self, dest: str, refusal: Refusal) -> None:
+    def _refused(self, dest: str, refusal: Refusal, timing: Timing) -> None:
         """No hop took us: every job waiting for ``dest`` gets the same verdict."""
         where = refusal.label
         make: Callable[[QueuedRecipient], Verdict]
@@ -298,10 +306,14 @@ class Delivery:
             def make(r: QueuedRecipient) -> Verdict:
                 return soft_verdict(r.address, refusal.text, remote_host=where)
 
-        self._fail_pending(dest, make, where)
+        self._fail_pending(dest, make, where, timing=timing)
 
-    async def _session(self, conn: Connection, dest: str) -> None:
-        """Send jobs for ``dest`` over one connection until the line is empty or the cap is hit."""
+    async def _session(self, conn: Connection, dest: str, setup: Timing) -> None:
+        """Send jobs for ``dest`` over one connection until the line is empty or the cap is hit.
+
+        The first message's timing includes the connection's ``setup``; later ones
+        start when they are taken from the line (their setup is 0, as in Postfix).
+        """
         line = self._pending[dest]
         sent = 0
         while sent < self._d.messages_per_connection and conn.is_connected:
@@ -319,16 +331,19 @@ class Delivery:
                 return
             job = line.popleft()
             await self._shaper.admit(dest)
+            timing = setup if sent == 0 else Timing(time.time())
+            t0 = time.monotonic()
             self._jobs_in_progress[id(job)] = job
             try:
                 attempts = await self._send(conn, job)
             except ConnectionLost as e:
                 self._fail(job, lambda r, t=str(e): soft_verdict(r.address, t,
-                           remote_host=conn.label, stage="data"), conn.label)  # fmt: skip
+                           remote_host=conn.label, stage="data"), conn.label,
+                           timing=replace(timing, transmit=time.monotonic() - t0))  # fmt: skip
                 return
             finally:
                 self._jobs_in_progress.pop(id(job), None)
-            self._finish(job, attempts)
+            self._finish(job, attempts, replace(timing, transmit=time.monotonic() - t0))
             sent += 1
 
     async def _send(self, conn: Connection, job: Job) -> list[Attempt]:
