@@ -40,8 +40,9 @@ def session(start_relay, dns_server, test_mx, relay_dsn_mx, **log: str) -> Relay
     )
     rcpts = ["ok@example.com", "gone@example.com", "picky@example.com", "slow@example.com"]
     relay.send("sender@example.org", rcpts, BODY)
-    wait_states(relay.data_dir, {"ok@example.com": "delivered", "gone@example.com": "bounced",
-                                 "picky@example.com": "bounced", "slow@example.com": "expired"})  # fmt: skip
+    final = {"ok@example.com": "delivered", "gone@example.com": "bounced",
+             "picky@example.com": "bounced", "slow@example.com": "expired"}  # fmt: skip
+    wait_states(relay.data_dir, final)
     relay_dsn_mx.wait_for(2, timeout=15)  # one for the bounces, one for the expiry
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         relay.send("sender@example.org", ["gone@example.com"], BODY)
@@ -149,7 +150,11 @@ def test_json_lines_for_every_outcome(start_relay, dns_server, test_mx, relay_ds
     (gone,) = by_rcpt["gone@example.com"]
     assert gone["reply"] == "550 5.1.1 <gone@example.com>: User unknown"
     assert (gone["status"], gone["reason"], gone["suppression"], gone["stage"]) == (
-        "bounced", "userunknown", "suppressed", "rcpt")
+        "bounced",
+        "userunknown",
+        "suppressed",
+        "rcpt",
+    )
     (picky,) = by_rcpt["picky@example.com"]
     assert picky["suppression"] == "ignored" and picky["suppression_why"]
     assert picky["reply"] == "554 5.7.1 Message rejected by policy?[1A?[2K?"
@@ -165,7 +170,11 @@ def test_json_lines_for_every_outcome(start_relay, dns_server, test_mx, relay_ds
     (refused,) = events["refused"]
     assert refused["queue_id"] == "NOQUEUE"
     assert (refused["to"], refused["status"], refused["dsn"], refused["evidence"]) == (
-        "gone@example.com", "suppressed", "5.1.1", "rcpt-reply")
+        "gone@example.com",
+        "suppressed",
+        "5.1.1",
+        "rcpt-reply",
+    )
     assert refused["reply"].startswith("550 5.1.1 <gone@example.com>: recipient suppressed")
     assert any(d.get("message", "").startswith("inbound SMTP listening")
                for d in events["relay"])  # the relay's own lines are JSON too  # fmt: skip
@@ -173,9 +182,10 @@ def test_json_lines_for_every_outcome(start_relay, dns_server, test_mx, relay_ds
 
 def test_a_log_file_that_cannot_be_opened_is_a_one_line_error(tmp_path: Path):
     config = tmp_path / "c.toml"
-    config.write_text(f'[store]\ndata_dir = "{tmp_path}/var"\n'
-                      f'[relay]\nlisten = "127.0.0.1:{free_port()}"\n'
-                      f'[log]\ndestination = "file"\nfile = "{tmp_path}/no/such/dir/x.log"\n')  # fmt: skip
+    config.write_text(
+        f'[store]\ndata_dir = "{tmp_path}/var"\n[relay]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[log]\ndestination = "file"\nfile = "{tmp_path}/no/such/dir/x.log"\n'
+    )
     out = subprocess.run(
         [sys.executable, "-m", "smtpguard", "--config", str(config), "serve"],
         capture_output=True, text=True, timeout=60, cwd=REPO,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from smtpguard.config import ReportConfig
 from smtpguard.relay.observe import AttemptRecord, DsnQueued, Received, Refused
@@ -42,9 +42,12 @@ _COLUMN = {name: i for i, name in enumerate(store.COLUMNS)}
 class DailyCounts:
     """Counts per UTC day and domain (and per day and reason), flushed through ``writer``."""
 
-    def __init__(self, writer: Writer, cfg: ReportConfig) -> None:
+    def __init__(
+        self, writer: Writer, cfg: ReportConfig, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._writer = writer
         self._cfg = cfg
+        self._clock = clock
         self._counts: dict[store.DayDomain, list[int]] = {}
         self._reasons: dict[store.DayReason, int] = {}
 
@@ -69,7 +72,7 @@ class DailyCounts:
 
     def refused(self, r: Refused) -> None:
         domain = r.recipient.rpartition("@")[2].lower()
-        self._row(store.day_of(time.time()), domain)[_COLUMN["suppressed"]] += 1
+        self._row(store.day_of(self._clock()), domain)[_COLUMN["suppressed"]] += 1
 
     def attempts(self, records: Sequence[AttemptRecord]) -> None:
         for r in records:
@@ -102,7 +105,7 @@ class DailyCounts:
                 self._reasons[rkey] = self._reasons.get(rkey, 0) + n
 
     async def prune(self, now: float | None = None) -> int:
-        before = store.day_of((time.time() if now is None else now) - self._cfg.keep)
+        before = store.day_of((self._clock() if now is None else now) - self._cfg.keep)
         return await self._writer.call(lambda c: store.prune(c, before), durable=False)
 
     async def run(self) -> None:

@@ -73,6 +73,7 @@ _COMMANDS = {
     "eom": "end of DATA",
 }  # fmt: skip
 
+
 def seconds(value: float) -> str:
     """A duration as Postfix logs it: two significant digits, whole seconds from 10 on,
     "0" below 10 ms."""
@@ -143,7 +144,10 @@ class DeliveryLog:
         if self._json:
             self._emit_json("smtpd", "refused", "NOQUEUE", fields)
             return
-        self._writer.write("smtpd", "NOQUEUE: " + _status_line(fields, _REFUSAL_HEAD, reply, ("reason", "evidence")))
+        self._writer.write(
+            "smtpd",
+            "NOQUEUE: " + _status_line(fields, _REFUSAL_HEAD, reply, ("reason", "evidence")),
+        )
 
     def attempts(self, records: Sequence[AttemptRecord]) -> None:
         for r in records:
@@ -178,7 +182,9 @@ class DeliveryLog:
         elif r.suppression not in ("", "ignored"):
             extras = ("suppression",)  # a delivery that refuted a pending entry
         shown = _postfix_reply(r, reply) if r.status != "sent" else reply
-        self._writer.write("smtp", f"{r.qid}: " + _status_line(fields, _DELIVERY_HEAD, shown, extras))
+        self._writer.write(
+            "smtp", f"{r.qid}: " + _status_line(fields, _DELIVERY_HEAD, shown, extras)
+        )
 
     def dsn(self, d: DsnQueued) -> None:
         if self._json:
@@ -242,7 +248,7 @@ class _Counted(logging.Handler):
 
     _last_report = 0.0
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+    def handleError(self, record: logging.LogRecord) -> None:
         metrics.LOG_ERRORS.inc()
         now = time.monotonic()
         if now - self._last_report >= 60:
@@ -284,8 +290,13 @@ class LineWriter:
 
     def write(self, program: str, line: str) -> None:
         record = logging.makeLogRecord(
-            {"msg": line, "levelno": logging.INFO, "levelname": "INFO", "program": program,
-             "process": self._pid}  # fmt: skip
+            {
+                "msg": line,
+                "levelno": logging.INFO,
+                "levelname": "INFO",
+                "program": program,
+                "process": self._pid,
+            }
         )
         self._front.enqueue(record)
 

@@ -155,10 +155,15 @@ class WatchedPolicy:
         if entry is not None and decision.action == "reject":
             self._observer.refused(
                 Refused(
-                    mail_from=sender, recipient=recipient, client=client.ip, helo=client.helo,
-                    reply=decision.reply, dsn=decision.status, reason=entry.reason,
+                    mail_from=sender,
+                    recipient=recipient,
+                    client=client.ip,
+                    helo=client.helo,
+                    reply=decision.reply,
+                    dsn=decision.status,
+                    reason=entry.reason,
                     evidence=entry.evidence,
-                )  # fmt: skip
+                )
             )
         return decision
 

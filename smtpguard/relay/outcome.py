@@ -222,15 +222,24 @@ class OutcomeHandler:
             v = a.verdict
             records.append(
                 AttemptRecord(
-                    qid=msg.qid, kind=msg.kind, recipient=a.recipient.address,
-                    domain=a.recipient.domain, status=_STATUS[res.event], relay=res.remote_host,
-                    code=res.code, dsn=_logged_status(res), reply=a.text if a.code else res.diagnostic,
-                    stage=v.stage if v is not None else "data", reason=res.reason,
+                    qid=msg.qid,
+                    kind=msg.kind,
+                    recipient=a.recipient.address,
+                    domain=a.recipient.domain,
+                    status=_STATUS[res.event],
+                    relay=res.remote_host,
+                    code=res.code,
+                    dsn=_logged_status(res),
+                    reply=a.text if a.code else res.diagnostic,
+                    stage=v.stage if v is not None else "data",
+                    reason=res.reason,
                     suppression=applied.outcome if applied else "",
                     suppression_why=applied.why if applied else "",
-                    arrived_at=msg.arrived_at, received_at=msg.received_at, timing=a.timing,
+                    arrived_at=msg.arrived_at,
+                    received_at=msg.received_at,
+                    timing=a.timing,
                     finished=now,
-                )  # fmt: skip
+                )
             )
         self._observer.attempts(records)
         for dsn_id, (_, dsn) in zip(created, dsns, strict=True):

@@ -187,10 +187,15 @@ class Relay:
         qid = format_qid(message_id)
         self.observers.received(
             Received(
-                qid=qid, mail_from=msg.mail_from, size=len(msg.data), nrcpt=len(msg.recipients),
-                client=msg.client_address, helo=msg.helo, auth_user=msg.auth_user,
+                qid=qid,
+                mail_from=msg.mail_from,
+                size=len(msg.data),
+                nrcpt=len(msg.recipients),
+                client=msg.client_address,
+                helo=msg.helo,
+                auth_user=msg.auth_user,
                 message_id=message_id_of(msg.data),
-            )  # fmt: skip
+            )
         )
         return qid
 

@@ -50,8 +50,8 @@ from smtpguard.store.db import connect, db_path, explained, transaction
 from smtpguard.store.messages import (
     Claim,
     InboundMessage,
-    QueuedMessage,
     QueueDepth,
+    QueuedMessage,
     QueuedRecipient,
     QueueEvent,
     QueueStats,
@@ -367,9 +367,9 @@ def depth(conn: sqlite3.Connection) -> QueueDepth:
         " GROUP BY state"
     ):
         by_state[state] = n
-    messages = conn.execute(
-        "SELECT count(*) FROM queue_messages WHERE done_at IS NULL"
-    ).fetchone()[0]
+    messages = conn.execute("SELECT count(*) FROM queue_messages WHERE done_at IS NULL").fetchone()[
+        0
+    ]
     oldest = conn.execute(
         "SELECT received_at FROM queue_messages WHERE done_at IS NULL ORDER BY id LIMIT 1"
     ).fetchone()
