@@ -277,13 +277,34 @@ class _Dropping(logging.handlers.QueueHandler):
             metrics.LOG_DROPPED.inc()
 
 
+#: How long closing the log waits for a stuck destination to take what is queued.
+CLOSE_WAIT = 10.0
+
+
+class _Listener(logging.handlers.QueueListener):
+    def stop(self) -> None:
+        """Let the thread write what is queued, waiting at most :data:`CLOSE_WAIT` for room
+        for the end mark and as long again for the thread (a stuck destination must not
+        hang the relay's shutdown; the thread is a daemon)."""
+        thread = self._thread
+        if thread is None:
+            return
+        try:
+            self.queue.put(self._sentinel, timeout=CLOSE_WAIT)
+        except queue.Full:
+            log.error("delivery log: the destination is stuck; %d lines lost", self.queue.qsize())
+            return
+        thread.join(CLOSE_WAIT)
+        self._thread = None
+
+
 class LineWriter:
     """Finished lines -> a bounded queue -> a thread writing to the destination."""
 
     def __init__(self, handler: logging.Handler, *, capacity: int = QUEUE_LINES) -> None:
         self._queue: queue.Queue[logging.LogRecord] = queue.Queue(capacity)
         self._front = _Dropping(self._queue)
-        self._listener = logging.handlers.QueueListener(self._queue, handler)
+        self._listener = _Listener(self._queue, handler)
         self._handler = handler
         self._pid = os.getpid()
         self._listener.start()
