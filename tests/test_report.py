@@ -172,3 +172,42 @@ def test_a_directory_without_a_database_is_an_error(cli, tmp_path):
     out = cli("--data-dir", str(tmp_path / "nowhere"), "report")
     assert out.returncode == 2
     assert re.search(r"smtpguard: error: .*no smtpguard database here", out.stderr)
+
+
+@pytest.mark.slow
+def test_report_counts_what_the_relay_did(start_relay, dns_server, test_mx):
+    from tests.fixtures.cli import _run
+    from tests.fixtures.relay import route_to_mx
+    from tests.test_relay_delivery import BODY, wait_states
+
+    route_to_mx(dns_server, "example.com", "example.net")
+    test_mx.script("gone@example.com", "550 5.1.1 <gone@example.com>: User unknown")
+    test_mx.script("later@example.net", "452 4.2.2 Mailbox full")
+    relay = start_relay(dsn={"enabled": False}, delivery={"retry_initial": 600.0})
+    rcpts = ["a@example.com", "b@example.com", "gone@example.com", "later@example.net"]
+    relay.send("s@example.org", rcpts, BODY)
+    wait_states(
+        relay.data_dir,
+        {
+            "a@example.com": "delivered",
+            "b@example.com": "delivered",
+            "gone@example.com": "bounced",
+            "later@example.net": "queued",
+        },
+    )
+    assert relay.stop() == 0  # the counts are written at the latest when the relay stops
+    out = _run(["--data-dir", str(relay.data_dir), "report", "--since", "1d", "--format", "json"])
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    domains = {d["domain"]: d for d in r["domains"]}
+    assert (domains["example.com"]["sent"], domains["example.com"]["bounced"]) == (2, 1)
+    assert domains["example.net"]["deferred"] == 1
+    assert {(x["status"], x["reason"]) for x in r["reasons"]} == {
+        ("bounced", "userunknown"),
+        ("deferred", "mailboxfull"),
+    }
+    assert r["suppressions"][-1]["added"] == 1
+    assert r["suppressions_added_by_evidence"] == {"rcpt-reply": 1}
+    assert r["queue"]["messages"] == 1 and r["queue"]["recipients"]["queued"] == 1
+    (waiting,) = r["waiting"]
+    assert (waiting["domain"], waiting["reason"]) == ("example.net", "mailboxfull")
