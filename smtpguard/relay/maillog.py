@@ -45,13 +45,14 @@ dropped and counted (``smtpguard_delivery_log_dropped_total``).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import logging.handlers
 import os
-import queue
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -106,8 +107,8 @@ def _client(ip: str) -> str:
 class DeliveryLog:
     """The delivery log as an :class:`~smtpguard.relay.observe.Observer`.
 
-    ``write(program, line)`` is where finished lines go: by default a
-    :class:`LineWriter` for the configured destination.
+    Finished lines go to ``writer`` (a :class:`LineWriter` for the configured
+    destination).
     """
 
     def __init__(self, fmt: str, writer: LineWriter) -> None:
@@ -242,110 +243,120 @@ def _postfix_reply(r: AttemptRecord, reply: str) -> str:
 
 # --------------------------------------------------------------------------- destinations
 
-
-class _Counted(logging.Handler):
-    """A handler whose failures are counted and reported one line a minute, not per line."""
-
-    _last_report = 0.0
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        metrics.LOG_ERRORS.inc()
-        now = time.monotonic()
-        if now - self._last_report >= 60:
-            self._last_report = now
-            err = sys.exc_info()[1]
-            log.error("delivery log: writing to %s failed: %s", self.name, err)
-
-
-class _Stream(_Counted, logging.StreamHandler):  # type: ignore[type-arg]
-    pass
-
-
-class _File(_Counted, logging.handlers.WatchedFileHandler):
-    pass
-
-
-class _Syslog(_Counted, logging.handlers.SysLogHandler):
-    pass
-
-
-class _Dropping(logging.handlers.QueueHandler):
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            metrics.LOG_DROPPED.inc()
-
-
-#: How long closing the log waits for a stuck destination to take what is queued.
+#: Lines handed to the destination at once (one write() for a file or stderr).
+BATCH_LINES = 1000
+#: How long closing the log waits for the writer thread to write what is queued.
 CLOSE_WAIT = 10.0
 
+Line = tuple[str, float, str]  # program, unix time, text
 
-class _Listener(logging.handlers.QueueListener):
-    def stop(self) -> None:
-        """Let the thread write what is queued, waiting at most :data:`CLOSE_WAIT` for room
-        for the end mark and as long again for the thread (a stuck destination must not
-        hang the relay's shutdown; the thread is a daemon)."""
-        thread = self._thread
-        if thread is None:
-            return
+
+class Destination:
+    """Where finished lines go, a batch at a time (called from the writer thread).
+
+    A file or stderr gets one ``write()`` per batch (a file through
+    :class:`logging.handlers.WatchedFileHandler`, reopened when logrotate moves
+    it); syslog gets one datagram per line (:class:`logging.handlers.SysLogHandler`,
+    which reconnects when syslogd restarts). Failures are counted
+    (``smtpguard_delivery_log_errors_total``) and reported one line a minute.
+    """
+
+    def __init__(self, handler: logging.Handler, *, tag: bool, stamp: bool, name: str) -> None:
+        self.handler = handler
+        self.name = name
+        self._tag = tag  # "smtpguard/PROGRAM[PID]: " before each line
+        self._stamp = stamp  # and "TIME HOST " before that
+        self._pid = os.getpid()
+        self._host = socket.gethostname()
+        self._last_report = 0.0
+
+    def _format(self, line: Line) -> str:
+        program, created, text = line
+        if self._tag:
+            text = f"smtpguard/{program}[{self._pid}]: {text}"
+        if self._stamp:
+            when = datetime.fromtimestamp(created, UTC).isoformat(timespec="microseconds")
+            text = f"{when} {self._host} {text}"
+        return text
+
+    def write(self, batch: Sequence[Line]) -> None:
+        h = self.handler
         try:
-            self.queue.put(self._sentinel, timeout=CLOSE_WAIT)
-        except queue.Full:
-            log.error("delivery log: the destination is stuck; %d lines lost", self.queue.qsize())
-            return
-        thread.join(CLOSE_WAIT)
-        self._thread = None
+            if isinstance(h, logging.StreamHandler):
+                if isinstance(h, logging.handlers.WatchedFileHandler):
+                    h.reopenIfNeeded()
+                h.stream.write("".join(self._format(line) + "\n" for line in batch))
+                h.stream.flush()
+            else:
+                for line in batch:
+                    record = logging.makeLogRecord(
+                        {"msg": self._format(line), "levelno": logging.INFO, "levelname": "INFO"}
+                    )
+                    h.emit(record)
+        except Exception as e:
+            metrics.LOG_ERRORS.inc(len(batch))
+            now = time.monotonic()
+            if now - self._last_report >= 60:
+                self._last_report = now
+                log.error("delivery log: writing to %s failed: %s", self.name, e)
+
+    def close(self) -> None:
+        self.handler.close()
+
+
+class _Syslog(logging.handlers.SysLogHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Raise to :meth:`Destination.write`, which counts and reports (not a traceback)."""
+        raise
 
 
 class LineWriter:
-    """Finished lines -> a bounded queue -> a thread writing to the destination."""
+    """Finished lines -> a bounded in-memory line -> a thread that writes them in batches.
 
-    def __init__(self, handler: logging.Handler, *, capacity: int = QUEUE_LINES) -> None:
-        self._queue: queue.Queue[logging.LogRecord] = queue.Queue(capacity)
-        self._front = _Dropping(self._queue)
-        self._listener = _Listener(self._queue, handler)
-        self._handler = handler
-        self._pid = os.getpid()
-        self._listener.start()
+    :meth:`write` costs an append (and, when the thread sleeps, a wake-up): the
+    relay's loop never waits for a disk, journald or syslogd. Beyond
+    ``capacity`` waiting lines, new ones are dropped and counted.
+    """
+
+    def __init__(self, destination: Destination, *, capacity: int = QUEUE_LINES) -> None:
+        self._destination = destination
+        self._lines: collections.deque[Line] = collections.deque()
+        self._capacity = capacity
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="delivery-log", daemon=True)
+        self._thread.start()
 
     def write(self, program: str, line: str) -> None:
-        record = logging.makeLogRecord(
-            {
-                "msg": line,
-                "levelno": logging.INFO,
-                "levelname": "INFO",
-                "program": program,
-                "process": self._pid,
-            }
-        )
-        self._front.enqueue(record)
+        if len(self._lines) >= self._capacity:
+            metrics.LOG_DROPPED.inc()
+            return
+        self._lines.append((program, time.time(), line))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _run(self) -> None:
+        lines = self._lines
+        while True:
+            self._wake.wait()
+            self._wake.clear()  # before taking: a line added from now on wakes us again
+            while lines:
+                batch = [lines.popleft() for _ in range(min(len(lines), BATCH_LINES))]
+                self._destination.write(batch)
+            if self._closing:
+                return
 
     def close(self) -> None:
-        """Write what is queued, then stop the thread and close the destination."""
-        self._listener.stop()
-        self._handler.close()
-
-
-class _Prefix(logging.Formatter):
-    """``[TIME HOST ]smtpguard/PROGRAM[PID]: line`` (time and host only for a file)."""
-
-    def __init__(self, *, stamp: bool, host: str = "") -> None:
-        super().__init__()
-        self._stamp = stamp
-        self._host = host
-
-    def format(self, record: logging.LogRecord) -> str:
-        tag = f"smtpguard/{getattr(record, 'program', 'relay')}[{record.process}]: "
-        if not self._stamp:
-            return tag + record.getMessage()
-        when = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds")
-        return f"{when} {self._host} {tag}{record.getMessage()}"
-
-
-class _Bare(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return record.getMessage()
+        """Write what is queued (waiting at most :data:`CLOSE_WAIT`), then close the
+        destination. A destination stuck longer loses the rest: shutdown must not hang."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join(CLOSE_WAIT)
+        if self._thread.is_alive():
+            log.error("delivery log: %s is stuck; %d lines lost", self._destination.name,
+                      len(self._lines))  # fmt: skip
+            return
+        self._destination.close()
 
 
 def stderr_is_journal() -> bool:
@@ -359,34 +370,29 @@ def stderr_is_journal() -> bool:
     return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
 
 
-def open_destination(cfg: LogConfig) -> logging.Handler:
-    """The handler for ``log.destination``; a one-line :class:`UserError` if it cannot open.
+def open_destination(cfg: LogConfig) -> Destination:
+    """The destination for ``log.destination``; a one-line :class:`UserError` if it cannot open.
 
     Text lines carry Postfix's ``smtpguard/PROGRAM[PID]:`` tag (syslog gets it
     as the tag; a file gets a timestamp and host first, as syslog writes them;
-    stderr under journald gets neither time nor host, journald adds them). JSON
-    lines are the object alone, except through syslog, which needs the tag.
+    stderr too, except under journald, which adds them itself). JSON lines are
+    the object alone, except through syslog, which needs the tag.
     """
     text = cfg.format == "text"
-    handler: logging.Handler
     if cfg.destination == "syslog":
         facility = logging.handlers.SysLogHandler.facility_names[cfg.syslog_facility]
-        handler = _Syslog(address=cfg.syslog_socket, facility=facility)
-        handler.setFormatter(_Prefix(stamp=False))
-    elif cfg.destination == "file":
+        handler: logging.Handler = _Syslog(address=cfg.syslog_socket, facility=facility)
+        return Destination(handler, tag=True, stamp=False, name=f"syslog {cfg.syslog_socket}")
+    if cfg.destination == "file":
         if not cfg.file:
             raise UserError("log.destination is file but log.file is empty")
         try:
-            handler = _File(cfg.file, encoding="utf-8")
+            handler = logging.handlers.WatchedFileHandler(cfg.file, encoding="utf-8")
         except OSError as e:
             raise UserError(f"log.file: cannot open {cfg.file}: {e.strerror or e}") from None
-        handler.setFormatter(_Prefix(stamp=True, host=socket.gethostname()) if text else _Bare())
-    else:
-        handler = _Stream(sys.stderr)
-        stamped = _Prefix(stamp=not stderr_is_journal(), host=socket.gethostname())
-        handler.setFormatter(stamped if text else _Bare())
-    handler.name = cfg.destination if cfg.destination != "file" else cfg.file
-    return handler
+        return Destination(handler, tag=text, stamp=text, name=cfg.file)
+    handler = logging.StreamHandler(sys.stderr)
+    return Destination(handler, tag=text, stamp=text and not stderr_is_journal(), name="stderr")
 
 
 def open_delivery_log(cfg: LogConfig) -> DeliveryLog:

@@ -29,6 +29,14 @@ def log_safe(text: str, limit: int = MAX_LOG_TEXT) -> str:
     line and forge the next one, or move a terminal's cursor), whitespace runs as one
     space, at most ``limit`` characters. Unlike :func:`printable`, UTF-8 stays readable.
     """
+    if (
+        len(text) <= limit
+        and text.isprintable()  # no controls, separators, format (bidi) characters
+        and "  " not in text
+        and text[:1] != " "
+        and text[-1:] != " "
+    ):
+        return text  # the common case, checked in C
     if len(text) > 4 * limit:
         text = text[: 4 * limit]
     text = " ".join(text.translate(_UNSAFE).split())

@@ -15,6 +15,7 @@ Schema: migration step 4 in :mod:`smtpguard.store.migrations`.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,7 +32,13 @@ DayReason = tuple[str, str, str]  # day, status, reason
 
 def day_of(ts: float) -> str:
     """The UTC day of a unix time: ``"2026-03-02"``."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    return _day(int(ts // 86_400))
+
+
+@functools.lru_cache(maxsize=64)
+def _day(number: int) -> str:
+    # Cached: the relay asks for the same day for every attempt it counts.
+    return datetime.fromtimestamp(number * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True, slots=True)
