@@ -193,3 +193,27 @@ def test_a_log_file_that_cannot_be_opened_is_a_one_line_error(tmp_path: Path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("smtpguard: error: log.file: cannot open")
     assert "Traceback" not in out.stderr
+
+
+def test_log_format_option_makes_stderr_json(tmp_path: Path):
+    import signal
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[store]\ndata_dir = "{tmp_path}/var"\n[relay]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smtpguard", "--config", str(config), "serve", "--log-format",
+         "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("smtpguard: listening on ")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    docs = [json.loads(line) for line in err.splitlines()]
+    assert [d["message"] for d in docs][-1] == "stopped"
+    assert {d["level"] for d in docs} == {"info"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -175,3 +176,35 @@ def test_lines_beyond_the_queue_are_dropped_and_counted(tmp_path):
     assert dropped() - before >= 10  # the thread holds a batch of at most 5, five wait
     stuck.release.set()
     dl.close()
+
+
+def _stderr_lines(tmp_path: Path, journal: bool) -> str:
+    """A process writing one delivery-log line to stderr (a file), with JOURNAL_STREAM naming
+    that file (as systemd does for the journal's stream) or not."""
+    import subprocess
+    import sys
+
+    err = tmp_path / f"stderr-{journal}.txt"
+    code = (
+        "import os, sys\n"
+        "st = os.fstat(2)\n"
+        "if sys.argv[1] == 'yes': os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'\n"
+        "from smtpguard.config import LogConfig\n"
+        "from smtpguard.relay.maillog import open_delivery_log\n"
+        "from smtpguard.relay.observe import DsnQueued\n"
+        "dl = open_delivery_log(LogConfig())\n"
+        "dl.dsn(DsnQueued('000000002A', '000000002B', 'a@example.org'))\n"
+        "dl.close()\n"
+    )
+    with err.open("w") as f:
+        subprocess.run([sys.executable, "-c", code, "yes" if journal else "no"], stderr=f,
+                       check=True, timeout=60)  # fmt: skip
+    return err.read_text()
+
+
+def test_stderr_lines_carry_time_and_host_except_in_the_journal(tmp_path):
+    plain = _stderr_lines(tmp_path, journal=False)
+    assert re.match(r"\d{4}-\d\d-\d\dT\S+ \S+ smtpguard/bounce\[\d+\]: 000000002A: sender", plain)
+    journal = _stderr_lines(tmp_path, journal=True)
+    assert re.fullmatch(r"smtpguard/bounce\[\d+\]: 000000002A: sender non-delivery"
+                        r" notification: 000000002B\n", journal)  # fmt: skip
