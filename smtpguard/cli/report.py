@@ -18,7 +18,7 @@ import click
 
 from smtpguard.cli.main import common_options, get_config
 from smtpguard.cli.output import console, emit_json, format_option
-from smtpguard.config import parse_duration
+from smtpguard.config import format_duration, parse_duration
 from smtpguard.errors import UserError
 
 if TYPE_CHECKING:
@@ -120,6 +120,11 @@ def report(since: str, top: int, html_file: str | None, fmt: str) -> None:
             data = build(conn, since=window, top=top)
     finally:
         conn.close()
+    if window > cfg.report.keep:
+        data.notes.append(
+            f"per-day counts are kept for report.keep ({format_duration(cfg.report.keep)}):"
+            " older days are empty"
+        )
     if html_file is not None:
         _write_html(data, html_file)
     elif fmt == "json":
