@@ -34,6 +34,7 @@ bench: setup-test
 	$(PY) benchmarks/milter_bench.py
 	$(PY) benchmarks/logscan_bench.py
 	$(PY) benchmarks/smtpclient_bench.py
+	$(PY) benchmarks/maillog_bench.py
 
 # ---------------------------------------------------------------------------- install
 # `make install` (as root): a venv in $(PREFIX) with smtpguard and its dependencies,

@@ -40,6 +40,10 @@ ENV_DATA_DIR = "SMTPGUARD_DATA_DIR"
 SYSTEM_CONFIG = Path("/etc/smtpguard/smtpguard.toml")
 
 
+#: Facilities a mail program may log to (logging.handlers.SysLogHandler's names).
+SYSLOG_FACILITIES = ("mail", "daemon", "user", *(f"local{n}" for n in range(8)))
+
+
 def opt(default: Any, doc: str, *, unit: str = "", check: str = "", secret: bool = False) -> Any:
     """Declare one setting: its default, a one-line doc, a unit and a value check.
 
@@ -356,6 +360,40 @@ class MetricsConfig:
     listen: str = opt(
         "", "HOST:PORT for the /metrics endpoint (off when empty).", check="hostport?"
     )
+    queue_refresh: float = opt(
+        15.0, "How often the queue gauges (depth, oldest age) are recounted.", unit="s",
+        check="positive",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The delivery log: one line per recipient attempt, as Postfix's maillog has."""
+
+    destination: str = opt(
+        "stderr",
+        "Where delivery-log lines go: stderr (journald under systemd), syslog or file.",
+        check="log_destination",
+    )
+    format: str = opt("text", "text (Postfix-like key=value lines) or json (one object per line).",
+                      check="log_format")  # fmt: skip
+    file: str = opt("", "The file written when destination is file (opened for appending).")
+    syslog_socket: str = opt("/dev/log", "The local syslog socket when destination is syslog.")
+    syslog_facility: str = opt("mail", "Syslog facility of the lines.", check="syslog_facility")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The per-day delivery counts the relay keeps for smtpguard report."""
+
+    keep: float = opt(
+        7_776_000.0, "Per-day counts older than this are pruned.", unit="s", check="positive"
+    )
+    max_domains_per_day: int = opt(
+        500,
+        "Destination domains counted on their own per day; later ones count as (other).",
+        check="positive",
+    )
 
 
 @dataclass(frozen=True)
@@ -388,6 +426,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     policy_service: PolicyServiceConfig = field(default_factory=PolicyServiceConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     source: str = field(default="(embedded defaults)", compare=False)
     #: Durations as the operator wrote them ("5d"), by "table.key", for printing.
@@ -654,6 +694,13 @@ _CHECKS: dict[str, Any] = {
     "policy_action": _choice("reject", "tempfail"),
     "accept_tempfail": _choice("accept", "tempfail"),
     "dunno_defer": _choice("dunno", "defer"),
+    "log_destination": _is(
+        lambda v: v in ("stderr", "syslog", "file"), "one of stderr, syslog, file"
+    ),
+    "log_format": _is(lambda v: v in ("text", "json"), "text or json"),
+    "syslog_facility": _is(
+        lambda v: v in SYSLOG_FACILITIES, f"a facility: {', '.join(SYSLOG_FACILITIES)}"
+    ),
     "reply": _is(
         lambda v: v.startswith("5") and is_reply_with_status(v),
         "a 5xx reply code and enhanced status like '550 5.1.1'",

@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "smtpguard.cli.logscan:logscan",
         "Classify bounces and deferrals in Postfix, Exim and Sendmail logs.",
     ),
+    "report": (
+        "smtpguard.cli.report:report",
+        "Bounce and complaint rates by domain and day, reasons, suppressions, the queue.",
+    ),
 }
 
 

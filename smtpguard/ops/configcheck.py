@@ -4,7 +4,9 @@ The loader (:mod:`smtpguard.config`) already rejects unknown keys, wrong types
 and impossible values. What it cannot see from the file alone:
 
 * errors: a ``classifier.rules_file`` that cannot be read or does not load (the
-  relay would refuse to start), and the same for the TLS and AUTH files;
+  relay would refuse to start), and the same for the TLS and AUTH files; a
+  delivery log to a file (``log.destination = "file"``) without ``log.file`` or
+  in a directory that does not exist;
 * warnings: a ``relay.trusted_networks`` entry wider than loopback and private
   address space - every client there relays without AUTH, which on a reachable
   port is an open relay; a file holding a secret (``smarthost_password``...)
@@ -62,6 +64,7 @@ def _files(cfg: Config, result: Audit) -> None:
             TLSPolicy("required", ca_file=ca_file).context()
         except TLSPolicyError as e:
             result.errors.append(f"delivery.smarthost_tls_ca_file: {e}")
+    _log_file(cfg, result)
     rules = cfg.classifier.rules_file
     if rules:
         from smtpguard.classify import Classifier
@@ -70,6 +73,19 @@ def _files(cfg: Config, result: Audit) -> None:
             Classifier.load(rules)
         except UserError as e:
             result.errors.append(f"classifier.rules_file: {e}")
+
+
+def _log_file(cfg: Config, result: Audit) -> None:
+    """The delivery log's file: named when it is the destination, in a directory that exists
+    (checked, not created: the relay opens it for appending at start)."""
+    if cfg.log.destination != "file":
+        return
+    if not cfg.log.file:
+        result.errors.append('log.file: empty, but log.destination is "file"')
+        return
+    directory = os.path.dirname(os.path.abspath(cfg.log.file))
+    if not os.path.isdir(directory):
+        result.errors.append(f"log.file: cannot write {cfg.log.file}: no such directory")
 
 
 def _trusted_networks(cfg: Config, result: Audit) -> None:

@@ -27,7 +27,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smtpguard.classify.verdict import Verdict
@@ -35,6 +35,7 @@ from smtpguard.config import Config, parse_hostport
 from smtpguard.errors import ConfigError
 from smtpguard.relay import metrics
 from smtpguard.relay.client import Connection, RecipientReply, Refusal
+from smtpguard.relay.observe import Timing
 from smtpguard.relay.outcome import Attempt, OutcomeHandler
 from smtpguard.relay.routing import NextHop, RoutingError
 from smtpguard.relay.scheduler import ConnectionCap
@@ -232,13 +233,16 @@ class Delivery:
 
     # -- finishing a job ------------------------------------------------------
 
-    def _finish(self, job: Job, attempts: list[Attempt]) -> None:
+    def _finish(self, job: Job, attempts: list[Attempt], timing: Timing | None = None) -> None:
         """Hand the attempts to the outcome handler without stalling the connection.
 
         Results are written at once, except failures that will be reported to
         the sender: those wait for the claim's other jobs (see :class:`_ClaimState`)
         and are written, with the one DSN, together with the last job's results.
+        ``timing`` (connection setup and transmission) goes to the delivery log.
         """
+        if timing is not None:
+            attempts = [replace(a, timing=timing) for a in attempts]
         self._shaper.feedback(job.destination, attempts)
         state = job.claim
         state.unsent -= 1
@@ -298,17 +302,18 @@ class Delivery:
 
     def _fail(
         self, job: Job, make: Callable[[QueuedRecipient], Verdict], host: str = "",
-        dns: bool = False,
+        dns: bool = False, timing: Timing | None = None,
     ) -> None:  # fmt: skip
-        self._finish(job, [Attempt(r, make(r), remote_host=host, dns=dns) for r in job.recipients])
+        attempts = [Attempt(r, make(r), remote_host=host, dns=dns) for r in job.recipients]
+        self._finish(job, attempts, timing)
 
     def _fail_pending(
         self, dest: str, make: Callable[[QueuedRecipient], Verdict], host: str = "",
-        dns: bool = False,
+        dns: bool = False, timing: Timing | None = None,
     ) -> None:  # fmt: skip
         line = self._pending.get(dest)
         while line:
-            self._fail(line.popleft(), make, host, dns)
+            self._fail(line.popleft(), make, host, dns, timing)
 
     # -- a connection ---------------------------------------------------------
 
@@ -324,26 +329,30 @@ class Delivery:
         if not line:
             return
         domain = line[0].domain
+        started, t0 = time.time(), time.monotonic()  # the delivery log's connection setup
         try:
             hops = await self._hops(dest, domain)
         except RoutingError as e:
             log.info("routing %s failed: %s", domain, e.text)
-            self._fail_pending(dest, lambda r, err=e: routing_verdict(r.address, err), dns=e.dns)
+            self._fail_pending(dest, lambda r, err=e: routing_verdict(r.address, err), dns=e.dns,
+                               timing=Timing(started, time.monotonic() - t0))  # fmt: skip
             return
         except Exception as e:
             log.error("routing %s failed unexpectedly: %r", domain, e)
             why = f"routing failed: {e}"
-            self._fail_pending(dest, lambda r: soft_verdict(r.address, why))
+            self._fail_pending(dest, lambda r: soft_verdict(r.address, why),
+                               timing=Timing(started, time.monotonic() - t0))  # fmt: skip
             return
         conn = await Connection.open(
             hops, helo=self._helo, timeouts=self._timeouts, tls_for=self._tls_for
         )
+        setup = Timing(started, time.monotonic() - t0)
         if isinstance(conn, Refusal):
-            self._refused(dest, conn)
+            self._refused(dest, conn, setup)
             return
         metrics.CONNECTIONS.labels("ok").inc()
         try:
-            await self._session(conn, dest)
+            await self._session(conn, dest, setup)
         finally:
             await conn.close()
 
@@ -352,7 +361,7 @@ class Delivery:
             return self._smarthost_tls
         return self._tls_modes[hop.tls]
 
-    def _refused(self, dest: str, refusal: Refusal) -> None:
+    def _refused(self, dest: str, refusal: Refusal, timing: Timing) -> None:
         """No hop took us: every job waiting for ``dest`` gets the same verdict."""
         where = refusal.label
         make: Callable[[QueuedRecipient], Verdict]
@@ -367,10 +376,14 @@ class Delivery:
                 return soft_verdict(r.address, refusal.text, reason=reason,
                                     status=refusal.status, remote_host=where)  # fmt: skip
 
-        self._fail_pending(dest, make, where)
+        self._fail_pending(dest, make, where, timing=timing)
 
-    async def _session(self, conn: Connection, dest: str) -> None:
-        """Send jobs for ``dest`` over one connection until the line is empty or the cap is hit."""
+    async def _session(self, conn: Connection, dest: str, setup: Timing) -> None:
+        """Send jobs for ``dest`` over one connection until the line is empty or the cap is hit.
+
+        The first message's timing includes the connection's ``setup``; later ones
+        start when they are taken from the line (their setup is 0, as in Postfix).
+        """
         line = self._pending[dest]
         sent = 0
         while sent < self._d.messages_per_connection and conn.is_connected:
@@ -392,19 +405,23 @@ class Delivery:
                 # The hop closed the session after an earlier message: a new one takes it.
                 line.appendleft(job)
                 return
+            timing = setup if sent == 0 else Timing(time.time())
+            t0 = time.monotonic()
             self._jobs_in_progress[id(job)] = job
             try:
                 replies = await conn.send(job.message, job.recipients,
                                           self._store.body(job.message.id))  # fmt: skip
             except SMTPClientError as e:  # the session was not usable after all
                 self._fail(job, lambda r, t=str(e): soft_verdict(r.address, t,
-                           remote_host=conn.label, stage="mail"), conn.label)  # fmt: skip
+                           remote_host=conn.label, stage="mail"), conn.label,
+                           timing=replace(timing, transmit=time.monotonic() - t0))  # fmt: skip
                 return
             finally:
                 self._jobs_in_progress.pop(id(job), None)
             self._transactions += 1
             txn = self._transactions
-            self._finish(job, [self._attempt(reply, conn.label, txn) for reply in replies])
+            self._finish(job, [self._attempt(reply, conn.label, txn) for reply in replies],
+                         replace(timing, transmit=time.monotonic() - t0))  # fmt: skip
             sent += 1
 
     def _attempt(self, reply: RecipientReply, where: str, transaction: int) -> Attempt:

@@ -40,13 +40,21 @@ from dataclasses import dataclass, replace
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config
 from smtpguard.policy.evidence import Evidence, EvidenceKind
-from smtpguard.policy.sink import SinkPlan, SuppressionSink
+from smtpguard.policy.sink import Applied, SinkPlan, SuppressionSink
 from smtpguard.relay import metrics
 from smtpguard.relay.dsn import DsnRecipient, build_dsn, dsn_wanted, returned_bytes_needed
+from smtpguard.relay.observe import AttemptRecord, DsnQueued, Observer, Status, Timing
 from smtpguard.relay.scheduler import retry_delay
 from smtpguard.smtp.status import leading_status
+from smtpguard.smtp.text import log_safe
 from smtpguard.store.messages import InboundMessage, Recipient
-from smtpguard.store.queue import QueuedMessage, QueuedRecipient, QueueStore, RecipientResult
+from smtpguard.store.queue import (
+    QueuedMessage,
+    QueuedRecipient,
+    QueueStore,
+    RecipientResult,
+    format_qid,
+)
 
 log = logging.getLogger("smtpguard.outcome")
 
@@ -72,6 +80,7 @@ class Attempt:
     remote_host: str = ""
     dns: bool = False  # the verdict is a DNS answer (routing), not a reply
     transaction: int = 0  # which SMTP transaction gave it (after DATA: who shared the reply)
+    timing: Timing | None = None  # for the delivery log's delays
 
     @property
     def evidence(self) -> EvidenceKind:
@@ -83,6 +92,11 @@ class Attempt:
             return "data-reply"
         return "rcpt-reply" if v.stage == "rcpt" else "session-reply"
 
+
+#: Result event -> the delivery log's status (Postfix's words).
+_STATUS: dict[str, Status] = {
+    "delivered": "sent", "deferred": "deferred", "bounced": "bounced", "expired": "expired",
+}  # fmt: skip
 
 #: Verdict stages that answer the final dot (the whole transaction).
 AFTER_DATA = frozenset({"data", "eom"})
@@ -98,11 +112,13 @@ class OutcomeHandler:
         *,
         sink: SuppressionSink | None = None,
         on_deferred: Callable[[int, float], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
         self._sink = sink
         self._on_deferred = on_deferred
+        self._observer = observer
 
     # -- policy ---------------------------------------------------------------
 
@@ -180,12 +196,14 @@ class OutcomeHandler:
         dsns = await self._dsns(msg, failed, now)
         plans = self._plans(attempts, now)
         writes = [p.write for _, p in plans if p.needs_write]
-        await self._store.record(results, dsns, now, also=writes)
+        created = await self._store.record(results, dsns, now, also=writes)
         for res in results:
             if res.state == "queued" and self._on_deferred is not None:
                 self._on_deferred(res.message_id, res.next_attempt)
+        sunk: dict[int, Applied] = {}
         for group, plan in plans:
             for a, applied in zip(group, plan.done().applied, strict=True):
+                sunk[id(a)] = applied
                 v = a.verdict
                 if (
                     v is not None
@@ -196,9 +214,47 @@ class OutcomeHandler:
                     metrics.REJECTIONS.labels(metrics.domain_label(r.domain), v.reason).inc()
                     log.warning(
                         "rejected without suppression: %s to=<%s> reason=%s %s %s: %s (%s)",
-                        msg.qid, r.address, v.reason, v.reply_code, v.status, _reply_text(a),
-                        applied.why,
+                        msg.qid, log_safe(r.address), v.reason, v.reply_code, v.status,
+                        log_safe(_reply_text(a)), log_safe(applied.why),
                     )  # fmt: skip
+        if self._observer is not None:
+            self._observe(msg, attempts, results, sunk, created, dsns, now)
+
+    def _observe(
+        self, msg: QueuedMessage, attempts: Sequence[Attempt], results: Sequence[RecipientResult],
+        sunk: dict[int, Applied], created: Sequence[int],
+        dsns: Sequence[tuple[int, InboundMessage]], now: float,
+    ) -> None:  # fmt: skip
+        """Tell the observer (delivery log, daily counts) what was just committed."""
+        assert self._observer is not None
+        records = []
+        for a, res in zip(attempts, results, strict=True):
+            applied = sunk.get(id(a))
+            v = a.verdict
+            records.append(
+                AttemptRecord(
+                    qid=msg.qid,
+                    kind=msg.kind,
+                    recipient=a.recipient.address,
+                    domain=a.recipient.domain,
+                    status=_STATUS[res.event],
+                    relay=res.remote_host,
+                    code=res.code,
+                    dsn=_logged_status(res),
+                    reply=a.text if a.code else res.diagnostic,
+                    stage=v.stage if v is not None else "data",
+                    reason=res.reason,
+                    suppression=applied.outcome if applied else "",
+                    suppression_why=applied.why if applied else "",
+                    arrived_at=msg.arrived_at,
+                    received_at=msg.received_at,
+                    timing=a.timing,
+                    finished=now,
+                )
+            )
+        self._observer.attempts(records)
+        for dsn_id, (_, dsn) in zip(created, dsns, strict=True):
+            self._observer.dsn(DsnQueued(msg.qid, format_qid(dsn_id), dsn.recipients[0].address))
 
     def _plans(
         self, attempts: Sequence[Attempt], now: float
@@ -313,6 +369,14 @@ class OutcomeHandler:
             except Exception as e:
                 log.error("DSN for %s: the fallback failed too (%r)", msg.qid, e)
         return None
+
+
+def _logged_status(res: RecipientResult) -> str:
+    """The RFC 3463 status the delivery log shows: what the sender's DSN says for an expiry,
+    else the reply's, else the class of the result (as Postfix logs ``dsn=4.0.0``)."""
+    if res.event == "expired":
+        return EXPIRED_STATUS
+    return res.status or {"delivered": "2.0.0", "deferred": "4.0.0"}.get(res.event, "5.0.0")
 
 
 def _sink_verdict(a: Attempt) -> Verdict:
