@@ -18,18 +18,22 @@ Reason, first answer wins:
 4. ``undefined`` - for a returned message Sisimai's fallbacks instead: ``expired`` when
    ``Action: delayed``, else ``onhold``; either way counted as unexplained.
 
-The SMTP stage refines this (RFC 5321 section 3.3): an address reason in reply to
-``MAIL FROM`` is about the sender (``rejected``); a refusal at connect / HELO that
-nothing else explains is about the client (``blocked``); a generic "user unknown" that
-was neither the answer to ``RCPT TO`` nor backed by a 5.1.x status is a recipient-side
-filter (``filtered``), as Sisimai has it - whatever the wording, unless it names the
-recipient's own directory (Domino's "not listed in Domino Directory"). Two more facts of
-the structure: a diagnostic of RFC 3464 type ``X-Unix`` comes from a local delivery
-program, so it is ``mailererror`` unless it names a mailbox state (quota) or an unknown
-user that a 5.1.x status confirms; and when the reporting MTA's own explanation (the
-DSN's human-readable part, before any recipient's lines) names a state of an existing
-mailbox (disabled, full) while the diagnostic says "user unknown", the mailbox state
-wins - conflicting evidence never suppresses.
+The SMTP stage refines this (RFC 5321 section 3.3): an address reason (or a generic
+security / policy / filter answer, "5.7.1 Access denied") in reply to ``MAIL FROM`` is
+about the sender (``rejected``); a refusal at connect / HELO that nothing else explains is
+about the client (``blocked``); a generic "user unknown" that is KNOWN to answer DATA or
+later (not ``RCPT TO``) and is not backed by a 5.1.x status is a recipient-side filter
+(``filtered``), as Sisimai has it - when nothing says which command it answered, it stays
+``userunknown``. Two more facts of the structure: a diagnostic of RFC 3464 type ``X-Unix``
+comes from a local delivery program, so it is ``mailererror`` unless it names a mailbox
+state (quota) or an unknown user that a 5.1.x status confirms; and when the reporting MTA's
+own explanation (the DSN's human-readable part, before any recipient's lines) names a state
+of an existing mailbox (disabled, full) while the diagnostic says "user unknown", the
+mailbox state wins - conflicting evidence never suppresses.
+
+Provider awareness: the remote host (or a host the text names, or the recipient's domain)
+selects a provider from ``rules/providers.toml``; that provider's documented wording is
+tried before the generic rules (:meth:`RuleSet.match`).
 
 ``bounce``: ``none`` for delivered / feedback / vacation (and positive actions);
 ``soft`` when the failure is temporary (4xx code, 4.x.x status, ``Action: delayed``, or
@@ -37,7 +41,10 @@ a rule that says so, e.g. greylisting); ``hard`` otherwise.
 
 ``suppress`` (Sisimai's hard-bounce rule, see the corpus README): the reason says the
 *address itself* is bad - ``userunknown``, ``hostunknown``, ``hasmoved``, ``notaccept`` -
-**and** the bounce is hard. A soft bounce never suppresses: a ``450 4.1.1`` is often a
+**and** the bounce is hard, **and** the reply came after a recipient was named (never at
+connect, greeting, HELO/EHLO, STARTTLS or ``MAIL FROM``), **and** the text names no other
+address than the verdict's recipient (a reply about ``<someone-else@x>`` is no evidence
+about this recipient). A soft bounce never suppresses: a ``450 4.1.1`` is often a
 recipient lookup that failed for a moment (Postfix's unverified-recipient defer), and
 suppressing a good address is the worst mistake the classifier can make. Sisimai calls
 a ``4.1.1 userunknown`` hard; we give up that agreement for precision.
@@ -51,7 +58,9 @@ from smtpguard.classify.reply import parse_reply
 from smtpguard.classify.rules import Rule, RuleSet, normalize
 from smtpguard.classify.verdict import (
     NON_BOUNCE_REASONS,
+    PRE_RECIPIENT_STAGES,
     REASONS,
+    STAGE_ALIASES,
     STAGES,
     SUPPRESS_REASONS,
     Failure,
@@ -65,8 +74,18 @@ MAILBOX_STATES = frozenset({"suspend", "mailboxfull", "systemfull"})
 LOCAL_PROGRAM_REASONS = MAILBOX_STATES | {"mailererror", "userunknown"}
 #: RFC 3464 section 2.3.3 actions that are not failures.
 POSITIVE_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
+#: Reasons that, in reply to MAIL FROM, can only be about the sender: "550 5.1.1 unknown
+#: user" there -> ``rejected`` (a 5.7.x "access denied" there has its own rule).
+MAIL_STAGE_REJECTED = SUPPRESS_REASONS | {"filtered", "suspend", "mailboxfull"}
+#: Local parts of role addresses a reply may name without being about a recipient
+#: ("contact postmaster@example.net"): RFC 2142 mailbox names and the bounce sender.
+ROLE_LOCAL_PARTS = frozenset(
+    {"postmaster", "abuse", "hostmaster", "mailer-daemon", "webmaster", "noc", "security"}
+)
 #: Diagnostic text kept on a verdict.
 MAX_DIAGNOSTIC = 1000
+# An address in reply text: bounded, linear (no class overlaps '@').
+_ADDR_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}")
 _STAGES = frozenset(STAGES)
 _CODE_RE = re.compile(r"[2-5]\d\d")
 _STATUS_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
@@ -75,7 +94,9 @@ _DELAY_RE = re.compile(r"(\d{1,6}) ?(seconds?|secs?|minutes?|mins?|hours?|hrs?)\
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
-def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdict:
+def decide(
+    failure: Failure, rules: RuleSet, *, returned: bool = True, sisimai_stages: bool = False
+) -> Verdict:
     """Turn one :class:`Failure` into a :class:`Verdict`. Pure; never raises on odd fields.
 
     ``returned``: the failure was read off a returned message (a DSN or an MTA's
@@ -85,6 +106,11 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
     nothing explains is ``expired`` when ``Action: delayed``, else ``onhold`` when it
     has a diagnostic (Sisimai's "could not decide"), marked ``rule = "fallback:..."``.
     The relay's inline replies pass False: no pseudo status, plain ``undefined``.
+
+    ``sisimai_stages``: Sisimai's stricter convention, where "user unknown" that nothing
+    shows to answer ``RCPT TO`` (stage unknown too) is ``filtered`` unless a 5.1.x status
+    backs it. Off by default (an unknown stage keeps the wording's reason); the labelled
+    corpus follows it, so the benchmark scores both.
     """
     code = _text(failure.reply_code).strip()
     code = code if _CODE_RE.fullmatch(code) else ""
@@ -96,7 +122,9 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         code = code or p_code
         status = status or p_status
     action = _text(failure.action).strip().lower()
-    stage = failure.stage if failure.stage in _STAGES else "unknown"
+    stage = normalize_stage(failure.stage)
+    recipient = _text(failure.recipient)
+    provider = rules.providers.identify(_text(failure.remote_host), recipient, diagnostic)
     hint = failure.reason_hint if failure.reason_hint in REASONS else ""
 
     rule: Rule | None = None
@@ -115,16 +143,18 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         reason, decided_by = "delivered", f"action:{action or 'positive'}"
     else:
         text = normalize(diagnostic)
-        rule = rules.match(text, status, code, stage) if text else None
+        rule = rules.match(text, status, code, stage, provider) if text else None
         if rule is not None:
             reason, decided_by = rule.reason, rule.id
+            later = stage not in ("unknown", "mail", *rule.confirm_stages)
             if (
                 rule.unconfirmed_reason
-                and stage not in rule.confirm_stages
+                and (later or (sisimai_stages and stage not in rule.confirm_stages))
                 and not status_confirms(rules, status, rule.reason)
             ):
-                # Sisimai's convention: "user unknown" not said at RCPT TO (and not
-                # backed by a 5.1.x) is a recipient-side filter, not a missing address.
+                # Sisimai's convention: "user unknown" known to answer DATA or later (not
+                # RCPT TO, not backed by a 5.1.x) is a recipient-side filter. With no stage
+                # known, the wording stands.
                 reason, decided_by = rule.unconfirmed_reason, f"{rule.id}:unconfirmed"
         if not reason and by_status and by_status != "undefined":
             reason, decided_by = by_status, f"status:{status}"
@@ -138,9 +168,9 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
             # user confirmed by 5.1.x) is kept.
             reason, decided_by = "mailererror", f"diagnostic-type:x-unix:{decided_by or 'none'}"
         address_rule = rule is not None and rule.reason in SUPPRESS_REASONS
-        if stage == "mail" and (address_rule or reason in SUPPRESS_REASONS or not reason):
+        if stage == "mail" and (address_rule or reason in MAIL_STAGE_REJECTED or not reason):
             # RFC 5321 3.3: a MAIL FROM reply is about the reverse-path, so "unknown
-            # user" there means the sender, never the recipient.
+            # user" or "access denied" there means the sender, never the recipient.
             reason, decided_by = "rejected", f"stage:mail:{decided_by or 'none'}"
         if not reason and stage in ("connect", "helo"):
             # Refused before any address was given: the connecting client is the problem.
@@ -171,7 +201,12 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         bounce = "soft"
     else:
         bounce = "hard"
-    suppress = bounce == "hard" and reason in SUPPRESS_REASONS
+    suppress = (
+        bounce == "hard"
+        and reason in SUPPRESS_REASONS
+        and stage not in PRE_RECIPIENT_STAGES
+        and not names_other_address(diagnostic, failure)
+    )
 
     extra: dict[str, str] = {}
     if rule is not None and rule.greylist:
@@ -184,7 +219,7 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         extra["status_source"] = "pseudo"
 
     return Verdict(
-        recipient=failure.recipient,
+        recipient=recipient,
         status=status,
         reply_code=code,
         reason=reason,
@@ -201,7 +236,42 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         rule=decided_by,
         format=failure.format,
         extra=extra,
+        original_recipient=_text(failure.original_recipient),
+        final_recipient=_text(failure.final_recipient),
+        provider=provider,
     )
+
+
+def normalize_stage(stage: object) -> str:
+    """A known stage name ("rcpt"), an alias of one ("starttls" -> "helo"), or "unknown"."""
+    s = _text(stage).strip().lower()
+    if s in _STAGES:
+        return s
+    return STAGE_ALIASES.get(s, "unknown")
+
+
+def names_other_address(diagnostic: str, failure: Failure) -> bool:
+    """Does the reply name an address that is not this recipient (any of its forms)?
+
+    "550 5.1.1 <b@example.net>: User unknown" in a verdict for a@example.net is evidence
+    about b, not a: it must not suppress a. Role addresses (postmaster@, abuse@...) a reply
+    names as a contact do not count. A verdict without a recipient has nothing to protect.
+    """
+    recipient = _text(failure.recipient).lower()
+    if not recipient or "@" not in diagnostic:
+        return False
+    mine = {
+        recipient,
+        _text(failure.original_recipient).lower(),
+        _text(failure.final_recipient).lower(),
+    }
+    for n, m in enumerate(_ADDR_RE.finditer(diagnostic[:MAX_DIAGNOSTIC * 2])):
+        addr = m.group(0).strip(".").lower()
+        if addr not in mine and addr.partition("@")[0] not in ROLE_LOCAL_PARTS:
+            return True
+        if n >= 20:
+            break
+    return False
 
 
 def status_confirms(rules: RuleSet, status: str, reason: str) -> bool:

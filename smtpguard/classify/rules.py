@@ -14,22 +14,36 @@ Precedence (documented in the README, tested in tests/test_classify_rules.py):
    operator's position); ``enabled = false`` in the operator file switches a shipped
    rule off.
 
-The first matching rule wins. Matching is deliberately cheap and safe: the text is
-truncated to :data:`MAX_TEXT` characters, lower-cased and whitespace-collapsed once,
-then tested with plain substring checks (``any`` / ``all`` / ``not``); regexes are
-allowed for the rare case a substring cannot say it, are searched only in that bounded
-text, and patterns with nested quantifiers (the classic catastrophic-backtracking
-shape) are refused at load time.
+The first matching rule wins, with one refinement: rules naming ``providers`` (see
+``rules/providers.toml``) are tried first, and only, when the remote host or the
+recipient's domain belongs to one of them; the generic rules follow.
+
+Every shipped rule names its ``source``: the published document (a provider's SMTP error
+reference, an MTA's manual, an RFC) where that wording is documented. Operator rules may
+omit it. Wording comes from documentation, never from tuning on individual samples.
+
+Matching is deliberately cheap and safe: the text is truncated to :data:`MAX_TEXT`
+characters, lower-cased and whitespace-collapsed once (one line), then tested with plain
+substring checks (``any`` / ``all`` / ``not``); regexes are allowed for the rare case a
+substring cannot say it, are searched only in that bounded text, and any pattern that
+could backtrack is refused at load time (:func:`regex_risk`): every quantifier must be
+bounded, no quantified group may contain another quantifier or an alternation, and
+adjacent variable-length quantifiers may not multiply into more than
+:data:`MAX_REPEAT_PRODUCT` ways of splitting the text.
 """
 
 from __future__ import annotations
 
 import re
+import re._constants as sre_constants
+import re._parser as sre_parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from smtpguard.classify.providers import Providers
+from smtpguard.classify.providers import load as load_providers
 from smtpguard.classify.verdict import REASONS
 from smtpguard.classify.verdict import STAGES as VERDICT_STAGES
 from smtpguard.config import read_toml
@@ -44,9 +58,13 @@ RULE_KEYS = frozenset(
     {
         "id", "reason", "any", "all", "regex", "not", "status", "codes", "stages",
         "priority", "temporary", "greylist", "unconfirmed_reason", "confirm_stages", "enabled",
-        "note",
+        "note", "source", "providers",
     }
 )  # fmt: skip
+#: Largest bound a rule regex quantifier may have, and the most ways adjacent
+#: variable-length quantifiers may split one stretch of text between them.
+MAX_REPEAT = 1000
+MAX_REPEAT_PRODUCT = 4096
 #: Top-level keys of a rules file.
 FILE_KEYS = frozenset({"rule", "status", "reply_code", "pseudo_status"})
 STAGES = frozenset(VERDICT_STAGES)
@@ -55,8 +73,6 @@ _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")
 _STATUS_PREFIX_RE = re.compile(r"[245](\.\d{1,3}){0,2}\.?")
 _STATUS_KEY_RE = re.compile(r"[245X]\.\d{1,3}\.\d{1,3}")
 _CODE_PREFIX_RE = re.compile(r"[245]\d{0,2}")
-# A quantified group that itself contains a quantifier: (a+)+, (a*b?)*, (x|y+){2,}.
-_NESTED_QUANTIFIER_RE = re.compile(r"\([^()]*[+*}][^()]*\)[+*{]")
 # Reply-code continuation prefixes that multi-line replies leave inside diagnostic text:
 # "... is 550-5.7.1 likely suspicious" -> "... is likely suspicious" (RFC 5321 4.2.1).
 _CONTINUATION_RE = re.compile(
@@ -95,7 +111,9 @@ class Rule:
     unconfirmed_reason: str = ""
     confirm_stages: frozenset[str] = frozenset()
     enabled: bool = True
-    source: str = ""
+    source: str = ""  # the file the rule came from
+    doc: str = ""  # where its wording is documented (the rule's ``source`` key)
+    providers: frozenset[str] = frozenset()
 
     def matches(self, text: str, status: str, code: str, stage: str) -> bool:
         """``text`` must already be :func:`normalize`-d."""
@@ -138,13 +156,27 @@ class RuleSet:
     sources: list[str] = field(default_factory=list)
     shipped_count: int = 0
     operator_count: int = 0
+    providers: Providers = field(default_factory=Providers)
 
     def match(
-        self, text: str, status: str = "", code: str = "", stage: str = "unknown"
+        self,
+        text: str,
+        status: str = "",
+        code: str = "",
+        stage: str = "unknown",
+        provider: str = "",
     ) -> Rule | None:
-        """The first rule matching the (already normalised) text, or None."""
+        """The first rule matching the (already normalised) text, or None.
+
+        Rules for ``provider`` first (its documented wording wins over generic wording),
+        then the generic rules; other providers' rules are skipped.
+        """
+        if provider:
+            for rule in self.rules:
+                if provider in rule.providers and rule.matches(text, status, code, stage):
+                    return rule
         for rule in self.rules:
-            if rule.matches(text, status, code, stage):
+            if not rule.providers and rule.matches(text, status, code, stage):
                 return rule
         return None
 
@@ -156,9 +188,13 @@ class RuleSet:
         code: str = "",
         stage: str = "unknown",
     ) -> Rule | None:
-        """The first rule giving one of ``reasons`` that matches the (normalised) text."""
+        """The first generic rule giving one of ``reasons`` that matches the (normalised) text."""
         for rule in self.rules:
-            if rule.reason in reasons and rule.matches(text, status, code, stage):
+            if (
+                rule.reason in reasons
+                and not rule.providers
+                and rule.matches(text, status, code, stage)
+            ):
                 return rule
         return None
 
@@ -180,10 +216,30 @@ def shipped_path() -> Path:
 
 
 def load(operator: str | Path | None = None) -> RuleSet:
-    """Shipped rules, overlaid by the operator file if given. Raises :class:`RulesError`."""
+    """Shipped rules, overlaid by the operator file if given. Raises :class:`RulesError`.
+
+    Every shipped rule must name its ``source`` (where its wording is documented);
+    operator rules may omit it.
+    """
     shipped = _parse_file(shipped_path())
+    for rule in shipped.rules:
+        if not rule.doc:
+            raise RulesError(
+                f"{shipped.name}: rule {rule.id!r}: shipped rules need a 'source' "
+                "(the document where this wording is published)"
+            )
     operator_doc = _parse_file(Path(operator)) if operator else None
-    return _merge(shipped, operator_doc)
+    ruleset = _merge(shipped, operator_doc)
+    ruleset.providers = load_providers()
+    known = ruleset.providers.names
+    for rule in ruleset.rules:
+        unknown = rule.providers - known
+        if unknown:
+            raise RulesError(
+                f"{rule.source}: rule {rule.id!r}: unknown provider {sorted(unknown)[0]!r} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+    return ruleset
 
 
 def check_file(path: str | Path) -> RuleSet:
@@ -311,14 +367,14 @@ def _parse_rule(name: str, n: int, raw: Any) -> Rule:
     not_ = lowered("not")
     regex: list[re.Pattern[str]] = []
     for pattern in _strings(where, "regex", raw["regex"]) if "regex" in raw else ():
-        if _NESTED_QUANTIFIER_RE.search(pattern):
-            raise RulesError(
-                f"{where}: regex {pattern!r}: nested quantifier (catastrophic backtracking risk)"
-            )
         try:
-            regex.append(re.compile(pattern, re.IGNORECASE))
+            compiled = re.compile(pattern, re.IGNORECASE)
         except re.error as e:
             raise RulesError(f"{where}: bad regex {pattern!r}: {e}") from None
+        risk = regex_risk(pattern)
+        if risk:
+            raise RulesError(f"{where}: regex {pattern!r}: {risk} (backtracking risk)")
+        regex.append(compiled)
     if not (any_ or all_ or regex):
         raise RulesError(f"{where}: needs at least one of any, all, regex")
     status = _strings(where, "status", raw["status"]) if "status" in raw else ()
@@ -342,8 +398,13 @@ def _parse_rule(name: str, n: int, raw: Any) -> Rule:
         if not isinstance(value, bool):
             raise RulesError(f"{where}: {key} must be true or false")
         flags[key] = value
-    if "note" in raw and not isinstance(raw["note"], str):
-        raise RulesError(f"{where}: note must be a string")
+    for key in ("note", "source"):
+        if key in raw and not (isinstance(raw[key], str) and raw[key].strip()):
+            raise RulesError(f"{where}: {key} must be a non-empty string")
+    providers = _strings(where, "providers", raw["providers"]) if "providers" in raw else ()
+    for name in providers:
+        if not _ID_RE.fullmatch(name):
+            raise RulesError(f"{where}: providers: {name!r} is not a provider name")
     return Rule(
         id=rid,
         reason=reason,
@@ -361,7 +422,72 @@ def _parse_rule(name: str, n: int, raw: Any) -> Rule:
         confirm_stages=frozenset(confirm_stages),
         enabled=enabled,
         source=name,
+        doc=raw.get("source", ""),
+        providers=frozenset(providers),
     )
+
+
+def regex_risk(pattern: str) -> str:
+    """Why ``pattern`` could backtrack badly ('' when it cannot).
+
+    Read from the parsed pattern (the same parser ``re`` uses): an unbounded quantifier
+    (``*``, ``+``, ``{n,}``) or one over :data:`MAX_REPEAT`; a quantified group holding
+    another quantifier or an alternation (``(a+)+``, ``(x|y)*``); adjacent variable
+    quantifiers whose choices multiply past :data:`MAX_REPEAT_PRODUCT` (``\\s{0,99}\\s{0,99}``).
+    A pattern with none of these does bounded work at each start position.
+    """
+    try:
+        tree = sre_parse.parse(pattern, re.IGNORECASE)
+    except re.error:
+        return ""  # reported by re.compile
+    return _seq_risk(list(tree))
+
+
+_REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT)
+
+
+def _has(items: list[tuple[object, object]], kinds: tuple[object, ...]) -> bool:
+    for op, av in items:
+        if op in kinds:
+            return True
+        for sub in _children(op, av):
+            if _has(sub, kinds):
+                return True
+    return False
+
+
+def _children(op: object, av: object) -> list[list[tuple[object, object]]]:
+    if op in _REPEATS:
+        return [list(av[2])]  # type: ignore[index]
+    if op == sre_constants.SUBPATTERN:
+        return [list(av[3])]  # type: ignore[index]
+    if op == sre_constants.BRANCH:
+        return [list(b) for b in av[1]]  # type: ignore[index]
+    if op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT, sre_constants.ATOMIC_GROUP):
+        return [list(av[1] if op != sre_constants.ATOMIC_GROUP else av)]  # type: ignore[index]
+    return []
+
+
+def _seq_risk(items: list[tuple[object, object]]) -> str:
+    product = 1
+    for op, av in items:
+        if op in _REPEATS:
+            lo, hi, body = av  # type: ignore[misc]
+            if _has(list(body), (*_REPEATS, sre_constants.BRANCH)):
+                return "nested quantifier or quantified alternation"
+            if hi == sre_constants.MAXREPEAT or hi > MAX_REPEAT:
+                return f"unbounded quantifier (use {{m,n}} with n <= {MAX_REPEAT})"
+            if hi != lo:
+                product *= hi - lo + 1
+                if product > MAX_REPEAT_PRODUCT:
+                    return "adjacent variable quantifiers"
+            continue
+        product = 1
+        for sub in _children(op, av):
+            risk = _seq_risk(sub)
+            if risk:
+                return risk
+    return ""
 
 
 def _stage_list(where: str, raw: dict[str, Any], key: str) -> tuple[str, ...]:
