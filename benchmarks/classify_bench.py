@@ -99,13 +99,24 @@ def score(
     misses: list[str] = []
     for fname, labs in sorted(labels_by_file.items()):
         got = by_file.get(fname, [])
-        index = {str(v.get("recipient", "")).lower(): v for v in got}
+        # The labels name the Final-Recipient (Sisimai's choice); a verdict's ``recipient`` is
+        # the Original-Recipient when the report gives one, and keeps the final address in
+        # ``final_recipient``: either one identifies the delivery.
+        index: dict[str, dict[str, Any]] = {}
+        for v in got:
+            for key in ("final_recipient", "recipient"):
+                addr = str(v.get(key, "") or "").lower()
+                if addr:
+                    index[addr] = v
         for lab in labs:
             want_rcpt = lab["recipient"].lower()
             v = index.get(want_rcpt)
             if v is None and len(labs) == 1 and len(got) == 1:
                 v = got[0]
-            found = v is not None and str(v.get("recipient", "")).lower() == want_rcpt
+            found = v is not None and want_rcpt in (
+                str(v.get("recipient", "")).lower(),
+                str(v.get("final_recipient", "") or "").lower(),
+            )
             if want_rcpt != PLACEHOLDER:
                 rcpt[1] += 1
                 rcpt[0] += found

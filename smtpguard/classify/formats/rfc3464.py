@@ -1,7 +1,9 @@
 """RFC 3464 delivery status notifications: ``multipart/report; report-type=delivery-status``.
 
 Most MTAs (Postfix, Sendmail, Exchange, Gmail, SES...) send these. One Failure per
-per-recipient block (RFC 3464 §2.3): Final-Recipient (else Original-Recipient), Action,
+per-recipient block (RFC 3464 §2.3): the recipient is Original-Recipient when it is an
+address (what the sender gave: the address to suppress), else Final-Recipient; both are kept
+on the Failure. Then Action,
 Status, Diagnostic-Code, Remote-MTA; the per-message block (§2.2) gives Reporting-MTA.
 The DSN part is also found when a broken MTA labels it ``text/plain`` or nests it, and
 RFC 6533 ``message/global-delivery-status`` is read the same way.
@@ -78,9 +80,11 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             if not out and not per_message:
                 per_message = block
             continue
-        recipient = clean_addr(rcpt_field)
-        if not recipient:
-            recipient = clean_addr(block.get("original-recipient", ""))
+        final = clean_addr(block.get("final-recipient", "") or rcpt_field)
+        original = clean_addr(block.get("original-recipient", ""))
+        # RFC 3464 2.3.1: Original-Recipient is the address as the sender gave it (before
+        # aliasing or forwarding) - the address we sent to, so the one to suppress.
+        recipient = original or final
         if not recipient:
             # A local delivery ("Final-Recipient: rfc822;/var/mail/..." or "|program"):
             # the address is the one the MTA lists as failed, if it lists exactly one.
@@ -115,6 +119,8 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             action=action,
             remote_host=collapse(remote, 255),
             format=fmt,
+            original_recipient=original,
+            final_recipient=final or recipient,
         )
         out.append(f)
     if not out:
@@ -127,7 +133,7 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
     # recipients, another one's "Mailbox Full" must not speak for this one.
     explanation = collapse(preamble(text), 2000) if text else ""
     for f in out:
-        extra = by_rcpt.get(f.recipient.lower(), "")
+        extra = by_rcpt.get(f.final_recipient.lower(), "") or by_rcpt.get(f.recipient.lower(), "")
         short = len(_strip_type(f.diagnostic)) < 8
         if extra and short:
             f.diagnostic = collapse(f"{f.diagnostic} {extra}")
@@ -142,7 +148,7 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
         if f.stage == "unknown" and extra:
             # Postfix says "(in reply to RCPT TO command)" only in the human-readable part.
             f.stage = stage_in(extra)
-        f.stage = transcript_stage(text, f.recipient) or f.stage
+        f.stage = transcript_stage(text, f.final_recipient or f.recipient) or f.stage
         # The remote server's own status in Diagnostic-Code is more precise than the
         # reporting MTA's summary in Status (often x.0.0, or 4.4.7 for any old deferral);
         # a generic x.0.0 in the text never replaces a specific Status (RFC 3463 §3.1).
