@@ -23,7 +23,6 @@ MAX_PARTS = 256
 MAX_DEPTH = 8
 
 _COMPAT32 = email_policy.compat32
-_FIELD_NAME_RE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,200}:")
 _BOUNDARY_RE = re.compile(r"""boundary\s{0,5}=\s{0,5}(?:"([^"]{1,200})"|([^;\s"]{1,200}))""", re.I)
 
 
@@ -49,33 +48,38 @@ def _split_head(text: str) -> tuple[str, str]:
 
 
 def _headers(head: str, msg: Message) -> str:
-    """Fill ``msg``'s headers from ``head``; return text that turned out to be body."""
+    """Fill ``msg``'s headers from ``head``; return text that turned out to be body.
+
+    The values are what ``compat32`` stores: the text after the colon with leading blanks
+    dropped, continuation lines kept, the final line break removed.
+    """
     items: list[tuple[str, str]] = []
-    lines = head.splitlines(keepends=True)
+    lines = head.split("\n")
     name = ""
     value: list[str] = []
     rest = ""
     for n, line in enumerate(lines):
-        if n == 0 and line.startswith("From "):
-            msg.set_unixfrom(line.rstrip("\r\n"))
-            continue
-        if line[:1] in (" ", "\t"):
+        first = line[:1]
+        if first == " " or first == "\t":
             if name:
                 value.append(line)
             continue
-        m = _FIELD_NAME_RE.match(line)
-        if not m:
+        colon = line.find(":")
+        if colon <= 0 or colon > 200 or " " in line[:colon] or "\t" in line[:colon]:
+            if n == 0 and line.startswith("From "):
+                msg.set_unixfrom(line.rstrip("\r"))
+                continue
             if not line.strip():
                 continue
             # Not a header line: the stdlib parser starts the body here (a defect).
-            rest = "".join(lines[n:])
+            rest = "\n".join(lines[n:])
             break
         if name:
-            items.append(_COMPAT32.header_source_parse([name + ":" + "".join(value)]))
-        name = m.group(0)[:-1]
-        value = [line[m.end() :]]
+            items.append((name, "\n".join(value).rstrip("\r\n")))
+        name = line[:colon]
+        value = [line[colon + 1 :].lstrip(" \t")]
     if name:
-        items.append(_COMPAT32.header_source_parse([name + ":" + "".join(value)]))
+        items.append((name, "\n".join(value).rstrip("\r\n")))
     msg._headers = items  # the compat32 parser stores exactly these (name, value) pairs
     return rest
 

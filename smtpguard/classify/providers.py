@@ -69,13 +69,17 @@ class Providers:
         )
 
     def _of_text(self, text: str) -> str:
-        low = text[:2000].lower()
-        if "." not in low:
-            return ""
-        for m in _HOST_RE.finditer(low):
-            found = _suffix_lookup(self.hosts, m.group(0))
-            if found:
-                return found
+        """A host the reporting MTA names as the one that answered: "host mx.x.example[...]
+        said" (Postfix), "host mx.x.example [...]:" (Exim), "from mx.x.example" (others)."""
+        low = text[:400].lower()
+        for word in ("host ", "from "):
+            at = low.find(word)
+            if at >= 0:
+                m = _HOST_RE.match(low, at + len(word))
+                if m:
+                    found = _suffix_lookup(self.hosts, m.group(0))
+                    if found:
+                        return found
         return ""
 
 

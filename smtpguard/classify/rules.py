@@ -88,8 +88,20 @@ class RulesError(ConfigError):
 def normalize(text: str) -> str:
     """The form rules match against: bounded, lower-case, single spaces, no reply-code noise."""
     text = text[:MAX_TEXT].lower()
-    text = _CONTINUATION_RE.sub(" ", text)
-    return _WS_RE.sub(" ", text).strip()
+    if "-" in text or " " in text:
+        text = _CONTINUATION_RE.sub(" ", text)
+    return " ".join(text.split())
+
+
+GRAM = 4
+_GRAM_SLICES = [slice(i, i + GRAM) for i in range(MAX_TEXT)]
+
+
+def text_grams(text: str) -> frozenset[str]:
+    """Every 4-character substring of ``text`` (built in C: ``map`` over fixed slices)."""
+    if len(text) < GRAM:
+        return frozenset()
+    return frozenset(map(text.__getitem__, _GRAM_SLICES[: len(text) - GRAM + 1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +126,17 @@ class Rule:
     source: str = ""  # the file the rule came from
     doc: str = ""  # where its wording is documented (the rule's ``source`` key)
     providers: frozenset[str] = frozenset()
+    #: 4-grams of which a matching text must contain at least one (the first 4-gram of each
+    #: ``any`` substring and of each regex's longest literal run, or of the longest ``all``
+    #: substring); None when some alternative has no such literal. A set test in C.
+    gate: frozenset[str] | None = None
 
-    def matches(self, text: str, status: str, code: str, stage: str) -> bool:
-        """``text`` must already be :func:`normalize`-d."""
+    def matches(
+        self, text: str, status: str, code: str, stage: str, grams: frozenset[str] | None = None
+    ) -> bool:
+        """``text`` must already be :func:`normalize`-d; ``grams`` its 4-grams, if known."""
+        if grams is not None and self.gate is not None and self.gate.isdisjoint(grams):
+            return False
         if self.codes and not code.startswith(self.codes):
             return False
         if self.status and not status.startswith(self.status):
@@ -157,6 +177,7 @@ class RuleSet:
     shipped_count: int = 0
     operator_count: int = 0
     providers: Providers = field(default_factory=Providers)
+    _index: _GramIndex | None = field(default=None, repr=False)
 
     def match(
         self,
@@ -171,14 +192,33 @@ class RuleSet:
         Rules for ``provider`` first (its documented wording wins over generic wording),
         then the generic rules; other providers' rules are skipped.
         """
+        grams = text_grams(text)
+        candidates = self._candidates(grams)
         if provider:
-            for rule in self.rules:
-                if provider in rule.providers and rule.matches(text, status, code, stage):
+            for i in candidates:
+                rule = self.rules[i]
+                if provider in rule.providers and rule.matches(text, status, code, stage, grams):
                     return rule
-        for rule in self.rules:
-            if not rule.providers and rule.matches(text, status, code, stage):
+        for i in candidates:
+            rule = self.rules[i]
+            if not rule.providers and rule.matches(text, status, code, stage, grams):
                 return rule
         return None
+
+    def _candidates(self, grams: frozenset[str]) -> list[int]:
+        """Positions of the rules that can match a text with these 4-grams, in order.
+
+        A rule whose ``any`` substrings are all at least four characters long (and that has
+        no regex) needs one of their first 4-grams in the text; the index finds those rules
+        with set operations in C instead of testing every rule in Python.
+        """
+        index = self._index
+        if index is None:
+            index = self._index = _GramIndex.build(self.rules)
+        hit = set(index.always)
+        for g in grams & index.keys:
+            hit.update(index.by_gram[g])
+        return sorted(hit)
 
     def match_among(
         self,
@@ -189,11 +229,12 @@ class RuleSet:
         stage: str = "unknown",
     ) -> Rule | None:
         """The first generic rule giving one of ``reasons`` that matches the (normalised) text."""
+        grams = text_grams(text)
         for rule in self.rules:
             if (
                 rule.reason in reasons
                 and not rule.providers
-                and rule.matches(text, status, code, stage)
+                and rule.matches(text, status, code, stage, grams)
             ):
                 return rule
         return None
@@ -206,6 +247,28 @@ class RuleSet:
         if hit is None:
             hit = self.status.get("X" + status[1:], "")
         return hit
+
+
+@dataclass(slots=True)
+class _GramIndex:
+    """4-gram -> positions of the gated rules that gram can open; ungated rules always run."""
+
+    by_gram: dict[str, tuple[int, ...]]
+    keys: frozenset[str]
+    always: tuple[int, ...]
+
+    @classmethod
+    def build(cls, rules: list[Rule]) -> _GramIndex:
+        by_gram: dict[str, list[int]] = {}
+        always: list[int] = []
+        for i, rule in enumerate(rules):
+            if rule.gate is None:
+                always.append(i)
+                continue
+            for g in rule.gate:
+                by_gram.setdefault(g, []).append(i)
+        frozen = {g: tuple(v) for g, v in by_gram.items()}
+        return cls(by_gram=frozen, keys=frozenset(frozen), always=tuple(always))
 
 
 # --------------------------------------------------------------------------- loading
@@ -424,7 +487,43 @@ def _parse_rule(name: str, n: int, raw: Any) -> Rule:
         source=name,
         doc=raw.get("source", ""),
         providers=frozenset(providers),
+        gate=_gate(any_, all_, [r.pattern for r in regex]),
     )
+
+
+def _gate(any_: tuple[str, ...], all_: tuple[str, ...], patterns: list[str]) -> frozenset[str] | None:
+    """The 4-grams one of which any text this rule matches must contain (see Rule.gate)."""
+    if any_ or patterns:
+        needed = list(any_)
+        for p in patterns:
+            run = _literal_run(p)
+            if len(run) < GRAM:
+                needed = []
+                break
+            needed.append(run)
+        if needed and all(len(n) >= GRAM for n in needed):
+            return frozenset(n[:GRAM] for n in needed)
+    if all_:
+        longest = max(all_, key=len)
+        if len(longest) >= GRAM:
+            return frozenset({longest[:GRAM]})
+    return None
+
+
+def _literal_run(pattern: str) -> str:
+    """The longest run of plain characters every match of ``pattern`` contains (lower case)."""
+    try:
+        tree = sre_parse.parse(pattern, re.IGNORECASE)
+    except re.error:
+        return ""
+    best = cur = ""
+    for op, av in tree:
+        if op == sre_constants.LITERAL and isinstance(av, int):
+            cur += chr(av).lower()
+            best = max(best, cur, key=len)
+        else:
+            cur = ""
+    return best
 
 
 def regex_risk(pattern: str) -> str:

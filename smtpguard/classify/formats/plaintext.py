@@ -55,6 +55,8 @@ _SEPARATOR_RE = re.compile(
     r"|content-type: message/rfc822"
     r")"
 )
+# The first non-blank character of every separator line above (either case).
+_SEPARATOR_FIRST = frozenset("-=_*rRaAdDxXoObBmMtTcC")
 # Every separator above contains one of these: a cheap test before the regex.
 _SEPARATOR_HINTS = (
     "original", "copy", "below", "return", "undeliver", "unsent", "header", "include",
@@ -181,7 +183,9 @@ def bounce_text(msg: Message) -> str:
     if found is None:
         lines = bounded_lines(first_text(msg))
         for i, line in enumerate(lines):
-            if not i:
+            if not i or line[:1] not in _SEPARATOR_FIRST and line.lstrip(" \t")[:1] not in (
+                _SEPARATOR_FIRST
+            ):
                 continue
             low = line.lower()
             if any(h in low for h in _SEPARATOR_HINTS) and _SEPARATOR_RE.match(low):
