@@ -321,8 +321,11 @@ def recipient_blocks_ex(text: str) -> list[tuple[str, str, str]]:
                 if em:
                     expanded = clean_addr(em.group(1))
                     continue
-            if _SENDER_LINE_RE.match(line):
-                continue
+            sm = _SENDER_LINE_RE.match(line)
+            if sm:
+                # "From: <sender@x> RCPT: <a@b> ... failed after I sent the message": keep
+                # what the line says, not the sender's address.
+                line = ADDR_RE.sub("", line[sm.end() :], count=1)
             if _HOST_LINE_RE.match(line) or _TALKING_RE.match(line):
                 break
             if not line.strip():

@@ -38,6 +38,8 @@ from smtpguard.classify.formats.plaintext import (
 )
 from smtpguard.classify.verdict import Failure
 
+#: Recipients read from one report (RFC 3464 allows any number; a real DSN lists a few).
+MAX_RECIPIENTS = 100
 _DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 _TYPE_PREFIX_RE = re.compile(
     r"^\s*(?:smtp|x-[\w.-]+|x400|unknown|mail|dns|dsn|rfc822)\s*;\s*", re.I
@@ -92,6 +94,8 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             recipient = failed[0] if len(failed) == 1 else ""
         if not recipient:
             continue
+        if len(out) >= MAX_RECIPIENTS:
+            break
         action = block.get("action", "").split()[0].lower() if block.get("action") else ""
         raw_diag = block.get("diagnostic-code", "")
         diag = _strip_type(raw_diag)
@@ -132,6 +136,7 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
     # Only the part before the first recipient's own lines: in a report for several
     # recipients, another one's "Mailbox Full" must not speak for this one.
     explanation = collapse(preamble(text), 2000) if text else ""
+    best = ""
     for f in out:
         extra = by_rcpt.get(f.final_recipient.lower(), "") or by_rcpt.get(f.recipient.lower(), "")
         short = len(_strip_type(f.diagnostic)) < 8
@@ -143,7 +148,8 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             # No real Diagnostic-Code and only a generic Status: the explanation part is
             # all there is (Gmail's "address couldn't be found", Exim's "pipe to |...",
             # Sendmail's "unknown mailer error 255" under "X-Unix; 255").
-            f.diagnostic = collapse(f"{f.diagnostic} {best_paragraph(bounce_text(msg))}")
+            best = best or collapse(best_paragraph(text))
+            f.diagnostic = collapse(f"{f.diagnostic} {best}")
         fill_codes(f)
         if f.stage == "unknown" and extra:
             # Postfix says "(in reply to RCPT TO command)" only in the human-readable part.
