@@ -285,12 +285,7 @@ def load(operator: str | Path | None = None) -> RuleSet:
     operator rules may omit it.
     """
     shipped = _parse_file(shipped_path())
-    for rule in shipped.rules:
-        if not rule.doc:
-            raise RulesError(
-                f"{shipped.name}: rule {rule.id!r}: shipped rules need a 'source' "
-                "(the document where this wording is published)"
-            )
+    require_sources(shipped.name, shipped.rules)
     operator_doc = _parse_file(Path(operator)) if operator else None
     ruleset = _merge(shipped, operator_doc)
     ruleset.providers = load_providers()
@@ -303,6 +298,27 @@ def load(operator: str | Path | None = None) -> RuleSet:
                 f"(known: {', '.join(sorted(known))})"
             )
     return ruleset
+
+
+def require_sources(name: str, rules: list[Rule]) -> None:
+    """Every shipped rule names where its wording is documented (its ``source``)."""
+    for rule in rules:
+        if rule.enabled and not rule.doc:
+            raise RulesError(
+                f"{name}: rule {rule.id!r}: shipped rules need a 'source' "
+                "(the document where this wording is published)"
+            )
+
+
+def parse_text(name: str, text: str) -> list[Rule]:
+    """Rules of a TOML document given as text (for checks and tests)."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RulesError(f"{name}: invalid TOML: {e}") from None
+    return _parse_doc(name, doc).rules
 
 
 def check_file(path: str | Path) -> RuleSet:
