@@ -43,9 +43,7 @@ def test_user_unknown_known_to_answer_data_is_filtered(clf: Classifier) -> None:
 
 def test_rfc5321_mailbox_unavailable_is_userunknown(clf: Classifier) -> None:
     # RFC 5321 section 4.2.2: "550 Requested action not taken: mailbox unavailable".
-    v = clf.reply_line(
-        "550 5.5.0 Requested action not taken: mailbox unavailable", stage="rcpt"
-    )
+    v = clf.reply_line("550 5.5.0 Requested action not taken: mailbox unavailable", stage="rcpt")
     assert (v.reason, v.suppress) == ("userunknown", True)
 
 

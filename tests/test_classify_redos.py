@@ -40,7 +40,7 @@ runs = st.lists(
 
 
 def _body(parts: list[tuple[str, int]]) -> str:
-    return "".join(frag * count for frag, count in parts)[:256 * 1024]
+    return "".join(frag * count for frag, count in parts)[: 256 * 1024]
 
 
 HEAD = (
@@ -78,8 +78,9 @@ def test_plain_text_bounce_is_classified_in_bounded_time(parts: list[tuple[str, 
 def test_dsn_with_hostile_parts_is_classified_in_bounded_time(parts: list[tuple[str, int]]) -> None:
     body = _body(parts)
     raw = (
-        HEAD + 'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;'
-        ' boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\n' + body
+        HEAD + "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;"
+        ' boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\n'
+        + body
         + "\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\n"
         "Final-Recipient: rfc822; a@b.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
         "Diagnostic-Code: smtp; " + body[:2000] + "\r\n--B--\r\n"

@@ -225,7 +225,7 @@ def test_readme_operator_example_is_a_valid_rules_file(cli: Cli, tmp_path: Path)
     assert r.returncode == 0, r.stderr
 
 
-# ------------------------------------------------------------------ documented wording, safe regexes
+# ------------------------------------------------------------------ documented wording, safe regex
 
 
 def test_every_shipped_rule_names_where_its_wording_is_documented() -> None:

@@ -54,9 +54,7 @@ class Classifier:
         """One Failure -> Verdict, counted in :attr:`stats` (see :func:`decide.decide`)."""
         from smtpguard.classify.decide import decide
 
-        verdict = decide(
-            failure, self.rules, returned=returned, sisimai_stages=self.sisimai_stages
-        )
+        verdict = decide(failure, self.rules, returned=returned, sisimai_stages=self.sisimai_stages)
         self.stats["verdicts"] += 1
         self.stats[f"reason.{verdict.reason}"] += 1
         if verdict.reason == "undefined" or verdict.rule.startswith("fallback:"):

@@ -85,7 +85,9 @@ ROLE_LOCAL_PARTS = frozenset(
 #: Diagnostic text kept on a verdict.
 MAX_DIAGNOSTIC = 1000
 # An address in reply text: bounded, linear (no class overlaps '@').
-_ADDR_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}")
+_ADDR_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}"
+)
 _STAGES = frozenset(STAGES)
 _CODE_RE = re.compile(r"[2-5]\d\d")
 _STATUS_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
@@ -265,7 +267,7 @@ def names_other_address(diagnostic: str, failure: Failure) -> bool:
         _text(failure.original_recipient).lower(),
         _text(failure.final_recipient).lower(),
     }
-    for n, m in enumerate(_ADDR_RE.finditer(diagnostic[:MAX_DIAGNOSTIC * 2])):
+    for n, m in enumerate(_ADDR_RE.finditer(diagnostic[: MAX_DIAGNOSTIC * 2])):
         addr = m.group(0).strip(".").lower()
         if addr not in mine and addr.partition("@")[0] not in ROLE_LOCAL_PARTS:
             return True

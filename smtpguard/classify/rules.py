@@ -507,7 +507,9 @@ def _parse_rule(name: str, n: int, raw: Any) -> Rule:
     )
 
 
-def _gate(any_: tuple[str, ...], all_: tuple[str, ...], patterns: list[str]) -> frozenset[str] | None:
+def _gate(
+    any_: tuple[str, ...], all_: tuple[str, ...], patterns: list[str]
+) -> frozenset[str] | None:
     """The 4-grams one of which any text this rule matches must contain (see Rule.gate)."""
     if any_ or patterns:
         needed = list(any_)

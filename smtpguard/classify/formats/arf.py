@@ -62,7 +62,7 @@ def feedback_reports(msg: Message, depth: int = 0) -> list[tuple[Fields, Message
     part is paired with the original that follows it in the same multipart.
     """
     out: list[tuple[Fields, Message | None]] = []
-    for _d, part, ctype in walk(msg):
+    for _d, part, _ctype in walk(msg):
         if not part.is_multipart() or len(out) >= MAX_REPORTS:
             continue
         kids = [k for k in part.get_payload()[:64] if isinstance(k, Message)]

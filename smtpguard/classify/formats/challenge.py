@@ -29,10 +29,11 @@ _SUBJECT_RE = re.compile(
     re.IGNORECASE,
 )
 _BODY_HINTS = (
-    "whitelist", "white list", "allowlist", "allow list", "approved senders", "approved sender list",
-    "confirm that you are a human", "prove that you are human", "verify that you are a human",
-    "click the link below to confirm", "reply to this message to confirm", "to confirm your message",
-    "challenge/response", "challenge-response", "anti-spam confirmation", "your message is being held",
+    "whitelist", "white list", "allowlist", "allow list", "approved senders",
+    "approved sender list", "confirm that you are a human", "prove that you are human",
+    "verify that you are a human", "click the link below to confirm",
+    "reply to this message to confirm", "to confirm your message", "challenge/response",
+    "challenge-response", "anti-spam confirmation", "your message is being held",
     "will be delivered once you confirm", "sender verification", "captcha",
 )  # fmt: skip
 _DSN = frozenset({"message/delivery-status", "message/global-delivery-status"})

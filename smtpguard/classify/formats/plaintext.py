@@ -183,9 +183,7 @@ def bounce_text(msg: Message) -> str:
     if found is None:
         lines = bounded_lines(first_text(msg))
         for i, line in enumerate(lines):
-            if not i or line[:1] not in _SEPARATOR_FIRST and line.lstrip(" \t")[:1] not in (
-                _SEPARATOR_FIRST
-            ):
+            if not i or line.lstrip(" \t")[:1] not in _SEPARATOR_FIRST:
                 continue
             low = line.lower()
             if any(h in low for h in _SEPARATOR_HINTS) and _SEPARATOR_RE.match(low):
@@ -207,11 +205,9 @@ def is_decoration(line: str) -> bool:
     t = line.strip()
     if len(t) < 3:
         return False
-    if set(t[:3]) <= _DECORATION_CHARS and (
-        len(t) <= 86 and set(t[-3:]) <= _DECORATION_CHARS or set(t) <= _DECORATION_CHARS
-    ):
-        return True
-    return False
+    if not set(t[:3]) <= _DECORATION_CHARS:
+        return False
+    return (len(t) <= 86 and set(t[-3:]) <= _DECORATION_CHARS) or set(t) <= _DECORATION_CHARS
 
 
 def _anchor(line: str) -> tuple[str, str] | None:
