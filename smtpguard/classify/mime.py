@@ -33,6 +33,15 @@ def parse(raw: bytes) -> Message:
     return _message(text, 0, budget)
 
 
+def parse_headers(text: str) -> Message:
+    """A header block as text -> Message with those headers (``text/rfc822-headers``)."""
+    msg = Message(policy=_COMPAT32)
+    head, body = _split_head(text)
+    rest = _headers(head, msg)
+    msg._payload = rest + body
+    return msg
+
+
 def _split_head(text: str) -> tuple[str, str]:
     """(header section, body): the body starts after the first empty line."""
     if text.startswith(("\n", "\r\n")):
@@ -120,7 +129,9 @@ def _message(text: str, depth: int, budget: list[int]) -> Message:
         msg._payload = [_block(b) for b in _blocks(body)]
         return msg
     if ctype.startswith("message/") and ctype not in ("message/external-body",):
-        msg._payload = [_message(body, depth + 1, budget)]
+        # The returned original: usually only a few of its headers are read (Message-ID,
+        # Return-Path, From, To), so it is split when something first needs more.
+        msg._payload = [LazyMessage(body, depth + 1, budget)]
         return msg
     msg._payload = body
     return msg
@@ -198,3 +209,67 @@ def _strip_eol(chunk: str) -> str:
     if chunk.endswith("\n"):
         return chunk[:-1]
     return chunk
+
+
+class LazyMessage(Message):
+    """A Message whose text is split on first use of its headers or payload.
+
+    :meth:`quick_header` answers single-header questions from the raw header block without
+    splitting anything (a case-insensitive ``str.find``), which is all most bounces need of
+    the returned original.
+    """
+
+    def __init__(self, text: str, depth: int, budget: list[int]) -> None:
+        super().__init__(policy=_COMPAT32)
+        self._lazy: tuple[str, int, list[int]] | None = (text, depth, budget)
+        self._head_low = ""
+
+    def _load(self) -> None:
+        lazy = self._lazy
+        if lazy is None:
+            return
+        self._lazy = None
+        text, depth, budget = lazy
+        real = _message(text, depth, budget)
+        self.__dict__["_h"] = real._headers
+        self.__dict__["_p"] = real._payload
+        self.preamble, self.epilogue = real.preamble, real.epilogue
+        self._unixfrom = real._unixfrom
+
+    @property  # type: ignore[override]
+    def _headers(self) -> list[tuple[str, str]]:
+        self._load()
+        return self.__dict__.get("_h", [])
+
+    @_headers.setter
+    def _headers(self, value: list[tuple[str, str]]) -> None:
+        self.__dict__["_h"] = value
+
+    @property  # type: ignore[override]
+    def _payload(self) -> object:
+        self._load()
+        return self.__dict__.get("_p")
+
+    @_payload.setter
+    def _payload(self, value: object) -> None:
+        self.__dict__["_p"] = value
+
+    def quick_header(self, name: str) -> str | None:
+        """The first ``name:`` field's raw value (folded lines joined), or None."""
+        lazy = self._lazy
+        if lazy is None:
+            return self.get(name)
+        if not self._head_low:
+            head, _ = _split_head(lazy[0])
+            self._head_low = "\n" + head.lower()
+            self._head = "\n" + head
+        key = "\n" + name.lower() + ":"
+        at = self._head_low.find(key)
+        if at < 0:
+            return None
+        start = at + len(key)
+        end = self._head.find("\n", start)
+        while end >= 0 and self._head[end + 1 : end + 2] in (" ", "\t"):
+            end = self._head.find("\n", end + 1)
+        value = self._head[start : end if end >= 0 else len(self._head)]
+        return value.strip(" \t\r\n")

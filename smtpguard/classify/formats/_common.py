@@ -145,7 +145,7 @@ def _body_bytes(part: Message) -> bytes:
     """
     # The stored payload, not get_payload(): for 8-bit bodies compat32 keeps the raw bytes
     # as surrogates and get_payload() would already charset-decode them (lossily).
-    payload = part.__dict__.get("_payload")
+    payload = part._payload  # type: ignore[attr-defined]
     if not isinstance(payload, str):
         return b""
     cte = _headers(part).get("content-transfer-encoding", "").strip().lower()
@@ -223,7 +223,8 @@ def unescape(v: str) -> str:
 
 def header(msg: Message, name: str) -> str:
     """A header as one clean line ('' when missing or unreadable)."""
-    v = _headers(msg).get(name.lower())
+    quick = getattr(msg, "quick_header", None)
+    v = quick(name) if quick is not None else _headers(msg).get(name.lower())
     if not v:
         return ""
     return collapse(unescape(v), 2000)
@@ -278,12 +279,9 @@ def original_message(msg: Message) -> Message | None:
                 found = payload[0]
                 break
         elif ct in ("text/rfc822-headers", "text/global-headers"):
-            from email.parser import HeaderParser
+            from smtpguard.classify.mime import parse_headers
 
-            try:
-                found = HeaderParser().parsestr(part_text(part), headersonly=True)
-            except Exception:
-                found = None
+            found = parse_headers(part_text(part))
             break
     c["orig"] = found
     return found

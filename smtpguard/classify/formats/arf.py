@@ -45,12 +45,9 @@ def _original_of(part: Message) -> Message | None:
     payload = part.get_payload()
     if isinstance(payload, list):
         return payload[0] if payload and isinstance(payload[0], Message) else None
-    from email.parser import HeaderParser
+    from smtpguard.classify.mime import parse_headers
 
-    try:
-        return HeaderParser().parsestr(part_text(part), headersonly=True)
-    except Exception:
-        return None
+    return parse_headers(part_text(part))
 
 
 def feedback_reports(msg: Message, depth: int = 0) -> list[tuple[Fields, Message | None]]:

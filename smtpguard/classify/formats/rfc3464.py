@@ -131,15 +131,22 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
         return out
     # The human-readable part often says more than Diagnostic-Code (or all there is).
     text = bounce_text(msg)
-    by_rcpt = diagnostics_by_recipient(text) if text else {}
+    by_rcpt: dict[str, str] | None = None
     mid, sender, token = envelope_info(msg)
     # Only the part before the first recipient's own lines: in a report for several
     # recipients, another one's "Mailbox Full" must not speak for this one.
     explanation = collapse(preamble(text), 2000) if text else ""
     best = ""
     for f in out:
-        extra = by_rcpt.get(f.final_recipient.lower(), "") or by_rcpt.get(f.recipient.lower(), "")
         short = len(_strip_type(f.diagnostic)) < 8
+        extra = ""
+        if short or stage_in(f.diagnostic) == "unknown":
+            # The per-recipient text of the human-readable part, read only when needed.
+            if by_rcpt is None:
+                by_rcpt = diagnostics_by_recipient(text) if text else {}
+            extra = by_rcpt.get(f.final_recipient.lower(), "") or by_rcpt.get(
+                f.recipient.lower(), ""
+            )
         if extra and short:
             f.diagnostic = collapse(f"{f.diagnostic} {extra}")
             short = False
