@@ -39,6 +39,8 @@ class Providers:
     hosts: dict[str, str] = field(default_factory=dict)
     domains: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    #: Answers already computed, by host label / domain (bounded: cleared when full).
+    _seen: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def names(self) -> frozenset[str]:
@@ -46,17 +48,35 @@ class Providers:
 
     def of_host(self, host: str) -> str:
         """Provider owning ``host`` (a name, a "name[addr]:port" label, or "dns; name")."""
-        host = host.lower()
-        for m in _HOST_RE.finditer(host[:300]):
-            found = _suffix_lookup(self.hosts, m.group(0))
-            if found:
-                return found
-        return ""
+        if not host:
+            return ""
+        key = "h:" + host[:300]
+        found = self._seen.get(key)
+        if found is None:
+            found = ""
+            for m in _HOST_RE.finditer(host[:300].lower()):
+                found = _suffix_lookup(self.hosts, m.group(0))
+                if found:
+                    break
+            self._remember(key, found)
+        return found
 
     def of_domain(self, address: str) -> str:
         """Provider hosting the mailbox ``address`` (by its domain)."""
         domain = address.rpartition("@")[2].lower().strip(" >.")
-        return _suffix_lookup(self.domains, domain) if domain else ""
+        if not domain:
+            return ""
+        key = "d:" + domain[:255]
+        found = self._seen.get(key)
+        if found is None:
+            found = _suffix_lookup(self.domains, domain)
+            self._remember(key, found)
+        return found
+
+    def _remember(self, key: str, value: str) -> None:
+        if len(self._seen) >= 4096:
+            self._seen.clear()
+        self._seen[key] = value
 
     def identify(self, remote_host: str, recipient: str, text: str = "") -> str:
         """The remote host's provider, else one named in the text's host names, else the

@@ -10,6 +10,7 @@ what their wording needs; :func:`detect` is the last-resort detector for bounce-
 
 from __future__ import annotations
 
+import functools
 import re
 from email.message import Message
 
@@ -273,11 +274,24 @@ def _lead_in(lines: list[str], i: int) -> str:
 def preamble(text: str) -> str:
     """The explanation before the first recipient anchor: what the reporting MTA says about
     the whole report, not about one recipient (bounded to the first 200 lines)."""
-    lines = text.split("\n", 200)[:200]
+    lines, anchors = _scan(text)
+    end = anchors[0][0] if anchors else len(lines)
+    return "\n".join(lines[: min(end, 200)])
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(text: str) -> tuple[list[str], list[tuple[int, str, str]]]:
+    """(bounded lines, recipient anchors as (line number, address, rest of line)) of one
+    bounce text; cached because the DSN reader asks for both views of the same text."""
+    lines = bounded_lines(text)
+    anchors: list[tuple[int, str, str]] = []
     for i, line in enumerate(lines):
-        if _anchor(line):
-            return "\n".join(lines[:i])
-    return "\n".join(lines)
+        a = _anchor(line)
+        if a:
+            anchors.append((i, a[0], a[1]))
+            if len(anchors) >= MAX_ANCHORS:
+                break
+    return lines, anchors
 
 
 def recipient_blocks(text: str) -> list[tuple[str, str]]:
@@ -291,14 +305,7 @@ def recipient_blocks_ex(text: str) -> list[tuple[str, str, str]]:
     Lines naming the sender ("Original Sender:", "From:") are not the recipient's text, and
     Sendmail's "(expanded from: <alias>)" note names the address that was sent to.
     """
-    lines = bounded_lines(text)
-    anchors: list[tuple[int, str, str]] = []
-    for i, line in enumerate(lines):
-        a = _anchor(line)
-        if a:
-            anchors.append((i, a[0], a[1]))
-            if len(anchors) >= MAX_ANCHORS:
-                break
+    lines, anchors = _scan(text)
     out: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     for n, (i, addr, rest) in enumerate(anchors):
