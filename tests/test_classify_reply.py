@@ -312,11 +312,11 @@ def _returned(**fields: str) -> Failure:
     return Failure(recipient="a@b.example", action="failed", **fields)  # type: ignore[arg-type]
 
 
-def test_recipient_not_found_with_no_stage_keeps_its_reason() -> None:
-    # No stage known: the wording stands. Demotion to "filtered" needs a reply KNOWN to
-    # answer DATA or later.
+def test_recipient_not_found_with_no_stage_is_filtered() -> None:
+    # Sisimai's stage rule: nothing shows the reply answered RCPT TO and no 5.1.x backs
+    # it, so it may be a recipient-side filter after DATA - never suppressed.
     v = decide(_returned(diagnostic="Recipient Not Found"), default_classifier().rules)
-    assert (v.reason, v.status, v.suppress) == ("userunknown", "5.0.911", True)
+    assert (v.reason, v.status, v.suppress) == ("filtered", "5.0.910", False)
 
 
 def test_recipient_not_found_known_to_answer_data_is_filtered() -> None:
@@ -326,12 +326,17 @@ def test_recipient_not_found_known_to_answer_data_is_filtered() -> None:
     assert (v.reason, v.status, v.suppress) == ("filtered", "5.0.910", False)
 
 
-def test_sisimai_convention_filters_user_unknown_with_no_stage() -> None:
+def test_gmail_wording_relayed_by_an_unknown_host_with_no_stage_is_filtered() -> None:
     f = _returned(
         status="5.0.0", diagnostic="The email account that you tried to reach does not exist."
     )
-    v = decide(f, default_classifier().rules, sisimai_stages=True)
+    v = decide(f, default_classifier().rules)
     assert (v.reason, v.suppress) == ("filtered", False)
+
+
+def test_user_unknown_with_no_stage_backed_by_a_5_1_1_status_suppresses() -> None:
+    v = decide(_returned(status="5.1.1", diagnostic="User unknown"), default_classifier().rules)
+    assert (v.reason, v.suppress) == ("userunknown", True)
 
 
 def test_recipient_not_found_at_rcpt_suppresses() -> None:

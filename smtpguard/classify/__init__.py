@@ -33,20 +33,20 @@ class Classifier:
     ``errors`` (inputs a detector choked on), and ``reason.<name>`` per reason.
     """
 
-    def __init__(self, rules: RuleSet, *, sisimai_stages: bool = False) -> None:
+    def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
-        #: Sisimai's stage convention (see :func:`smtpguard.classify.decide.decide`).
-        self.sisimai_stages = sisimai_stages
         self.stats: collections.Counter[str] = collections.Counter()
 
     @classmethod
-    def load(
-        cls, operator_rules: str | Path | None = None, *, sisimai_stages: bool = False
-    ) -> Classifier:
+    def load(cls, operator_rules: str | Path | None = None) -> Classifier:
         """Shipped rules plus the operator's file, if any. Raises RulesError (a UserError)."""
         from smtpguard.classify import rules
 
-        return cls(rules.load(operator_rules), sisimai_stages=sisimai_stages)
+        return cls(rules.load(operator_rules))
+
+    def clear_caches(self) -> None:
+        """Forget remembered rule answers (a benchmark measuring cold work calls this)."""
+        self.rules.clear_caches()
 
     # ------------------------------------------------------------------ decisions
 
@@ -54,7 +54,7 @@ class Classifier:
         """One Failure -> Verdict, counted in :attr:`stats` (see :func:`decide.decide`)."""
         from smtpguard.classify.decide import decide
 
-        verdict = decide(failure, self.rules, returned=returned, sisimai_stages=self.sisimai_stages)
+        verdict = decide(failure, self.rules, returned=returned)
         self.stats["verdicts"] += 1
         self.stats[f"reason.{verdict.reason}"] += 1
         if verdict.reason == "undefined" or verdict.rule.startswith("fallback:"):

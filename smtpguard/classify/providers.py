@@ -82,11 +82,24 @@ class Providers:
         """The remote host's provider, else one named in the text's host names, else the
         recipient domain's. A relay or gateway in between answers for itself, so the
         remote host comes first."""
-        return (
-            self.of_host(remote_host)
-            or (self._of_text(text) if text else "")
-            or self.of_domain(recipient)
-        )
+        return self.identify_source(remote_host, recipient, text)[0]
+
+    def identify_source(self, remote_host: str, recipient: str, text: str = "") -> tuple[str, str]:
+        """(provider, how it was found): ``"host"`` (the remote host / reporting MTA),
+        ``"text"`` (a host the reply names as the one that answered), ``"domain"`` (only
+        the recipient's domain: the provider hosts the mailbox, but someone else may have
+        answered), or ("", "")."""
+        found = self.of_host(remote_host)
+        if found:
+            return found, "host"
+        found = self._of_text(text) if text else ""
+        if found:
+            return found, "text"
+        found = self.of_domain(recipient)
+        return (found, "domain") if found else ("", "")
+
+    def clear_caches(self) -> None:
+        self._seen.clear()
 
     def _of_text(self, text: str) -> str:
         """A host the reporting MTA names as the one that answered: "host mx.x.example[...]

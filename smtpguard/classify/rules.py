@@ -53,12 +53,19 @@ from smtpguard.errors import ConfigError
 #: hundred characters; a hostile 1 MB line is cut before any matching.
 MAX_TEXT = 4096
 
+#: Answers of :meth:`RuleSet.match` remembered (the dict is cleared when full).
+MEMO_SIZE = 4096
+#: Characters of a reporting MTA's explanation searched for a mailbox state.
+EXPLANATION_TEXT = 1000
+#: Reasons that say the recipient's mailbox exists (so the address is good).
+MAILBOX_STATES = frozenset({"suspend", "mailboxfull", "systemfull"})
+
 #: Keys a ``[[rule]]`` table may have.
 RULE_KEYS = frozenset(
     {
         "id", "reason", "any", "all", "regex", "not", "status", "codes", "stages",
         "priority", "temporary", "greylist", "unconfirmed_reason", "confirm_stages", "enabled",
-        "note", "source", "providers",
+        "note", "source", "providers", "provider_confirms",
     }
 )  # fmt: skip
 #: Largest bound a rule regex quantifier may have, and the most ways adjacent
@@ -126,6 +133,10 @@ class Rule:
     source: str = ""  # the file the rule came from
     doc: str = ""  # where its wording is documented (the rule's ``source`` key)
     providers: frozenset[str] = frozenset()
+    #: The providers' own documented "no such account" wording: when the provider answered
+    #: for itself (remote host / reporting MTA, not only the recipient's domain) it
+    #: confirms the rule's reason at any stage (see decide.confirmed_by).
+    provider_confirms: bool = False
     #: 4-grams of which a matching text must contain at least one (the first 4-gram of each
     #: ``any`` substring and of each regex's longest literal run, or of the longest ``all``
     #: substring); None when some alternative has no such literal. A set test in C.
@@ -178,6 +189,9 @@ class RuleSet:
     operator_count: int = 0
     providers: Providers = field(default_factory=Providers)
     _index: _GramIndex | None = field(default=None, repr=False)
+    _memo: dict[tuple[str, str, str, str, str], Rule | None] = field(
+        default_factory=dict, repr=False
+    )
 
     def match(
         self,
@@ -190,8 +204,20 @@ class RuleSet:
         """The first rule matching the (already normalised) text, or None.
 
         Rules for ``provider`` first (its documented wording wins over generic wording),
-        then the generic rules; other providers' rules are skipped.
+        then the generic rules; other providers' rules are skipped. Answers are
+        remembered (bounded): providers and MTAs repeat the same few replies endlessly.
         """
+        key = (text, status, code, stage, provider)
+        memo = self._memo
+        if key in memo:
+            return memo[key]
+        found = self._match(text, status, code, stage, provider)
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[key] = found
+        return found
+
+    def _match(self, text: str, status: str, code: str, stage: str, provider: str) -> Rule | None:
         grams = text_grams(text)
         candidates = self._candidates(grams)
         if provider:
@@ -204,6 +230,30 @@ class RuleSet:
             if not rule.providers and rule.matches(text, status, code, stage, grams):
                 return rule
         return None
+
+    def explanation_state(
+        self, explanation: str, status: str = "", code: str = "", stage: str = "unknown"
+    ) -> Rule | None:
+        """The mailbox-state rule (disabled, full) a reporting MTA's explanation matches.
+
+        One explanation is shared by every recipient of a report: remembered (bounded).
+        """
+        key = (explanation, status, code, stage, "\x00explanation")
+        memo = self._memo
+        if key in memo:
+            return memo[key]
+        found = self.match_among(
+            normalize(explanation[:EXPLANATION_TEXT]), MAILBOX_STATES, status, code, stage
+        )
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[key] = found
+        return found
+
+    def clear_caches(self) -> None:
+        """Forget remembered answers (benchmarks measure cold matching with this)."""
+        self._memo.clear()
+        self.providers.clear_caches()
 
     def _candidates(self, grams: frozenset[str]) -> list[int]:
         """Positions of the rules that can match a text with these 4-grams, in order.
@@ -472,7 +522,7 @@ def _parse_rule(name: str, n: int, raw: Any) -> Rule:
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise RulesError(f"{where}: priority must be an integer")
     flags = {}
-    for key in ("temporary", "greylist"):
+    for key in ("temporary", "greylist", "provider_confirms"):
         value = raw.get(key, False)
         if not isinstance(value, bool):
             raise RulesError(f"{where}: {key} must be true or false")
@@ -484,6 +534,8 @@ def _parse_rule(name: str, n: int, raw: Any) -> Rule:
     for name in providers:
         if not _ID_RE.fullmatch(name):
             raise RulesError(f"{where}: providers: {name!r} is not a provider name")
+    if flags["provider_confirms"] and not providers:
+        raise RulesError(f"{where}: provider_confirms needs providers (whose wording it is)")
     return Rule(
         id=rid,
         reason=reason,
@@ -503,6 +555,7 @@ def _parse_rule(name: str, n: int, raw: Any) -> Rule:
         source=name,
         doc=raw.get("source", ""),
         providers=frozenset(providers),
+        provider_confirms=flags["provider_confirms"],
         gate=_gate(any_, all_, [r.pattern for r in regex]),
     )
 

@@ -105,6 +105,9 @@ class Failure:
     ``explanation`` is the reporting MTA's own human-readable text for the whole report
     (RFC 3464 section 2.1's first part), when it has one: a mailbox state it names
     ("account is disabled") outweighs a generic "user unknown" in ``diagnostic``.
+    ``local_delivery`` names the MTA when the structure shows the reporting MTA delivered
+    locally (it is the recipient's final destination, no remote server is quoted): its
+    "no such user" is then the mailbox owner's own answer, whatever the SMTP stage.
     """
 
     recipient: str = ""
@@ -124,3 +127,4 @@ class Failure:
     diagnostic_type: str = ""
     original_recipient: str = ""
     final_recipient: str = ""
+    local_delivery: str = ""

@@ -29,6 +29,7 @@ from smtpguard.classify.formats._common import (
     stage_in,
     status_in,
 )
+from smtpguard.classify.formats.local import local_delivery
 from smtpguard.classify.verdict import Failure, Stage
 
 MAX_ANCHORS = 100
@@ -454,12 +455,15 @@ def _next_reply(lines: list[str], start: int) -> str:
     return ""
 
 
-def _mentioned(text: str, skip: frozenset[str]) -> list[str]:
-    """Addresses named in <brackets> in the explanation, minus senders and role accounts."""
+def _mentioned(
+    text: str, skip: frozenset[str], addressed: frozenset[str] = frozenset()
+) -> list[str]:
+    """Addresses named in <brackets> in the explanation, minus senders and role accounts
+    (a role account the original was sent to stays: see :func:`not_a_recipient`)."""
     out: list[str] = []
     for m in _BRACKET_ADDR_RE.finditer(text):
         a = m.group(1).strip(".")
-        if a.lower() in skip or _ROLE_RE.match(a) or a.lower() in {x.lower() for x in out}:
+        if not_a_recipient(a, skip, addressed=addressed) or a.lower() in {x.lower() for x in out}:
             continue
         out.append(a)
         if len(out) >= 10:
@@ -508,17 +512,34 @@ def _forwarded_reply(msg: Message, recipient: str) -> str:
     return ""
 
 
-def not_a_recipient(address: str, skip: frozenset[str], text: str = "") -> bool:
+def not_a_recipient(
+    address: str, skip: frozenset[str], text: str = "", addressed: frozenset[str] = frozenset()
+) -> bool:
     """The bounce's own sender / addressee, the original sender, a role or list address.
 
     An address line that carries the remote server's reply itself (``text`` has a reply
     code or status) is a structural claim that this address failed: then only the bounce
     sender (MAILER-DAEMON) and list-administration addresses are refused, so a message
-    sent to postmaster@ or to the sender's own address can still be reported.
+    sent to postmaster@ or to the sender's own address can still be reported. A role
+    address the returned original was itself sent to (``addressed``: its To / Cc) is a
+    recipient like any other - mail to postmaster@ bounces too.
     """
     if text and (code_in(text) or status_in(text)):
         return bool(_LIST_ADMIN_RE.match(address))
-    return address.lower() in skip or bool(_ROLE_RE.match(address))
+    low = address.lower()
+    return low in skip or (bool(_ROLE_RE.match(address)) and low not in addressed)
+
+
+def addressed_to(msg: Message, text: str) -> frozenset[str]:
+    """The returned original's To / Cc addresses (lower case): the attached original, or
+    the header block quoted after the explanation ``text``."""
+    orig = original_message(msg)
+    if orig is not None:
+        values = header(orig, "To") + " " + header(orig, "Cc")
+    else:
+        m = _INLINE_TO_RE.search(first_text(msg)[:PART_TEXT_LIMIT], len(text))
+        values = m.group(1) if m else ""
+    return frozenset(a.lower() for a in ADDR_RE.findall(values)[:MAX_ANCHORS])
 
 
 def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
@@ -531,13 +552,14 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
     bounce's own addresses, postmaster / MAILER-DAEMON or list-administration addresses.
     """
     skip = skip_set(msg)
-    blocks = [b for b in recipient_blocks_ex(text) if not not_a_recipient(b[0], skip, b[1])]
+    to = addressed_to(msg, text)
+    blocks = [b for b in recipient_blocks_ex(text) if not not_a_recipient(b[0], skip, b[1], to)]
     if not blocks:
-        blocks = [(a, t, "") for a, t in _transcript(text) if not not_a_recipient(a, skip, t)]
+        blocks = [(a, t, "") for a, t in _transcript(text) if not not_a_recipient(a, skip, t, to)]
     if not blocks:
         addrs = ADDR_RE.findall(header(msg, "X-Failed-Recipients"))
         if not addrs:
-            addrs = _mentioned(text, skip)
+            addrs = _mentioned(text, skip, to)
         if not addrs:
             orig = original_message(msg)
             if orig is not None:
@@ -546,7 +568,7 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
                 m = _INLINE_TO_RE.search(first_text(msg)[:PART_TEXT_LIMIT], len(text))
                 if m:
                     addrs = [m.group(1)]
-        addrs = [a for a in addrs if not not_a_recipient(a, skip)]
+        addrs = [a for a in addrs if not not_a_recipient(a, skip, addressed=to)]
         if not addrs:
             return []
         blocks = [(a, "", "") for a in addrs[:MAX_ANCHORS]]
@@ -576,13 +598,15 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
         if not f.reply_code:
             m = _ERROR_CODE_RE.search(diag)  # Zoho: "ERROR_CODE :550, ERROR_CODE :5.1.1"
             f.reply_code = m.group(1) if m else ""
-        if delayed:
-            f.action = "delayed"
+        # A bounce that is not a delay warning reports a failure the MTA has given up on
+        # (RFC 3464 2.3.3's "failed"), whatever reply it quotes.
+        f.action = "delayed" if delayed else "failed"
         fill_codes(f)
         f.stage = transcript_stage(text, addr) or f.stage
         if says_hostunknown(diag):
             f.reason_hint = "hostunknown"
         f.message_id, f.envelope_sender, f.return_path_token = mid, sender, token
+        f.local_delivery = local_delivery(msg, text, f.diagnostic)
         out.append(f)
     return out
 

@@ -28,6 +28,7 @@ from smtpguard.classify.formats._common import (
     walk,
 )
 from smtpguard.classify.formats._fields import Fields, parse_blocks, part_blocks
+from smtpguard.classify.formats.local import local_delivery
 from smtpguard.classify.formats.plaintext import (
     best_paragraph,
     bounce_text,
@@ -76,6 +77,7 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
     """Per-recipient Failures from DSN field blocks (shared with detectors of DSN look-alikes)."""
     per_message: Fields = {}
     out: list[Failure] = []
+    remotes: list[str] = []  # each Failure's own Remote-MTA field ("" when none)
     for block in blocks:
         rcpt_field = next((block[k] for k in _RCPT_FIELDS if block.get(k)), "")
         if not rcpt_field:
@@ -111,9 +113,8 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             if diag.lower().startswith("other or undefined"):
                 diag = ""  # RFC 3463's own name for x.y.0, not an explanation
         status = status_in(block.get("status", ""))
-        remote = _strip_type(block.get("remote-mta", "")) or _strip_type(
-            per_message.get("reporting-mta", "")
-        )
+        remote_mta = _strip_type(block.get("remote-mta", ""))
+        remote = remote_mta or _strip_type(per_message.get("reporting-mta", ""))
         dtype = _TYPE_PREFIX_RE.match(raw_diag)
         f = Failure(
             recipient=recipient,
@@ -127,6 +128,7 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             final_recipient=final or recipient,
         )
         out.append(f)
+        remotes.append(remote_mta)
     if not out:
         return out
     # The human-readable part often says more than Diagnostic-Code (or all there is).
@@ -137,7 +139,7 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
     # recipients, another one's "Mailbox Full" must not speak for this one.
     explanation = collapse(preamble(text), 2000) if text else ""
     best = ""
-    for f in out:
+    for f, remote_mta in zip(out, remotes, strict=True):
         short = len(_strip_type(f.diagnostic)) < 8
         extra = ""
         if short or stage_in(f.diagnostic) == "unknown":
@@ -181,6 +183,7 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             f.reason_hint = "hostunknown"
         f.message_id, f.envelope_sender, f.return_path_token = mid, sender, token
         f.explanation = explanation
+        f.local_delivery = local_delivery(msg, text, f.diagnostic, remote_mta)
     return out
 
 
