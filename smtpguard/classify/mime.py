@@ -46,60 +46,68 @@ def _split_head(text: str) -> tuple[str, str]:
     """(header section, body): the body starts after the first empty line."""
     if text.startswith(("\n", "\r\n")):
         return "", text[1:] if text[0] == "\n" else text[2:]
-    a = text.find("\n\n")
-    b = text.find("\n\r\n")
-    ends = [(a, 2), (b, 3)]
-    found = [(i, n) for i, n in ends if i >= 0]
-    if not found:
+    m = _BLANK_LINE_RE.search(text)
+    if m is None:
         return text, ""
-    i, n = min(found)
-    return text[: i + 1], text[i + n :]
+    return text[: m.start() + 1], text[m.end() :]
+
+
+# The first empty line (LF or CRLF): one scan, where two str.find calls scan twice.
+_BLANK_LINE_RE = re.compile(r"\n\r?\n")
+#: Where a part's {lower-case header name: first value} dict is kept (shared with the
+#: detectors' per-part cache in formats._common, so headers are read once).
+CACHE_KEY = "_smtpguard_cache"
+
+
+# One header field with its continuation lines (RFC 5322 2.2.3 folding), matched in C: the
+# name (no blanks, no colon, as compat32 accepts it), then the value to the end of the field.
+_FIELD_RE = re.compile(r"([^\s:]{1,200}):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)\n?")
 
 
 def _headers(head: str, msg: Message) -> str:
     """Fill ``msg``'s headers from ``head``; return text that turned out to be body.
 
     The values are what ``compat32`` stores: the text after the colon with leading blanks
-    dropped, continuation lines kept, the final line break removed.
+    dropped, continuation lines kept, the final line break removed. One regex match per
+    field (not per line); a line that is no header field ends the section, as in the
+    stdlib parser (the rest is body, a defect). The {lower-case name: first value} dict the
+    detectors read is built in the same pass (:data:`CACHE_KEY`).
     """
     items: list[tuple[str, str]] = []
-    lines = head.split("\n")
-    name = ""
-    value: list[str] = []
+    first: dict[str, str] = {}
+    pos = 0
+    end = len(head)
+    if head.startswith("From "):
+        eol = head.find("\n")
+        msg.set_unixfrom(head[: eol if eol >= 0 else end].rstrip("\r"))
+        pos = eol + 1 if eol >= 0 else end
+    match = _FIELD_RE.match
     rest = ""
-    for n, line in enumerate(lines):
-        first = line[:1]
-        if first == " " or first == "\t":
-            if name:
-                value.append(line)
-            continue
-        colon = line.find(":")
-        if colon <= 0 or colon > 200 or " " in line[:colon] or "\t" in line[:colon]:
-            if n == 0 and line.startswith("From "):
-                msg.set_unixfrom(line.rstrip("\r"))
+    while pos < end:
+        m = match(head, pos)
+        if m is None:
+            eol = head.find("\n", pos)
+            if not head[pos : eol if eol >= 0 else end].strip():
+                pos = eol + 1 if eol >= 0 else end
                 continue
-            if not line.strip():
-                continue
-            # Not a header line: the stdlib parser starts the body here (a defect).
-            rest = "\n".join(lines[n:])
+            rest = head[pos:]
             break
-        if name:
-            items.append((name, "\n".join(value).rstrip("\r\n")))
-        name = line[:colon]
-        value = [line[colon + 1 :].lstrip(" \t")]
-    if name:
-        items.append((name, "\n".join(value).rstrip("\r\n")))
+        name, value = m.group(1, 2)
+        if value[-1:] == "\r":
+            value = value.rstrip("\r\n")
+        items.append((name, value))
+        key = name.lower()
+        if key not in first:
+            first[key] = value
+        pos = m.end()
     msg._headers = items  # the compat32 parser stores exactly these (name, value) pairs
+    msg.__dict__[CACHE_KEY] = {"headers": first}
     return rest
 
 
 def _ctype(msg: Message) -> tuple[str, str]:
     """(content type, raw Content-Type value) with RFC 2045's text/plain default."""
-    raw = ""
-    for k, v in msg._headers:
-        if k.lower() == "content-type":
-            raw = v if isinstance(v, str) else str(v)
-            break
+    raw = msg.__dict__[CACHE_KEY]["headers"].get("content-type", "")
     ctype = raw.split(";", 1)[0].strip().lower()
     if ctype.count("/") != 1:
         ctype = "text/plain"
@@ -233,6 +241,7 @@ class LazyMessage(Message):
         real = _message(text, depth, budget)
         self.__dict__["_h"] = real._headers
         self.__dict__["_p"] = real._payload
+        self.__dict__.setdefault(CACHE_KEY, {})["headers"] = real.__dict__[CACHE_KEY]["headers"]
         self.preamble, self.epilogue = real.preamble, real.epilogue
         self._unixfrom = real._unixfrom
 

@@ -82,8 +82,10 @@ _STATUS_KEY_RE = re.compile(r"[245X]\.\d{1,3}\.\d{1,3}")
 _CODE_PREFIX_RE = re.compile(r"[245]\d{0,2}")
 # Reply-code continuation prefixes that multi-line replies leave inside diagnostic text:
 # "... is 550-5.7.1 likely suspicious" -> "... is likely suspicious" (RFC 5321 4.2.1).
+# (The "not glued to a word" lookbehinds follow the first character, where the engine can
+# still scan for it fast.)
 _CONTINUATION_RE = re.compile(
-    r"(?<![\w.])[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?![\w.])|(?<![\w.])[245]\d\d-"
+    r"[245](?<![\w.][245])\d\d(?:[ -][245]\.\d{1,3}\.\d{1,3}(?![\w.])|-)"
 )
 _WS_RE = re.compile(r"\s+")
 
@@ -172,6 +174,19 @@ class Rule:
                 return False
         return all(s not in text for s in self.not_)
 
+    def matches_rest(self, text: str, status: str, code: str, stage: str) -> bool:
+        """:meth:`matches` once one of the ``any`` substrings is known to be in ``text``."""
+        if self.codes and not code.startswith(self.codes):
+            return False
+        if self.status and not status.startswith(self.status):
+            return False
+        if self.stages and stage not in self.stages:
+            return False
+        for s in self.all:
+            if s not in text:
+                return False
+        return all(s not in text for s in self.not_)
+
 
 @dataclass(slots=True)
 class RuleSet:
@@ -192,6 +207,11 @@ class RuleSet:
     _memo: dict[tuple[str, str, str, str, str], Rule | None] = field(
         default_factory=dict, repr=False
     )
+    #: The last text's 4-grams: the main match, the sender check and the explanation
+    #: check of one verdict ask about the same text.
+    _grams_of: str = field(default="", repr=False)
+    _grams: frozenset[str] = field(default=frozenset(), repr=False)
+    _states: tuple[Rule, ...] | None = field(default=None, repr=False)
 
     def match(
         self,
@@ -218,16 +238,24 @@ class RuleSet:
         return found
 
     def _match(self, text: str, status: str, code: str, stage: str, provider: str) -> Rule | None:
-        grams = text_grams(text)
-        candidates = self._candidates(grams)
+        rules = self.rules
+        satisfied, candidates, grams = self._candidates(text)
         if provider:
             for i in candidates:
-                rule = self.rules[i]
-                if provider in rule.providers and rule.matches(text, status, code, stage, grams):
+                rule = rules[i]
+                if provider in rule.providers and (
+                    rule.matches_rest(text, status, code, stage)
+                    if i in satisfied
+                    else rule.matches(text, status, code, stage, grams)
+                ):
                     return rule
         for i in candidates:
-            rule = self.rules[i]
-            if not rule.providers and rule.matches(text, status, code, stage, grams):
+            rule = rules[i]
+            if not rule.providers and (
+                rule.matches_rest(text, status, code, stage)
+                if i in satisfied
+                else rule.matches(text, status, code, stage, grams)
+            ):
                 return rule
         return None
 
@@ -242,12 +270,26 @@ class RuleSet:
         memo = self._memo
         if key in memo:
             return memo[key]
-        found = self.match_among(
-            normalize(explanation[:EXPLANATION_TEXT]), MAILBOX_STATES, status, code, stage
-        )
+        text = normalize(explanation[:EXPLANATION_TEXT])
+        found = None
+        for rule in self._state_rules():
+            # A long text and three rules: testing their substrings directly is cheaper
+            # than indexing the text's 4-grams.
+            if rule.matches(text, status, code, stage):
+                found = rule
+                break
         if len(memo) >= MEMO_SIZE:
             memo.clear()
         memo[key] = found
+        return found
+
+    def _state_rules(self) -> tuple[Rule, ...]:
+        """The generic rules naming a state of an existing mailbox, in order."""
+        found = self._states
+        if found is None:
+            found = self._states = tuple(
+                r for r in self.rules if r.reason in MAILBOX_STATES and not r.providers
+            )
         return found
 
     def clear_caches(self) -> None:
@@ -255,20 +297,30 @@ class RuleSet:
         self._memo.clear()
         self.providers.clear_caches()
 
-    def _candidates(self, grams: frozenset[str]) -> list[int]:
-        """Positions of the rules that can match a text with these 4-grams, in order.
+    def _candidates(self, text: str) -> tuple[set[int], list[int], frozenset[str]]:
+        """(rules whose ``any`` part is known to match, every rule that can match in order,
+        the text's 4-grams).
 
-        A rule whose ``any`` substrings are all at least four characters long (and that has
-        no regex) needs one of their first 4-grams in the text; the index finds those rules
-        with set operations in C instead of testing every rule in Python.
+        The index posts each ``any`` substring under its rarest 4-gram: the substrings
+        whose gram the text has are tested (a handful, instead of every substring of every
+        rule), and the rules they satisfy need only their other conditions checked. Rules
+        the postings cannot decide (regexes, ``all``-only rules) are tested in full.
         """
         index = self._index
         if index is None:
             index = self._index = _GramIndex.build(self.rules)
-        hit = set(index.always)
+        if text == self._grams_of:
+            grams = self._grams
+        else:
+            grams = self._grams = text_grams(text)
+            self._grams_of = text
+        satisfied: set[int] = set()
+        postings = index.postings
         for g in grams & index.keys:
-            hit.update(index.by_gram[g])
-        return sorted(hit)
+            for i, needle in postings[g]:
+                if i not in satisfied and needle in text:
+                    satisfied.add(i)
+        return satisfied, sorted(satisfied.union(index.full)), grams
 
     def match_among(
         self,
@@ -279,12 +331,18 @@ class RuleSet:
         stage: str = "unknown",
     ) -> Rule | None:
         """The first generic rule giving one of ``reasons`` that matches the (normalised) text."""
-        grams = text_grams(text)
-        for rule in self.rules:
+        rules = self.rules
+        satisfied, candidates, grams = self._candidates(text)
+        for i in candidates:
+            rule = rules[i]
             if (
                 rule.reason in reasons
                 and not rule.providers
-                and rule.matches(text, status, code, stage, grams)
+                and (
+                    rule.matches_rest(text, status, code, stage)
+                    if i in satisfied
+                    else rule.matches(text, status, code, stage, grams)
+                )
             ):
                 return rule
         return None
@@ -301,24 +359,35 @@ class RuleSet:
 
 @dataclass(slots=True)
 class _GramIndex:
-    """4-gram -> positions of the gated rules that gram can open; ungated rules always run."""
+    """``any`` substrings posted under their rarest 4-gram; rules the postings cannot decide.
 
-    by_gram: dict[str, tuple[int, ...]]
+    Rarest: the 4-gram of a substring that the fewest substrings of all rules share, so
+    common fragments ("user", "not ") open as few postings as possible.
+    """
+
+    postings: dict[str, tuple[tuple[int, str], ...]]
     keys: frozenset[str]
-    always: tuple[int, ...]
+    #: Rules tested in full (regexes, ``all``-only or short substrings), gated by Rule.gate.
+    full: frozenset[int]
 
     @classmethod
     def build(cls, rules: list[Rule]) -> _GramIndex:
-        by_gram: dict[str, list[int]] = {}
-        always: list[int] = []
+        seen: dict[str, int] = {}
+        for rule in rules:
+            for needle in {*rule.any, *rule.all}:
+                for g in text_grams(needle):
+                    seen[g] = seen.get(g, 0) + 1
+        postings: dict[str, list[tuple[int, str]]] = {}
+        full: set[int] = set()
         for i, rule in enumerate(rules):
-            if rule.gate is None:
-                always.append(i)
+            if rule.regex or not rule.any or any(len(n) < GRAM for n in rule.any):
+                full.add(i)
                 continue
-            for g in rule.gate:
-                by_gram.setdefault(g, []).append(i)
-        frozen = {g: tuple(v) for g, v in by_gram.items()}
-        return cls(by_gram=frozen, keys=frozenset(frozen), always=tuple(always))
+            for needle in rule.any:
+                gram = min(sorted(text_grams(needle)), key=lambda g: (seen[g], " " in g))
+                postings.setdefault(gram, []).append((i, needle))
+        frozen = {g: tuple(v) for g, v in postings.items()}
+        return cls(postings=frozen, keys=frozenset(frozen), full=frozenset(full))
 
 
 # --------------------------------------------------------------------------- loading

@@ -14,6 +14,7 @@ import quopri
 import re
 from email.message import Message
 
+from smtpguard.classify.mime import CACHE_KEY
 from smtpguard.classify.verdict import Failure, Stage
 
 #: Bytes of one part's body that detectors ever look at (bounce explanations are short;
@@ -36,18 +37,18 @@ ADDR_UTF8_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]{1,128}"
     r"@[A-Za-z0-9\u0080-\U0010ffff-]{1,63}(?:\.[A-Za-z0-9\u0080-\U0010ffff-]{1,63}){1,10}"
 )
-# RFC 3463 enhanced status code: class.subject.detail; not part of an IP address or version.
-# The "not preceded by" checks are done in Python (_guarded): a regex lookbehind at the
-# start of a pattern disables the engine's fast scan and costs 4x.
-STATUS_RE = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
-_STATUS_BAD_PREV = frozenset("0123456789.")
-# RFC 5321 failure reply code (4xx/5xx) as MTAs quote it: "550 ", "550-", "550:".
-# 2xx only counts when paired with a status (CODE_STATUS_RE): bare 2xx numbers are sizes.
-CODE_RE = re.compile(r"([45][0-5]\d)(?=[ \-:]|$)(?!:\d)")
+# RFC 3463 enhanced status code: class.subject.detail; not part of an IP address or version
+# (not preceded by a digit or a dot). The "not preceded by" lookbehind sits after the first
+# character, not in front: a leading lookbehind disables the engine's scan for the first
+# character and costs 4x.
+STATUS_RE = re.compile(r"([245])(?<![0-9.][245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
+# RFC 5321 failure reply code (4xx/5xx) as MTAs quote it: "550 ", "550-", "550:", not glued
+# to a word, a number or a path. 2xx only counts when paired with a status
+# (CODE_STATUS_RE): bare 2xx numbers are sizes.
+CODE_RE = re.compile(r"([45](?<![0-9.\-/:#=_A-Za-z][45])[0-5]\d)(?=[ \-:]|$)(?!:\d)")
 # A reply code directly followed by its enhanced status: the most trustworthy pairing.
-CODE_STATUS_RE = re.compile(r"([245][0-5]\d)[ \-']{1,3}([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
-_CODE_BAD_PREV = frozenset("0123456789.-/:#=_") | frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CODE_STATUS_RE = re.compile(
+    r"([245](?<![0-9.\-/:#=_A-Za-z][245])[0-5]\d)[ \-']{1,3}([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)"
 )
 WS_RE = re.compile(r"\s+")
 
@@ -117,10 +118,10 @@ def content_type(part: Message) -> str:
 
 
 def cache(msg: Message) -> dict[str, object]:
-    c = msg.__dict__.get("_smtpguard_cache")
+    c = msg.__dict__.get(CACHE_KEY)
     if c is None:
         c = {}
-        msg.__dict__["_smtpguard_cache"] = c
+        msg.__dict__[CACHE_KEY] = c
     return c  # type: ignore[return-value]
 
 
@@ -287,45 +288,27 @@ def original_message(msg: Message) -> Message | None:
     return found
 
 
-def _guarded(rx: re.Pattern[str], text: str, bad_prev: frozenset[str]) -> re.Match[str] | None:
-    """First match of ``rx`` not glued to a preceding character from ``bad_prev``."""
-    for n, m in enumerate(rx.finditer(text)):
-        start = m.start()
-        if start == 0 or text[start - 1] not in bad_prev:
-            return m
-        if n >= 50:
-            break
-    return None
-
-
 def first_code_at(text: str) -> int:
     """Offset of the first reply code or enhanced status in ``text`` (-1 when none)."""
-    found = [
-        m.start()
-        for m in (
-            _guarded(STATUS_RE, text, _STATUS_BAD_PREV),
-            _guarded(CODE_RE, text, _CODE_BAD_PREV),
-        )
-        if m is not None
-    ]
+    found = [m.start() for m in (STATUS_RE.search(text), CODE_RE.search(text)) if m is not None]
     return min(found) if found else -1
 
 
 def status_in(text: str) -> str:
     """The first RFC 3463 status code in ``text`` ('' when none)."""
-    m = _guarded(STATUS_RE, text, _STATUS_BAD_PREV)
+    m = STATUS_RE.search(text)
     return f"{m.group(1)}.{m.group(2)}.{m.group(3)}" if m else ""
 
 
 def paired_status(text: str) -> str:
     """The status that follows a reply code ("550 5.1.1", "550-'5.7.1"), else the first one."""
-    m = _guarded(CODE_STATUS_RE, text, _CODE_BAD_PREV)
+    m = CODE_STATUS_RE.search(text)
     if m is None:
         return status_in(text)
     if m.group(2)[1:] == ".4.7":
         # "554 4.4.7 Message expired ... <421 4.4.2 Connection timed out>": the summary
         # of the reporting MTA wraps the remote server's last reply; that one says why.
-        inner = _guarded(CODE_STATUS_RE, text[m.end() :], _CODE_BAD_PREV)
+        inner = CODE_STATUS_RE.search(text, m.end())
         if inner is not None:
             return inner.group(2)
     return m.group(2)
@@ -333,7 +316,7 @@ def paired_status(text: str) -> str:
 
 def code_in(text: str) -> str:
     """The first plausible SMTP reply code in ``text`` ('' when none)."""
-    m = _guarded(CODE_STATUS_RE, text, _CODE_BAD_PREV) or _guarded(CODE_RE, text, _CODE_BAD_PREV)
+    m = CODE_STATUS_RE.search(text) or CODE_RE.search(text)
     return m.group(1) if m else ""
 
 

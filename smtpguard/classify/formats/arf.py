@@ -137,13 +137,33 @@ def _apple_unsubscribe(msg: Message) -> list[Failure] | None:
     ]
 
 
-# Byte strings one of which every report this module reads contains (a C-speed test
-# before any part is walked): the Feedback-Type field, Hotmail's JMRP header, Apple's.
-_MARKERS = (b"eedback-", b"EEDBACK-", b"HmXmr", b"pple-Unsubscribe", b"PPLE-UNSUBSCRIBE")
+def may_be_report(msg: Message) -> bool:
+    """Cheap structural test before any report is read: a feedback-report part, a returned
+    message that is itself a report (a digest) or carries Hotmail's JMRP header, Apple's
+    unsubscribe header, or a Feedback-Type field in a text part. Uses the part list and
+    texts the other detectors need anyway (cached), not a scan of the whole input."""
+    if header(msg, "X-Apple-Unsubscribe"):
+        return True
+    for _depth, part, ctype in walk(msg):
+        if ctype == "message/feedback-report":
+            return True
+        if ctype in _ORIGINAL and ctype != "text/rfc822-headers":
+            inner = part.get_payload()
+            inner = inner[0] if isinstance(inner, list) and inner else None
+            if isinstance(inner, Message) and (
+                header(inner, "X-HmXmrOriginalRecipient")
+                or "feedback-report" in header(inner, "Content-Type").lower()
+            ):
+                return True
+        elif ctype.startswith("text/") and ctype != "text/rfc822-headers":
+            text = part_text(part)
+            if "eedback-Type:" in text or "EEDBACK-TYPE:" in text:
+                return True
+    return False
 
 
 def detect(msg: Message, raw: bytes) -> list[Failure] | None:
-    if not any(m in raw for m in _MARKERS):
+    if not may_be_report(msg):
         return None
     apple = _apple_unsubscribe(msg)
     if apple:
