@@ -84,9 +84,7 @@ _CODE_PREFIX_RE = re.compile(r"[245]\d{0,2}")
 # "... is 550-5.7.1 likely suspicious" -> "... is likely suspicious" (RFC 5321 4.2.1).
 # (The "not glued to a word" lookbehinds follow the first character, where the engine can
 # still scan for it fast.)
-_CONTINUATION_RE = re.compile(
-    r"[245](?<![\w.][245])\d\d(?:[ -][245]\.\d{1,3}\.\d{1,3}(?![\w.])|-)"
-)
+_CONTINUATION_RE = re.compile(r"[245](?<![\w.][245])\d\d(?:[ -][245]\.\d{1,3}\.\d{1,3}(?![\w.])|-)")
 _WS_RE = re.compile(r"\s+")
 
 
