@@ -205,10 +205,12 @@ class RuleSet:
     _memo: dict[tuple[str, str, str, str, str], Rule | None] = field(
         default_factory=dict, repr=False
     )
-    #: The last text's 4-grams: the main match, the sender check and the explanation
-    #: check of one verdict ask about the same text.
-    _grams_of: str = field(default="", repr=False)
-    _grams: frozenset[str] = field(default=frozenset(), repr=False)
+    #: The last text's candidates: the main match and the sender check of one verdict ask
+    #: about the same text.
+    _last_text: str = field(default="", repr=False)
+    _last: tuple[set[int], list[int], frozenset[str]] = field(
+        default=(set(), [], frozenset()), repr=False
+    )
     _states: tuple[Rule, ...] | None = field(default=None, repr=False)
 
     def match(
@@ -293,6 +295,7 @@ class RuleSet:
     def clear_caches(self) -> None:
         """Forget remembered answers (benchmarks measure cold matching with this)."""
         self._memo.clear()
+        self._last_text = ""
         self.providers.clear_caches()
 
     def _candidates(self, text: str) -> tuple[set[int], list[int], frozenset[str]]:
@@ -304,21 +307,21 @@ class RuleSet:
         rule), and the rules they satisfy need only their other conditions checked. Rules
         the postings cannot decide (regexes, ``all``-only rules) are tested in full.
         """
+        if text == self._last_text:
+            return self._last
         index = self._index
         if index is None:
             index = self._index = _GramIndex.build(self.rules)
-        if text == self._grams_of:
-            grams = self._grams
-        else:
-            grams = self._grams = text_grams(text)
-            self._grams_of = text
+        grams = text_grams(text)
         satisfied: set[int] = set()
         postings = index.postings
         for g in grams & index.keys:
             for i, needle in postings[g]:
                 if i not in satisfied and needle in text:
                     satisfied.add(i)
-        return satisfied, sorted(satisfied.union(index.full)), grams
+        found = (satisfied, sorted(satisfied.union(index.full)), grams)
+        self._last_text, self._last = text, found
+        return found
 
     def match_among(
         self,

@@ -68,7 +68,9 @@ _STAGE_WORDS = (
     ("helo", "helo"),
     ("ehlo", "helo"),
 )
-_STAGE_CAPS_RE = re.compile(r"\b(RCPT|DATA)\b(?!:)")
+# "RCPT" / "DATA" as whole words (the "not after a word character" check follows the word,
+# so the engine scans for the literal fast).
+_STAGE_CAPS_RE = re.compile(r"(?:RCPT|DATA)(?<!\wRCPT)(?<!\wDATA)\b(?!:)")
 
 
 def collapse(text: str, limit: int = DIAG_LIMIT) -> str:
@@ -97,7 +99,7 @@ def walk(msg: Message) -> list[tuple[int, Message, str]]:
             # The returned original is read through original_message(), never walked:
             # its own parts are not the bounce's.
             continue
-        payload = part.get_payload()
+        payload = part._payload  # the stored payload: get_payload() re-reads headers
         if isinstance(payload, list):
             kids = [p for p in payload[:MAX_PARTS] if isinstance(p, Message)]
             stack.extend((depth + 1, p) for p in reversed(kids))
@@ -228,6 +230,8 @@ def header(msg: Message, name: str) -> str:
     v = quick(name) if quick is not None else _headers(msg).get(name.lower())
     if not v:
         return ""
+    if len(v) < 200 and v.isascii() and v.isprintable() and "  " not in v:
+        return v.strip(" ")  # one clean line already (most header values)
     return collapse(unescape(v), 2000)
 
 
@@ -275,7 +279,7 @@ def original_message(msg: Message) -> Message | None:
     found: Message | None = None
     for _depth, part, ct in walk(msg):
         if ct in ("message/rfc822", "message/global", "message/rfc822-headers"):
-            payload = part.get_payload()
+            payload = part._payload
             if isinstance(payload, list) and payload and isinstance(payload[0], Message):
                 found = payload[0]
                 break
@@ -331,7 +335,7 @@ def stage_in(text: str) -> Stage:
             best_at, best = at, stage
     m = _STAGE_CAPS_RE.search(text, 0, best_at)
     if m:
-        return "rcpt" if m.group(1) == "RCPT" else "data"
+        return "rcpt" if m.group(0) == "RCPT" else "data"
     return best  # type: ignore[return-value]
 
 

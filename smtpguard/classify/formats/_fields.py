@@ -72,7 +72,7 @@ def _from_message(block: Message) -> list[Fields]:
 
 def part_blocks(part: Message) -> list[Fields]:
     """Field blocks of a delivery-status / feedback-report part, however it was encoded."""
-    payload = part.get_payload()
+    payload = part._payload
     if isinstance(payload, list):
         blocks = [
             fields
@@ -83,7 +83,7 @@ def part_blocks(part: Message) -> list[Fields]:
         # A single sub-message (message/feedback-report) or a broken DSN may also carry
         # a body with more fields; append those.
         for b in payload[:1]:
-            if isinstance(b, Message) and isinstance(b.get_payload(), str) and b.get_payload():
+            if isinstance(b, Message) and isinstance(b._payload, str) and b._payload:
                 # decode=True gives the raw bytes: compat32's str view would have read
                 # 8-bit text (RFC 6533 utf-8 addresses) as ASCII and replaced it.
                 raw = b.get_payload(decode=True)

@@ -59,12 +59,6 @@ _SEPARATOR_RE = re.compile(
 )
 # The first non-blank character of every separator line above (either case).
 _SEPARATOR_FIRST = frozenset("-=_*rRaAdDxXoObBmMtTcC")
-# Every separator above contains one of these: a cheap test before the regex.
-_SEPARATOR_HINTS = (
-    "original", "copy", "below", "return", "undeliver", "unsent", "header", "include",
-    "message", "rfc822", "attach", "received", "reporting-mta", "arrival-date",
-    "dkim-signature", "x-original-to",
-)  # fmt: skip
 # Words that may stand before a recipient address on its anchor line.
 _LABEL_RE = re.compile(
     r"^(?:(?:original|final|failed|bounced|invalid|unknown|intended|unreachable|"
@@ -187,8 +181,7 @@ def bounce_text(msg: Message) -> str:
         for i, line in enumerate(lines):
             if not i or line.lstrip(" \t")[:1] not in _SEPARATOR_FIRST:
                 continue
-            low = line.lower()
-            if any(h in low for h in _SEPARATOR_HINTS) and _SEPARATOR_RE.match(low):
+            if _SEPARATOR_RE.match(line.lower()):
                 lines = lines[:i]
                 break
         found = "\n".join(lines)
