@@ -67,22 +67,37 @@ _FIELD_RE = re.compile(r"([^\s:]{1,200}):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)\n?")
 def _headers(head: str, msg: Message) -> str:
     """Fill ``msg``'s headers from ``head``; return text that turned out to be body.
 
+    The values are what ``compat32`` stores (see :func:`header_fields`); the
+    {lower-case name: first value} dict the detectors read is built in the same pass
+    (:data:`CACHE_KEY`).
+    """
+    if head.startswith("From "):
+        eol = head.find("\n")
+        msg.set_unixfrom(head[: eol if eol >= 0 else len(head)].rstrip("\r"))
+        head = head[eol + 1 :] if eol >= 0 else ""
+    items, rest = header_fields(head)
+    first: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key not in first:
+            first[key] = value
+    msg._headers = items  # the compat32 parser stores exactly these (name, value) pairs
+    msg.__dict__[CACHE_KEY] = {"headers": first}
+    return rest
+
+
+def header_fields(head: str) -> tuple[list[tuple[str, str]], str]:
+    """(fields, text that turned out to be body) of a header section.
+
     The values are what ``compat32`` stores: the text after the colon with leading blanks
     dropped, continuation lines kept, the final line break removed. One regex match per
     field (not per line); a line that is no header field ends the section, as in the
-    stdlib parser (the rest is body, a defect). The {lower-case name: first value} dict the
-    detectors read is built in the same pass (:data:`CACHE_KEY`).
+    stdlib parser (the rest is body, a defect).
     """
     items: list[tuple[str, str]] = []
-    first: dict[str, str] = {}
     pos = 0
     end = len(head)
-    if head.startswith("From "):
-        eol = head.find("\n")
-        msg.set_unixfrom(head[: eol if eol >= 0 else end].rstrip("\r"))
-        pos = eol + 1 if eol >= 0 else end
     match = _FIELD_RE.match
-    rest = ""
     while pos < end:
         m = match(head, pos)
         if m is None:
@@ -90,19 +105,13 @@ def _headers(head: str, msg: Message) -> str:
             if not head[pos : eol if eol >= 0 else end].strip():
                 pos = eol + 1 if eol >= 0 else end
                 continue
-            rest = head[pos:]
-            break
+            return items, head[pos:]
         name, value = m.group(1, 2)
         if value[-1:] == "\r":
             value = value.rstrip("\r\n")
         items.append((name, value))
-        key = name.lower()
-        if key not in first:
-            first[key] = value
         pos = m.end()
-    msg._headers = items  # the compat32 parser stores exactly these (name, value) pairs
-    msg.__dict__[CACHE_KEY] = {"headers": first}
-    return rest
+    return items, ""
 
 
 def _ctype(msg: Message) -> tuple[str, str]:
@@ -134,8 +143,7 @@ def _message(text: str, depth: int, budget: list[int]) -> Message:
         msg._payload = body
         return msg
     if ctype == "message/delivery-status" or ctype == "message/global-delivery-status":
-        msg._payload = [_block(b) for b in _blocks(body)]
-        return msg
+        return FieldsMessage.like(msg, body)
     if ctype.startswith("message/") and ctype not in ("message/external-body",):
         # The returned original: usually only a few of its headers are read (Message-ID,
         # Return-Path, From, To), so it is split when something first needs more.
@@ -145,7 +153,7 @@ def _message(text: str, depth: int, budget: list[int]) -> Message:
     return msg
 
 
-def _blocks(body: str) -> list[str]:
+def field_groups(body: str) -> list[str]:
     """RFC 3464 2.1: field groups separated by empty lines (at most MAX_PARTS)."""
     out: list[str] = []
     cur: list[str] = []
@@ -217,6 +225,40 @@ def _strip_eol(chunk: str) -> str:
     if chunk.endswith("\n"):
         return chunk[:-1]
     return chunk
+
+
+class FieldsMessage(Message):
+    """A ``message/delivery-status`` part: RFC 3464 field groups, kept as text.
+
+    The detectors read :attr:`fields_text` with a small field parser
+    (:func:`smtpguard.classify.formats._fields.part_blocks`); the compat32 view (one
+    Message per field group) is built only if something asks for the payload.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(policy=_COMPAT32)
+        self.fields_text = text
+        self.__dict__["_p"] = None
+
+    @classmethod
+    def like(cls, msg: Message, text: str) -> FieldsMessage:
+        """A FieldsMessage with ``msg``'s headers and ``text`` as its body."""
+        part = cls(text)
+        part._headers = msg._headers
+        part._unixfrom = msg._unixfrom
+        part.__dict__[CACHE_KEY] = msg.__dict__[CACHE_KEY]
+        return part
+
+    @property  # type: ignore[override]
+    def _payload(self) -> object:
+        found = self.__dict__["_p"]
+        if found is None:
+            found = self.__dict__["_p"] = [_block(b) for b in field_groups(self.fields_text)]
+        return found
+
+    @_payload.setter
+    def _payload(self, value: object) -> None:
+        self.__dict__["_p"] = value
 
 
 class LazyMessage(Message):

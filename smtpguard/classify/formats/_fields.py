@@ -12,6 +12,8 @@ import re
 from email.message import Message
 
 from smtpguard.classify.formats._common import collapse, part_text, unescape
+from smtpguard.classify.mime import field_groups
+from smtpguard.classify.mime import header_fields
 
 Fields = dict[str, str]
 
@@ -70,8 +72,36 @@ def _from_message(block: Message) -> list[Fields]:
     return out
 
 
+def _from_text(text: str) -> list[Fields] | None:
+    """Field blocks of a delivery-status body kept as text, exactly as :func:`_from_message`
+    reads the compat32 blocks (first occurrence wins, a repeated Final-Recipient starts a
+    new block); None when the first group has a line that is no field (then the compat32
+    view decides)."""
+    blocks: list[Fields] = []
+    for n, group in enumerate(field_groups(text)[:MAX_BLOCKS]):
+        items, rest = header_fields(group)
+        if n == 0 and rest:
+            return None
+        cur: Fields = {}
+        for k, v in items[:500]:
+            k = k.lower()
+            if k == "final-recipient" and k in cur:
+                blocks.append(cur)
+                cur = {}
+            if k not in cur:
+                cur[k] = collapse(unescape(v), 2000)
+        if cur:
+            blocks.append(cur)
+    return blocks
+
+
 def part_blocks(part: Message) -> list[Fields]:
     """Field blocks of a delivery-status / feedback-report part, however it was encoded."""
+    text = getattr(part, "fields_text", None)
+    if isinstance(text, str):
+        found = _from_text(text)
+        if found:
+            return found
     payload = part._payload
     if isinstance(payload, list):
         blocks = [
