@@ -12,8 +12,7 @@ import re
 from email.message import Message
 
 from smtpguard.classify.formats._common import collapse, part_text, unescape
-from smtpguard.classify.mime import field_groups
-from smtpguard.classify.mime import header_fields
+from smtpguard.classify.mime import field_groups, header_fields
 
 Fields = dict[str, str]
 
