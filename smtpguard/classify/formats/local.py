@@ -116,9 +116,6 @@ def quotes_remote(diagnostic: str) -> bool:
 
 def local_delivery(msg: Message, text: str, diagnostic: str, remote_mta: str = "") -> str:
     """The MTA's name when its own local delivery reported this failure, else ''."""
-    if remote_mta or not diagnostic:
+    if remote_mta or not diagnostic or quotes_remote(diagnostic):
         return ""
-    mta = mta_of(msg, text)
-    if not mta or quotes_remote(diagnostic):
-        return ""
-    return mta
+    return mta_of(msg, text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Container
 from email.message import Message
 
 from smtpguard.classify.formats._common import (
@@ -449,7 +450,7 @@ def _next_reply(lines: list[str], start: int) -> str:
 
 
 def _mentioned(
-    text: str, skip: frozenset[str], addressed: frozenset[str] = frozenset()
+    text: str, skip: frozenset[str], addressed: Container[str] = frozenset()
 ) -> list[str]:
     """Addresses named in <brackets> in the explanation, minus senders and role accounts
     (a role account the original was sent to stays: see :func:`not_a_recipient`)."""
@@ -506,7 +507,7 @@ def _forwarded_reply(msg: Message, recipient: str) -> str:
 
 
 def not_a_recipient(
-    address: str, skip: frozenset[str], text: str = "", addressed: frozenset[str] = frozenset()
+    address: str, skip: frozenset[str], text: str = "", addressed: Container[str] = frozenset()
 ) -> bool:
     """The bounce's own sender / addressee, the original sender, a role or list address.
 
@@ -521,6 +522,20 @@ def not_a_recipient(
         return bool(_LIST_ADMIN_RE.match(address))
     low = address.lower()
     return low in skip or (bool(_ROLE_RE.match(address)) and low not in addressed)
+
+
+class AddressedTo:
+    """The returned original's To / Cc addresses, read on the first ``in`` test: only a
+    role address needs them (:func:`not_a_recipient`), and most bounces name none."""
+
+    def __init__(self, msg: Message, text: str) -> None:
+        self._msg, self._text = msg, text
+        self._found: frozenset[str] | None = None
+
+    def __contains__(self, address: object) -> bool:
+        if self._found is None:
+            self._found = addressed_to(self._msg, self._text)
+        return address in self._found
 
 
 def addressed_to(msg: Message, text: str) -> frozenset[str]:
@@ -545,7 +560,7 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
     bounce's own addresses, postmaster / MAILER-DAEMON or list-administration addresses.
     """
     skip = skip_set(msg)
-    to = addressed_to(msg, text)
+    to = AddressedTo(msg, text)
     blocks = [b for b in recipient_blocks_ex(text) if not not_a_recipient(b[0], skip, b[1], to)]
     if not blocks:
         blocks = [(a, t, "") for a, t in _transcript(text) if not not_a_recipient(a, skip, t, to)]
