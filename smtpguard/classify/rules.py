@@ -148,32 +148,18 @@ class Rule:
         """``text`` must already be :func:`normalize`-d; ``grams`` its 4-grams, if known."""
         if grams is not None and self.gate is not None and self.gate.isdisjoint(grams):
             return False
-        if self.codes and not code.startswith(self.codes):
-            return False
-        if self.status and not status.startswith(self.status):
-            return False
-        if self.stages and stage not in self.stages:
+        if not self.matches_rest(text, status, code, stage):
             return False
         if self.any or self.regex:
-            hit = False
             for s in self.any:
                 if s in text:
-                    hit = True
-                    break
-            if not hit:
-                for r in self.regex:
-                    if r.search(text):
-                        hit = True
-                        break
-            if not hit:
-                return False
-        for s in self.all:
-            if s not in text:
-                return False
-        return all(s not in text for s in self.not_)
+                    return True
+            return any(r.search(text) for r in self.regex)
+        return True
 
     def matches_rest(self, text: str, status: str, code: str, stage: str) -> bool:
-        """:meth:`matches` once one of the ``any`` substrings is known to be in ``text``."""
+        """Every condition but ``any`` / ``regex``: what is left to check once one of the
+        ``any`` substrings is known to be in ``text``."""
         if self.codes and not code.startswith(self.codes):
             return False
         if self.status and not status.startswith(self.status):

@@ -312,27 +312,32 @@ def recipient_blocks_ex(text: str) -> list[tuple[str, str, str]]:
         para = 0
         expanded = ""
         for line in lines[i + 1 : min(end, i + 40)]:
-            if is_decoration(line):
+            stripped = line.strip()
+            if stripped[:1] in _DECORATION_CHARS and is_decoration(line):
                 continue
             if "xpanded from" in line:
                 em = _EXPANDED_RE.match(line)
                 if em:
                     expanded = clean_addr(em.group(1))
                     continue
-            sm = _SENDER_LINE_RE.match(line)
-            if sm:
-                # "From: <sender@x> RCPT: <a@b> ... failed after I sent the message": keep
-                # what the line says, not the sender's address.
-                line = ADDR_RE.sub("", line[sm.end() :], count=1)
-            if _HOST_LINE_RE.match(line) or _TALKING_RE.match(line):
+            if ":" in line:  # every sender line has one
+                sm = _SENDER_LINE_RE.match(line)
+                if sm:
+                    # "From: <sender@x> RCPT: <a@b> ... failed after I sent the message": keep
+                    # what the line says, not the sender's address.
+                    line = ADDR_RE.sub("", line[sm.end() :], count=1)
+                    stripped = line.strip()
+            if ("..." in line and _HOST_LINE_RE.match(line)) or (
+                "talking to " in line.lower() and _TALKING_RE.match(line)
+            ):
                 break
-            if not line.strip():
+            if not stripped:
                 if body:
                     para += 1
                     if para >= 2 or (code_in(" ".join(body)) or status_in(" ".join(body))):
                         break
                 continue
-            body.append(line.strip())
+            body.append(stripped)
         key = addr.lower()
         if key in seen:
             # Same recipient named again (Sendmail's transcript after the address list,
