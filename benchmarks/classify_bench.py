@@ -19,7 +19,11 @@ cleared first (:meth:`Classifier.clear_caches`), so a pass over files it has see
 costs what the first one did - Sisimai remembers nothing between messages either.
 
     .venv/bin/python benchmarks/classify_bench.py [--corpus DIR] [--misses] [--repeat N]
-        [--rounds N] [--one-file-rules]
+        [--rounds N] [--one-file-rules] [--instructions]
+
+``--instructions`` also counts the instructions each decoder executes per message under
+valgrind's callgrind (minutes, but independent of the machine's load: on a shared machine
+the wall-clock and even the CPU-time ratios move by a third from run to run).
 
 Matching: a label and a verdict match on (file, recipient), case-insensitively; when a file
 has exactly one label and one verdict they are matched even if the recipients differ (the
@@ -163,6 +167,50 @@ def side_by_side(files: list[Path], rounds: int, passes: int) -> dict[str, float
     }
 
 
+# One process classifies every file ``passes`` times after a warm-up pass (cold caches each
+# pass); run under valgrind's callgrind with 0 and with N passes, the difference is the
+# instructions the passes executed: a count that does not depend on the machine's load.
+OURS_PASSES_SCRIPT = r"""
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from smtpguard.classify import Classifier
+c = Classifier.load()
+data = [Path(f).read_bytes() for f in sys.argv[3:]]
+for d in data:
+    c.message(d)
+for _ in range(int(sys.argv[2])):
+    c.clear_caches()
+    for d in data:
+        c.message(d)
+"""
+
+
+def instructions_per_message(files: list[Path], passes: int = 1) -> tuple[float, float] | None:
+    """(ours, Sisimai's) instructions per message, counted by valgrind (callgrind), or None
+    when valgrind is missing. Deterministic: a shared machine's load does not change it."""
+    if not shutil.which("valgrind"):
+        return None
+
+    def collected(cmd: list[str]) -> int:
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
+            capture_output=True, text=True, timeout=3600,
+        )  # fmt: skip
+        m = re.search(r"Collected : (\d+)", proc.stderr)
+        if proc.returncode != 0 or m is None:
+            sys.exit(f"valgrind run failed: {proc.stderr.strip()[-500:]}")
+        return int(m.group(1))
+
+    names = [str(f) for f in files]
+    ours = [sys.executable, "-c", OURS_PASSES_SCRIPT, str(REPO)]
+    theirs = ["perl", "-e", SISIMAI_SCRIPT]
+    n = len(files) * passes
+    ours_ir = (collected([*ours, str(passes), *names]) - collected([*ours, "0", *names])) / n
+    theirs_ir = (collected([*theirs, str(passes), *names]) - collected([*theirs, "0", *names])) / n
+    return ours_ir, theirs_ir
+
+
 def sisimai_version() -> str:
     return subprocess.run(
         ["perl", "-MSisimai", "-e", "print $Sisimai::VERSION"], capture_output=True, text=True
@@ -287,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=10, help="in-process timing passes")
     ap.add_argument("--rounds", type=int, default=3, help="side-by-side rounds with Sisimai")
     ap.add_argument("--one-file-rules", action="store_true", help="name the one-file rules")
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions per message, ours and Sisimai's, under valgrind (slow)",
+    )
     args = ap.parse_args(argv)
     corpus: Path = args.corpus.resolve()
     labels_path = corpus / "labels.jsonl"
@@ -362,6 +415,17 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU-second, Sisimai {rates['theirs_cpu']:,.0f} (best pass each): "
             f"{rates['ours_cpu'] / rates['theirs_cpu']:.2f}x"
         )
+        if args.instructions:
+            counted = instructions_per_message(files)
+            if counted is None:
+                print(f"{'instructions':<22} skipped: valgrind is not installed")
+            else:
+                ours_ir, theirs_ir = counted
+                print(
+                    f"{'instructions':<22} smtpguard {ours_ir / 1000:,.0f}k per message, "
+                    f"Sisimai {theirs_ir / 1000:,.0f}k (valgrind callgrind, one cold pass "
+                    f"less the warm-up): {theirs_ir / ours_ir:.2f}x fewer"
+                )
     else:
         print(f"{'side by side':<22} skipped: perl with libsisimai-perl is not installed")
     return 0

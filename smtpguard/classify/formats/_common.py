@@ -12,10 +12,14 @@ from __future__ import annotations
 import binascii
 import quopri
 import re
+from collections.abc import Callable
 from email.message import Message
+from typing import TypeVar
 
 from smtpguard.classify.mime import CACHE_KEY
 from smtpguard.classify.verdict import Failure, Stage
+
+T = TypeVar("T")
 
 #: Bytes of one part's body that detectors ever look at (bounce explanations are short;
 #: what follows is the returned original message).
@@ -348,16 +352,40 @@ def clean_addr(value: str) -> str:
     return m.group(0).strip(".")
 
 
-def fill_codes(f: Failure) -> Failure:
+class Once:
+    """``once(fn, text)``: ``fn(text)``, computed once per distinct text of one report.
+
+    A report for a hundred recipients often gives them all the same text (the shared
+    explanation): what its shape says (codes, stage, hints) is read once, not a hundred
+    times. Lives for one report only, so nothing is kept between messages.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[Callable[[str], object], str], object] = {}
+
+    def __call__(self, fn: Callable[[str], T], text: str) -> T:
+        key = (fn, text)
+        if key in self._seen:
+            return self._seen[key]  # type: ignore[return-value]
+        found = self._seen[key] = fn(text)
+        return found
+
+
+def direct(fn: Callable[[str], T], text: str) -> T:
+    """The :class:`Once` interface without remembering: for a report with one recipient."""
+    return fn(text)
+
+
+def fill_codes(f: Failure, once: Callable[[Callable[[str], T], str], T] = direct) -> Failure:  # type: ignore[assignment]
     """Fill status / reply code / stage from the diagnostic text when the structure had none."""
     d = f.diagnostic
     if d:
         if not f.reply_code:
-            f.reply_code = code_in(d)
+            f.reply_code = once(code_in, d)
         if not f.status:
-            f.status = status_in(d)
+            f.status = once(status_in, d)
         if f.stage == "unknown":
-            f.stage = stage_in(d)
+            f.stage = once(stage_in, d)
     return f
 
 

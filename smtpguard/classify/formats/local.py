@@ -19,10 +19,11 @@ Only then is :attr:`Failure.local_delivery` set (to the MTA's name).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 
-from smtpguard.classify.formats._common import cache, code_in, header
+from smtpguard.classify.formats._common import cache, code_in, direct, header
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +115,14 @@ def quotes_remote(diagnostic: str) -> bool:
     return bool(code_in(diagnostic)) or bool(_IP_RE.search(diagnostic))
 
 
-def local_delivery(msg: Message, text: str, diagnostic: str, remote_mta: str = "") -> str:
+def local_delivery(
+    msg: Message,
+    text: str,
+    diagnostic: str,
+    remote_mta: str = "",
+    once: Callable[[Callable[[str], bool], str], bool] = direct,
+) -> str:
     """The MTA's name when its own local delivery reported this failure, else ''."""
-    if remote_mta or not diagnostic or quotes_remote(diagnostic):
+    if remote_mta or not diagnostic or once(quotes_remote, diagnostic):
         return ""
     return mta_of(msg, text)

@@ -17,10 +17,12 @@ from email.message import Message
 
 from smtpguard.classify.formats._common import (
     ADDR_RE,
+    Once,
     cache,
     clean_addr,
     code_in,
     collapse,
+    direct,
     envelope_info,
     fill_codes,
     first_code_at,
@@ -591,6 +593,7 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
     out = []
     best = ""
     everyone = {a.lower() for a, _, _ in blocks}
+    once = Once() if len(blocks) > 1 else direct
     for addr, diag, expanded in blocks:
         if not diag or not (code_in(diag) or status_in(diag)):
             best = best or collapse(best_paragraph(text))
@@ -614,12 +617,12 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
         # A bounce that is not a delay warning reports a failure the MTA has given up on
         # (RFC 3464 2.3.3's "failed"), whatever reply it quotes.
         f.action = "delayed" if delayed else "failed"
-        fill_codes(f)
+        fill_codes(f, once)
         f.stage = transcript_stage(text, addr) or f.stage
-        if says_hostunknown(diag):
+        if once(says_hostunknown, diag):
             f.reason_hint = "hostunknown"
         f.message_id, f.envelope_sender, f.return_path_token = mid, sender, token
-        f.local_delivery = local_delivery(msg, text, f.diagnostic)
+        f.local_delivery = local_delivery(msg, text, f.diagnostic, once=once)
         out.append(f)
     return out
 

@@ -16,8 +16,10 @@ from email.message import Message
 
 from smtpguard.classify.formats._common import (
     ADDR_RE,
+    Once,
     clean_addr,
     collapse,
+    direct,
     envelope_info,
     fill_codes,
     first_text,
@@ -139,10 +141,11 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
     # recipients, another one's "Mailbox Full" must not speak for this one.
     explanation = collapse(preamble(text), 2000) if text else ""
     best = ""
+    once = Once() if len(out) > 1 else direct
     for f, remote_mta in zip(out, remotes, strict=True):
         short = len(_strip_type(f.diagnostic)) < 8
         extra = ""
-        if short or stage_in(f.diagnostic) == "unknown":
+        if short or once(stage_in, f.diagnostic) == "unknown":
             # The per-recipient text of the human-readable part, read only when needed.
             if by_rcpt is None:
                 by_rcpt = diagnostics_by_recipient(text) if text else {}
@@ -159,15 +162,15 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             # Sendmail's "unknown mailer error 255" under "X-Unix; 255").
             best = best or collapse(best_paragraph(text))
             f.diagnostic = collapse(f"{f.diagnostic} {best}")
-        fill_codes(f)
+        fill_codes(f, once)
         if f.stage == "unknown" and extra:
             # Postfix says "(in reply to RCPT TO command)" only in the human-readable part.
-            f.stage = stage_in(extra)
+            f.stage = once(stage_in, extra)
         f.stage = transcript_stage(text, f.final_recipient or f.recipient) or f.stage
         # The remote server's own status in Diagnostic-Code is more precise than the
         # reporting MTA's summary in Status (often x.0.0, or 4.4.7 for any old deferral);
         # a generic x.0.0 in the text never replaces a specific Status (RFC 3463 §3.1).
-        diag_status = paired_status(f.diagnostic)
+        diag_status = once(paired_status, f.diagnostic)
         if (
             diag_status
             and diag_status != f.status
@@ -176,14 +179,19 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             f.status = diag_status
         if f.action == "delivered" or (f.status.startswith("2.") and f.action != "failed"):
             f.reason_hint = "delivered"
-        elif f.action in ("failed", "delayed") and not from_text and _says_expired(f.diagnostic):
+        elif (
+            f.action in ("failed", "delayed")
+            and not from_text
+            and once(_says_expired, f.diagnostic)
+        ):
             # The reporting MTA's own "gave up retrying" statement (not the remote reply).
             f.reason_hint = "expired"
-        elif says_hostunknown(f.diagnostic):
+        elif once(says_hostunknown, f.diagnostic):
             f.reason_hint = "hostunknown"
         f.message_id, f.envelope_sender, f.return_path_token = mid, sender, token
         f.explanation = explanation
-        f.local_delivery = local_delivery(msg, text, f.diagnostic, remote_mta)
+        if not remote_mta:
+            f.local_delivery = local_delivery(msg, text, f.diagnostic, once=once)
     return out
 
 
