@@ -25,11 +25,13 @@ format: setup-test
 	$(VENV)/bin/ruff check --fix .
 
 # Benchmarks print numbers (and the command that made them); they are not timed tests.
-# The classifier benchmark decodes the corpus with Debian's Sisimai 4.25 side by side.
-BENCH_APT_PKGS := perl libsisimai-perl
+# The classifier benchmark decodes the corpus with Debian's Sisimai 4.25 side by side, and
+# counts both decoders' instructions under valgrind (the ratio a shared machine's load does
+# not move).
+BENCH_APT_PKGS := perl libsisimai-perl valgrind
 
 bench: setup-test setup-bench
-	$(PY) benchmarks/classify_bench.py
+	$(PY) benchmarks/classify_bench.py --instructions
 	$(PY) benchmarks/classify_hostile.py
 	$(PY) benchmarks/suppression_bench.py
 	$(PY) benchmarks/relay_throughput.py
