@@ -37,6 +37,8 @@ from __future__ import annotations
 import re
 import re._constants as sre_constants
 import re._parser as sre_parse
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -101,14 +103,47 @@ def normalize(text: str) -> str:
 
 
 GRAM = 4
-_GRAM_SLICES = [slice(i, i + GRAM) for i in range(MAX_TEXT)]
+#: A 4-gram as a number: four bytes of the text's UTF-8 form read as one machine integer.
+#: A substring of a text is a byte substring of its UTF-8 form, so a needle's grams are
+#: among the text's; integers hash and compare without building a string per position.
+Gram = int
+#: Substrings shorter than this many bytes are tested directly, not through the index: a
+#: longer one has a 4-gram at every offset class modulo 4 (see :func:`residue_grams`).
+POSTED_MIN = GRAM + 3
 
 
-def text_grams(text: str) -> frozenset[str]:
-    """Every 4-character substring of ``text`` (built in C: ``map`` over fixed slices)."""
-    if len(text) < GRAM:
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def text_grams(text: str) -> frozenset[Gram]:
+    """The text's 4-byte windows at offsets 0, 4, 8... of its UTF-8 form, as integers.
+
+    A quarter of all windows, read in C (the bytes cast to unsigned 32-bit integers). Any
+    substring of at least :data:`POSTED_MIN` bytes, wherever it starts, has one of its own
+    windows on that grid: the one of its offset class (:func:`residue_grams`).
+    """
+    data = _utf8(text)
+    end = len(data) // GRAM * GRAM
+    if not end:
         return frozenset()
-    return frozenset(map(text.__getitem__, _GRAM_SLICES[: len(text) - GRAM + 1]))
+    return frozenset(memoryview(data)[:end].cast("I"))
+
+
+def _window(data: bytes, at: int) -> Gram:
+    return int.from_bytes(data[at : at + GRAM], sys.byteorder)
+
+
+def residue_grams(needle: str, rank: Callable[[Gram], object]) -> frozenset[Gram]:
+    """For each offset class r (0..3) of the needle's windows, the best-ranked window at an
+    offset j with j % 4 == r. Wherever the needle occurs in a text (at byte p), the windows
+    of the class r = -p % 4 fall on the text's sampled grid (:func:`text_grams`), so one of
+    these is among the text's grams. The needle must have at least POSTED_MIN bytes."""
+    data = _utf8(needle)
+    out = set()
+    for r in range(GRAM):
+        out.add(min((_window(data, j) for j in range(r, len(data) - GRAM + 1, GRAM)), key=rank))
+    return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,17 +172,9 @@ class Rule:
     #: for itself (remote host / reporting MTA, not only the recipient's domain) it
     #: confirms the rule's reason at any stage (see decide.confirmed_by).
     provider_confirms: bool = False
-    #: 4-grams of which a matching text must contain at least one (the first 4-gram of each
-    #: ``any`` substring and of each regex's longest literal run, or of the longest ``all``
-    #: substring); None when some alternative has no such literal. A set test in C.
-    gate: frozenset[str] | None = None
 
-    def matches(
-        self, text: str, status: str, code: str, stage: str, grams: frozenset[str] | None = None
-    ) -> bool:
-        """``text`` must already be :func:`normalize`-d; ``grams`` its 4-grams, if known."""
-        if grams is not None and self.gate is not None and self.gate.isdisjoint(grams):
-            return False
+    def matches(self, text: str, status: str, code: str, stage: str) -> bool:
+        """``text`` must already be :func:`normalize`-d."""
         if not self.matches_rest(text, status, code, stage):
             return False
         if self.any or self.regex:
@@ -194,7 +221,7 @@ class RuleSet:
     #: The last text's candidates: the main match and the sender check of one verdict ask
     #: about the same text.
     _last_text: str = field(default="", repr=False)
-    _last: tuple[set[int], list[int], frozenset[str]] = field(
+    _last: tuple[set[int], list[int], frozenset[Gram]] = field(
         default=(set(), [], frozenset()), repr=False
     )
     _states: tuple[Rule, ...] | None = field(default=None, repr=False)
@@ -224,24 +251,39 @@ class RuleSet:
         return found
 
     def _match(self, text: str, status: str, code: str, stage: str, provider: str) -> Rule | None:
+        if provider:
+            found = self._first(text, status, code, stage, lambda r: provider in r.providers)
+            if found is not None:
+                return found
+        return self._first(text, status, code, stage, lambda r: not r.providers)
+
+    def _first(
+        self, text: str, status: str, code: str, stage: str, wanted: Callable[[Rule], bool]
+    ) -> Rule | None:
+        """The first rule ``wanted`` accepts that matches the (normalised) text."""
         rules = self.rules
         satisfied, candidates, grams = self._candidates(text)
-        if provider:
-            for i in candidates:
-                rule = rules[i]
-                if provider in rule.providers and (
-                    rule.matches_rest(text, status, code, stage)
-                    if i in satisfied
-                    else rule.matches(text, status, code, stage, grams)
-                ):
-                    return rule
+        index = self._index
+        assert index is not None  # built by _candidates
+        posted = index.posted
         for i in candidates:
             rule = rules[i]
-            if not rule.providers and (
-                rule.matches_rest(text, status, code, stage)
-                if i in satisfied
-                else rule.matches(text, status, code, stage, grams)
-            ):
+            if not wanted(rule):
+                continue
+            if i in satisfied:
+                ok = rule.matches_rest(text, status, code, stage)
+            elif i in posted:
+                # None of its substrings is in the text (the index said so): only its
+                # regexes can still match.
+                gate = index.regex_gates[i]
+                ok = (
+                    (gate is None or not gate.isdisjoint(grams))
+                    and rule.matches_rest(text, status, code, stage)
+                    and any(r.search(text) for r in rule.regex)
+                )
+            else:
+                ok = rule.matches(text, status, code, stage)
+            if ok:
                 return rule
         return None
 
@@ -284,7 +326,7 @@ class RuleSet:
         self._last_text = ""
         self.providers.clear_caches()
 
-    def _candidates(self, text: str) -> tuple[set[int], list[int], frozenset[str]]:
+    def _candidates(self, text: str) -> tuple[set[int], list[int], frozenset[Gram]]:
         """(rules whose ``any`` part is known to match, every rule that can match in order,
         the text's 4-grams).
 
@@ -305,7 +347,10 @@ class RuleSet:
             for i, needle in postings[g]:
                 if i not in satisfied and needle in text:
                     satisfied.add(i)
-        found = (satisfied, sorted(satisfied.union(index.full)), grams)
+        for i, needle in index.short:
+            if i not in satisfied and needle in text:
+                satisfied.add(i)
+        found = (satisfied, sorted(satisfied.union(index.full, index.with_regex)), grams)
         self._last_text, self._last = text, found
         return found
 
@@ -318,21 +363,9 @@ class RuleSet:
         stage: str = "unknown",
     ) -> Rule | None:
         """The first generic rule giving one of ``reasons`` that matches the (normalised) text."""
-        rules = self.rules
-        satisfied, candidates, grams = self._candidates(text)
-        for i in candidates:
-            rule = rules[i]
-            if (
-                rule.reason in reasons
-                and not rule.providers
-                and (
-                    rule.matches_rest(text, status, code, stage)
-                    if i in satisfied
-                    else rule.matches(text, status, code, stage, grams)
-                )
-            ):
-                return rule
-        return None
+        return self._first(
+            text, status, code, stage, lambda r: r.reason in reasons and not r.providers
+        )
 
     def status_reason(self, status: str) -> str:
         """Reason for an enhanced status from the table: exact key, then any-class key."""
@@ -346,35 +379,77 @@ class RuleSet:
 
 @dataclass(slots=True)
 class _GramIndex:
-    """``any`` substrings posted under their rarest 4-gram; rules the postings cannot decide.
+    """``any`` substrings posted under 4-grams; what the postings cannot decide.
 
-    Rarest: the 4-gram of a substring that the fewest substrings of all rules share, so
-    common fragments ("user", "not ") open as few postings as possible.
+    Each substring of at least :data:`POSTED_MIN` bytes is posted under one window per
+    offset class (:func:`residue_grams`), the rarest one of its class: the window the
+    fewest substrings of all rules share, so common fragments ("user", "not ") open as few
+    postings as possible. Shorter substrings are tested directly. A rule one of whose
+    substrings is found is "satisfied" (its other conditions are checked); a rule with
+    regexes and no substring found has only its regexes run; rules with neither
+    (``all``-only) are tested in full.
     """
 
-    postings: dict[str, tuple[tuple[int, str], ...]]
-    keys: frozenset[str]
-    #: Rules tested in full (regexes, ``all``-only or short substrings), gated by Rule.gate.
+    postings: dict[Gram, tuple[tuple[int, str], ...]]
+    keys: frozenset[Gram]
+    #: (rule position, substring) pairs too short to post, tested on every text.
+    short: tuple[tuple[int, str], ...]
+    #: Rules tested in full (no ``any`` substrings and no regexes).
     full: frozenset[int]
+    #: Rules whose ``any`` substrings the index decides (posted or short).
+    posted: frozenset[int]
+    #: Those of them with regexes, and the grams one of which a text must contain for one of
+    #: the regexes to match (None: a regex without a long enough literal, always run).
+    with_regex: frozenset[int]
+    regex_gates: dict[int, frozenset[Gram] | None]
 
     @classmethod
     def build(cls, rules: list[Rule]) -> _GramIndex:
-        seen: dict[str, int] = {}
+        seen: dict[Gram, int] = {}
         for rule in rules:
             for needle in {*rule.any, *rule.all}:
-                for g in text_grams(needle):
+                data = _utf8(needle)
+                for g in {_window(data, j) for j in range(len(data) - GRAM + 1)}:
                     seen[g] = seen.get(g, 0) + 1
-        postings: dict[str, list[tuple[int, str]]] = {}
+
+        def rank(g: Gram) -> tuple[int, Gram]:
+            return (seen.get(g, 0), g)
+
+        postings: dict[Gram, list[tuple[int, str]]] = {}
+        short: list[tuple[int, str]] = []
         full: set[int] = set()
+        posted: set[int] = set()
+        with_regex: set[int] = set()
+        regex_gates: dict[int, frozenset[Gram] | None] = {}
         for i, rule in enumerate(rules):
-            if rule.regex or not rule.any or any(len(n) < GRAM for n in rule.any):
+            if not (rule.any or rule.regex):
                 full.add(i)
                 continue
+            posted.add(i)
             for needle in rule.any:
-                gram = min(sorted(text_grams(needle)), key=lambda g: (seen[g], " " in g))
-                postings.setdefault(gram, []).append((i, needle))
+                if len(_utf8(needle)) < POSTED_MIN:
+                    short.append((i, needle))
+                    continue
+                for gram in residue_grams(needle, rank):
+                    postings.setdefault(gram, []).append((i, needle))
+            if rule.regex:
+                with_regex.add(i)
+                runs = [_literal_run(r.pattern) for r in rule.regex]
+                regex_gates[i] = (
+                    frozenset().union(*(residue_grams(run, rank) for run in runs))
+                    if all(len(_utf8(run)) >= POSTED_MIN for run in runs)
+                    else None
+                )
         frozen = {g: tuple(v) for g, v in postings.items()}
-        return cls(postings=frozen, keys=frozenset(frozen), full=frozenset(full))
+        return cls(
+            postings=frozen,
+            keys=frozenset(frozen),
+            short=tuple(short),
+            full=frozenset(full),
+            posted=frozenset(posted),
+            with_regex=frozenset(with_regex),
+            regex_gates=regex_gates,
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -612,29 +687,7 @@ def _parse_rule(name: str, n: int, raw: Any) -> Rule:
         doc=raw.get("source", ""),
         providers=frozenset(providers),
         provider_confirms=flags["provider_confirms"],
-        gate=_gate(any_, all_, [r.pattern for r in regex]),
     )
-
-
-def _gate(
-    any_: tuple[str, ...], all_: tuple[str, ...], patterns: list[str]
-) -> frozenset[str] | None:
-    """The 4-grams one of which any text this rule matches must contain (see Rule.gate)."""
-    if any_ or patterns:
-        needed = list(any_)
-        for p in patterns:
-            run = _literal_run(p)
-            if len(run) < GRAM:
-                needed = []
-                break
-            needed.append(run)
-        if needed and all(len(n) >= GRAM for n in needed):
-            return frozenset(n[:GRAM] for n in needed)
-    if all_:
-        longest = max(all_, key=len)
-        if len(longest) >= GRAM:
-            return frozenset({longest[:GRAM]})
-    return None
 
 
 def _literal_run(pattern: str) -> str:
