@@ -28,15 +28,19 @@ from smtpguard.errors import ConfigError
 
 ENV_CONFIG = "SMTPGUARD_CONFIG"
 ENV_DATA_DIR = "SMTPGUARD_DATA_DIR"
+#: Shortest signing key accepted for return paths (128 bits).
+MIN_SECRET_BYTES = 16
 
 
-def opt(default: Any, doc: str, *, unit: str = "", check: str = "") -> Any:
+def opt(default: Any, doc: str, *, unit: str = "", check: str = "", secret: bool = False) -> Any:
     """Declare one setting: its default, a one-line doc, a unit and a value check.
 
     ``check`` names a validator in :data:`_CHECKS` for values whose type alone
-    does not make them possible (a port, a network, a duration).
+    does not make them possible (a port, a network, a duration). ``secret``
+    keeps the value out of every printout (``config check`` shows only that it
+    is set).
     """
-    meta = {"doc": doc, "unit": unit, "check": check}
+    meta = {"doc": doc, "unit": unit, "check": check, "secret": secret}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -175,6 +179,112 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class IntakeConfig:
+    """Bounce intake: signed return paths (VERP) tie returned DSNs to what was sent."""
+
+    bounce_domain: str = opt(
+        "",
+        "Envelope senders become b+TOKEN@DOMAIN, a domain routed to smtpguard (off when empty).",
+        check="hostname?",
+    )
+    secret_file: str = opt(
+        "",
+        "File holding the key that signs return paths (at least 16 bytes; not world-readable).",
+    )
+    secret: str = opt(
+        "", "The signing key itself, when no secret_file is used (never printed).", secret=True
+    )
+    previous_secret_file: str = opt(
+        "", "After a key rotation: the file of the key used before, still accepted for a while."
+    )
+    previous_secret: str = opt(
+        "", "The previous key itself, when no previous_secret_file is used.", secret=True
+    )
+    previous_valid_until: str = opt(
+        "",
+        "Until when return paths signed with the previous key count, e.g. 2026-12-31T00:00:00Z.",
+        check="time?",
+    )
+    token_lifetime: float = opt(
+        1_209_600.0,
+        "How long a return path stays valid (counted in whole days, rounded up).",
+        unit="s",
+        check="days",
+    )
+
+    def problems(self) -> list[str]:
+        """What makes this table impossible as a whole (each key may be fine alone)."""
+        out = []
+        for key in ("", "previous_"):
+            inline = getattr(self, f"{key}secret")
+            if inline and getattr(self, f"{key}secret_file"):
+                out.append(f"set {key}secret_file or {key}secret, not both")
+            if inline and len(inline.encode()) < MIN_SECRET_BYTES:
+                out.append(f"{key}secret must be at least {MIN_SECRET_BYTES} bytes (a random key)")
+        if self.bounce_domain and not (self.secret or self.secret_file):
+            out.append("bounce_domain is set but no secret_file (or secret) signs return paths")
+        has_previous = bool(self.previous_secret or self.previous_secret_file)
+        if has_previous != bool(self.previous_valid_until):
+            out.append(
+                "previous_secret_file (or previous_secret) and previous_valid_until go together"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """HTTP listener for ESP event webhooks (Amazon SES via SNS, SendGrid, Postmark)."""
+
+    listen: str = opt(
+        "",
+        "HOST:PORT of the webhook listener (off when empty; keep it on loopback behind a proxy).",
+        check="hostport?",
+    )
+    max_body: int = opt(
+        1_048_576, "Largest request body accepted (413 beyond).", unit="bytes", check="positive"
+    )
+    ses_topic_arns: list[str] = opt(
+        [],
+        "SNS topics whose SES notifications /ses accepts (off when empty).",
+        check="arns",
+    )
+    sns_certificate_dir: str = opt(
+        "",
+        "Trusted SNS signing certificates, named as in SigningCertURL (empty: fetch over HTTPS).",
+    )
+    sns_confirm_subscriptions: bool = opt(
+        True, "Visit the SubscribeURL of a verified confirmation for a listed topic."
+    )
+    sendgrid_public_key: str = opt(
+        "",
+        "SendGrid's Signed Event Webhook key, base64 or PEM (/sendgrid off when empty).",
+        check="ec-public-key?",
+    )
+    sendgrid_max_age: float = opt(
+        600.0, "Refuse SendGrid events signed longer ago (or ahead) than this.", unit="s",
+        check="positive",
+    )  # fmt: skip
+    postmark_user: str = opt(
+        "", "HTTP basic auth user Postmark must send (/postmark off when empty)."
+    )
+    postmark_password_file: str = opt("", "File holding the basic auth password for Postmark.")
+    postmark_password: str = opt(
+        "", "The Postmark basic auth password itself (never printed).", secret=True
+    )
+
+    def problems(self) -> list[str]:
+        """What makes this table impossible as a whole."""
+        out = []
+        if self.postmark_password and self.postmark_password_file:
+            out.append("set postmark_password_file or postmark_password, not both")
+        if bool(self.postmark_user) != bool(self.postmark_password or self.postmark_password_file):
+            out.append(
+                "postmark_user and postmark_password_file (or postmark_password) go together"
+            )
+        return out
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per TOML table."""
 
@@ -184,6 +294,8 @@ class Config:
     dsn: DsnConfig = field(default_factory=DsnConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     source: str = field(default="(embedded defaults)", compare=False)
 
     @property
@@ -211,7 +323,7 @@ class Config:
                 merged[key] = _coerce(
                     origin or self.source, f"{name}.{key}", value, _field(type(current), key)
                 )
-            changed[name] = type(current)(**merged)
+            changed[name] = _whole(origin or self.source, name, type(current)(**merged))
         return dataclasses.replace(self, **changed)
 
 
@@ -322,6 +434,40 @@ def _routes(value: dict[str, str]) -> None:
             raise ValueError(f"HOST or HOST:PORT next hops, not {hop!r} for {domain!r}") from None
 
 
+def _time(value: str) -> None:
+    try:
+        parse_iso_time(value)
+    except ValueError:
+        raise ValueError("an ISO 8601 time like 2026-12-31T00:00:00Z") from None
+
+
+def parse_iso_time(value: str) -> float:
+    """Epoch seconds from an ISO 8601 time; without an offset it is UTC."""
+    from datetime import UTC, datetime
+
+    when = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+
+
+def _arns(value: list[str]) -> None:
+    for arn in value:
+        if not _ARN.fullmatch(arn):
+            raise ValueError(
+                f"SNS topic ARNs like arn:aws:sns:us-east-1:123456789012:bounces, not {arn!r}"
+            )
+
+
+def _ec_public_key(value: str) -> None:
+    from smtpguard.intake.keys import load_ec_public_key
+
+    load_ec_public_key(value)
+
+
 def _is(test: Any, expected: str) -> Any:
     def check(value: Any) -> None:
         if not test(value):
@@ -348,6 +494,10 @@ _CHECKS: dict[str, Any] = {
     "networks": _networks,
     "nameservers": _nameservers,
     "routes": _routes,
+    "time?": _optional(_time),
+    "days": _is(lambda v: v >= 86400, "at least a day (1d)"),
+    "arns": _arns,
+    "ec-public-key?": _optional(_ec_public_key),
     "tls": _is(
         lambda v: v in ("none", "opportunistic", "required"), "one of none, opportunistic, required"
     ),
@@ -468,8 +618,16 @@ def _load_file(path: Path) -> Config:
                     f"{name}: unknown key {table}.{key} (known: {', '.join(known_keys)})"
                 )
             kwargs[key] = _coerce(name, f"{table}.{key}", value, known_keys[key])
-        sections[table] = cls(**kwargs)
+        sections[table] = _whole(name, table, cls(**kwargs))
     return Config(**sections, source=name)
+
+
+def _whole(source: str, table: str, section: Any) -> Any:
+    """A section checked as a whole (keys that only make sense together)."""
+    problems = section.problems() if hasattr(section, "problems") else []
+    if problems:
+        raise ConfigError(f"{source}: [{table}]: {problems[0]}")
+    return section
 
 
 # --------------------------------------------------------------------------- rendering
@@ -512,6 +670,10 @@ def render(cfg: Config, *, commented: bool = False) -> str:
         for f in fields(cls):
             value = getattr(section, f.name)
             line = f"{f.name} = {toml_value(value)}"
+            if f.metadata.get("secret") and value and not commented:
+                # Printed configurations end up in tickets and logs: only say it is set.
+                out.append(f"# {f.name} = (set, not shown)")
+                continue
             if commented:
                 unit = f.metadata.get("unit")
                 suffix = f" ({unit})" if unit else ""

@@ -67,19 +67,23 @@ __all__ = [
 
 #: Why an address may be suppressed: the classifier's vocabulary (Sisimai v5)
 #: without the two that are not failures at all, plus ``complaint`` (an ARF
-#: report or unsubscribe complaint) and ``manual`` (an operator's decision).
-SUPPRESSION_REASONS = frozenset((REASONS - {"delivered", "vacation"}) | {"complaint", "manual"})
+#: report, an ESP's spam report), ``unsubscribe`` (the recipient asked to get no
+#: more mail: an unsubscribe link, an ESP's opt-out list) and ``manual`` (an
+#: operator's decision).
+SUPPRESSION_REASONS = frozenset(
+    (REASONS - {"delivered", "vacation"}) | {"complaint", "unsubscribe", "manual"}
+)
 #: Where the knowledge came from.
 SOURCES = ("smtp-reply", "dsn", "arf", "log", "manual", "import")
 #: History actions.
 ACTIONS = ("added", "escalated", "updated", "removed", "expired")
 
 # Strength of a reason: a sighting with a higher rank escalates an entry.
-# 3: a person decided (the recipient complained, or the operator said so); never
-#    overridden by a machine's bounce.
+# 3: a person decided (the recipient complained or unsubscribed, or the operator
+#    said so); never overridden by a machine's bounce.
 # 2: the address itself is provably bad (Sisimai's hard-bounce reasons).
 # 1: everything else (soft reasons, recorded by hand or imported).
-_PERSON_REASONS = frozenset({"complaint", "manual", "feedback"})
+_PERSON_REASONS = frozenset({"complaint", "unsubscribe", "manual", "feedback"})
 
 
 def reason_rank(reason: str) -> int:
