@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
     "tests.fixtures.relay",
+    "tests.fixtures.webhooks",
 ]

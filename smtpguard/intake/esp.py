@@ -47,7 +47,7 @@ def esp_verdict(
     classifier read, and one record may be decided twice.
     """
     rules = classifier.rules
-    if soft and not failure.action:
+    if soft:
         failure = replace(failure, action="delayed")  # RFC 3464: not a final failure
     if fallback in NON_BOUNCE_REASONS:
         # A complaint, an auto-reply: what the ESP's record *is*, not what its text says.
