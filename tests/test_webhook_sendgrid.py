@@ -155,7 +155,7 @@ def test_config_refuses_a_key_that_is_not_p256(tmp_path: Path) -> None:
 
 def test_signature_check_costs_bounded_time() -> None:
     """A garbage signature of any length is refused without work proportional to it."""
-    from smtpguard.intake.webhooks.app import Refused
+    from smtpguard.intake.webhooks.request import Refused
     from smtpguard.intake.webhooks.sendgrid import verify_signature
 
     key = load_ec_public_key(public_key_base64(ec.generate_private_key(ec.SECP256R1())))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
@@ -26,6 +26,7 @@ from aiohttp import web
 from smtpguard.classify import Classifier, Verdict, default_classifier
 from smtpguard.errors import UserError
 from smtpguard.intake.seams import Evidence, VerdictSink
+from smtpguard.intake.webhooks.request import Refused
 
 if TYPE_CHECKING:
     from smtpguard.config import WebhooksConfig
@@ -35,16 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("smtpguard.webhooks")
 
 Clock = Callable[[], float]
-
-
-class Refused(Exception):
-    """The request is refused with ``status``; ``message`` is the one-line reason."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 class Provider(Protocol):

@@ -19,12 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from typing import TYPE_CHECKING, Any
 
 from smtpguard.classify import Classifier, Failure, Verdict
 from smtpguard.intake.esp import esp_verdict
-from smtpguard.intake.webhooks.app import Refused
+from smtpguard.intake.webhooks.request import Refused, json_body
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -100,12 +99,7 @@ class PostmarkWebhook:
 
     async def verdicts(self, request: web.Request, body: bytes) -> tuple[list[Verdict], str]:
         check_basic_auth(request.headers.get("Authorization"), self.user, self.password)
-        try:
-            record = json.loads(body)
-        except (ValueError, RecursionError):
-            raise Refused(400, "not JSON") from None
-        if not isinstance(record, dict):
-            raise Refused(400, "expected a JSON object")
+        record = json_body(body, dict, "a JSON object")
         verdict = record_verdict(record, self.classifier)
         note = f"postmark {record.get('RecordType')} {record.get('ID')}"
         return ([verdict] if verdict is not None else []), note

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from smtpguard.classify import Classifier, Failure, Verdict
 from smtpguard.classify.decide import decide
 from smtpguard.intake.esp import esp_verdict
-from smtpguard.intake.webhooks.app import Clock, Refused
+from smtpguard.intake.webhooks.app import Clock
+from smtpguard.intake.webhooks.request import Refused, json_body
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -146,12 +146,7 @@ class SendgridWebhook:
             now=self.clock(),
             max_age=self.max_age,
         )
-        try:
-            events = json.loads(body)
-        except (ValueError, RecursionError):
-            raise Refused(400, "not JSON") from None
-        if not isinstance(events, list):
-            raise Refused(400, "expected a JSON array of events")
+        events = json_body(body, list, "a JSON array of events")
         verdicts = []
         for event in events:
             if isinstance(event, dict):

@@ -39,9 +39,10 @@ from smtpguard.classify import Classifier, Verdict
 from smtpguard.classify.decide import decide
 from smtpguard.classify.formats.amazonses import event_failures
 from smtpguard.intake.esp import esp_verdict
-from smtpguard.intake.webhooks.app import Clock, Refused
+from smtpguard.intake.webhooks.app import Clock
 from smtpguard.intake.webhooks.fetch import FetchError, check_sns_url
-from smtpguard.intake.webhooks.sns import SnsError, parse_message, verify
+from smtpguard.intake.webhooks.request import Refused
+from smtpguard.intake.webhooks.sns import parse_message, verify
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -118,14 +119,11 @@ class SesWebhook:
         self.clock = clock
 
     async def verdicts(self, request: web.Request, body: bytes) -> tuple[list[Verdict], str]:
-        try:
-            doc = parse_message(body)
-            header = request.headers.get("x-amz-sns-message-type")
-            if header is not None and header != doc["Type"]:
-                raise SnsError(400, f"x-amz-sns-message-type {header!r} but Type {doc['Type']!r}")
-            await verify(doc, self.certificates, topics=self.topics, now=self.clock())
-        except SnsError as e:
-            raise Refused(e.status, str(e)) from None
+        doc = parse_message(body)
+        header = request.headers.get("x-amz-sns-message-type")
+        if header is not None and header != doc["Type"]:
+            raise Refused(400, f"x-amz-sns-message-type {header!r} but Type {doc['Type']!r}")
+        await verify(doc, self.certificates, topics=self.topics, now=self.clock())
         note = f"sns {doc['MessageId']}"
         if doc["Type"] == "SubscriptionConfirmation":
             await self._confirm(doc)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from collections import OrderedDict
 from pathlib import Path, PurePosixPath
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from smtpguard.intake.webhooks.fetch import Fetch, FetchError, check_sns_url
+from smtpguard.intake.webhooks.request import Refused, json_body
 
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
@@ -49,32 +49,22 @@ _REQUIRED = ("Type", "MessageId", "TopicArn", "Message", "Timestamp", "Signature
 CACHED_CERTIFICATES = 32
 
 
-class SnsError(Exception):
-    """A message refused: ``status`` 400 (malformed), 403 (not authentic / not ours) or
-    503 (the certificate could not be had now: SNS will retry)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def parse_message(body: bytes) -> dict[str, str]:
-    """The SNS JSON document; 400 unless it has every field SNS always sends, as text."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        raise SnsError(400, "not JSON") from None
-    if not isinstance(doc, dict):
-        raise SnsError(400, "not an SNS message (expected a JSON object)")
+    """The SNS JSON document; 400 unless it has every field SNS always sends, as text.
+
+    Every refusal here and in :func:`verify` is a :class:`Refused`: 400 malformed, 403
+    not authentic or not ours, 503 the certificate cannot be had now (SNS retries).
+    """
+    doc = json_body(body, dict, "an SNS message (a JSON object)")
     missing = [k for k in _REQUIRED if not isinstance(doc.get(k), str)]
     if missing:
-        raise SnsError(400, f"not an SNS message: no {', '.join(missing)}")
+        raise Refused(400, f"not an SNS message: no {', '.join(missing)}")
     if doc["Type"] not in MESSAGE_TYPES:
-        raise SnsError(400, f"unknown SNS message type {doc['Type']!r}")
+        raise Refused(400, f"unknown SNS message type {doc['Type']!r}")
     if doc["Type"] != "Notification" and not all(
         isinstance(doc.get(k), str) for k in ("SubscribeURL", "Token")
     ):
-        raise SnsError(400, f"{doc['Type']} without SubscribeURL and Token")
+        raise Refused(400, f"{doc['Type']} without SubscribeURL and Token")
     return doc
 
 
@@ -86,7 +76,7 @@ def string_to_sign(doc: dict[str, Any]) -> bytes:
         if value is None and name == "Subject":
             continue
         if not isinstance(value, str):
-            raise SnsError(400, f"{name}: expected text")
+            raise Refused(400, f"{name}: expected text")
         out.append(f"{name}\n{value}\n")
     return "".join(out).encode("utf-8")
 
@@ -103,7 +93,7 @@ def _load(pem: bytes, url: str) -> Certificate:
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:
-        raise SnsError(403, f"{url}: not a PEM certificate") from None
+        raise Refused(403, f"{url}: not a PEM certificate") from None
 
 
 class _Cache:
@@ -134,7 +124,7 @@ class FetchedCertificates:
         try:
             pem = await self._fetch(url)
         except FetchError as e:
-            raise SnsError(503, f"signing certificate unavailable: {e}") from None
+            raise Refused(503, f"signing certificate unavailable: {e}") from None
         return self._cache.put(url, _load(pem, url))
 
 
@@ -153,11 +143,11 @@ class DirectoryCertificates:
         name = PurePosixPath(urlsplit(url).path).name
         path = self._dir / name
         if not name.endswith(".pem") or not path.is_file():
-            raise SnsError(403, f"signing certificate {name!r} is not in {self._dir}")
+            raise Refused(403, f"signing certificate {name!r} is not in {self._dir}")
         try:
             pem = path.read_bytes()
         except OSError as e:
-            raise SnsError(503, f"{path}: cannot read: {e.strerror or e}") from None
+            raise Refused(503, f"{path}: cannot read: {e.strerror or e}") from None
         return self._cache.put(url, _load(pem, url))
 
 
@@ -168,40 +158,40 @@ async def verify(
     topics: frozenset[str] | set[str],
     now: float | None = None,
 ) -> None:
-    """Raise :class:`SnsError` unless ``doc`` is for one of ``topics`` and SNS signed it."""
+    """Raise :class:`Refused` unless ``doc`` is for one of ``topics`` and SNS signed it."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
     if doc["TopicArn"] not in topics:
-        raise SnsError(403, f"topic {doc['TopicArn']!r} is not configured")
+        raise Refused(403, f"topic {doc['TopicArn']!r} is not configured")
     hash_algorithm: hashes.HashAlgorithm
     if doc["SignatureVersion"] == "1":
         hash_algorithm = hashes.SHA1()
     elif doc["SignatureVersion"] == "2":
         hash_algorithm = hashes.SHA256()
     else:
-        raise SnsError(403, f"unknown SignatureVersion {doc['SignatureVersion']!r}")
+        raise Refused(403, f"unknown SignatureVersion {doc['SignatureVersion']!r}")
     try:
         url = check_sns_url(doc["SigningCertURL"], what="SigningCertURL")
     except FetchError as e:
-        raise SnsError(403, str(e)) from None
+        raise Refused(403, str(e)) from None
     if not url.endswith(".pem"):
-        raise SnsError(403, "SigningCertURL: not a .pem certificate")
+        raise Refused(403, "SigningCertURL: not a .pem certificate")
     try:
         signature = base64.b64decode(doc["Signature"], validate=True)
     except (binascii.Error, ValueError):
-        raise SnsError(403, "Signature: not base64") from None
+        raise Refused(403, "Signature: not base64") from None
     cert = await certificates.certificate(url)
     moment = time.time() if now is None else now
     if not (
         cert.not_valid_before_utc.timestamp() <= moment <= cert.not_valid_after_utc.timestamp()
     ):
-        raise SnsError(403, "signing certificate is not valid now")
+        raise Refused(403, "signing certificate is not valid now")
     key = cert.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
-        raise SnsError(403, "signing certificate has no RSA key")
+        raise Refused(403, "signing certificate has no RSA key")
     try:
         key.verify(signature, string_to_sign(doc), padding.PKCS1v15(), hash_algorithm)
     except InvalidSignature:
-        raise SnsError(403, "bad signature") from None
+        raise Refused(403, "bad signature") from None
