@@ -8,10 +8,12 @@ APT_PKGS := postfix libmilter-dev openssl
 STAMP_RUN  := $(VENV)/.stamp-run
 STAMP_TEST := $(VENV)/.stamp-test
 
-.PHONY: run test lint format bench setup-python setup-apt setup-run setup-test clean
+.PHONY: run test lint format bench install uninstall setup-python setup-apt setup-run setup-test clean
 
+# The example config is the embedded defaults (data in ./var), and naming it keeps
+# a checkout on a machine with an installed /etc/smtpguard off the installed data.
 run: setup-run
-	$(VENV)/bin/smtpguard serve
+	$(VENV)/bin/smtpguard --config conf/smtpguard.toml serve
 
 test: setup-test
 	$(PY) -m pytest -q
@@ -29,6 +31,74 @@ bench: setup-test
 	$(PY) benchmarks/classify_bench.py
 	$(PY) benchmarks/suppression_bench.py
 	$(PY) benchmarks/relay_throughput.py
+	$(PY) benchmarks/logscan_bench.py
+
+# ---------------------------------------------------------------------------- install
+# `make install` (as root): a venv in $(PREFIX) with smtpguard and its dependencies,
+# $(BINDIR)/smtpguard linking to it, the systemd unit, /etc/smtpguard/smtpguard.toml
+# (written once, never overwritten: data_dir = /var/lib/smtpguard), the README and
+# Postfix notes the unit's Documentation= names, and the smtpguard system user
+# (systemd-sysusers). Installed, `smtpguard ...` reads /etc/smtpguard/smtpguard.toml
+# without flags, so the CLI and the relay share one database.
+# DESTDIR=/some/root stages everything under that root (for packages and tests):
+# no user is created and nothing is chowned; the venv's paths are rewritten so that
+# it works once moved to $(PREFIX).
+PREFIX      ?= /opt/smtpguard
+BINDIR      ?= /usr/local/bin
+SYSCONFDIR  ?= /etc/smtpguard
+STATEDIR    ?= /var/lib/smtpguard
+UNITDIR     ?= /etc/systemd/system
+DOCDIR      ?= /usr/share/doc/smtpguard
+SYSUSERSDIR ?= /etc/sysusers.d
+DESTDIR     ?=
+ROOT_VENV   := $(DESTDIR)$(PREFIX)
+
+install: setup-python
+	@$(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || { $(call APT_INSTALL,python3-venv); }
+	$(PYTHON) -m venv $(ROOT_VENV)
+	$(ROOT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-warn-script-location .
+	$(ROOT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-warn-script-location \
+		--no-deps --force-reinstall .
+	@if [ -n "$(DESTDIR)" ]; then \
+		find $(ROOT_VENV)/bin -type f -exec sed -i "s|$(ROOT_VENV)|$(PREFIX)|g" {} + ; \
+		sed -i "s|$(ROOT_VENV)|$(PREFIX)|g" $(ROOT_VENV)/pyvenv.cfg; \
+	fi
+	install -d $(DESTDIR)$(BINDIR)
+	ln -sfn $(PREFIX)/bin/smtpguard $(DESTDIR)$(BINDIR)/smtpguard
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e "s|/usr/local/bin/smtpguard|$(BINDIR)/smtpguard|" \
+		-e "s|/etc/smtpguard/|$(SYSCONFDIR)/|" \
+		-e "s|/usr/share/doc/smtpguard/|$(DOCDIR)/|" \
+		conf/systemd/smtpguard.service > $(DESTDIR)$(UNITDIR)/smtpguard.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/smtpguard.service
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -D -m 0644 conf/postfix/README $(DESTDIR)$(DOCDIR)/postfix/README
+	install -m 0644 conf/postfix/main.cf.snippet $(DESTDIR)$(DOCDIR)/postfix/main.cf.snippet
+	install -m 0644 conf/smtpguard.toml $(DESTDIR)$(DOCDIR)/smtpguard.toml.example
+	install -D -m 0644 conf/systemd/smtpguard.sysusers $(DESTDIR)$(SYSUSERSDIR)/smtpguard.conf
+	@if [ -z "$(DESTDIR)" ]; then systemd-sysusers $(SYSUSERSDIR)/smtpguard.conf; fi
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)
+	@conf=$(DESTDIR)$(SYSCONFDIR)/smtpguard.toml; \
+	if [ -e $$conf ]; then echo "install: kept $$conf"; else \
+		$(ROOT_VENV)/bin/python -m smtpguard --config /dev/null --data-dir $(STATEDIR) \
+			config example > $$conf.tmp && mv $$conf.tmp $$conf; \
+		if [ -z "$(DESTDIR)" ]; then chown root:smtpguard $$conf; chmod 0640 $$conf; \
+		else chmod 0644 $$conf; fi; \
+		echo "install: wrote $$conf (store.data_dir = $(STATEDIR))"; \
+	fi
+	@if [ -z "$(DESTDIR)" ]; then \
+		install -d -o smtpguard -g smtpguard -m 0750 $(STATEDIR); \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+		echo "install: next: systemctl enable --now smtpguard (see $(DOCDIR)/postfix/README)"; \
+	else install -d -m 0750 $(DESTDIR)$(STATEDIR); fi
+
+# Keeps the configuration and the data (queue, suppression list).
+uninstall:
+	rm -rf $(DESTDIR)$(PREFIX) $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(BINDIR)/smtpguard $(DESTDIR)$(UNITDIR)/smtpguard.service \
+		$(DESTDIR)$(SYSUSERSDIR)/smtpguard.conf
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "uninstall: kept $(SYSCONFDIR) and $(STATEDIR)"
 
 # Debian packages, installed only when missing. "No configuration" leaves the
 # system Postfix unconfigured and stopped: tests start their own instances.
@@ -40,12 +110,14 @@ APT_INSTALL = echo "apt: installing $(1)"; \
 setup-python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { $(call APT_INSTALL,python3 python3-venv); }
 
-# Tests also need Postfix and its load tools, libmilter-dev, openssl (test certificates)
-# and a C compiler with the Python headers to build pymilter.
+# Tests also need Postfix and its load tools, libmilter-dev, openssl (test certificates),
+# a C compiler with the Python headers to build pymilter, and systemd's tools (the
+# install test verifies the unit with systemd-analyze).
 setup-apt: setup-python
 	@missing=""; \
 	for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	$(PYTHON) -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
 		>/dev/null 2>&1 || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then $(call APT_INSTALL,$$missing); fi

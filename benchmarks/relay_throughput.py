@@ -13,7 +13,7 @@ A run counts messages AT THE SINK (``smtp-sink -c`` prints running counters) unt
 every message has arrived: a relay that answers 250 fast but delivers late gets no
 credit. smtp-source sends one message per connection, 20 sessions in parallel,
 5 KB bodies. smtpguard runs with its defaults (durable commits on), started with
-its one-line start. Goals (issue 4): smtpguard >= 1.0x Postfix, the chain >= 0.7x.
+its one-line start. Goals: smtpguard >= 1.0x Postfix, the chain >= 0.7x.
 
 ``--rss-messages N`` then queues N messages in a smtpguard whose smarthost is a
 closed port (nothing can leave) and reads VmRSS/VmHWM from /proc (goal < 200 MB

@@ -16,7 +16,7 @@ the milter do), it measures:
   round of lookups, for a store of ``--rows`` and for one of 10,000 rows:
   equal numbers mean memory does not grow with the list.
 
-Goals (issue 2): import < 30 s on a 2-core machine, lookup p99 < 100 us,
+Goals: import < 30 s on a 2-core machine, lookup p99 < 100 us,
 reader RSS < 100 MB and not growing with the list.
 
     .venv/bin/python benchmarks/suppression_bench.py [--rows N] [--lookups N]

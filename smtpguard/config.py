@@ -7,9 +7,15 @@ check``'s printout, and the commented example ``conf/smtpguard.toml`` (a test
 keeps that file identical to :func:`render_example`). Postfix does the same
 with ``postconf.proto``: one place, no drift.
 
-Precedence, lowest to highest: embedded defaults, the TOML file
-(``--config PATH`` or ``SMTPGUARD_CONFIG``), then command-line overrides such
-as ``--data-dir`` (or ``SMTPGUARD_DATA_DIR``) and ``serve --listen``.
+Precedence, lowest to highest: embedded defaults, the TOML file, then
+command-line overrides such as ``--data-dir`` (or ``SMTPGUARD_DATA_DIR``) and
+``serve --listen``. The file is ``--config PATH`` or ``SMTPGUARD_CONFIG`` when
+given, else the installed system file :data:`SYSTEM_CONFIG` when it exists,
+else none. So an installed smtpguard (``make install``) and every CLI command
+run on that machine read the same file, and with it the same ``data_dir``:
+the relay's database, whatever the working directory. ``--config /dev/null``
+(an empty file) means "embedded defaults, ignore the system file": that is how
+``make run`` keeps a development checkout on ``./var``.
 """
 
 from __future__ import annotations
@@ -25,11 +31,15 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from smtpguard.errors import ConfigError
+from smtpguard.smtp.status import is_reply_with_status
 
 ENV_CONFIG = "SMTPGUARD_CONFIG"
 ENV_DATA_DIR = "SMTPGUARD_DATA_DIR"
 #: Shortest signing key accepted for return paths (128 bits).
 MIN_SECRET_BYTES = 16
+#: The installed configuration (``make install`` puts it here), read when no
+#: other file is named. A module attribute so tests can point it elsewhere.
+SYSTEM_CONFIG = Path("/etc/smtpguard/smtpguard.toml")
 
 
 def opt(default: Any, doc: str, *, unit: str = "", check: str = "", secret: bool = False) -> Any:
@@ -170,6 +180,45 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """What evidence may do to the suppression list (the sink's rules and storm breaker)."""
+
+    modes: dict[str, str] = opt(
+        {},
+        "Per evidence kind, enforce (default) or record (history and metrics only),"
+        ' e.g. { data-reply = "record" }; dsn-unverified is never enforced.',
+        check="modes",
+    )
+    dns_confirm_after: float = opt(
+        3600.0,
+        "A DNS answer (NXDOMAIN, null MX) suppresses its domain only when seen again"
+        " at least this long after the first time.",
+        unit="s",
+        check="positive",
+    )
+    dns_expiry: float = opt(
+        2_592_000.0, "How long a domain suppressed by DNS answers stays so.", unit="s",
+        check="positive",
+    )  # fmt: skip
+    storm_share: float = opt(
+        0.2,
+        "Storm breaker: a destination's new suppressions become pending (not enforced)"
+        " while more than this share of its attempts in storm_window would suppress.",
+        check="share",
+    )
+    storm_min_attempts: int = opt(
+        50,
+        "Storm breaker: a destination with fewer attempts in the window counts as having"
+        " this many (so a small sample cannot look normal).",
+        check="positive",
+    )
+    storm_window: float = opt(
+        600.0, "Storm breaker: the sliding window attempts are counted in.", unit="s",
+        check="positive",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics."""
 
@@ -285,6 +334,23 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class DoctorConfig:
+    """The doctor command: DNS and reputation checks of a sending domain."""
+
+    dnsbl_zones: list[str] = opt(
+        ["zen.spamhaus.org", "bl.spamcop.net", "psbl.surriel.com"],
+        "DNS block lists checked for the sending IP (--ip); --dnsbl replaces the list.",
+        check="dns_names",
+    )
+    dkim_selectors: list[str] = opt(
+        [], "DKIM selectors checked when no --selector is given.", check="dns_names"
+    )
+    timeout: float = opt(
+        3.0, "Time limit of one DNS lookup, retries included.", unit="s", check="positive"
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per TOML table."""
 
@@ -293,10 +359,14 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dsn: DsnConfig = field(default_factory=DsnConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     source: str = field(default="(embedded defaults)", compare=False)
+    #: Durations as the operator wrote them ("5d"), by "table.key", for printing.
+    written: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def data_dir(self) -> Path:
@@ -314,23 +384,24 @@ class Config:
         configuration's own source).
         """
         changed = {}
+        written = dict(self.written)
         for name, values in sections.items():
             current = getattr(self, name)
             merged = {f.name: getattr(current, f.name) for f in fields(current)}
             for key, value in values.items():
                 if key not in merged:
                     raise ConfigError(f"unknown setting {name}.{key}")
-                merged[key] = _coerce(
-                    origin or self.source, f"{name}.{key}", value, _field(type(current), key)
-                )
+                f = _field(type(current), key)
+                merged[key] = _coerce(origin or self.source, f"{name}.{key}", value, f)
+                written[f"{name}.{key}"] = value
             changed[name] = _whole(origin or self.source, name, type(current)(**merged))
-        return dataclasses.replace(self, **changed)
+        return dataclasses.replace(self, **changed, written=written)
 
 
 SECTIONS: dict[str, type] = {
     f.name: f.default_factory  # type: ignore[misc]
     for f in fields(Config)
-    if f.name != "source"
+    if f.name not in ("source", "written")
 }
 
 # --------------------------------------------------------------------------- validation
@@ -349,6 +420,15 @@ def parse_duration(value: str | int | float) -> float:
     if not m:
         raise ValueError("a duration like 30s, 5m, 12h or 5d")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact form: ``432000.0`` -> ``"5d"``, ``2.5`` -> ``"2500ms"``."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        n = seconds / _DURATION_UNITS[unit]
+        if n >= 1 and abs(n - round(n)) < 1e-9:
+            return f"{round(n)}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -407,6 +487,15 @@ def _hostname(value: str) -> None:
         raise ValueError("a host name of letters, digits, dots and hyphens")
 
 
+_DNS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+
+
+def _dns_names(value: list[str]) -> None:
+    for name in value:
+        if not _DNS_NAME.fullmatch(name.rstrip(".")):
+            raise ValueError(f"DNS names of letters, digits, '.', '-' and '_', not {name!r}")
+
+
 def _networks(value: list[str]) -> None:
     for net in value:
         try:
@@ -415,13 +504,20 @@ def _networks(value: list[str]) -> None:
             raise ValueError(f"IP networks like 127.0.0.0/8, not {net!r}") from None
 
 
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """``("127.0.0.1", 5353)`` from ``"127.0.0.1:5353"``; port 53 by default; the host
+    must be an IP address (a resolver cannot look up its own name server)."""
+    try:
+        host, port = parse_hostport(value, 53)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"IP or IP:PORT of a DNS server, not {value!r}") from None
+    return host, port
+
+
 def _nameservers(value: list[str]) -> None:
     for ns in value:
-        try:
-            host, _ = parse_hostport(ns, 53)
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"IP or IP:PORT of a DNS server, not {ns!r}") from None
+        parse_nameserver(ns)
 
 
 def _routes(value: dict[str, str]) -> None:
@@ -468,6 +564,16 @@ def _ec_public_key(value: str) -> None:
     load_ec_public_key(value)
 
 
+def _modes(value: dict[str, str]) -> None:
+    from smtpguard.policy.evidence import EVIDENCE_KINDS, MODES
+
+    for kind, mode in value.items():
+        if kind not in EVIDENCE_KINDS:
+            raise ValueError(f"evidence kinds as keys ({', '.join(EVIDENCE_KINDS)}), not {kind!r}")
+        if mode not in MODES:
+            raise ValueError(f"enforce or record for {kind!r}, not {mode!r}")
+
+
 def _is(test: Any, expected: str) -> Any:
     def check(value: Any) -> None:
         if not test(value):
@@ -485,12 +591,15 @@ def _optional(check: Any) -> Any:
 _CHECKS: dict[str, Any] = {
     "positive": _is(lambda v: v > 0, "a number greater than 0"),
     "factor": _is(lambda v: v >= 1, "a factor of at least 1 (retries must not get shorter)"),
+    "share": _is(lambda v: 0 < v < 1, "a share between 0 and 1, like 0.2"),
+    "modes": _modes,
     "port": _is(lambda v: 0 < v < 65536, "a port number 1-65535"),
     "hostport": _hostport,
     "hostport?": _optional(_hostport),
     "nexthop?": _optional(_nexthop),
     "hostname": _hostname,
     "hostname?": _optional(_hostname),
+    "dns_names": _dns_names,
     "networks": _networks,
     "nameservers": _nameservers,
     "routes": _routes,
@@ -502,7 +611,7 @@ _CHECKS: dict[str, Any] = {
         lambda v: v in ("none", "opportunistic", "required"), "one of none, opportunistic, required"
     ),
     "reply": _is(
-        lambda v: re.fullmatch(r"5\d\d [245]\.\d{1,3}\.\d{1,3}", v),
+        lambda v: v.startswith("5") and is_reply_with_status(v),
         "a 5xx reply code and enhanced status like '550 5.1.1'",
     ),
 }
@@ -568,11 +677,14 @@ _types: dict[int, Any] = {
 def load(path: str | os.PathLike[str] | None = None, *, data_dir: str | None = None) -> Config:
     """Read the configuration: embedded defaults, then the file, then ``data_dir``.
 
-    ``path`` None means ``$SMTPGUARD_CONFIG`` if set, else no file at all;
-    ``data_dir`` None means ``$SMTPGUARD_DATA_DIR`` if set, else the file's value.
+    ``path`` None means ``$SMTPGUARD_CONFIG`` if set, else :data:`SYSTEM_CONFIG`
+    if it exists, else no file at all; ``data_dir`` None means
+    ``$SMTPGUARD_DATA_DIR`` if set, else the file's value.
     """
     if path is None:
         path = os.environ.get(ENV_CONFIG) or None
+    if path is None and SYSTEM_CONFIG.exists():
+        path = SYSTEM_CONFIG
     cfg = Config()
     if path is not None:
         cfg = _load_file(Path(path))
@@ -603,6 +715,7 @@ def _load_file(path: Path) -> Config:
     name = str(path)
     doc = read_toml(path)
     sections: dict[str, Any] = {}
+    written: dict[str, Any] = {}
     for table, values in doc.items():
         if table not in SECTIONS:
             known = ", ".join(SECTIONS)
@@ -618,8 +731,9 @@ def _load_file(path: Path) -> Config:
                     f"{name}: unknown key {table}.{key} (known: {', '.join(known_keys)})"
                 )
             kwargs[key] = _coerce(name, f"{table}.{key}", value, known_keys[key])
+            written[f"{table}.{key}"] = value
         sections[table] = _whole(name, table, cls(**kwargs))
-    return Config(**sections, source=name)
+    return Config(**sections, source=name, written=written)
 
 
 def _whole(source: str, table: str, section: Any) -> Any:
@@ -653,7 +767,10 @@ def render(cfg: Config, *, commented: bool = False) -> str:
     """The configuration as TOML; ``commented`` gives the example file's form.
 
     In the example every key is commented out with its default, and its doc
-    line above it, so the file documents itself and changes nothing.
+    line above it, so the file documents itself and changes nothing; a key
+    whose value differs from the default (``smtpguard --data-dir /var/lib/smtpguard
+    config example``, as ``make install`` writes the installed file) is left
+    uncommented.
     """
     out: list[str] = []
     if commented:
@@ -663,26 +780,38 @@ def render(cfg: Config, *, commented: bool = False) -> str:
             "# Generated from smtpguard/config.py (smtpguard config example).",
             "",
         ]
+    defaults = Config()
     for table, cls in SECTIONS.items():
-        section = getattr(cfg, table)
         out.append(f"# {cls.__doc__.strip()}" if commented else "")
         out.append(f"[{table}]")
         for f in fields(cls):
-            value = getattr(section, f.name)
-            line = f"{f.name} = {toml_value(value)}"
-            if f.metadata.get("secret") and value and not commented:
+            value = getattr(getattr(cfg, table), f.name)
+            if f.metadata.get("secret") and value:
                 # Printed configurations end up in tickets and logs: only say it is set.
                 out.append(f"# {f.name} = (set, not shown)")
                 continue
+            line = f"{f.name} = {toml_value(display_value(cfg, table, f))}"
             if commented:
                 unit = f.metadata.get("unit")
                 suffix = f" ({unit})" if unit else ""
                 out.append(f"# {f.metadata['doc']}{suffix}")
-                out.append(f"#{line}")
+                changed = getattr(getattr(cfg, table), f.name) != getattr(
+                    getattr(defaults, table), f.name
+                )
+                out.append(line if changed else f"#{line}")
             else:
                 out.append(line)
         out.append("")
     return "\n".join(out).lstrip("\n")
+
+
+def display_value(cfg: Config, table: str, f: dataclasses.Field[Any]) -> Any:
+    """A setting as the operator wrote it: durations keep their unit ("5d", not 432000.0)."""
+    value = getattr(getattr(cfg, table), f.name)
+    if f.metadata.get("unit") != "s":
+        return value
+    written = cfg.written.get(f"{table}.{f.name}")
+    return written if written is not None else format_duration(value)
 
 
 def render_example() -> str:

@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.cli",
     "tests.fixtures.dns",
+    "tests.fixtures.maillogs",
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
     "tests.fixtures.relay",

@@ -1,4 +1,4 @@
-"""Issue 4's acceptance path with a REAL Postfix: Postfix -> smtpguard -> test MX.
+"""The production path with a REAL Postfix: Postfix -> smtpguard -> test MX.
 
 Wiring, as in production (conf/postfix/main.cf.snippet) but on loopback ports:
 
@@ -27,6 +27,8 @@ from tests.fixtures.mx import ReceivedMessage, TestMx
 from tests.fixtures.postfix import PostfixFactory, PostfixInstance
 from tests.fixtures.postfix_instance import free_port
 from tests.fixtures.relay import RelayProcess, route_to_mx
+
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]
 
 SENDER = "alice@sender.test"
 

@@ -3,7 +3,7 @@
 Each test starts an :class:`InboundServer` in-process on its own event loop in
 a thread (port 0), with an ``enqueue`` that records what would be committed
 (the queue's contract, not a mock of SMTP or the database) and, for
-suppression, the real SQLite-backed :class:`AsyncSuppressionStore`. Clients
+suppression, the real SQLite-backed recipient policy. Clients
 are :mod:`smtplib` (always with ``local_hostname=``) or a raw socket where the
 test needs byte-exact control (smuggling, pipelining, long lines).
 """
@@ -32,25 +32,33 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from smtpguard.config import Config
-from smtpguard.relay.envelope import InboundMessage
-from smtpguard.relay.inbound import (
-    InboundServer,
-    ParamError,
-    is_auto_submitted,
-    normalise_line_endings,
-    parse_notify,
-    parse_orcpt,
-    xtext_decode,
+from smtpguard.policy.recipient import (
+    ACCEPT,
+    Client,
+    Decision,
+    RecipientPolicy,
+    SuppressionPolicy,
 )
+from smtpguard.relay.inbound import InboundServer
+from smtpguard.smtp.data import normalise_line_endings
+from smtpguard.smtp.headers import is_auto_submitted
+from smtpguard.smtp.params import ParamError, parse_notify, parse_orcpt, xtext_decode
+from smtpguard.store.messages import InboundMessage
 from smtpguard.store.queue import QueueStore, parse_qid
-from smtpguard.store.suppression import AsyncSuppressionStore
+from smtpguard.store.suppression import AsyncSuppressionStore, SuppressionStore
 
 HELO = "client.test"
 BODY = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nHello.\r\n"
 
 
-async def _never_suppressed(address: str) -> None:
-    return None
+class AcceptAll:
+    """A recipient policy that refuses nobody (tests about everything but suppression)."""
+
+    def check(self, sender: str, recipient: str, client: Client, authenticated: bool) -> Decision:
+        return ACCEPT
+
+    def close(self) -> None:
+        pass
 
 
 class Running:
@@ -61,7 +69,7 @@ class Running:
         cfg: Config,
         *,
         enqueue: Callable[[InboundMessage], Awaitable[str]] | None = None,
-        lookup: Callable[[str], Awaitable[Any]] | None = None,
+        policy: RecipientPolicy | None = None,
     ) -> None:
         self.messages: list[InboundMessage] = []
         self.clients: list[Raw] = []
@@ -74,9 +82,7 @@ class Running:
             return f"Q{len(self.messages):04d}"
 
         async def make() -> InboundServer:
-            server = InboundServer(
-                cfg, enqueue=enqueue or record, lookup=lookup or _never_suppressed
-            )
+            server = InboundServer(cfg, enqueue=enqueue or record, policy=policy or AcceptAll())
             await server.start()
             return server
 
@@ -154,16 +160,16 @@ def relay_config(**relay: Any) -> Config:
 
 @pytest.fixture
 def start() -> Iterator[Callable[..., Running]]:
-    """``start(max_recipients=2, enqueue=..., lookup=...)`` -> a Running server."""
+    """``start(max_recipients=2, enqueue=..., policy=...)`` -> a Running server."""
     running: list[Running] = []
 
     def make(
         *,
         enqueue: Callable[[InboundMessage], Awaitable[str]] | None = None,
-        lookup: Callable[[str], Awaitable[Any]] | None = None,
+        policy: RecipientPolicy | None = None,
         **relay: Any,
     ) -> Running:
-        r = Running(relay_config(**relay), enqueue=enqueue, lookup=lookup)
+        r = Running(relay_config(**relay), enqueue=enqueue, policy=policy)
         running.append(r)
         return r
 
@@ -568,8 +574,8 @@ def test_bad_users_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"users:1: expected 'user:password'"):
         InboundServer(
             relay_config(auth_users_file=str(bad)),
-            enqueue=None,
-            lookup=None,  # type: ignore[arg-type]
+            enqueue=None,  # type: ignore[arg-type]
+            policy=AcceptAll(),
         )
 
 
@@ -894,21 +900,21 @@ def test_quit_reply_is_written_before_the_close(server: Running) -> None:
 
 @pytest.fixture
 def suppression(start: Callable[..., Running], data_dir: Path) -> Iterator[Any]:
-    """A started server whose lookup is the real SQLite suppression store."""
+    """A started server whose recipient policy reads the real SQLite suppression list."""
     holder: dict[str, Any] = {}
 
-    async def lookup(address: str) -> Any:
-        return await holder["store"].lookup(address)
-
     def make(**relay: Any) -> tuple[Running, AsyncSuppressionStore]:
-        server = start(lookup=lookup, **relay)
+        code = relay.get("suppressed_reply", "550 5.1.1")
+        policy = SuppressionPolicy(SuppressionStore.open(data_dir), reply=code)
+        server = start(policy=policy, **relay)
         holder["store"] = server.call(AsyncSuppressionStore.open(data_dir))
-        holder["server"] = server
+        holder["server"], holder["policy"] = server, policy
         return server, holder["store"]
 
     yield make
     if "store" in holder:
         holder["server"].call(holder["store"].close())
+        holder["policy"].close()
 
 
 def test_suppressed_recipient_gets_550_5_1_1_saying_why_and_since_when(suppression: Any) -> None:
@@ -948,12 +954,13 @@ def test_suppressed_reply_code_is_configurable(suppression: Any) -> None:
 def test_suppression_lookup_failure_gets_451_4_3_0_for_that_recipient(
     start: Callable[..., Running],
 ) -> None:
-    async def lookup(address: str) -> None:
-        if address.startswith("broken"):
-            raise sqlite3.OperationalError("disk I/O error")
-        return None
+    class Failing(AcceptAll):
+        def check(self, sender: str, recipient: str, client: Client, auth: bool) -> Decision:
+            if recipient.startswith("broken"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return ACCEPT
 
-    server = start(lookup=lookup)
+    server = start(policy=Failing())
     raw = server.raw()
     transaction(raw, rcpts=("<ok@example.net>",))
     assert raw.cmd("RCPT TO:<broken@example.net>").startswith("451 4.3.0 ")

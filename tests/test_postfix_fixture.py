@@ -19,6 +19,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from tests.fixtures.postfix import PostfixFactory
 from tests.fixtures.postfix_instance import free_port, wait_port
 
+pytestmark = pytest.mark.postfix
+
 
 @dataclass
 class Sink:

@@ -7,7 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from smtpguard.relay.envelope import InboundMessage, Recipient
+import pytest
+
+from smtpguard.store.messages import InboundMessage, Recipient
 from smtpguard.store.queue import QueueStore
 from tests.fixtures.relay import route_to_mx
 from tests.test_relay_delivery import BODY, wait_states
@@ -97,6 +99,7 @@ def test_retry_needs_an_id_or_all(cli, data_dir):
     assert "--all" in r.stderr
 
 
+@pytest.mark.slow
 def test_retry_while_the_relay_runs_delivers_now(start_relay, dns_server, test_mx):
     route_to_mx(dns_server, "example.com")
     test_mx.script("later@example.com", ["452 4.2.2 Mailbox full", "250 2.1.5 Ok"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.errors import StoreError, UserError
-from smtpguard.relay.envelope import InboundMessage, Recipient
+from smtpguard.store.messages import InboundMessage, Recipient
 from smtpguard.store.queue import (
     CLAIM_SQL,
     QueueAdmin,
@@ -282,9 +282,9 @@ async def test_bodies_kept_for_their_first_attempt_are_bounded(store, monkeypatc
 
 
 async def test_bookkeeping_waits_to_share_the_next_enqueue_commit(store, monkeypatch):
-    from smtpguard.store import queue
+    from smtpguard.store import writer
 
-    monkeypatch.setattr(queue, "BOOKKEEPING_WAIT", 5.0)
+    monkeypatch.setattr(writer, "BOOKKEEPING_WAIT", 5.0)
     t0 = time.monotonic()
     bookkeeping = asyncio.ensure_future(store._writer.call(lambda c: "done", durable=False))
     await asyncio.sleep(0.05)

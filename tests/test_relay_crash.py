@@ -7,7 +7,11 @@ import smtplib
 import threading
 import time
 
+import pytest
+
 from tests.fixtures.relay import route_to_mx
+
+pytestmark = pytest.mark.slow
 
 MESSAGES = 600
 SENDERS = 4

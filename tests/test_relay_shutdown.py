@@ -12,6 +12,8 @@ import pytest
 from tests.fixtures.relay import route_to_mx
 from tests.test_relay_delivery import BODY
 
+pytestmark = pytest.mark.slow
+
 
 def test_idle_relay_exits_0_on_sigterm(start_relay):
     relay = start_relay()

@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import dns.resolver
 import pytest
 
 from smtpguard.classify import default_classifier
 from smtpguard.config import DeliveryConfig
-from smtpguard.relay.routing import NextHop, Router, RoutingError
+from smtpguard.relay.routing import MAX_DEAD_ANSWER_CACHE, NextHop, Router, RoutingError
 from tests.fixtures.dns import DnsStub
 
 
@@ -173,6 +174,22 @@ async def test_negative_answers_are_cached_only_for_the_zones_negative_ttl(
         await r.route("late.test")  # still cached: that is what a negative TTL means
     await asyncio.sleep(dns_server.negative_ttl + 0.1)
     assert [h.address for h in await r.route("late.test")] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("dead", ["nxdomain", "null-mx"])
+async def test_dead_domain_answers_are_cached_for_a_minute_at_most(dead: str) -> None:
+    """A long negative TTL must not make one answer count as two sightings."""
+    with DnsStub(negative_ttl=86400) as stub:
+        if dead == "null-mx":
+            stub.add("dead.test", "MX", "0 .", ttl=86400)
+        r = router(stub)
+        with pytest.raises(RoutingError):
+            await r.route("dead.test")
+        cache = r.resolver.cache
+        assert isinstance(cache, dns.resolver.LRUCache)
+        assert cache.data
+        latest = max(node.value.expiration for node in cache.data.values())
+        assert latest <= time.time() + MAX_DEAD_ANSWER_CACHE
 
 
 async def test_dns_goes_only_to_the_configured_server(dns_server: DnsStub) -> None:

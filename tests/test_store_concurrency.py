@@ -8,6 +8,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from smtpguard.store.suppression import SuppressionStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +66,7 @@ def finish(procs: list[subprocess.Popen[str]]) -> None:
         assert p.returncode == 0, err
 
 
+@pytest.mark.slow
 def test_two_processes_recording_at_once_lose_nothing(data_dir: Path, tmp_path: Path) -> None:
     SuppressionStore.open(data_dir).close()  # schema in place before the race
     go = tmp_path / "go"

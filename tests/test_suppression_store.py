@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from smtpguard.errors import AddressError, UserError
+from smtpguard.policy.merge import reason_rank
 from smtpguard.store.suppression import (
     AsyncSuppressionStore,
     ListFilter,
     SuppressionStore,
     iso,
     make_observation,
-    reason_rank,
 )
 
 

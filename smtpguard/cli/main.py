@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from smtpguard import __version__
-from smtpguard.config import ENV_CONFIG, ENV_DATA_DIR, Config, load
+from smtpguard.config import ENV_CONFIG, ENV_DATA_DIR, SYSTEM_CONFIG, Config, load
 from smtpguard.errors import UserError
 
 # name -> "module:attribute"; each module owns one command (group).
@@ -32,11 +32,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rules": ("smtpguard.cli.classify:rules", "Validate classification rule files."),
     "serve": ("smtpguard.cli.serve:serve", "Run the relay (Postfix relayhost)."),
     "queue": ("smtpguard.cli.queue:queue", "Inspect and act on the relay's queue."),
+    "doctor": (
+        "smtpguard.cli.doctor:doctor",
+        "Check a domain's MX, SPF, DKIM, DMARC, PTR and DNSBL listings.",
+    ),
+    "logscan": (
+        "smtpguard.cli.logscan:logscan",
+        "Classify bounces and deferrals in Postfix, Exim and Sendmail logs.",
+    ),
 }
 
 
-CONFIG_HELP = f"TOML configuration file (env {ENV_CONFIG}; default: embedded defaults)."
-DATA_DIR_HELP = f"Directory of the SQLite database (env {ENV_DATA_DIR}; default ./var)."
+CONFIG_HELP = (
+    f"TOML configuration file (env {ENV_CONFIG}; default: {SYSTEM_CONFIG} if it exists,"
+    " else embedded defaults; /dev/null: embedded defaults)."
+)
+DATA_DIR_HELP = (
+    f"Directory of the SQLite database (env {ENV_DATA_DIR}; default: the config file's"
+    " store.data_dir, else ./var)."
+)
 
 
 class LazyGroup(click.Group):

@@ -17,11 +17,12 @@ if TYPE_CHECKING:  # rich loads on first use: `classify --format jsonl` never ne
 
 def console() -> Console:
     """A rich console for stdout; piped output (scripts, tests) gets wide lines,
-    not an 80-column wrap."""
+    not an 80-column wrap. Markup is off: cells hold remote text (``[...]`` in a
+    diagnostic, ``host[address]:port``) that must print as it is."""
     from rich.console import Console
 
-    out = Console(soft_wrap=False)
-    return out if out.is_terminal else Console(soft_wrap=False, width=200)
+    out = Console(soft_wrap=False, markup=False)
+    return out if out.is_terminal else Console(soft_wrap=False, width=200, markup=False)
 
 
 def format_option(*choices: str, default: str | None = None, help: str = "Output format.") -> Any:
@@ -31,6 +32,17 @@ def format_option(*choices: str, default: str | None = None, help: str = "Output
         "fmt",
         type=click.Choice(choices),
         default=default or choices[0],
+        show_default=True,
+        help=help,
+    )
+
+
+def limit_option(default: int, help: str, *, minimum: int = 0) -> Any:
+    """``--limit N``: how many rows a listing shows."""
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=minimum),
+        default=default,
         show_default=True,
         help=help,
     )

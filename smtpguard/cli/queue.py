@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import console, emit_json, format_option
+from smtpguard.cli.output import console, emit_json, format_option, limit_option
 from smtpguard.store.db import iso as _iso
 from smtpguard.store.queue import (
     MessageSummary,
@@ -107,13 +107,7 @@ def queue() -> None:
 
 @queue.command("list")
 @click.option("--all", "include_done", is_flag=True, help="Include finished messages.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Show at most this many messages.",
-)
+@limit_option(1000, "Show at most this many messages.", minimum=1)
 @FORMAT
 @common_options
 def list_cmd(include_done: bool, limit: int, fmt: str) -> None:

@@ -1,7 +1,8 @@
 """``smtpguard suppression``: query and edit the suppression list.
 
-Thin by design: parse the command line (and import files), call
-:class:`~smtpguard.store.suppression.SuppressionStore`, render with rich.
+Thin by design: parse the command line, call
+:class:`~smtpguard.store.suppression.SuppressionStore` (import files are read by
+:mod:`smtpguard.store.importfile`), render with rich.
 Exit codes follow the shell's habits: ``check`` exits 0 when every address
 given is suppressed, 1 when any is not; every command exits 2 with one line on
 stderr for bad input (an invalid address, a malformed import file, a locked or
@@ -10,19 +11,11 @@ corrupt database).
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import dataclasses
 import getpass
 import json
-import multiprocessing
-import multiprocessing.connection
-import operator
 import os
-import re
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -31,45 +24,37 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from smtpguard.address import normalize_target
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import console, emit_json, format_option, plural
+from smtpguard.cli.output import console, emit_json, format_option, limit_option, plural
 from smtpguard.config import parse_duration
 from smtpguard.errors import UserError
+from smtpguard.policy.evidence import EVIDENCE_KINDS
+from smtpguard.store.importfile import (
+    EXPORT_COLUMNS,
+    SHOWN_PROBLEMS,
+    Parser,
+    Problem,
+    detect_format,
+    line_numbers,
+    parse_time,
+    problems_message,
+)
 from smtpguard.store.suppression import (
     SOURCES,
     SUPPRESSION_REASONS,
     HistoryRecord,
     ListFilter,
-    Observation,
+    PendingEntry,
     SuppressionEntry,
     SuppressionStore,
     iso,
     make_observation,
 )
 
-#: Columns of ``export`` (CSV header / JSON keys); ``import`` reads the same ones.
-EXPORT_COLUMNS = (
-    "address",
-    "kind",
-    "reason",
-    "status",
-    "reply_code",
-    "diagnostic",
-    "source",
-    "first_seen",
-    "last_seen",
-    "count",
-    "expires",
-)
-IMPORT_COLUMNS = (*EXPORT_COLUMNS, "note")
-_TIME_COLUMNS = ("first_seen", "last_seen", "expires")
-#: Header names accepted for the address column besides "address".
-ADDRESS_ALIASES = ("email", "recipient")
-#: How many bad lines an import error names in full.
-SHOWN_PROBLEMS = 5
-
 REASON_CHOICE = click.Choice(sorted(SUPPRESSION_REASONS))
 SOURCE_CHOICE = click.Choice(SOURCES)
+EVIDENCE_CHOICE = click.Choice(EVIDENCE_KINDS)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -87,32 +72,6 @@ def _actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return f"cli:uid{os.getuid()}"
-
-
-def parse_time(text: str | float | int, *, what: str) -> float:
-    """Epoch seconds from ``1796983200``, ``"2026-12-11"``, ``"2026-12-11T10:00:00Z"``.
-
-    An ISO 8601 time without an offset is UTC.
-    """
-    if isinstance(text, bool):
-        raise UserError(f"{what}: expected a time, not {text!r}")
-    if isinstance(text, (int, float)):
-        return float(text)
-    value = text.strip()
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise UserError(
-            f"{what}: expected an ISO 8601 time like 2026-12-11T10:00:00Z or epoch seconds, "
-            f"not {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
 
 
 def parse_when(text: str, *, what: str, now: float, future: bool) -> float:
@@ -175,7 +134,7 @@ def _describe(entry: SuppressionEntry, asked: str) -> str:
     )
     evidence = " ".join(x for x in (entry.reply_code, entry.status) if x)
     details = [evidence] if evidence else []
-    details.append(f"source {entry.source}")
+    details.append(f"evidence {entry.evidence or entry.source}")
     details.append(f"seen {entry.count} time{'s' if entry.count != 1 else ''}")
     if entry.count > 1:
         details.append(f"last {iso(entry.last_seen)}")
@@ -194,7 +153,7 @@ def _entries_table(entries: list[SuppressionEntry]) -> Table:
         "address",
         "reason",
         "code",
-        "source",
+        "evidence",
         "first seen",
         "last seen",
         "count",
@@ -210,7 +169,7 @@ def _entries_table(entries: list[SuppressionEntry]) -> Table:
             address,
             e.reason,
             code,
-            e.source,
+            e.evidence or e.source,
             iso(e.first_seen),
             iso(e.last_seen),
             str(e.count),
@@ -265,6 +224,7 @@ def suppression() -> None:
 @click.option("--reason", type=REASON_CHOICE, metavar="REASON", help="Only this reason.")
 @click.option("--domain", metavar="DOMAIN", help="Only addresses at this domain (and its entry).")
 @click.option("--source", type=SOURCE_CHOICE, help="Only entries from this source.")
+@click.option("--evidence", type=EVIDENCE_CHOICE, help="Only entries with this evidence kind.")
 @click.option(
     "--since",
     type=_When(future=False),
@@ -274,13 +234,7 @@ def suppression() -> None:
 @click.option("--kind", type=click.Choice(["address", "domain"]), help="Only addresses or domains.")
 @click.option("--include-expired", is_flag=True, help="Also show entries past their expiry.")
 @format_option("table", "csv", "json")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0),
-    default=100,
-    show_default=True,
-    help="Entries per page (0: all).",
-)
+@limit_option(100, "Entries per page (0: all).")
 @click.option(
     "--after",
     metavar="ADDR",
@@ -291,6 +245,7 @@ def list_cmd(
     reason: str | None,
     domain: str | None,
     source: str | None,
+    evidence: str | None,
     since: float | None,
     kind: str | None,
     include_expired: bool,
@@ -319,6 +274,7 @@ def list_cmd(
         since=since,
         kind=kind,
         include_expired=include_expired,
+        evidence=evidence,
     )
     with _store() as store:
         entries = store.list_page(filters, after=after, limit=limit or None)
@@ -360,7 +316,14 @@ def check(addresses: tuple[str, ...]) -> None:
                 bad = True
                 continue
             if entry is None:
-                click.echo(f"{text}: not suppressed")
+                pending = store.get_pending(text)
+                held = ""
+                if pending is not None:
+                    held = (
+                        f" (pending since {iso(pending.entry.first_seen)}: "
+                        f"{pending.entry.reason}, held back by a storm at {pending.destination})"
+                    )
+                click.echo(f"{text}: not suppressed{held}")
                 status = 1
             else:
                 click.echo(_describe(entry, text))
@@ -428,6 +391,93 @@ def remove(addresses: tuple[str, ...], note: str) -> None:
     sys.exit(status)
 
 
+@suppression.command("pending")
+@click.argument("addresses", nargs=-1, metavar="[ADDR...]")
+@click.option("--destination", metavar="DEST", help="Only entries held back by a storm at DEST.")
+@click.option(
+    "--confirm", "action", flag_value="confirm", help="Enforce them: they go on the list."
+)
+@click.option(
+    "--discard", "action", flag_value="discard", help="Drop them: the addresses stay deliverable."
+)
+@click.option("--all", "everything", is_flag=True, help="With --confirm: every pending entry.")
+@click.option("--note", default="", help="Why, kept in the history.")
+@format_option("table", "json")
+@limit_option(100, "Entries listed (0: all).")
+@common_options
+def pending_cmd(
+    addresses: tuple[str, ...],
+    destination: str | None,
+    action: str | None,
+    everything: bool,
+    note: str,
+    fmt: str,
+    limit: int,
+) -> None:
+    """List suppressions the storm breaker held back, or settle them.
+
+    When a destination suddenly answers "user unknown" for more than its usual
+    share of recipients (policy.storm_share of its attempts in
+    policy.storm_window), new suppressions for it are pending: recorded, not
+    enforced. A pending address that is delivered to later is discarded on its
+    own; one that fails again once the storm is over is confirmed on its own.
+
+    --discard with no ADDR discards every pending entry (of --destination):
+    the safe direction, nothing becomes suppressed. --confirm needs ADDR,
+    --destination or --all.
+
+    Exit status: 0, or 1 if a named ADDR was not pending.
+
+    \b
+    Examples:
+      smtpguard suppression pending
+      smtpguard suppression pending --destination gmail.com --discard
+      smtpguard suppression pending bob@example.com --confirm --note "checked by hand"
+    """
+    with _store() as store:
+        if action is None:
+            if addresses or everything:
+                raise UserError("ADDR and --all settle entries: add --confirm or --discard")
+            entries = store.pending(destination=destination, limit=limit or None)
+            if fmt == "json":
+                emit_json([p.to_dict() for p in entries])
+            elif entries:
+                console().print(_pending_table(entries))
+            else:
+                click.echo("no pending entries", err=True)
+            return
+        confirm = action == "confirm"
+        targets = list(addresses)
+        if not targets:
+            if confirm and not (everything or destination):
+                raise UserError("--confirm needs ADDR, --destination DEST or --all")
+            targets = [p.entry.address for p in store.pending(destination=destination)]
+        settled = store.settle_pending(targets, confirm=confirm, actor=_actor(), note=note)
+    verb = "confirmed" if confirm else "discarded"
+    click.echo(f"{verb} {plural(len(settled), 'pending entry', 'pending entries')}")
+    missing = len(targets) - len(settled)
+    if addresses and missing:
+        done = set(settled)
+        for text in addresses:
+            if normalize_target(text)[1] not in done:
+                click.echo(f"{text}: not pending", err=True)
+        sys.exit(1)
+
+
+def _pending_table(entries: list[PendingEntry]) -> Table:
+    table = Table(show_edge=False, header_style="bold")
+    for name in ("address", "reason", "code", "destination", "since", "count", "evidence"):
+        table.add_column(name, no_wrap=name != "address")
+    for p in entries:
+        e = p.entry
+        code = " ".join(x for x in (e.reply_code, e.status) if x)
+        table.add_row(
+            e.address, e.reason, code, p.destination, iso(e.first_seen), str(e.count),
+            f"[{e.evidence}] {e.diagnostic}",
+        )  # fmt: skip
+    return table
+
+
 @suppression.command("history")
 @click.argument("address", metavar="ADDR")
 @format_option("table", "json")
@@ -459,310 +509,12 @@ def _history_table(records: list[HistoryRecord]) -> Table:
         else:
             reason = r.new_reason
         evidence = " ".join(x for x in (r.reply_code, r.status, r.diagnostic) if x)
-        source = f"[{r.source}] " if r.source else ""
-        table.add_row(iso(r.at), r.action, r.actor, reason, source + evidence, r.note)
+        kind = r.evidence or r.source
+        table.add_row(iso(r.at), r.action, r.actor, reason, f"[{kind}] {evidence}", r.note)
     return table
 
 
 # --------------------------------------------------------------------------- import
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    line: int
-    message: str
-
-
-class _ByteCounter:
-    """Iterates a binary file as text lines, counting bytes for the progress bar.
-
-    Undecodable bytes are kept as surrogates (and ``saw_bad_bytes`` set) so the
-    parser can name the line instead of failing the whole file.
-    """
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-        self.bytes = 0
-        self.saw_bad_bytes = False
-
-    def __iter__(self) -> Iterator[str]:
-        first = True
-        for raw in self._f:
-            self.bytes += len(raw)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                line = raw.decode("utf-8", "surrogateescape")
-                self.saw_bad_bytes = True
-            if first:
-                line = line.removeprefix("\ufeff")
-                first = False
-            yield line
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
-
-
-def _not_utf8(lines: Any, value: str) -> bool:
-    return getattr(lines, "saw_bad_bytes", True) and _SURROGATE.search(value) is not None
-
-
-def _when(value: str | float | None, key: str) -> float | None:
-    if value is None or value == "":
-        return None
-    return parse_time(value, what=key)
-
-
-def _observation(
-    fields: dict[str, Any], default_reason: str, default_expires: float | None
-) -> Observation:
-    """One import row -> an Observation.
-
-    ``fields`` holds the non-empty values only, text already stripped (see
-    :func:`_csv_fields`, :func:`_json_fields`); this runs once per row of a
-    million-row import, so it stays lean.
-    """
-    g = fields.get
-    address = g("address")
-    if not address:
-        raise UserError("address is empty")
-    # A bare word without '@' is a typo far more often than a domain: in a file,
-    # a whole domain must say so (kind=domain, or written as @example.com).
-    kind = g("kind") or ("domain" if address.startswith("@") else "address")
-    count = g("count", 1)
-    if isinstance(count, str):
-        if not count.isdigit():
-            raise UserError(f"count: expected a whole number, not {count!r}")
-        count = int(count)
-    expires = _when(g("expires"), "expires")
-    return make_observation(
-        address,
-        g("reason") or default_reason,
-        source=g("source") or "import",
-        kind=kind,
-        status=g("status", ""),
-        reply_code=g("reply_code", ""),
-        diagnostic=g("diagnostic", ""),
-        expires=default_expires if expires is None else expires,
-        note=g("note", ""),
-        first_seen=_when(g("first_seen"), "first_seen"),
-        last_seen=_when(g("last_seen"), "last_seen"),
-        count=count,
-    )
-
-
-def _json_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """A JSON Lines object's values, checked and stripped like CSV cells."""
-    fields: dict[str, Any] = {}
-    for key, value in obj.items():
-        k = "address" if key in ADDRESS_ALIASES else key
-        if k not in IMPORT_COLUMNS:
-            raise UserError(f"unknown key {key!r}")
-        if value is None:
-            continue
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if numeric and (k in _TIME_COLUMNS or (k == "count" and isinstance(value, int))):
-            fields[k] = value
-        elif isinstance(value, str):
-            if value.strip():
-                fields[k] = value.strip()
-        else:
-            raise UserError(f"{key}: expected text, not {value!r}")
-    return fields
-
-
-def _header(names: list[str], path: str) -> list[str]:
-    columns = []
-    for name in names:
-        key = name.strip().lower()
-        if key in ADDRESS_ALIASES:
-            key = "address"
-        if key not in IMPORT_COLUMNS:
-            raise UserError(
-                f"{path}: line 1: unknown column {name!r} (known: {', '.join(IMPORT_COLUMNS)})"
-            )
-        columns.append(key)
-    if "address" not in columns:
-        raise UserError(f"{path}: line 1: the header has no 'address' column")
-    if len(set(columns)) != len(columns):
-        raise UserError(f"{path}: line 1: a column appears twice in the header")
-    return columns
-
-
-def parse_import(
-    lines: Any, fmt: str, path: str, default_reason: str, default_expires: float | None
-) -> Iterator[tuple[int, Observation | Problem]]:
-    """Yield (line number, Observation or Problem) for every record of the file."""
-    if fmt == "csv":
-        reader = csv.reader(lines, strict=True)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise UserError(f"{path}: empty file (expected a CSV header with 'address')") from None
-        except csv.Error as e:
-            raise UserError(f"{path}: line 1: malformed CSV header: {e}") from None
-        columns = _header(header, path)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                yield reader.line_num, Problem(reader.line_num, f"malformed CSV: {e}")
-                continue
-            line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != len(columns):
-                yield line, Problem(line, f"expected {len(columns)} fields, got {len(row)}")
-                continue
-            if _not_utf8(lines, "\x00".join(row)):
-                yield line, Problem(line, "not UTF-8 text")
-                continue
-            fields = {
-                k: v.strip() for k, v in zip(columns, row, strict=True) if v and not v.isspace()
-            }
-            try:
-                item: Observation | Problem = _observation(fields, default_reason, default_expires)
-            except UserError as e:
-                item = Problem(line, str(e))
-            yield line, item
-    else:
-        for line, text in enumerate(lines, start=1):
-            if not text.strip():
-                continue
-            if _not_utf8(lines, text):
-                yield line, Problem(line, "not UTF-8 text")
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield line, Problem(line, f"invalid JSON: {e.msg} at column {e.colno}")
-                continue
-            if not isinstance(obj, dict):
-                yield line, Problem(line, "expected a JSON object per line")
-                continue
-            try:
-                result: Observation | Problem = _observation(
-                    _json_fields(obj), default_reason, default_expires
-                )
-            except UserError as e:
-                result = Problem(line, str(e))
-            yield line, result
-
-
-def _detect_format(path: Path, f: IO[bytes]) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    head = f.peek(64) if hasattr(f, "peek") else b""
-    return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
-
-
-def _line_numbers(problems: list[Problem]) -> str:
-    """``"3, 17, 20"``: the first 50 bad lines' numbers, then ``", ..."``."""
-    numbers = ", ".join(str(p.line) for p in problems[:50])
-    return numbers + (", ..." if len(problems) > 50 else "")
-
-
-def _problems_message(path: str, problems: list[Problem]) -> str:
-    numbers = _line_numbers(problems)
-    details = "; ".join(f"line {p.line}: {p.message}" for p in problems[:SHOWN_PROBLEMS])
-    return (
-        f"{path}: {len(problems)} invalid line{'s' if len(problems) != 1 else ''} ({numbers}); "
-        f"nothing imported (--skip-invalid imports the rest); {details}"
-    )
-
-
-PARSE_BATCH = 5000
-_obs_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(Observation)))
-
-
-def _parse_worker(
-    path: str,
-    fmt: str,
-    reason: str,
-    expires: float | None,
-    out: multiprocessing.connection.Connection,
-) -> None:
-    """The parser process: read and validate the file, send batches to the writer."""
-    try:
-        with open(path, "rb") as f:
-            lines = _ByteCounter(f)
-            # Plain tuples: pickling them costs a fifth of pickling dataclasses.
-            batch: list[tuple[Any, ...]] = []
-            bad: list[Problem] = []
-            rows = 0
-            for _line, item in parse_import(lines, fmt, path, reason, expires):
-                rows += 1
-                if isinstance(item, Problem):
-                    bad.append(item)
-                else:
-                    batch.append(_obs_fields(item))
-                if rows % PARSE_BATCH == 0:
-                    out.send(("rows", batch, bad, lines.bytes, rows))
-                    batch, bad = [], []
-            out.send(("rows", batch, bad, lines.bytes, rows))
-        out.send(("done",))
-    except BrokenPipeError:
-        pass  # the writer gave up (an error, ^C): nothing left to do
-    except KeyboardInterrupt:
-        pass  # the writer sees ^C too and rolls back
-    except BaseException as e:  # one line for the operator, never a child's traceback
-        if isinstance(e, UserError):
-            message = str(e)
-        elif isinstance(e, OSError):
-            message = f"{path}: cannot read: {e.strerror or e}"
-        else:
-            message = f"{path}: import parser failed: {type(e).__name__}: {e}"
-        with contextlib.suppress(OSError):
-            out.send(("error", message))
-    finally:
-        out.close()
-
-
-class _Parser:
-    """Parses an import file in a second process while this one writes.
-
-    Parsing and validating (normalising every address) costs about as much as
-    writing it to SQLite; on two cores the two halves of a million-row import
-    overlap. Iterating yields ``(observations, problems, bytes read, rows)``.
-    """
-
-    def __init__(self, path: str, fmt: str, reason: str, expires: float | None) -> None:
-        ctx = multiprocessing.get_context("fork")
-        self._path = path
-        self._recv, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(
-            target=_parse_worker, args=(path, fmt, reason, expires, send), daemon=True
-        )
-        self._proc.start()
-        send.close()
-
-    def __iter__(self) -> Iterator[tuple[list[Observation], list[Problem], int, int]]:
-        while True:
-            try:
-                msg = self._recv.recv()
-            except EOFError:
-                raise UserError(f"{self._path}: the import parser stopped unexpectedly") from None
-            if msg[0] == "rows":
-                yield [Observation(*fields) for fields in msg[1]], msg[2], msg[3], msg[4]
-            elif msg[0] == "done":
-                return
-            else:
-                raise UserError(msg[1])
-
-    def __enter__(self) -> _Parser:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._recv.close()
-        self._proc.join(timeout=5)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
 
 
 @suppression.command("import")
@@ -809,12 +561,12 @@ def import_cmd(
         with open(file, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if fmt == "auto":
-                fmt = _detect_format(file, f)  # type: ignore[arg-type]
+                fmt = detect_format(file, f)  # type: ignore[arg-type]
     except OSError as e:
         raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
     # Started before the database is opened and before rich's progress thread:
     # the parser is a forked process and must inherit neither.
-    parser = _Parser(name, fmt, reason, expires)
+    parser = Parser(name, fmt, reason, expires)
     problems: list[Problem] = []
     err = Console(stderr=True)
     progress = Progress(
@@ -837,7 +589,7 @@ def import_cmd(
                         writer.add(obs)
                 progress.update(task, completed=done_bytes, rows=rows)
             if problems and not skip_invalid:
-                raise UserError(_problems_message(name, problems))  # rolls back
+                raise UserError(problems_message(name, problems))  # rolls back
         counts = writer.counts
     summary = (
         f"imported {plural(writer.total, 'entry', 'entries')} from {name} "
@@ -846,7 +598,7 @@ def import_cmd(
     if problems:
         for p in problems[:SHOWN_PROBLEMS]:
             click.echo(f"smtpguard: warning: {name}: line {p.line}: {p.message}", err=True)
-        summary += f"; skipped {len(problems)} invalid line(s): {_line_numbers(problems)}"
+        summary += f"; skipped {len(problems)} invalid line(s): {line_numbers(problems)}"
     click.echo(summary)
 
 
@@ -933,10 +685,15 @@ def stats(fmt: str) -> None:
         ("added in the last 24 h", "added_24h"),
         ("added in the last 7 days", "added_7d"),
         ("history records", "history_records"),
+        ("pending (held back by a storm)", "pending"),
     ):
         overview.add_row(label, f"{s[key]:,}")
     out.print(overview)
-    for title, key in (("reason", "by_reason"), ("source", "by_source")):
+    for title, key in (
+        ("reason", "by_reason"),
+        ("source", "by_source"),
+        ("evidence", "by_evidence"),
+    ):
         if s[key]:
             t = Table(show_edge=False, header_style="bold")
             t.add_column(title)

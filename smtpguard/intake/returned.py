@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from smtpguard.classify import Classifier, Verdict
-from smtpguard.intake.seams import Evidence, EvidenceKind
 from smtpguard.intake.verp import VerpCheck, VerpCodec
+from smtpguard.policy import Evidence, EvidenceKind
 
 #: Headers that record the envelope recipient of stored mail, most specific first.
 RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "To")

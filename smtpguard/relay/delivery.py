@@ -1,4 +1,4 @@
-"""The delivery client: claimed recipients -> SMTP transactions at the next hop.
+"""Delivery: claimed recipients -> destination lines -> connections to the next hop.
 
 A :class:`~smtpguard.store.queue.Claim` (one message, its due recipients) is
 split into :class:`Job`\\ s, one per *destination*: the recipient domain for MX
@@ -8,19 +8,13 @@ to ``dsn.next_hop``). Jobs wait in a per-destination line; connection tasks
 take them in order, several messages per connection
 (``delivery.messages_per_connection``), and an idle connection lingers briefly
 for the next message to the same place, as Postfix's connection cache does.
-How many connections a destination gets is the :class:`Shaper`'s decision;
-``delivery.concurrency`` caps the total.
+How many connections a destination gets, and how fast it is sent to, is the
+:class:`~smtpguard.relay.seams.Shaper`'s decision; ``delivery.concurrency``
+caps the total.
 
-Client side of RFC 5321 with aiosmtplib: EHLO (HELO fallback), opportunistic
-STARTTLS (RFC 3207; certificates not verified, as for opportunistic TLS in
-Postfix), AUTH for the smarthost, DSN parameters passed on when the next hop
-offers DSN (RFC 3461: RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT, xtext
-encoded), SIZE, BODY=8BITMIME and SMTPUTF8 (RFC 6152, RFC 6531). Timeouts from
-the config (RFC 5321 section 4.5.3.2: per command, and a longer one for the
-final dot).
-
-Every non-success reply, at every stage (greeting, EHLO, MAIL, RCPT, DATA),
-goes through the classifier; connection failures (refused, timeout, TLS
+The SMTP conversation itself is :mod:`smtpguard.relay.client`'s. Here every
+non-success reply, at every stage (greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT,
+DATA), goes through the classifier; connection failures (refused, timeout, TLS
 failure) are soft ``networkerror``; routing failures carry their own verdict.
 The resulting :class:`~smtpguard.relay.outcome.Attempt` list goes to the
 :class:`~smtpguard.relay.outcome.OutcomeHandler` while the connection moves on.
@@ -32,19 +26,19 @@ import asyncio
 import collections
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import aiosmtplib
-
-from smtpguard.classify.verdict import ADDRESS_REASONS, Verdict
+from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config, parse_hostport
 from smtpguard.relay import metrics
+from smtpguard.relay.client import Connection, ConnectionLost, RecipientReply, Refusal
 from smtpguard.relay.outcome import Attempt, OutcomeHandler
-from smtpguard.relay.scheduler import Shaper
+from smtpguard.relay.routing import NextHop, RoutingError
+from smtpguard.relay.scheduler import ConnectionCap
+from smtpguard.relay.seams import ReplyClassifier, Router, Shaper
 from smtpguard.store.queue import Claim, QueuedMessage, QueuedRecipient, QueueStore
 
 log = logging.getLogger("smtpguard.delivery")
@@ -53,13 +47,6 @@ log = logging.getLogger("smtpguard.delivery")
 IDLE_LINGER = 0.5
 #: Pauses between tries to record an attempt's results when the database refuses.
 RECORD_RETRIES: tuple[float | None, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, None)
-
-
-class ReplyClassifier(Protocol):
-    def reply(
-        self, code: int | str, text: str, *, stage: str = ..., recipient: str = ...,
-        remote_host: str = ...,
-    ) -> Verdict: ...  # fmt: skip
 
 
 @dataclass
@@ -81,81 +68,6 @@ class Job:
     tracker: _Tracker = field(repr=False)
 
 
-class _ConnectionLost(Exception):
-    """The session died mid-transaction; the current job's recipients are deferred."""
-
-
-def xtext(value: str) -> str:
-    """RFC 3461 section 4 xtext: '+', '=', controls, space and non-ASCII as +HH."""
-    out = []
-    for byte in value.encode("utf-8"):
-        if byte in (0x2B, 0x3D) or not 33 <= byte <= 126:
-            out.append(f"+{byte:02X}")
-        else:
-            out.append(chr(byte))
-    return "".join(out)
-
-
-def _orcpt_param(orcpt: str) -> str:
-    kind, sep, addr = orcpt.partition(";")
-    if not sep:
-        kind, addr = "rfc822", orcpt
-    return f"ORCPT={kind.strip()};{xtext(addr.strip())}"
-
-
-# A bare LF, or a CR not followed by LF (the CR of a CRLF pair is left alone).
-_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
-
-
-def wire_data(body: bytes) -> bytes:
-    """The DATA payload for a message: CRLF lines, dot-stuffed, ending in ``.CRLF``.
-
-    RFC 5321 section 2.3.8 (only CRLF ends a line) and section 4.5.2
-    (transparency: a line starting with "." gets another). Queued bodies are
-    CRLF-only already (the inbound side normalises), so the cheap counts
-    usually skip the regex that aiosmtplib would run over every body, and the
-    stuffing is one ``bytes.replace``.
-    """
-    crlf = body.count(b"\r\n")
-    if body.count(b"\r") != crlf or body.count(b"\n") != crlf:
-        body = _LINE_ENDINGS.sub(b"\r\n", body)
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    if body[:1] == b".":
-        body = b"." + body
-    if b"\r\n." in body:
-        body = body.replace(b"\r\n.", b"\r\n..")
-    return body + b".\r\n"
-
-
-async def send_data(smtp: aiosmtplib.SMTP, body: bytes, *, timeout: float) -> Any:
-    """``DATA``, then the body as :func:`wire_data` makes it; the final reply.
-
-    Does what ``aiosmtplib.SMTP.data`` does (same errors: SMTPDataError for a
-    reply other than 354 / 250, SMTPServerDisconnected / SMTPTimeoutError with
-    the connection closed) without its two regex passes over every body.
-    """
-    resp = await smtp.execute_command(b"DATA", timeout=timeout)
-    if resp.code != 354:
-        raise aiosmtplib.SMTPDataError(resp.code, resp.message)
-    protocol = smtp.protocol
-    if protocol is None:
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    try:
-        protocol.write(wire_data(body))
-        resp = await protocol.read_response(timeout=timeout)
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-        smtp.close()  # a reply may still be on its way: never reuse this connection
-        raise
-    if resp.code != 250:
-        raise aiosmtplib.SMTPDataError(resp.code, resp.message)
-    return resp
-
-
-def _ascii(text: str) -> bool:
-    return text.isascii()
-
-
 def soft_verdict(
     recipient: str, text: str, *, reason: str = "networkerror", status: str = "4.4.1",
     remote_host: str = "", stage: str = "connect",
@@ -168,14 +80,17 @@ def soft_verdict(
     )  # fmt: skip
 
 
-def routing_verdict(recipient: str, err: Any) -> Verdict:
-    """A :class:`RoutingError` as a verdict; permanent ones suppress like Sisimai's rule."""
-    hard = bool(err.permanent)
+def routing_verdict(recipient: str, err: RoutingError) -> Verdict:
+    """A :class:`RoutingError` as a verdict: hard when permanent (NXDOMAIN, null MX).
+
+    It decides nothing about the suppression list (``suppress`` stays False):
+    what a DNS answer may do there is the policy's sink's decision, on evidence
+    kind ``dns``.
+    """
     return Verdict(
         recipient=recipient, status=err.status, reply_code=err.reply_code, reason=err.reason,
-        bounce="hard" if hard else "soft",
-        suppress=hard and (err.reason in ADDRESS_REASONS or err.reason == "notaccept"),
-        diagnostic=err.text, stage="connect", format="relay",
+        bounce="hard" if err.permanent else "soft", diagnostic=err.text, stage="connect",
+        format="relay",
     )  # fmt: skip
 
 
@@ -186,7 +101,7 @@ class Delivery:
         self,
         cfg: Config,
         store: QueueStore,
-        router: Any,
+        router: Router,
         classifier: ReplyClassifier,
         outcome: OutcomeHandler,
         *,
@@ -198,7 +113,7 @@ class Delivery:
         self._router = router
         self._classifier = classifier
         self._outcome = outcome
-        self._shaper = shaper or Shaper()
+        self._shaper: Shaper = shaper or ConnectionCap()
         self._helo = self._d.helo_name or cfg.relay.hostname
         self._pending: dict[str, collections.deque[Job]] = collections.defaultdict(
             collections.deque
@@ -286,6 +201,7 @@ class Delivery:
 
     def _finish(self, job: Job, attempts: list[Attempt]) -> None:
         """Hand the attempts to the outcome handler without stalling the connection."""
+        self._shaper.feedback(job.destination, attempts)
         task = asyncio.create_task(self._apply(job, attempts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -311,21 +227,23 @@ class Delivery:
             if job.tracker.remaining == 0 and job.tracker.on_done is not None:
                 job.tracker.on_done()
 
-    def _fail(self, job: Job, make: Callable[[QueuedRecipient], Verdict], host: str = "") -> None:
-        self._finish(job, [Attempt(r, make(r), remote_host=host) for r in job.recipients])
+    def _fail(
+        self, job: Job, make: Callable[[QueuedRecipient], Verdict], host: str = "",
+        dns: bool = False,
+    ) -> None:  # fmt: skip
+        self._finish(job, [Attempt(r, make(r), remote_host=host, dns=dns) for r in job.recipients])
 
     def _fail_pending(
-        self, dest: str, make: Callable[[QueuedRecipient], Verdict], host: str = ""
-    ) -> None:
+        self, dest: str, make: Callable[[QueuedRecipient], Verdict], host: str = "",
+        dns: bool = False,
+    ) -> None:  # fmt: skip
         line = self._pending.get(dest)
         while line:
-            self._fail(line.popleft(), make, host)
+            self._fail(line.popleft(), make, host, dns)
 
     # -- a connection ---------------------------------------------------------
 
-    async def _hops(self, dest: str, domain: str) -> list[Any]:
-        from smtpguard.relay.routing import NextHop
-
+    async def _hops(self, dest: str, domain: str) -> list[NextHop]:
         if dest == "dsn":
             host, port = parse_hostport(self._cfg.dsn.next_hop)
             return [NextHop(host=host, address=host, port=port, preference=0, source="route",
@@ -333,8 +251,6 @@ class Delivery:
         return list(await self._router.route(domain))
 
     async def _connection(self, dest: str) -> None:
-        from smtpguard.relay.routing import RoutingError
-
         line = self._pending[dest]
         if not line:
             return
@@ -343,84 +259,52 @@ class Delivery:
             hops = await self._hops(dest, domain)
         except RoutingError as e:
             log.info("routing %s failed: %s", domain, e.text)
-            self._fail_pending(dest, lambda r, err=e: routing_verdict(r.address, err))
+            self._fail_pending(dest, lambda r, err=e: routing_verdict(r.address, err), dns=True)
             return
         except Exception as e:
             log.error("routing %s failed unexpectedly: %r", domain, e)
             why = f"routing failed: {e}"
             self._fail_pending(dest, lambda r: soft_verdict(r.address, why))
             return
-        smtp, hop, failure = await self._open(hops)
-        if smtp is None:
-            make, host = failure
-            self._fail_pending(dest, make, host)
+        d = self._d
+        conn = await Connection.open(
+            hops, helo=self._helo, connect_timeout=d.connect_timeout,
+            command_timeout=d.command_timeout,
+        )  # fmt: skip
+        if isinstance(conn, Refusal):
+            self._refused(dest, conn)
             return
         metrics.CONNECTIONS.labels("ok").inc()
         try:
-            await self._session(smtp, hop, dest)
+            await self._session(conn, dest)
         finally:
-            with contextlib.suppress(Exception):
-                if smtp.is_connected:
-                    await smtp.quit(timeout=min(self._d.command_timeout, 10.0))
-            smtp.close()
+            await conn.close(min(d.command_timeout, 10.0))
 
-    async def _open(self, hops: list[Any]) -> tuple[Any, Any, Any]:
-        """Connect to the first hop that takes us; else what to tell every recipient."""
-        d = self._d
-        failure: Any = (lambda r: soft_verdict(r.address, "no next hop"), "")
-        for hop in hops:
-            smtp = aiosmtplib.SMTP(
-                hostname=hop.address, port=hop.port, local_hostname=self._helo,
-                timeout=d.command_timeout, start_tls=False, use_tls=False,
-            )  # fmt: skip
-            label = f"{hop.host}[{hop.address}]:{hop.port}"
-            try:
-                await smtp.connect(timeout=d.connect_timeout)
-                try:
-                    await smtp.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await smtp.helo()
-                if hop.tls != "none" and smtp.supports_extension("starttls"):
-                    await smtp.starttls(server_hostname=hop.host, validate_certs=False,
-                                        timeout=d.command_timeout)  # fmt: skip
-                    await smtp.ehlo()
-                elif hop.tls == "required":
-                    smtp.close()
-                    text = f"{label} does not offer STARTTLS and TLS is required"
-                    failure = (lambda r, t=text, h=label: soft_verdict(
-                        r.address, t, reason="failedstarttls", status="4.7.10", remote_host=h),
-                        label)  # fmt: skip
-                    continue
-                if hop.username:
-                    await smtp.login(hop.username, hop.password)
-                return smtp, hop, None
-            except aiosmtplib.SMTPResponseException as e:
-                # The greeting, EHLO or AUTH refused us: the classifier decides.
-                smtp.close()
-                code, text = e.code, e.message
-                failure = (
-                    lambda r, c=code, t=text, h=label: self._classify(
-                        c, t, "connect", r.address, h
-                    ),
-                    label,
-                )
-                metrics.CONNECTIONS.labels("refused").inc()
-                log.info("%s refused the session: %s %s", label, code, text)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
-                smtp.close()
-                text = f"connect to {label}: {type(e).__name__}: {e}"
-                failure = (lambda r, t=text, h=label: soft_verdict(r.address, t, remote_host=h),
-                           label)  # fmt: skip
-                metrics.CONNECTIONS.labels("failed").inc()
-                log.info("%s", text)
-        return None, None, failure
+    def _refused(self, dest: str, refusal: Refusal) -> None:
+        """No hop took us: every job waiting for ``dest`` gets the same verdict."""
+        where = refusal.label
+        make: Callable[[QueuedRecipient], Verdict]
+        if refusal.kind == "reply":
+            # The greeting, EHLO, STARTTLS or AUTH refused us: the classifier decides.
+            def make(r: QueuedRecipient) -> Verdict:
+                return self._classify(refusal.code, refusal.text, "connect", r.address, where)
+        elif refusal.kind == "tls-required":
 
-    async def _session(self, smtp: aiosmtplib.SMTP, hop: Any, dest: str) -> None:
+            def make(r: QueuedRecipient) -> Verdict:
+                return soft_verdict(r.address, refusal.text, reason="failedstarttls",
+                                    status="4.7.10", remote_host=where)  # fmt: skip
+        else:
+
+            def make(r: QueuedRecipient) -> Verdict:
+                return soft_verdict(r.address, refusal.text, remote_host=where)
+
+        self._fail_pending(dest, make, where)
+
+    async def _session(self, conn: Connection, dest: str) -> None:
         """Send jobs for ``dest`` over one connection until the line is empty or the cap is hit."""
         line = self._pending[dest]
-        label = f"{hop.host}[{hop.address}]:{hop.port}"
         sent = 0
-        while sent < self._d.messages_per_connection and smtp.is_connected:
+        while sent < self._d.messages_per_connection and conn.is_connected:
             if not line:
                 if self._stopping or self._waiting:
                     return
@@ -437,37 +321,38 @@ class Delivery:
             await self._shaper.admit(dest)
             self._jobs_in_progress[id(job)] = job
             try:
-                attempts = await self._send(smtp, label, job)
-            except _ConnectionLost as e:
-                self._fail(job, lambda r, t=str(e): soft_verdict(r.address, t, remote_host=label,
-                                                                  stage="data"), label)  # fmt: skip
+                attempts = await self._send(conn, job)
+            except ConnectionLost as e:
+                self._fail(job, lambda r, t=str(e): soft_verdict(r.address, t,
+                           remote_host=conn.label, stage="data"), conn.label)  # fmt: skip
                 return
             finally:
                 self._jobs_in_progress.pop(id(job), None)
             self._finish(job, attempts)
             sent += 1
 
-    async def _send(self, smtp: aiosmtplib.SMTP, label: str, job: Job) -> list[Attempt]:
-        msg = job.message
-        body_task = asyncio.ensure_future(self._store.body(msg.id))
+    async def _send(self, conn: Connection, job: Job) -> list[Attempt]:
+        body_task = asyncio.ensure_future(self._store.body(job.message.id))
         try:
-            return await self._transaction(smtp, label, job, body_task)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as e:
-            raise _ConnectionLost(f"{label}: {type(e).__name__}: {e}") from None
+            replies = await conn.send(
+                job.message, job.recipients, body_task, data_timeout=self._d.data_timeout
+            )
         finally:
             if not body_task.done():
                 body_task.cancel()
             with contextlib.suppress(BaseException):
                 await body_task
+        return [self._attempt(reply, conn.label) for reply in replies]
 
-    def _verdicts(
-        self, rcpts: tuple[QueuedRecipient, ...] | list[QueuedRecipient], code: int, text: str,
-        stage: str, label: str,
-    ) -> list[Attempt]:  # fmt: skip
-        return [
-            Attempt(r, self._classify(code, text, stage, r.address, label), str(code), text, label)
-            for r in rcpts
-        ]
+    def _attempt(self, reply: RecipientReply, where: str) -> Attempt:
+        r = reply.recipient
+        if reply.delivered:
+            return Attempt(r, None, str(reply.code), reply.text, where)
+        if reply.local:
+            return Attempt(r, soft_verdict(r.address, reply.local, reason="systemerror",
+                                           status="4.3.0"))  # fmt: skip
+        verdict = self._classify(reply.code, reply.text, reply.stage, r.address, where)
+        return Attempt(r, verdict, str(reply.code), reply.text, where)
 
     def _classify(self, code: int, text: str, stage: str, recipient: str, label: str) -> Verdict:
         """The classifier's verdict on a reply; a classifier bug must not lose the message."""
@@ -483,76 +368,6 @@ class Delivery:
                 bounce="soft" if temporary else "hard", diagnostic=text, remote_host=label,
                 format="relay",
             )  # fmt: skip
-
-    async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
-        if smtp.is_connected:
-            with contextlib.suppress(aiosmtplib.SMTPException):
-                await smtp.rset()
-
-    async def _transaction(
-        self, smtp: aiosmtplib.SMTP, label: str, job: Job, body_task: asyncio.Future[bytes]
-    ) -> list[Attempt]:
-        msg = job.message
-        d = self._d
-        dsn = smtp.supports_extension("dsn")
-        needs_utf8 = not _ascii(msg.mail_from) or any(not _ascii(r.address) for r in job.recipients)
-        utf8 = msg.smtputf8 and smtp.supports_extension("smtputf8")
-        if needs_utf8 and not utf8:
-            # RFC 6531 section 3.4: without SMTPUTF8 at the next hop this cannot be sent.
-            text = "5.6.7 the next hop does not support SMTPUTF8"
-            return self._verdicts(job.recipients, 553, text, "mail", label)
-        enc = "utf-8" if utf8 else "ascii"
-        opts = [f"SIZE={msg.size}"] if smtp.supports_extension("size") else []
-        if msg.body_type == "8BITMIME" and smtp.supports_extension("8bitmime"):
-            opts.append("BODY=8BITMIME")
-        if utf8:
-            opts.append("SMTPUTF8")
-        if dsn:
-            if msg.ret:
-                opts.append(f"RET={msg.ret}")
-            if msg.envid:
-                opts.append(f"ENVID={xtext(msg.envid)}")
-        resp = await smtp.execute_command(
-            b"MAIL", f"FROM:<{msg.mail_from}>".encode(enc), *(o.encode() for o in opts)
-        )
-        if resp.code != 250:
-            await self._reset(smtp)
-            return self._verdicts(job.recipients, resp.code, resp.message, "mail", label)
-        attempts: list[Attempt] = []
-        accepted: list[QueuedRecipient] = []
-        for r in job.recipients:
-            ropts: list[bytes] = []
-            if dsn:
-                if r.notify:
-                    ropts.append(f"NOTIFY={','.join(r.notify)}".encode())
-                if r.orcpt:
-                    ropts.append(_orcpt_param(r.orcpt).encode())
-            resp = await smtp.execute_command(b"RCPT", f"TO:<{r.address}>".encode(enc), *ropts)
-            if resp.code in (250, 251):
-                accepted.append(r)
-            else:
-                attempts += self._verdicts([r], resp.code, resp.message, "rcpt", label)
-                if resp.code == 421:
-                    raise aiosmtplib.SMTPServerDisconnected(f"421 {resp.message}")
-        if not accepted:
-            await self._reset(smtp)
-            return attempts
-        try:
-            body = await body_task
-        except Exception as e:
-            await self._reset(smtp)
-            return attempts + [
-                Attempt(r, soft_verdict(r.address, f"message body unreadable: {e}",
-                                        reason="systemerror", status="4.3.0"))
-                for r in accepted
-            ]  # fmt: skip
-        try:
-            resp = await send_data(smtp, body, timeout=d.data_timeout)
-        except aiosmtplib.SMTPDataError as e:
-            await self._reset(smtp)
-            return attempts + self._verdicts(accepted, e.code, e.message, "data", label)
-        text = resp.message.replace("\n", " ")
-        return attempts + [Attempt(r, None, str(resp.code), text, label) for r in accepted]
 
     # -- shutdown -------------------------------------------------------------
 

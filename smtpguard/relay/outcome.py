@@ -2,7 +2,9 @@
 
 The delivery client produces, per recipient, either a success reply or a
 :class:`~smtpguard.classify.verdict.Verdict`. This module turns those into
-queue state, history events, DSNs and suppression entries, and nothing else:
+queue state, history events and DSNs, and hands every verdict (deliveries
+too: the storm breaker counts attempts) to the policy's
+:class:`~smtpguard.policy.sink.VerdictSink` with its evidence:
 
 * ``bounce == "hard"``: the recipient is done (``bounced``). The sender gets an
   RFC 3464 DSN when :func:`~smtpguard.relay.dsn.dsn_wanted` says so (never to
@@ -10,10 +12,11 @@ queue state, history events, DSNs and suppression entries, and nothing else:
   ``dsn.enabled`` is on. The DSN is enqueued as a new queue message with the
   null sender in the same transaction that records the bounce, so it is as
   durable as any other mail and retried like it (a DSN never gets a DSN: its
-  sender is null). If ``verdict.suppress``, the address goes on the
-  suppression list with the reply as evidence; a hard rejection that does not
-  suppress (policy, reputation, content) is logged and counted per destination
-  domain, since it is the sender's problem, not the address's.
+  sender is null). Whether the address goes on the suppression list is the
+  sink's decision (the evidence rules, the storm breaker), written in that
+  same transaction; a hard rejection it does not suppress (policy,
+  reputation, content, or evidence that does not name the recipient) is
+  logged and counted per destination domain.
 * anything else: the recipient is deferred with exponential backoff
   (:func:`~smtpguard.relay.scheduler.retry_delay`); a greylisting verdict
   (``extra["greylist"]``) waits at least ``delivery.greylist_delay`` or the
@@ -25,15 +28,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config
+from smtpguard.policy.evidence import Evidence, EvidenceKind
+from smtpguard.policy.sink import SinkPlan, SuppressionSink
 from smtpguard.relay import metrics
-from smtpguard.relay.envelope import InboundMessage, Recipient
 from smtpguard.relay.scheduler import retry_delay
+from smtpguard.smtp.status import leading_status
+from smtpguard.store.messages import InboundMessage, Recipient
 from smtpguard.store.queue import QueuedMessage, QueuedRecipient, QueueStore, RecipientResult
 
 log = logging.getLogger("smtpguard.outcome")
@@ -55,14 +60,21 @@ class Attempt:
     code: str = ""
     text: str = ""
     remote_host: str = ""
+    dns: bool = False  # the verdict is a DNS answer (routing), not a reply
+
+    @property
+    def evidence(self) -> EvidenceKind:
+        """What kind of evidence this attempt is for the sink."""
+        v = self.verdict
+        if self.dns:
+            return "dns"
+        if v is None or v.stage in AFTER_DATA:
+            return "data-reply"
+        return "rcpt-reply" if v.stage == "rcpt" else "session-reply"
 
 
-def _status_of(text: str) -> str:
-    word = text.split(" ", 1)[0]
-    parts = word.split(".")
-    if len(parts) == 3 and all(p.isdigit() for p in parts):
-        return word
-    return ""
+#: Verdict stages that answer the final dot (the whole transaction).
+AFTER_DATA = frozenset({"data", "eom"})
 
 
 class OutcomeHandler:
@@ -73,12 +85,12 @@ class OutcomeHandler:
         cfg: Config,
         store: QueueStore,
         *,
-        record_suppression: Callable[..., Awaitable[Any]] | None = None,
+        sink: SuppressionSink | None = None,
         on_deferred: Callable[[int, float], None] | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
-        self._record_suppression = record_suppression
+        self._sink = sink
         self._on_deferred = on_deferred
 
     # -- policy ---------------------------------------------------------------
@@ -107,18 +119,17 @@ class OutcomeHandler:
     async def apply(
         self, msg: QueuedMessage, attempts: Sequence[Attempt], now: float | None = None
     ) -> None:
-        """Record every attempt (one transaction, with any DSN), then suppress."""
+        """Record every attempt, any DSN and what the sink decides: one transaction."""
         now = time.time() if now is None else now
         results: list[RecipientResult] = []
         failed: list[tuple[Attempt, str, str, str]] = []  # attempt, status, diagnostic, reason
-        to_suppress: list[Attempt] = []
         for a in attempts:
             r = a.recipient
             if a.verdict is None:
                 results.append(
                     RecipientResult(
                         r.id, r.message_id, r.address, "delivered", "delivered",
-                        code=a.code, status=_status_of(a.text), reason="delivered",
+                        code=a.code, status=leading_status(a.text), reason="delivered",
                         diagnostic=a.text[:1000], remote_host=a.remote_host,
                     )
                 )  # fmt: skip
@@ -136,14 +147,6 @@ class OutcomeHandler:
                 )  # fmt: skip
                 failed.append((a, v.status or "5.0.0", diag, v.reason))
                 metrics.DELIVERIES.labels("bounced").inc()
-                if v.suppress:
-                    to_suppress.append(a)
-                else:
-                    metrics.REJECTIONS.labels(metrics.domain_label(r.domain), v.reason).inc()
-                    log.warning(
-                        "rejected without suppression: %s to=<%s> reason=%s %s %s: %s",
-                        msg.qid, r.address, v.reason, v.reply_code, v.status, diag,
-                    )  # fmt: skip
             elif self.expired(msg, now):
                 results.append(
                     RecipientResult(
@@ -164,27 +167,51 @@ class OutcomeHandler:
                 )  # fmt: skip
                 metrics.DELIVERIES.labels("deferred").inc()
         dsns = await self._dsns(msg, failed, now)
-        await self._store.record(results, dsns, now)
+        plans = self._plans(attempts, now)
+        writes = [p.write for _, p in plans if p.needs_write]
+        await self._store.record(results, dsns, now, also=writes)
         for res in results:
             if res.state == "queued" and self._on_deferred is not None:
                 self._on_deferred(res.message_id, res.next_attempt)
-        for a in to_suppress:
-            await self._suppress(a)
+        for group, plan in plans:
+            for a, applied in zip(group, plan.done().applied, strict=True):
+                v = a.verdict
+                if (
+                    v is not None
+                    and v.bounce == "hard"
+                    and applied.outcome not in ("suppressed", "pending")
+                ):
+                    r = a.recipient
+                    metrics.REJECTIONS.labels(metrics.domain_label(r.domain), v.reason).inc()
+                    log.warning(
+                        "rejected without suppression: %s to=<%s> reason=%s %s %s: %s (%s)",
+                        msg.qid, r.address, v.reason, v.reply_code, v.status, _reply_text(a),
+                        applied.why,
+                    )  # fmt: skip
 
-    async def _suppress(self, a: Attempt) -> None:
-        v = a.verdict
-        assert v is not None
-        if self._record_suppression is None:
-            return
-        try:
-            await self._record_suppression(
-                a.recipient.address, v.reason, source="smtp-reply", actor="relay",
-                status=v.status, reply_code=v.reply_code,
-                diagnostic=_reply_text(a)[:1000],
-            )  # fmt: skip
-            metrics.SUPPRESSED.labels(v.reason).inc()
-        except Exception as e:  # the bounce is recorded; losing the suppression is not fatal
-            log.error("could not record suppression of <%s>: %s", a.recipient.address, e)
+    def _plans(
+        self, attempts: Sequence[Attempt], now: float
+    ) -> list[tuple[list[Attempt], SinkPlan]]:
+        """The sink's plan for each kind of evidence among the attempts (prepared, not written).
+
+        A reply after DATA speaks for the transaction: its evidence lists every
+        recipient that was in it (those accepted at RCPT).
+        """
+        if self._sink is None:
+            return []
+        groups: dict[EvidenceKind, list[Attempt]] = {}
+        for a in attempts:
+            groups.setdefault(a.evidence, []).append(a)
+        plans = []
+        for kind, group in groups.items():
+            evidence = Evidence(kind, "relay")
+            if kind == "data-reply":
+                evidence = Evidence(
+                    kind, "relay", transaction_recipients=tuple(a.recipient.address for a in group)
+                )
+            verdicts = [_sink_verdict(a) for a in group]
+            plans.append((group, self._sink.prepare(verdicts, evidence, now)))
+        return plans
 
     async def _dsns(
         self, msg: QueuedMessage, failed: Sequence[tuple[Attempt, str, str, str]], now: float
@@ -236,6 +263,16 @@ class OutcomeHandler:
         )
         metrics.DSNS.inc()
         return [(msg.id, dsn)]
+
+
+def _sink_verdict(a: Attempt) -> Verdict:
+    """The verdict as the sink weighs it: the whole reply as its text (a delivery too)."""
+    if a.verdict is None:
+        return Verdict(
+            recipient=a.recipient.address, reply_code=a.code, reason="delivered", bounce="none",
+            diagnostic=a.text, remote_host=a.remote_host, stage="data", format="relay",
+        )  # fmt: skip
+    return replace(a.verdict, diagnostic=_reply_text(a)[:1000])
 
 
 def _reply_text(a: Attempt) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import time
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -51,6 +52,11 @@ MAX_ADDRESSES = 20
 
 #: How many distinct DNS answers stay cached.
 CACHE_SIZE = 10_000
+#: Longest a "this domain is dead" answer (NXDOMAIN, no records, null MX) is served
+#: from the cache. Such an answer suppresses its domain only when seen again later
+#: (``policy.dns_confirm_after``); with a long negative TTL, or a spoofed one, one
+#: answer would otherwise be "seen" twice.
+MAX_DEAD_ANSWER_CACHE = 60.0
 
 _NO_ADDRESS = "no A or AAAA records"
 
@@ -73,10 +79,10 @@ class RoutingError(Exception):
     """No next hop for a domain; carries what the classifier and the DSN need.
 
     ``reason`` is from the classifier's vocabulary: ``hostunknown`` (NXDOMAIN,
-    no address at all, and null MX per RFC 7505 as issue 4 specifies: a domain
-    that publishes "accepts no mail" is as dead a destination as one that does
-    not exist; both suppress), ``networkerror``
-    (DNS failed for now: SERVFAIL, timeout).
+    no address at all, and null MX per RFC 7505: a domain that publishes
+    "accepts no mail" is as dead a destination as one that does not exist; what
+    either may do to the suppression list is the policy's decision),
+    ``networkerror`` (DNS failed for now: SERVFAIL, timeout).
     """
 
     def __init__(
@@ -144,6 +150,19 @@ def _ip(text: str) -> str | None:
         return None
 
 
+class _Cache(dns.resolver.LRUCache):
+    """dnspython's LRU cache; "dead domain" answers stay :data:`MAX_DEAD_ANSWER_CACHE` at most."""
+
+    def put(self, key: dns.resolver.CacheKey, value: dns.resolver.Answer) -> None:
+        rrset = value.rrset
+        dead = rrset is None or (
+            rrset.rdtype == dns.rdatatype.MX and all(r.exchange == dns.name.root for r in rrset)
+        )
+        if dead:
+            value.expiration = min(value.expiration, time.time() + MAX_DEAD_ANSWER_CACHE)
+        super().put(key, value)
+
+
 class Router:
     """Resolves recipient domains to next hops; one per relay process (it holds the cache)."""
 
@@ -169,7 +188,7 @@ class Router:
         resolver.lifetime = timeout
         resolver.timeout = min(timeout, 3.0)  # per server try, then retry within the lifetime
         resolver.use_edns(0, 0, 1232)  # RFC 6891; 1232 avoids IP fragmentation (DNS flag day 2020)
-        resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)
+        resolver.cache = _Cache(CACHE_SIZE)
         self.resolver = resolver
         # Parsed once here, not per delivery; config.load has already validated
         # them, these errors are for a DeliveryConfig built in code.

@@ -11,11 +11,12 @@ marks the recipients ``active``, so a stale or duplicate hint costs nothing.
 Back-pressure: at most ``max_inflight`` claimed messages are out at once;
 finished attempts give their slot back through :meth:`Scheduler.release`.
 
-Shaping (per-destination rate and connection limits) plugs in through
-:class:`Shaper`: the delivery side asks it how many connections a destination
-may have and awaits :meth:`Shaper.admit` before every message it sends. The
-default shaper only caps connections per destination; a later shaper can read
-limits from the config and sleep in ``admit`` to enforce a rate.
+Shaping (per-destination rate and connection limits) plugs in through the
+:class:`~smtpguard.relay.seams.Shaper` protocol: the delivery side asks it how
+many connections a destination may have, awaits ``admit`` before every message
+it sends and reports each message's attempts to ``feedback``. The default,
+:class:`ConnectionCap`, only caps connections per destination; a later shaper
+can read limits from the config and sleep in ``admit`` to enforce a rate.
 """
 
 from __future__ import annotations
@@ -25,20 +26,20 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from smtpguard.config import DeliveryConfig
 from smtpguard.store.queue import Claim, QueueStore
 
+if TYPE_CHECKING:
+    from smtpguard.relay.outcome import Attempt
+
 log = logging.getLogger("smtpguard.scheduler")
 
 
-class Shaper:
-    """Per-destination traffic shaping hook (the trivial default).
-
-    ``destination`` is the delivery side's key: a recipient domain, or
-    ``"smarthost"``, or ``"dsn"``. Override both methods to shape.
-    """
+class ConnectionCap:
+    """The default :class:`~smtpguard.relay.seams.Shaper`: a connection cap, no pacing."""
 
     def __init__(self, max_connections: int = 10) -> None:
         self._max_connections = max_connections
@@ -49,6 +50,10 @@ class Shaper:
 
     async def admit(self, destination: str) -> None:
         """Awaited before each message is sent to ``destination``; sleep here to rate-limit."""
+        return None
+
+    def feedback(self, destination: str, attempts: Sequence[Attempt]) -> None:
+        """What one message's attempt came to; the default shaper learns nothing from it."""
         return None
 
 

@@ -26,21 +26,30 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
+from smtpguard import metrics as prometheus
+from smtpguard.classify import Classifier
 from smtpguard.config import Config
 from smtpguard.errors import UserError
+from smtpguard.policy import open_recipient_policy, open_sink
+from smtpguard.policy.recipient import RecipientPolicy
+from smtpguard.policy.sink import SuppressionSink
 from smtpguard.relay import metrics
 from smtpguard.relay.delivery import Delivery
-from smtpguard.relay.envelope import InboundMessage
+from smtpguard.relay.inbound import InboundServer
 from smtpguard.relay.outcome import OutcomeHandler
-from smtpguard.relay.scheduler import Scheduler, Shaper
+from smtpguard.relay.scheduler import Scheduler
+from smtpguard.relay.seams import Shaper
+from smtpguard.store.messages import Claim, InboundMessage
 from smtpguard.store.queue import QueueStore, format_qid
 
 log = logging.getLogger("smtpguard.relay")
 
+#: How often the relay's housekeeping runs (storms ended, stale DNS sightings).
+SWEEP_INTERVAL = 60.0
 
-def load_classifier(cfg: Config) -> Any:
+
+def load_classifier(cfg: Config) -> Classifier:
     """The classifier the relay consults for every reply (operator rules if configured)."""
     from smtpguard.classify import Classifier, default_classifier
 
@@ -56,9 +65,9 @@ class Relay:
         self.cfg = cfg
         self._shaper = shaper
         self.queue: QueueStore | None = None
-        self.suppression: Any = None
-        self._lookup_store: Any = None
-        self.inbound: Any = None
+        self.policy: RecipientPolicy | None = None
+        self.sink: SuppressionSink | None = None
+        self.inbound: InboundServer | None = None
         self.scheduler: Scheduler | None = None
         self.delivery: Delivery | None = None
         self.outcome: OutcomeHandler | None = None
@@ -69,12 +78,11 @@ class Relay:
 
     @property
     def port(self) -> int:
-        return int(self.inbound.port)
+        assert self.inbound is not None
+        return self.inbound.port
 
     async def start(self) -> None:
-        from smtpguard.relay.inbound import InboundServer
         from smtpguard.relay.routing import Router
-        from smtpguard.store.suppression import AsyncSuppressionStore, SuppressionStore
 
         cfg = self.cfg
         busy = cfg.store.busy_timeout
@@ -86,59 +94,62 @@ class Relay:
                 "recovered %d recipients left in flight by an unclean stop; they will be "
                 "sent again (at-least-once)", self.recovered,
             )  # fmt: skip
-        self.suppression = await AsyncSuppressionStore.open(cfg.data_dir, busy_timeout=busy)
-        # Lookups at RCPT read synchronously on the loop: one indexed read (tens of
-        # microseconds; WAL readers never wait for the writer) costs less than the
-        # hop to aiosqlite's thread and back, which is on every RCPT's latency.
-        self._lookup_store = SuppressionStore.open(cfg.data_dir, busy_timeout=busy)
+        # One write path: the sink writes through the queue's writer thread, so a
+        # bounce, its DSN and the suppression it causes are one transaction.
+        self.sink = await open_sink(cfg, writer=self.queue.writer)
+        # The RCPT check reads synchronously on the loop: one indexed read (tens of
+        # microseconds; WAL readers never wait for the writer) costs less than a
+        # hop to another thread and back, which would be on every RCPT's latency.
+        self.policy = open_recipient_policy(cfg)
         d = cfg.delivery
         self.scheduler = Scheduler(
             self.queue, max_inflight=max(d.concurrency * 20, 200), refill_interval=1.0
         )
         self.outcome = OutcomeHandler(
-            cfg, self.queue, record_suppression=self.suppression.record,
-            on_deferred=self.scheduler.notify,
-        )  # fmt: skip
+            cfg, self.queue, sink=self.sink, on_deferred=self.scheduler.notify
+        )
         self.delivery = Delivery(
             cfg, self.queue, Router(d), classifier, self.outcome, shaper=self._shaper
         )
         scheduler, delivery = self.scheduler, self.delivery
 
-        def dispatch(claim: Any) -> None:
+        def dispatch(claim: Claim) -> None:
             metrics.INFLIGHT.inc()
             delivery.submit(claim, _released(scheduler))
 
         self._scheduler_task = asyncio.create_task(scheduler.run(dispatch), name="scheduler")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        self.inbound = InboundServer(cfg, enqueue=self.enqueue, lookup=self._lookup)
+        self.inbound = InboundServer(cfg, enqueue=self.enqueue, policy=self.policy)
         try:
             await self.inbound.start()
         except OSError as e:
             raise UserError(f"cannot listen on {cfg.relay.listen}: {e.strerror or e}") from None
         if cfg.metrics.listen:
             try:
-                metrics.serve(cfg.metrics.listen)
+                prometheus.serve(cfg.metrics.listen)
             except OSError as e:
                 raise UserError(
                     f"cannot serve metrics on {cfg.metrics.listen}: {e.strerror or e}"
                 ) from None
 
     async def _housekeeping(self) -> None:
-        """Forget finished messages older than ``delivery.keep_finished``, hourly."""
-        assert self.queue is not None
+        """Forget finished messages older than ``delivery.keep_finished`` (hourly);
+        let the sink end storms and forget stale DNS sightings (every minute)."""
+        assert self.queue is not None and self.sink is not None
         keep = self.cfg.delivery.keep_finished
+        next_purge = 0.0
         while True:
-            try:
-                n = await self.queue.purge(time.time() - keep)
-                if n:
-                    log.info("forgot %d finished messages older than %.0fs", n, keep)
-            except Exception as e:
-                log.error("purging finished messages failed: %s", e)
-            await asyncio.sleep(min(keep, 3600.0))
-
-    async def _lookup(self, address: str) -> Any:
-        assert self._lookup_store is not None
-        return self._lookup_store.lookup(address)
+            now = time.time()
+            if now >= next_purge:
+                next_purge = now + min(keep, 3600.0)
+                try:
+                    n = await self.queue.purge(now - keep)
+                    if n:
+                        log.info("forgot %d finished messages older than %.0fs", n, keep)
+                except Exception as e:
+                    log.error("purging finished messages failed: %s", e)
+            await self.sink.sweep(now)
+            await asyncio.sleep(SWEEP_INTERVAL)
 
     async def enqueue(self, msg: InboundMessage) -> str:
         """Inbound's hook: commit durably (raises on storage failure), then schedule."""
@@ -167,12 +178,12 @@ class Relay:
             released = await self.delivery.drain(drain)
             if released:
                 log.info("%d claimed recipients put back in the queue", released)
-        if self._lookup_store is not None:
+        if self.policy is not None:
             with contextlib.suppress(Exception):
-                self._lookup_store.close()
-        if self.suppression is not None:
+                self.policy.close()
+        if self.sink is not None:
             with contextlib.suppress(Exception):
-                await self.suppression.close()
+                await self.sink.close()
         if self.queue is not None:
             await self.queue.close()
         self._stopped.set()
@@ -199,6 +210,7 @@ async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None 
         await relay.stop(timeout=5.0)
         raise
     if on_listening is not None:
+        assert relay.inbound is not None
         on_listening(relay.inbound.host, relay.port)
     await stop.wait()
     log.info("signal received: draining")

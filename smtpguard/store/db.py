@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import math
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -76,6 +78,36 @@ def explain(path: Path, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"{path}: database error: {msg}")
 
 
+@contextmanager
+def explained(path: Path) -> Iterator[None]:
+    """sqlite3 errors inside the block become one-line StoreErrors naming ``path``
+    (a plain context manager: it serves ``await`` inside async code too)."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise explain(path, e) from None
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on an autocommit connection: the store's one
+    transaction helper (the writer thread's group commit is the other way to write).
+
+    The write lock is taken up front, so another process waits up to the busy
+    timeout instead of failing half-way; any exception rolls everything back;
+    sqlite3 errors become one-line :class:`StoreError`.
+    """
+    with explained(path):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the schema to the newest version, one step per transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -85,19 +117,13 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             f"understands ({len(MIGRATIONS)}); upgrade smtpguard"
         )
     for number in range(version + 1, len(MIGRATIONS) + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn, path):
             # Re-read inside the write lock: another process may have migrated meanwhile.
             if conn.execute("PRAGMA user_version").fetchone()[0] >= number:
-                conn.execute("ROLLBACK")
                 continue
             for statement in MIGRATIONS[number - 1]:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 def _exists(path: Path) -> bool:

@@ -5,6 +5,8 @@ statements run in one transaction.
 
 Step 1: suppression list and its history (foundation).
 Step 2: the relay's queue (messages, per-recipient delivery state) and events.
+Step 3: evidence kinds on entries and history, more history actions, entries the
+storm breaker holds back (pending), and DNS answers waiting for a second sighting.
 """
 
 from __future__ import annotations
@@ -122,5 +124,76 @@ MIGRATIONS: list[list[str]] = [
             remote_host TEXT    NOT NULL DEFAULT ''
         )""",
         "CREATE INDEX queue_events_message ON queue_events (message_id, id)",
+    ],
+    # 3: evidence kinds, pending entries, DNS sightings  (smtpguard/store/suppression.py)
+    [
+        # Every entry says how we know: the evidence kind (smtpguard.policy.evidence).
+        # Entries from before kinds were recorded get the least trusted kind of
+        # their source; the relay's replies were mostly RCPT replies.
+        "ALTER TABLE suppression ADD COLUMN evidence TEXT NOT NULL DEFAULT ''",
+        """UPDATE suppression SET evidence = CASE source
+            WHEN 'smtp-reply' THEN 'rcpt-reply' WHEN 'dsn' THEN 'dsn-unverified'
+            ELSE source END""",
+        # The history gains the evidence kind and four actions; SQLite cannot
+        # change a CHECK constraint in place, so the table is rebuilt.
+        """CREATE TABLE suppression_history_v3 (
+            address    TEXT    NOT NULL,
+            id         INTEGER NOT NULL,
+            kind       TEXT    NOT NULL,
+            action     TEXT    NOT NULL
+                CHECK (action IN ('added', 'escalated', 'updated', 'removed', 'expired',
+                                  'recorded', 'pending', 'confirmed', 'discarded')),
+            at         REAL    NOT NULL,
+            actor      TEXT    NOT NULL,
+            note       TEXT    NOT NULL DEFAULT '',
+            old_reason TEXT    NOT NULL DEFAULT '',
+            new_reason TEXT    NOT NULL DEFAULT '',
+            source     TEXT    NOT NULL DEFAULT '',
+            status     TEXT    NOT NULL DEFAULT '',
+            reply_code TEXT    NOT NULL DEFAULT '',
+            diagnostic TEXT    NOT NULL DEFAULT '',
+            evidence   TEXT    NOT NULL DEFAULT '',
+            PRIMARY KEY (address, id)
+        ) WITHOUT ROWID""",
+        """INSERT INTO suppression_history_v3 (address, id, kind, action, at, actor, note,
+            old_reason, new_reason, source, status, reply_code, diagnostic, evidence)
+            SELECT address, id, kind, action, at, actor, note, old_reason, new_reason, source,
+            status, reply_code, diagnostic, CASE source WHEN 'smtp-reply' THEN 'rcpt-reply'
+            WHEN 'dsn' THEN 'dsn-unverified' ELSE source END FROM suppression_history""",
+        "DROP TABLE suppression_history",
+        "ALTER TABLE suppression_history_v3 RENAME TO suppression_history",
+        # Suppressions the storm breaker held back: recorded, not enforced (a
+        # separate table, so RCPT lookups never see them), until an operator or
+        # fresh evidence confirms them, or a delivery to the address discards them.
+        """CREATE TABLE suppression_pending (
+            domain      TEXT    NOT NULL,
+            local       TEXT    NOT NULL,
+            reason      TEXT    NOT NULL,
+            status      TEXT    NOT NULL DEFAULT '',
+            reply_code  TEXT    NOT NULL DEFAULT '',
+            diagnostic  TEXT    NOT NULL DEFAULT '',
+            source      TEXT    NOT NULL,
+            evidence    TEXT    NOT NULL,
+            destination TEXT    NOT NULL,
+            actor       TEXT    NOT NULL,
+            first_seen  REAL    NOT NULL,
+            last_seen   REAL    NOT NULL,
+            count       INTEGER NOT NULL DEFAULT 1,
+            expires     REAL,
+            PRIMARY KEY (domain, local)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX suppression_pending_destination ON suppression_pending (destination)",
+        # A DNS answer (NXDOMAIN, null MX) suppresses its domain only when seen again
+        # a while later: the first sighting waits here.
+        """CREATE TABLE dns_sightings (
+            domain     TEXT    NOT NULL PRIMARY KEY,
+            reason     TEXT    NOT NULL,
+            status     TEXT    NOT NULL DEFAULT '',
+            reply_code TEXT    NOT NULL DEFAULT '',
+            diagnostic TEXT    NOT NULL DEFAULT '',
+            first_seen REAL    NOT NULL,
+            last_seen  REAL    NOT NULL,
+            count      INTEGER NOT NULL DEFAULT 1
+        ) WITHOUT ROWID""",
     ],
 ]

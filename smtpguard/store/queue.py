@@ -7,18 +7,12 @@ Why it looks like this:
   ``synchronous=FULL`` (see :mod:`smtpguard.store.db`), so the inbound side can
   answer ``250`` knowing a crash cannot lose the message.
 * **Group commit.** One fsync per message would cap the relay at a few hundred
-  messages per second on a slow disk. Every write goes to one writer thread,
-  which takes everything pending, runs it in ONE transaction (each operation in
-  its own SAVEPOINT, so one bad operation fails alone and leaves nothing
-  half-written) and then resolves each caller's future. Twenty sessions
-  committing at once cost one fsync, not twenty. Batches holding only
-  delivery bookkeeping (claims, attempt results) commit without an fsync
-  (``synchronous=NORMAL``, see :meth:`_DbThread._set_sync`): losing one to a
-  power cut only means a recipient is tried again. Such a batch first waits
-  up to :data:`BOOKKEEPING_WAIT` for company, so bookkeeping mostly rides
-  along in the next enqueue's transaction instead of costing one of its own.
-  A batch runs without per-operation savepoints; only when an operation
-  fails is it rolled back and run again with one SAVEPOINT per operation.
+  messages per second on a slow disk. Every write goes to the process's one
+  writer thread (:class:`~smtpguard.store.writer.DbThread`), which commits
+  everything pending in one transaction; delivery bookkeeping (claims, attempt
+  results) commits without an fsync, since losing it to a power cut only means
+  a recipient is tried again. The suppression sink writes through the same
+  thread: :meth:`QueueStore.record` runs its write in the bounce's transaction.
 * **Bodies are not held in memory while queued.** They live in
   ``queue_bodies`` and are read back only when a delivery attempt needs them;
   a finished message's body is deleted, its metadata and events stay. The one
@@ -44,22 +38,27 @@ relay runs (WAL lets both work on the same file).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import queue as _stdqueue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from smtpguard.errors import StoreError, UserError
-from smtpguard.relay.envelope import InboundMessage
-from smtpguard.store.db import connect, db_path, explain
-
-log = logging.getLogger("smtpguard.queue")
+from smtpguard.store.db import connect, db_path, explained, transaction
+from smtpguard.store.messages import (
+    Claim,
+    InboundMessage,
+    QueuedMessage,
+    QueuedRecipient,
+    QueueEvent,
+    QueueStats,
+    RecipientResult,
+    format_qid,
+    parse_qid,
+)
+from smtpguard.store.writer import DbThread
 
 T = TypeVar("T")
 
@@ -68,137 +67,12 @@ PENDING_STATES = ("queued", "active", "held")
 #: Recipient states that are final.
 FINAL_STATES = ("delivered", "bounced", "expired", "deleted")
 
-_MAX_BATCH = 500  # operations per group-commit transaction
 #: A message's first delivery attempt usually starts milliseconds after its commit;
 #: reading its body back from SQLite then costs a thread round trip for bytes the
 #: relay just had. The last few committed bodies are kept for that first read
 #: (bounded in total, ids are never reused: AUTOINCREMENT); later reads use SQLite.
 FRESH_BODY_BYTES = 8 * 1024 * 1024
 FRESH_BODY_MAX = 256 * 1024  # larger bodies are never kept
-#: How long a batch of only bookkeeping (claims, attempt results) waits for more
-#: operations before committing (seconds); see :meth:`_DbThread._run`.
-BOOKKEEPING_WAIT = 0.005
-
-
-# --------------------------------------------------------------------------- records
-
-
-def format_qid(message_id: int) -> str:
-    """The queue id shown to people and in ``250 ... queued as <id>``: 10 hex digits."""
-    return f"{message_id:010X}"
-
-
-def parse_qid(qid: str) -> int:
-    """The row id from a queue id; a precise :class:`UserError` for anything else."""
-    text = qid.strip()
-    try:
-        value = int(text, 16)
-    except ValueError:
-        raise UserError(f"not a queue id: {qid!r} (expected hex digits like 000000002A)") from None
-    if value <= 0 or len(text) > 16:
-        raise UserError(f"not a queue id: {qid!r}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedMessage:
-    """A queued message's envelope and metadata (never its body)."""
-
-    id: int
-    kind: str  # 'mail' or 'dsn' (a DSN we generated: routed to dsn.next_hop)
-    mail_from: str
-    envid: str
-    ret: str
-    smtputf8: bool
-    body_type: str
-    size: int
-    received_at: float
-    auto_submitted: bool
-    client: str
-    held: bool
-    parent_id: int | None = None
-    done_at: float | None = None
-
-    @property
-    def qid(self) -> str:
-        return format_qid(self.id)
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedRecipient:
-    """One recipient of a queued message and its delivery state."""
-
-    id: int
-    message_id: int
-    address: str
-    domain: str
-    notify: tuple[str, ...]
-    orcpt: str
-    state: str
-    attempts: int
-    next_attempt: float
-    last_attempt: float | None = None
-    last_code: str = ""
-    last_status: str = ""
-    last_reason: str = ""
-    last_diag: str = ""
-    last_host: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class QueueEvent:
-    """One line of a message's history: received, an attempt's verdict, an operator action."""
-
-    id: int
-    ts: float
-    message_id: int
-    recipient: str
-    event: str
-    code: str = ""
-    status: str = ""
-    reason: str = ""
-    detail: str = ""
-    remote_host: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """Recipients of one message claimed (state ``active``) for a delivery attempt."""
-
-    message: QueuedMessage
-    recipients: tuple[QueuedRecipient, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientResult:
-    """What one attempt did for one recipient; written by :meth:`QueueStore.record`.
-
-    ``state`` is the new state: ``delivered``, ``bounced``, ``expired`` or
-    ``queued`` (deferred, with ``next_attempt``). ``event`` names the history line.
-    """
-
-    recipient_id: int
-    message_id: int
-    address: str
-    state: str
-    event: str
-    next_attempt: float = 0.0
-    code: str = ""
-    status: str = ""
-    reason: str = ""
-    diagnostic: str = ""
-    remote_host: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class QueueStats:
-    """Counts for ``smtpguard queue stats`` and metrics."""
-
-    messages_pending: int
-    recipients_by_state: dict[str, int]
-    oldest_pending: float | None
-    next_due: float | None
-    deferred_reasons: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- SQL (sync)
@@ -500,192 +374,6 @@ def stats(conn: sqlite3.Connection) -> QueueStats:
     )
 
 
-# --------------------------------------------------------------------------- writer thread
-
-
-class _DbThread:
-    """One thread owning one sqlite3 connection; runs submitted functions in order.
-
-    With ``transactional=True`` it is the group committer: it drains every
-    pending operation, runs them in one ``BEGIN IMMEDIATE`` ... ``COMMIT``
-    (each inside a SAVEPOINT so a failing operation is rolled back alone), and
-    only after COMMIT returns resolves the callers' futures. If COMMIT fails,
-    every operation of the batch fails: nothing was written.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, path: Path, *, transactional: bool, name: str):
-        self._conn = conn
-        self._path = path
-        self._transactional = transactional
-        self._ops: _stdqueue.SimpleQueue[Any] = _stdqueue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._closed = False
-        self._durable = True  # store.db.connect() sets synchronous = FULL
-        self.batches = 0
-        self.operations = 0
-        self._thread.start()
-
-    async def call(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
-        if self._closed:
-            raise StoreError(f"{self._path}: queue store is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._ops.put((fn, fut, loop, durable))
-        return await fut
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._ops.put(None)
-            self._thread.join(timeout=30)
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-
-    @staticmethod
-    def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-        if fut.done():
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
-
-    @classmethod
-    def _resolve_all(cls, items: list[tuple[Any, Any, Any]]) -> None:
-        for fut, result, exc in items:
-            cls._resolve(fut, result, exc)
-
-    def _set_sync(self, durable: bool) -> None:
-        """FULL (fsync at COMMIT) when the batch holds a write someone will answer 250 on.
-
-        A batch of only delivery bookkeeping (claims, attempt results) commits with
-        NORMAL: in WAL mode that survives a process crash (the frames are in the
-        OS's hands) and is made durable by the next FULL commit; only a power loss
-        in between can undo it, and then the recipients are simply tried again
-        (at-least-once), which is why those writes need not pay for an fsync.
-        """
-        if durable != self._durable:
-            self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-            self._durable = durable
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._ops.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = self._gather(batch, 0.0)
-            if not stop and self._transactional and not any(op[3] for op in batch):
-                # Only bookkeeping so far: it need not commit at once, so it waits a
-                # moment for company (ideally an enqueue, whose fsync it then shares).
-                # Alone, each record or claim would cost a commit of its own.
-                stop = self._gather(batch, BOOKKEEPING_WAIT)
-            outcomes = self._run_batch([op[0] for op in batch], any(op[3] for op in batch))
-            self.batches += 1
-            self.operations += len(batch)
-            # One wake-up per event loop for the whole batch, not one per operation.
-            by_loop: dict[Any, list[tuple[Any, Any, Any]]] = {}
-            for (_, fut, loop, _durable), (result, exc) in zip(batch, outcomes, strict=True):
-                by_loop.setdefault(loop, []).append((fut, result, exc))
-            for loop, items in by_loop.items():
-                # A closed loop (RuntimeError) means nobody is waiting any more.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._resolve_all, items)
-
-    def _gather(self, batch: list[Any], wait: float) -> bool:
-        """Add pending operations to ``batch``; True when ``close()`` asked to stop.
-
-        With ``wait`` > 0, keeps waiting up to that long for more, but no longer
-        than until a durable operation arrives (someone awaits a 250 on it).
-        """
-        deadline = time.monotonic() + wait
-        while len(batch) < _MAX_BATCH:
-            try:
-                op = self._ops.get_nowait()
-            except _stdqueue.Empty:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                try:
-                    op = self._ops.get(timeout=left)
-                except _stdqueue.Empty:
-                    return False
-            if op is None:
-                return True
-            batch.append(op)
-            if op[3]:
-                deadline = 0.0  # take what is pending already, wait no more
-        return False
-
-    def _run_batch(
-        self, fns: list[Callable[[sqlite3.Connection], Any]], durable: bool = True
-    ) -> list[tuple[Any, Any]]:
-        conn = self._conn
-        if not self._transactional:
-            out: list[tuple[Any, Any]] = []
-            for fn in fns:
-                try:
-                    out.append((fn(conn), None))
-                except sqlite3.Error as e:
-                    out.append((None, explain(self._path, e)))
-                except Exception as e:
-                    out.append((None, e))
-            return out
-        # Optimistic first: the whole batch without savepoints (two statements less
-        # per operation). Only if an operation fails is the transaction rolled back
-        # and the batch run again with each operation in its own SAVEPOINT, so the
-        # failing one fails alone. Operations only touch this connection, so running
-        # one again after a rollback is safe.
-        out = self._transaction(fns, durable, isolate=False)
-        if out is None:
-            out = self._transaction(fns, durable, isolate=True)
-        assert out is not None
-        return out
-
-    def _transaction(
-        self, fns: list[Callable[[sqlite3.Connection], Any]], durable: bool, *, isolate: bool
-    ) -> list[tuple[Any, Any]] | None:
-        """One transaction over ``fns``; None when an operation failed and ``isolate`` is off."""
-        conn = self._conn
-        try:
-            self._set_sync(durable)
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            err = explain(self._path, e)
-            return [(None, err) for _ in fns]
-        out: list[tuple[Any, Any]] = []
-        for fn in fns:
-            if not isolate:
-                try:
-                    out.append((fn(conn), None))
-                except Exception:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    return None
-                continue
-            try:
-                conn.execute("SAVEPOINT op")
-                result = fn(conn)
-                conn.execute("RELEASE op")
-                out.append((result, None))
-            except Exception as e:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                err = explain(self._path, e) if isinstance(e, sqlite3.Error) else e
-                out.append((None, err))
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            err = explain(self._path, e)
-            log.error("queue commit failed: %s", err)
-            return [(None, err) for _ in fns]
-        return out
-
-
 # --------------------------------------------------------------------------- async store
 
 
@@ -696,7 +384,7 @@ class QueueStore:
     of that operation written.
     """
 
-    def __init__(self, writer: _DbThread, reader: _DbThread, path: Path) -> None:
+    def __init__(self, writer: DbThread, reader: DbThread, path: Path) -> None:
         self._writer = writer
         self._reader = reader
         self.path = path
@@ -715,14 +403,19 @@ class QueueStore:
         wconn, rconn = await asyncio.to_thread(_open)
         path = db_path(data_dir)
         return cls(
-            _DbThread(wconn, path, transactional=True, name="queue-writer"),
-            _DbThread(rconn, path, transactional=False, name="queue-reader"),
+            DbThread(wconn, path, transactional=True, name="writer"),
+            DbThread(rconn, path, transactional=False, name="queue-reader"),
             path,
         )
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.close)
         await asyncio.to_thread(self._reader.close)
+
+    @property
+    def writer(self) -> DbThread:
+        """The process's one writer: other parts (the suppression sink) write through it."""
+        return self._writer
 
     @property
     def commit_batches(self) -> tuple[int, int]:
@@ -758,12 +451,26 @@ class QueueStore:
         results: Sequence[RecipientResult],
         dsns: Sequence[tuple[int, InboundMessage]] = (),
         now: float | None = None,
+        *,
+        also: Sequence[Callable[[sqlite3.Connection], Any]] = (),
     ) -> list[int]:
+        """Write attempt results and DSNs; ``also`` runs in the same transaction.
+
+        ``also`` is how a bounce and the suppression it causes commit together
+        (the sink's planned write): all of it is written, or none.
+        """
         at = time.time() if now is None else now
-        # Durable when it queues a DSN (new mail); plain bookkeeping otherwise.
-        return await self._writer.call(
-            lambda c: record_results(c, results, dsns, at), durable=bool(dsns)
-        )
+
+        def run(conn: sqlite3.Connection) -> list[int]:
+            created = record_results(conn, results, dsns, at)
+            for fn in also:
+                fn(conn)
+            return created
+
+        # Durable when it queues a DSN (new mail); plain bookkeeping otherwise: a
+        # power cut can then only lose the bounce and its suppression together, and
+        # the recipient, still active, is tried again after the restart.
+        return await self._writer.call(run, durable=bool(dsns))
 
     async def release(self, recipient_ids: Sequence[int]) -> int:
         now = time.time()
@@ -840,24 +547,12 @@ class QueueAdmin:
         self._conn.close()
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-        except sqlite3.Error as e:
-            raise explain(self._path, e) from None
+        with transaction(self._conn, self._path) as conn:
+            return fn(conn)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
+        with explained(self._path):
             return fn(self._conn)
-        except sqlite3.Error as e:
-            raise explain(self._path, e) from None
 
     def _require(self, conn: sqlite3.Connection, message_id: int) -> QueuedMessage:
         msg = read_message(conn, message_id)

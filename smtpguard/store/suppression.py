@@ -1,25 +1,21 @@
 """The suppression list: addresses (and whole domains) smtpguard must not send to.
 
-Callers see only :class:`SuppressionStore` (synchronous: CLI, milter,
-benchmarks), :class:`AsyncSuppressionStore` (the relay's event loop) and the
-records :class:`SuppressionEntry`, :class:`HistoryRecord` and
-:class:`Observation`. All SQL stays in this module, so a networked backend for
-fleets of relays can later implement the same methods.
+The store stores; it decides nothing about evidence. Verdicts reach the list
+only through the policy's sink (:mod:`smtpguard.policy.sink`), which writes
+with the functions on a connection below (``write_observations``,
+``put_pending``, ``note_dns_sighting``...) inside the caller's transaction, so
+a bounce and the suppression it causes commit together. Operators' edits
+(``suppression add``, ``remove``, ``import``, ``pending --confirm``) go through
+:class:`SuppressionStore`. Both merge a sighting into a listed entry with the
+policy's one pure rule, :func:`smtpguard.policy.merge.merge`; an import of only
+new addresses takes a set-based shortcut that writes the same rows (a test
+holds them equal).
 
-What happens when a bad address is seen again is decided in one pure function,
-:func:`_merge`, shared by both stores and by bulk import, so the relay, the
-CLI and an import of a million rows give the same answer (an import of only
-new addresses takes a set-based shortcut that writes the same rows; a test
-holds them equal):
-
-* a new address is **added**;
-* a stronger reason **escalates** the entry (``mailboxfull`` -> ``userunknown``
-  -> ``complaint``; see :func:`reason_rank`): the reason and its evidence
-  (status, reply code, diagnostic, source) are replaced;
-* anything else is **updated** (seen again): ``last_seen`` and ``count`` move,
-  the stronger reason stays, a weaker one is only noted in the history;
-* an entry whose expiry has passed counts as gone: it is **expired** in the
-  history and the new sighting is **added** afresh.
+Callers see :class:`SuppressionStore` (synchronous: CLI, milter, the relay's
+RCPT check, benchmarks), :class:`AsyncSuppressionStore` (an event loop's
+reads, with writes through the process's one writer thread) and the records
+of :mod:`smtpguard.store.entries`. All SQL stays in this module, so a
+networked backend for fleets of relays can later implement the same methods.
 
 Every change writes one :class:`HistoryRecord` in the same transaction, so an
 operator can always answer "why is this address suppressed, and since when?".
@@ -28,26 +24,43 @@ Times are unix epoch seconds (UTC); :func:`iso` renders them as ISO 8601.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import json
-import math
-import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from smtpguard.address import normalize_address, normalize_domain, normalize_target
-from smtpguard.classify.verdict import REASONS, SUPPRESS_REASONS
-from smtpguard.errors import UserError
-from smtpguard.store.db import connect, connect_async, db_path, explain, iso
+from smtpguard.address import normalize_target
+from smtpguard.policy.merge import merge
+from smtpguard.store.db import (
+    connect,
+    connect_async,
+    db_path,
+    explained,
+    iso,
+    transaction,
+)
+from smtpguard.store.entries import (
+    ACTIONS,
+    SOURCES,
+    SUPPRESSION_REASONS,
+    HistoryRecord,
+    HistoryRow,
+    Observation,
+    PendingEntry,
+    SuppressionEntry,
+    history_row,
+    make_observation,
+    observation_of,
+)
+from smtpguard.store.writer import DbThread, Writer, open_thread
 
 __all__ = [
     "ACTIONS",
@@ -58,306 +71,12 @@ __all__ = [
     "HistoryRecord",
     "ListFilter",
     "Observation",
+    "PendingEntry",
     "SuppressionEntry",
     "SuppressionStore",
     "iso",
     "make_observation",
-    "reason_rank",
 ]
-
-#: Why an address may be suppressed: the classifier's vocabulary (Sisimai v5)
-#: without the two that are not failures at all, plus ``complaint`` (an ARF
-#: report, an ESP's spam report), ``unsubscribe`` (the recipient asked to get no
-#: more mail: an unsubscribe link, an ESP's opt-out list) and ``manual`` (an
-#: operator's decision).
-SUPPRESSION_REASONS = frozenset(
-    (REASONS - {"delivered", "vacation"}) | {"complaint", "unsubscribe", "manual"}
-)
-#: Where the knowledge came from.
-SOURCES = ("smtp-reply", "dsn", "arf", "log", "manual", "import")
-#: History actions.
-ACTIONS = ("added", "escalated", "updated", "removed", "expired")
-
-# Strength of a reason: a sighting with a higher rank escalates an entry.
-# 3: a person decided (the recipient complained or unsubscribed, or the operator
-#    said so); never overridden by a machine's bounce.
-# 2: the address itself is provably bad (Sisimai's hard-bounce reasons).
-# 1: everything else (soft reasons, recorded by hand or imported).
-_PERSON_REASONS = frozenset({"complaint", "unsubscribe", "manual", "feedback"})
-
-
-def reason_rank(reason: str) -> int:
-    """How strong a reason for suppression is (higher wins; see module doc)."""
-    if reason in _PERSON_REASONS:
-        return 3
-    if reason in SUPPRESS_REASONS:
-        return 2
-    return 1
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class SuppressionEntry:
-    """One suppressed address (``kind="address"``) or whole domain (``kind="domain"``)."""
-
-    address: str  # normalised address, or the domain for kind="domain"
-    kind: str
-    reason: str
-    status: str  # RFC 3463 enhanced status of the evidence, e.g. "5.1.1"
-    reply_code: str  # SMTP reply code of the evidence, e.g. "550"
-    diagnostic: str
-    source: str  # one of SOURCES
-    first_seen: float
-    last_seen: float
-    count: int
-    expires: float | None
-
-    @property
-    def domain(self) -> str:
-        return self.address if self.kind == "domain" else self.address.rpartition("@")[2]
-
-    def expired(self, now: float | None = None) -> bool:
-        return self.expires is not None and self.expires <= (time.time() if now is None else now)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, times as ISO 8601 UTC (the export/import format)."""
-        return {
-            "address": self.address,
-            "kind": self.kind,
-            "reason": self.reason,
-            "status": self.status,
-            "reply_code": self.reply_code,
-            "diagnostic": self.diagnostic,
-            "source": self.source,
-            "first_seen": iso(self.first_seen),
-            "last_seen": iso(self.last_seen),
-            "count": self.count,
-            "expires": iso(self.expires) or None,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRecord:
-    """One change to the list: who did what, when, and with which evidence."""
-
-    address: str
-    kind: str
-    action: str  # one of ACTIONS
-    at: float
-    actor: str  # "relay", "cli:root", "import:bounces.csv", ...
-    note: str
-    old_reason: str
-    new_reason: str
-    source: str
-    status: str
-    reply_code: str
-    diagnostic: str
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["at"] = iso(self.at)
-        return d
-
-
-@dataclass(slots=True)
-class Observation:
-    """A sighting of a bad address, validated and normalised, ready to record.
-
-    Build it with :func:`make_observation`. ``first_seen``/``last_seen`` None
-    mean "now"; an import may carry its own times and counts. Treat it as
-    immutable; it is not frozen only because a million-row import creates a
-    million of them and frozen construction costs several times more.
-    """
-
-    address: str
-    kind: str
-    reason: str
-    source: str
-    status: str = ""
-    reply_code: str = ""
-    diagnostic: str = ""
-    expires: float | None = None
-    note: str = ""
-    first_seen: float | None = None
-    last_seen: float | None = None
-    count: int = 1
-
-
-_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
-_REPLY_CODE = re.compile(r"[2-5]\d\d")
-_WHITESPACE = re.compile(r"\s+")
-MAX_DIAGNOSTIC = 1000
-
-
-def _finite(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{name} must be a time in epoch seconds, not {value!r}")
-    return float(value)
-
-
-def make_observation(
-    address: str,
-    reason: str,
-    *,
-    source: str,
-    kind: str | None = "address",
-    status: str = "",
-    reply_code: str = "",
-    diagnostic: str = "",
-    expires: float | None = None,
-    note: str = "",
-    first_seen: float | None = None,
-    last_seen: float | None = None,
-    count: int = 1,
-) -> Observation:
-    """Validate and normalise one sighting; raise a :class:`UserError` naming the problem.
-
-    ``kind=None`` infers it: ``example.com`` or ``@example.com`` is a domain.
-    """
-    if kind is None:
-        kind, key = normalize_target(address)
-    elif kind == "address":
-        key = normalize_address(address)
-    elif kind == "domain":
-        key = normalize_domain(address.strip().removeprefix("@"))
-    else:
-        raise UserError(f"kind must be 'address' or 'domain', not {kind!r}")
-    if reason not in SUPPRESSION_REASONS:
-        raise UserError(
-            f"unknown reason {reason!r} (known: {', '.join(sorted(SUPPRESSION_REASONS))})"
-        )
-    if source not in SOURCES:
-        raise UserError(f"unknown source {source!r} (known: {', '.join(SOURCES)})")
-    status = status.strip()
-    if status and not _STATUS.fullmatch(status):
-        raise UserError(f"status must be an RFC 3463 code like 5.1.1, not {status!r}")
-    reply_code = reply_code.strip()
-    if reply_code and not _REPLY_CODE.fullmatch(reply_code):
-        raise UserError(f"reply code must be three digits like 550, not {reply_code!r}")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise UserError(f"count must be a whole number of at least 1, not {count!r}")
-    # Diagnostics arrive folded over several lines; one line keeps tables and CSV sane.
-    if diagnostic:
-        diagnostic = _WHITESPACE.sub(" ", diagnostic).strip()[:MAX_DIAGNOSTIC]
-    if note:
-        note = _WHITESPACE.sub(" ", note).strip()
-    first = last = None
-    if first_seen is not None or last_seen is not None:
-        first = _finite("first_seen", first_seen)
-        last = _finite("last_seen", last_seen)
-        if first is not None and last is not None and last < first:
-            raise UserError("last_seen is before first_seen")
-    return Observation(
-        address=key,
-        kind=kind,
-        reason=reason,
-        source=source,
-        status=status,
-        reply_code=reply_code,
-        diagnostic=diagnostic,
-        expires=_finite("expires", expires),
-        note=note,
-        first_seen=first,
-        last_seen=last,
-        count=count,
-    )
-
-
-# --------------------------------------------------------------------------- merge rule
-
-# (address, kind, action, at, actor, note, old_reason, new_reason, source, status,
-#  reply_code, diagnostic): the suppression_history row, in column order.
-_HistoryRow = tuple[str, str, str, float, str, str, str, str, str, str, str, str]
-
-
-def _history_row(
-    e: SuppressionEntry, action: str, at: float, actor: str, note: str, old_reason: str
-) -> _HistoryRow:
-    return (
-        e.address,
-        e.kind,
-        action,
-        at,
-        actor,
-        note,
-        old_reason,
-        e.reason,
-        e.source,
-        e.status,
-        e.reply_code,
-        e.diagnostic,
-    )
-
-
-def _merge(
-    old: SuppressionEntry | None, obs: Observation, actor: str, now: float
-) -> tuple[SuppressionEntry, list[_HistoryRow], str]:
-    """The entry after ``obs``, the history rows that explain it, and the action."""
-    first = obs.first_seen if obs.first_seen is not None else now
-    last = obs.last_seen if obs.last_seen is not None else max(now, first)
-    history: list[_HistoryRow] = []
-    if old is not None and old.expired(now):
-        history.append(_history_row(old, "expired", now, actor, "expired before seen again", ""))
-        old = None
-    if old is None:
-        new = SuppressionEntry(
-            address=obs.address,
-            kind=obs.kind,
-            reason=obs.reason,
-            status=obs.status,
-            reply_code=obs.reply_code,
-            diagnostic=obs.diagnostic,
-            source=obs.source,
-            first_seen=first,
-            last_seen=last,
-            count=obs.count,
-            expires=obs.expires,
-        )
-        history.append(_history_row(new, "added", now, actor, obs.note, ""))
-        return new, history, "added"
-
-    action = "escalated" if reason_rank(obs.reason) > reason_rank(old.reason) else "updated"
-    # The entry keeps the strongest reason, and the evidence that goes with it:
-    # replaced on escalation, refreshed when the same reason is seen again.
-    if action == "escalated":
-        evidence = (obs.reason, obs.status, obs.reply_code, obs.diagnostic, obs.source)
-    elif obs.reason == old.reason:
-        evidence = (
-            old.reason,
-            obs.status or old.status,
-            obs.reply_code or old.reply_code,
-            obs.diagnostic or old.diagnostic,
-            obs.source,
-        )
-    else:
-        evidence = (old.reason, old.status, old.reply_code, old.diagnostic, old.source)
-    # An entry without expiry is permanent; otherwise the later expiry wins.
-    expires = None if old.expires is None or obs.expires is None else max(old.expires, obs.expires)
-    reason, status, reply_code, diagnostic, source = evidence
-    new = replace(
-        old,
-        reason=reason,
-        status=status,
-        reply_code=reply_code,
-        diagnostic=diagnostic,
-        source=source,
-        first_seen=min(old.first_seen, first),
-        last_seen=max(old.last_seen, last),
-        count=old.count + obs.count,
-        expires=expires,
-    )
-    row = _history_row(new, action, now, actor, obs.note, old.reason)
-    if action == "updated" and obs.reason != new.reason:
-        # A weaker reason seen again: the entry keeps its reason, the history
-        # keeps what was seen.
-        row = (*row[:7], obs.reason, obs.source, obs.status, obs.reply_code, obs.diagnostic)
-    history.append(row)
-    return new, history, action
-
 
 # --------------------------------------------------------------------------- SQL
 
@@ -366,7 +85,7 @@ _ADDRESS_EXPR = "CASE WHEN local = '' THEN domain ELSE local || '@' || domain EN
 _KIND_EXPR = "CASE WHEN local = '' THEN 'domain' ELSE 'address' END"
 _COLUMNS = (
     f"{_ADDRESS_EXPR}, {_KIND_EXPR}, reason, status, reply_code, diagnostic, source, "
-    "first_seen, last_seen, count, expires"
+    "first_seen, last_seen, count, expires, evidence"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM suppression"
 # The address entry (non-empty local part) sorts before the domain entry ('').
@@ -381,46 +100,47 @@ _GET_MANY = (
 )
 _UPSERT = (
     "INSERT INTO suppression (domain, local, reason, status, reply_code, diagnostic, "
-    "source, first_seen, last_seen, count, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "source, first_seen, last_seen, count, expires, evidence) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (domain, local) DO UPDATE SET "
     "reason = excluded.reason, status = excluded.status, reply_code = excluded.reply_code, "
     "diagnostic = excluded.diagnostic, source = excluded.source, "
     "first_seen = excluded.first_seen, last_seen = excluded.last_seen, "
-    "count = excluded.count, expires = excluded.expires"
+    "count = excluded.count, expires = excluded.expires, evidence = excluded.evidence"
 )
 # Bulk writes are staged in a temporary table, then inserted in key order by
 # SQLite's own sorter: a million random addresses become sequential B-tree appends.
 _STAGE_COLUMNS = (
     "domain, local, address, kind, reason, status, reply_code, diagnostic, source, "
-    "first_seen, last_seen, count, expires, note, at"
+    "first_seen, last_seen, count, expires, note, at, evidence"
 )
 _STAGE_CREATE = f"CREATE TEMP TABLE IF NOT EXISTS suppression_bulk ({_STAGE_COLUMNS})"
 _STAGE_INSERT = (
     f"INSERT INTO temp.suppression_bulk ({_STAGE_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # Plain INSERT: an address already listed, or twice in the file, fails the
 # statement (UNIQUE), and the writer falls back to merging row by row.
 _STAGE_TO_ENTRIES = (
     "INSERT INTO main.suppression (domain, local, reason, status, reply_code, diagnostic, "
-    "source, first_seen, last_seen, count, expires) SELECT domain, local, reason, status, "
-    "reply_code, diagnostic, source, first_seen, last_seen, count, expires "
+    "source, first_seen, last_seen, count, expires, evidence) SELECT domain, local, reason, "
+    "status, reply_code, diagnostic, source, first_seen, last_seen, count, expires, evidence "
     "FROM temp.suppression_bulk ORDER BY domain, local"
 )
 _STAGE_READ = (
     "SELECT rowid, address, kind, reason, source, status, reply_code, diagnostic, expires, "
-    "note, first_seen, last_seen, count FROM temp.suppression_bulk WHERE rowid > ? "
+    "note, first_seen, last_seen, count, evidence FROM temp.suppression_bulk WHERE rowid > ? "
     "ORDER BY rowid LIMIT ?"
 )
 _STAGE_DROP = "DROP TABLE IF EXISTS temp.suppression_bulk"
 _DELETE = "DELETE FROM suppression WHERE domain = ? AND local = ?"
 _HISTORY_COLUMNS = (
     "address, kind, action, at, actor, note, old_reason, new_reason, source, status, "
-    "reply_code, diagnostic"
+    "reply_code, diagnostic, evidence"
 )
 _INSERT_HISTORY = (
     f"INSERT INTO suppression_history (id, {_HISTORY_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # History ids: the global order of changes, taken n at a time under the write lock.
 _NEXT_IDS = (
@@ -431,30 +151,45 @@ _HISTORY = f"SELECT {_HISTORY_COLUMNS} FROM suppression_history WHERE address = 
 _STAGE_TO_HISTORY = (
     f"INSERT INTO main.suppression_history (id, {_HISTORY_COLUMNS}) "
     "SELECT ? + rowid, address, kind, 'added', at, ?, note, '', reason, source, status, "
-    "reply_code, diagnostic FROM temp.suppression_bulk ORDER BY address, rowid"
+    "reply_code, diagnostic, evidence FROM temp.suppression_bulk ORDER BY address, rowid"
 )
 _EXPIRED = "expires IS NOT NULL AND expires <= ?"
 _COUNT_EXPIRED = f"SELECT count(*) FROM suppression WHERE {_EXPIRED}"
 _PRUNE_HISTORY = (
     f"INSERT INTO suppression_history (id, {_HISTORY_COLUMNS}) "
     f"SELECT ? + row_number() OVER (ORDER BY domain, local), {_ADDRESS_EXPR}, {_KIND_EXPR}, "
-    "'expired', ?, ?, ?, reason, reason, source, status, reply_code, diagnostic "
+    "'expired', ?, ?, ?, reason, reason, source, status, reply_code, diagnostic, evidence "
     f"FROM suppression WHERE {_EXPIRED}"
 )
 _PRUNE = f"DELETE FROM suppression WHERE {_EXPIRED}"
 
+_PENDING_COLUMNS = f"{_COLUMNS}, destination, actor"
+_PENDING_SELECT = f"SELECT {_PENDING_COLUMNS} FROM suppression_pending"
+_PENDING_GET = f"{_PENDING_SELECT} WHERE domain = ? AND local = ?"
+_PENDING_UPSERT = (
+    "INSERT INTO suppression_pending (domain, local, reason, status, reply_code, diagnostic, "
+    "source, first_seen, last_seen, count, expires, evidence, destination, actor) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (domain, local) DO UPDATE SET "
+    "reason = excluded.reason, status = excluded.status, reply_code = excluded.reply_code, "
+    "diagnostic = excluded.diagnostic, source = excluded.source, "
+    "first_seen = excluded.first_seen, last_seen = excluded.last_seen, "
+    "count = excluded.count, expires = excluded.expires, evidence = excluded.evidence, "
+    "destination = excluded.destination, actor = excluded.actor"
+)
+_PENDING_DELETE = "DELETE FROM suppression_pending WHERE domain = ? AND local = ?"
 
-@contextmanager
-def _explained(path: Path) -> Iterator[None]:
-    """sqlite3 errors inside the block become one-line StoreErrors naming ``path``
-    (a plain context manager: it serves ``await`` inside the async store too)."""
-    try:
-        yield
-    except sqlite3.Error as e:
-        raise explain(path, e) from None
+_SIGHTING_GET = "SELECT first_seen, last_seen, count FROM dns_sightings WHERE domain = ?"
+_SIGHTING_UPSERT = (
+    "INSERT INTO dns_sightings (domain, reason, status, reply_code, diagnostic, first_seen, "
+    "last_seen, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET "
+    "reason = excluded.reason, status = excluded.status, reply_code = excluded.reply_code, "
+    "diagnostic = excluded.diagnostic, first_seen = excluded.first_seen, "
+    "last_seen = excluded.last_seen, count = excluded.count"
+)
 
 
-def _with_ids(rows: list[_HistoryRow], last_id: int) -> list[tuple[Any, ...]]:
+def _with_ids(rows: Sequence[HistoryRow], last_id: int) -> list[tuple[Any, ...]]:
     """History rows with their ids, ending at ``last_id`` (from :data:`_NEXT_IDS`)."""
     first = last_id - len(rows) + 1
     return [(first + i, *row) for i, row in enumerate(rows)]
@@ -462,6 +197,10 @@ def _with_ids(rows: list[_HistoryRow], last_id: int) -> list[tuple[Any, ...]]:
 
 def _entry(row: Iterable[Any]) -> SuppressionEntry:
     return SuppressionEntry(*row)
+
+
+def _pending(row: Sequence[Any]) -> PendingEntry:
+    return PendingEntry(SuppressionEntry(*row[:12]), row[12], row[13])
 
 
 def _key(address: str, kind: str) -> tuple[str, str]:
@@ -474,17 +213,9 @@ def _key(address: str, kind: str) -> tuple[str, str]:
 
 def _upsert_row(e: SuppressionEntry) -> tuple[Any, ...]:
     return (
-        *_key(e.address, e.kind),
-        e.reason,
-        e.status,
-        e.reply_code,
-        e.diagnostic,
-        e.source,
-        e.first_seen,
-        e.last_seen,
-        e.count,
-        e.expires,
-    )
+        *_key(e.address, e.kind), e.reason, e.status, e.reply_code, e.diagnostic, e.source,
+        e.first_seen, e.last_seen, e.count, e.expires, e.evidence,
+    )  # fmt: skip
 
 
 def _target_key(address: str) -> tuple[str, str]:
@@ -495,21 +226,175 @@ def _target_key(address: str) -> tuple[str, str]:
 
 def _plan(
     existing: dict[str, SuppressionEntry], batch: list[Observation], actor: str, now: float
-) -> tuple[list[tuple[Any, ...]], list[_HistoryRow], list[tuple[SuppressionEntry, str]]]:
-    """Apply :func:`_merge` to a batch: rows to upsert, history rows, (entry, action)s.
+) -> tuple[list[tuple[Any, ...]], list[HistoryRow], list[tuple[SuppressionEntry, str]]]:
+    """Apply the merge rule to a batch: rows to upsert, history rows, (entry, action)s.
 
     ``existing`` holds the stored entries for the batch's keys; it is updated as
     the batch goes, so an address twice in one batch merges with itself.
     """
     results: list[tuple[SuppressionEntry, str]] = []
-    history: list[_HistoryRow] = []
+    history: list[HistoryRow] = []
     final: dict[str, SuppressionEntry] = {}
     for obs in batch:
-        new, rows, action = _merge(existing.get(obs.address), obs, actor, now)
+        new, rows, action = merge(existing.get(obs.address), obs, actor, now)
         existing[obs.address] = final[obs.address] = new
         history.extend(rows)
         results.append((new, action))
     return [_upsert_row(e) for e in final.values()], history, results
+
+
+# --------------------------------------------------------------------------- writes on a connection
+# Each runs inside the caller's transaction (the writer thread's, or one opened
+# with store.db.transaction): the policy's sink and the stores share them.
+
+
+def insert_history(conn: sqlite3.Connection, rows: Sequence[HistoryRow]) -> None:
+    """Append history rows, numbered in the global order of changes."""
+    if rows:
+        last_id = conn.execute(_NEXT_IDS, (len(rows),)).fetchall()[0][0]
+        conn.executemany(_INSERT_HISTORY, _with_ids(rows, last_id))
+
+
+def write_observations(
+    conn: sqlite3.Connection, batch: list[Observation], actor: str, now: float
+) -> list[tuple[SuppressionEntry, str]]:
+    """Merge sightings into the list; returns each one's (entry, action)."""
+    if len(batch) == 1:
+        rows = conn.execute(_GET, _key(batch[0].address, batch[0].kind)).fetchall()
+    else:
+        keys = json.dumps(list({_key(o.address, o.kind) for o in batch}))
+        rows = conn.execute(_GET_MANY, (keys,)).fetchall()
+    upserts, history, results = _plan({r[0]: _entry(r) for r in rows}, batch, actor, now)
+    upserts.sort()  # key order: each B-tree page is visited once per batch
+    conn.executemany(_UPSERT, upserts)
+    insert_history(conn, history)
+    return results
+
+
+def listed(
+    conn: sqlite3.Connection, address: str, kind: str, now: float
+) -> SuppressionEntry | None:
+    """The live (unexpired) entry for exactly this normalised address or domain."""
+    row = conn.execute(_GET, _key(address, kind)).fetchone()
+    if row is None:
+        return None
+    entry = _entry(row)
+    return None if entry.expired(now) else entry
+
+
+def record_history(
+    conn: sqlite3.Connection, obs: Observation, action: str, actor: str, now: float
+) -> None:
+    """A history row for a sighting that changes no entry (``recorded``)."""
+    insert_history(conn, [history_row(obs.entry(now), action, now, actor, obs.note, "")])
+
+
+def put_pending(
+    conn: sqlite3.Connection, obs: Observation, destination: str, actor: str, now: float
+) -> PendingEntry:
+    """Hold a sighting back as pending (merged with a pending one for the address)."""
+    key = _key(obs.address, obs.kind)
+    row = conn.execute(_PENDING_GET, key).fetchone()
+    old = _pending(row) if row is not None else None
+    entry, _, _ = merge(old.entry if old else None, obs, actor, now)
+    conn.execute(_PENDING_UPSERT, (*_upsert_row(entry), destination, actor))
+    insert_history(conn, [history_row(entry, "pending", now, actor, obs.note, "")])
+    return PendingEntry(entry, destination, actor)
+
+
+def take_pending(conn: sqlite3.Connection, address: str, kind: str) -> PendingEntry | None:
+    """Remove and return the pending entry for a normalised address, if any."""
+    key = _key(address, kind)
+    row = conn.execute(_PENDING_GET, key).fetchone()
+    if row is None:
+        return None
+    conn.execute(_PENDING_DELETE, key)
+    return _pending(row)
+
+
+def confirm_pending(
+    conn: sqlite3.Connection, address: str, kind: str, actor: str, now: float, note: str
+) -> SuppressionEntry | None:
+    """Enforce a pending entry (history ``confirmed``); None if there was none."""
+    pending = take_pending(conn, address, kind)
+    if pending is None:
+        return None
+    obs = observation_of(pending.entry, note)
+    old = listed(conn, address, kind, now)
+    entry, rows, action = merge(old, obs, actor, now)
+    if action == "added":
+        rows[-1] = (*rows[-1][:2], "confirmed", *rows[-1][3:])
+    conn.execute(_UPSERT, _upsert_row(entry))
+    insert_history(conn, rows)
+    return entry
+
+
+def discard_pending(
+    conn: sqlite3.Connection, address: str, kind: str, actor: str, now: float, note: str
+) -> PendingEntry | None:
+    """Drop a pending entry (history ``discarded``); None if there was none."""
+    pending = take_pending(conn, address, kind)
+    if pending is not None:
+        e = pending.entry
+        insert_history(conn, [history_row(e, "discarded", now, actor, note, e.reason)])
+    return pending
+
+
+def pending_page(
+    conn: sqlite3.Connection, destination: str | None, after: str | None, limit: int | None
+) -> list[PendingEntry]:
+    """Pending entries in address order (one destination's, or all)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if destination is not None:
+        where.append("destination = ?")
+        params.append(destination)
+    if after is not None:
+        where.append("(domain, local) > (?, ?)")
+        params.extend(_target_key(after))
+    sql = _PENDING_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY domain, local"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [_pending(r) for r in conn.execute(sql, params)]
+
+
+def pending_destinations(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT DISTINCT destination FROM suppression_pending")}
+
+
+def note_dns_sighting(
+    conn: sqlite3.Connection, obs: Observation, now: float, *, stale_after: float
+) -> tuple[float, int]:
+    """Record that DNS said ``obs.address`` (a domain) is dead; ``(first_seen, count)``.
+
+    A sighting run older than ``stale_after`` (its last sighting) starts afresh.
+    """
+    row = conn.execute(_SIGHTING_GET, (obs.address,)).fetchone()
+    first, count = now, 1
+    if row is not None and now - row[1] <= stale_after:
+        first, count = min(row[0], now), row[2] + 1
+    conn.execute(
+        _SIGHTING_UPSERT,
+        (obs.address, obs.reason, obs.status, obs.reply_code, obs.diagnostic, first, now, count),
+    )
+    return first, count
+
+
+def forget_dns_sighting(conn: sqlite3.Connection, domain: str) -> None:
+    conn.execute("DELETE FROM dns_sightings WHERE domain = ?", (domain,))
+
+
+def dns_sighting_domains(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT domain FROM dns_sightings")}
+
+
+def prune_dns_sightings(conn: sqlite3.Connection, before: float) -> int:
+    return conn.execute("DELETE FROM dns_sightings WHERE last_seen < ?", (before,)).rowcount
+
+
+# --------------------------------------------------------------------------- listing
 
 
 @dataclass(frozen=True)
@@ -522,6 +407,7 @@ class ListFilter:
     since: float | None = None  # first_seen at or after
     kind: str | None = None
     include_expired: bool = False
+    evidence: str | None = None
 
 
 def _list_query(
@@ -532,7 +418,10 @@ def _list_query(
     if after is not None:
         where.append("(domain, local) > (?, ?)")
         params.extend(_target_key(after))
-    for column, value in (("reason", f.reason), ("domain", f.domain), ("source", f.source)):
+    for column, value in (
+        ("reason", f.reason), ("domain", f.domain), ("source", f.source),
+        ("evidence", f.evidence),
+    ):  # fmt: skip
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
@@ -551,15 +440,24 @@ def _list_query(
     return sql, params
 
 
+def _group_counts(conn: sqlite3.Connection, column: str, now: float) -> dict[str, int]:
+    return dict(
+        conn.execute(
+            f"SELECT {column}, count(*) FROM suppression WHERE (expires IS NULL OR expires > ?) "
+            "GROUP BY 1 ORDER BY 2 DESC, 1",
+            (now,),
+        ).fetchall()
+    )
+
+
 # --------------------------------------------------------------------------- sync store
 
 
 class SuppressionStore:
     """The suppression list over a synchronous sqlite3 connection (CLI, milter, tools).
 
-    Every method is one transaction (``BEGIN IMMEDIATE``, so the write lock is
-    taken up front and another process waits up to the busy timeout instead of
-    failing half-way); sqlite3 errors become one-line :class:`StoreError`.
+    Every write is one transaction (:func:`smtpguard.store.db.transaction`);
+    sqlite3 errors become one-line :class:`StoreError`.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -590,40 +488,10 @@ class SuppressionStore:
     # -- plumbing
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return _explained(self._path)
+        return explained(self._path)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._errors():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-
-    def _write(
-        self, batch: list[Observation], actor: str, now: float
-    ) -> list[tuple[SuppressionEntry, str]]:
-        """Merge a batch inside the caller's transaction."""
-        conn = self._conn
-        if len(batch) == 1:
-            rows = conn.execute(_GET, _key(batch[0].address, batch[0].kind)).fetchall()
-        else:
-            keys = json.dumps(list({_key(o.address, o.kind) for o in batch}))
-            rows = conn.execute(_GET_MANY, (keys,)).fetchall()
-        upserts, history, results = _plan({r[0]: _entry(r) for r in rows}, batch, actor, now)
-        upserts.sort()  # key order: each B-tree page is visited once per batch
-        conn.executemany(_UPSERT, upserts)
-        self._insert_history(history)
-        return results
-
-    def _insert_history(self, rows: list[_HistoryRow]) -> None:
-        if rows:
-            last_id = self._conn.execute(_NEXT_IDS, (len(rows),)).fetchall()[0][0]
-            self._conn.executemany(_INSERT_HISTORY, _with_ids(rows, last_id))
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn, self._path)
 
     # -- the narrow interface
 
@@ -633,7 +501,12 @@ class SuppressionStore:
         Expired entries are ignored (as if already pruned). ``address`` may
         also be a domain (``example.com``) to look up a whole-domain entry.
         """
-        domain, local = _target_key(address)
+        return self.lookup_key(*_target_key(address), now=now)
+
+    def lookup_key(
+        self, domain: str, local: str, *, now: float | None = None
+    ) -> SuppressionEntry | None:
+        """:meth:`lookup` for an address already normalised and split (the RCPT path)."""
         with self._errors():
             row = self._conn.execute(
                 _LOOKUP, (domain, local, time.time() if now is None else now)
@@ -651,7 +524,8 @@ class SuppressionStore:
         address: str,
         reason: str,
         *,
-        source: str,
+        source: str = "",
+        evidence: str = "",
         actor: str,
         status: str = "",
         reply_code: str = "",
@@ -660,52 +534,68 @@ class SuppressionStore:
         note: str = "",
         kind: str = "address",
     ) -> SuppressionEntry:
-        """Add ``address`` or, if present, merge the sighting (see module doc).
+        """Add ``address`` or, if present, merge the sighting (an operator's write).
 
         ``kind="domain"`` records a whole domain (``address`` is then the domain).
         Raises :class:`~smtpguard.errors.AddressError` for an invalid address,
-        :class:`~smtpguard.errors.UserError` for an unknown reason or source or a
-        malformed status / reply code, :class:`~smtpguard.errors.StoreError` when
-        the database fails (locked past the busy timeout, corrupt, read-only);
-        nothing is written in any of these cases.
+        :class:`~smtpguard.errors.UserError` for an unknown reason, source or
+        evidence kind or a malformed status / reply code,
+        :class:`~smtpguard.errors.StoreError` when the database fails (locked past
+        the busy timeout, corrupt, read-only); nothing is written in any of these cases.
         """
         obs = make_observation(
-            address,
-            reason,
-            source=source,
-            kind=kind,
-            status=status,
-            reply_code=reply_code,
-            diagnostic=diagnostic,
-            expires=expires,
-            note=note,
-        )
+            address, reason, source=source, evidence=evidence, kind=kind, status=status,
+            reply_code=reply_code, diagnostic=diagnostic, expires=expires, note=note,
+        )  # fmt: skip
         return self.record_observation(obs, actor=actor)
 
     def record_observation(
         self, obs: Observation, *, actor: str, now: float | None = None
     ) -> SuppressionEntry:
-        with self._transaction():
-            return self._write([obs], actor, time.time() if now is None else now)[0][0]
+        with self._transaction() as conn:
+            return write_observations(conn, [obs], actor, time.time() if now is None else now)[0][0]
 
     def remove(self, address: str, *, actor: str, note: str = "") -> bool:
         """Take ``address`` (or a domain) off the list; False if it was not on it."""
-        key = _target_key(address)
-        now = time.time()
         with self._transaction() as conn:
-            row = conn.execute(_GET, key).fetchone()
-            if row is None:
-                return False
-            old = _entry(row)
-            conn.execute(_DELETE, key)
-            self._insert_history([_history_row(old, "removed", now, actor, note, old.reason)])
-        return True
+            return remove_entry(conn, _target_key(address), actor, note, time.time())
 
     def history(self, address: str) -> list[HistoryRecord]:
         """Every change to ``address`` (or a domain's entry), oldest first."""
         _, key = normalize_target(address)
         with self._errors():
             return [HistoryRecord(*r) for r in self._conn.execute(_HISTORY, (key,))]
+
+    # -- pending entries (held back by the storm breaker)
+
+    def pending(
+        self, *, destination: str | None = None, after: str | None = None, limit: int | None = None
+    ) -> list[PendingEntry]:
+        """Pending entries in address order, optionally of one destination."""
+        with self._errors():
+            return pending_page(self._conn, destination, after, limit)
+
+    def get_pending(self, address: str) -> PendingEntry | None:
+        with self._errors():
+            row = self._conn.execute(_PENDING_GET, _target_key(address)).fetchone()
+        return None if row is None else _pending(row)
+
+    def settle_pending(
+        self, addresses: Sequence[str], *, confirm: bool, actor: str, note: str = ""
+    ) -> list[str]:
+        """Confirm (enforce) or discard pending entries; returns those that were pending.
+
+        One transaction for all of them.
+        """
+        now = time.time()
+        settled: list[str] = []
+        keys = [normalize_target(a) for a in addresses]
+        with self._transaction() as conn:
+            for kind, key in keys:
+                settle = confirm_pending if confirm else discard_pending
+                if settle(conn, key, kind, actor, now, note) is not None:
+                    settled.append(key)
+        return settled
 
     # -- operator tools (CLI)
 
@@ -763,7 +653,7 @@ class SuppressionStore:
         gc.disable()
         try:
             with self._transaction():
-                writer = BulkWriter(self, actor, batch_size)
+                writer = BulkWriter(self._conn, self._path, actor, batch_size)
                 yield writer
                 writer._finish()
         finally:
@@ -797,20 +687,6 @@ class SuppressionStore:
                 f"coalesce(sum(expires IS NOT NULL AND {live}), 0) FROM suppression",
                 (now, now, now, now),
             ).fetchone()
-            by_reason = dict(
-                c.execute(
-                    f"SELECT reason, count(*) FROM suppression WHERE {live} "
-                    "GROUP BY reason ORDER BY 2 DESC, 1",
-                    (now,),
-                ).fetchall()
-            )
-            by_source = dict(
-                c.execute(
-                    f"SELECT source, count(*) FROM suppression WHERE {live} "
-                    "GROUP BY source ORDER BY 2 DESC, 1",
-                    (now,),
-                ).fetchall()
-            )
             recent = {
                 label: c.execute(
                     f"SELECT count(*) FROM suppression WHERE first_seen >= ? AND {live}",
@@ -819,19 +695,35 @@ class SuppressionStore:
                 for label, seconds in (("24h", 86400), ("7d", 7 * 86400))
             }
             history = c.execute(_HISTORY_SEQ).fetchone()[0]
-        return {
-            "active": addresses + domains,
-            "addresses": addresses,
-            "domains": domains,
-            "expired_unpruned": expired,
-            "with_expiry": with_expiry,
-            "stored": total,
-            "added_24h": recent["24h"],
-            "added_7d": recent["7d"],
-            "history_records": history,
-            "by_reason": by_reason,
-            "by_source": by_source,
-        }
+            pending = c.execute("SELECT count(*) FROM suppression_pending").fetchone()[0]
+            return {
+                "active": addresses + domains,
+                "addresses": addresses,
+                "domains": domains,
+                "expired_unpruned": expired,
+                "with_expiry": with_expiry,
+                "stored": total,
+                "added_24h": recent["24h"],
+                "added_7d": recent["7d"],
+                "history_records": history,
+                "pending": pending,
+                "by_reason": _group_counts(c, "reason", now),
+                "by_source": _group_counts(c, "source", now),
+                "by_evidence": _group_counts(c, "evidence", now),
+            }
+
+
+def remove_entry(
+    conn: sqlite3.Connection, key: tuple[str, str], actor: str, note: str, now: float
+) -> bool:
+    """Delete one entry by its (domain, local) key, with a ``removed`` history row."""
+    row = conn.execute(_GET, key).fetchone()
+    if row is None:
+        return False
+    old = _entry(row)
+    conn.execute(_DELETE, key)
+    insert_history(conn, [history_row(old, "removed", now, actor, note, old.reason)])
+    return True
 
 
 class BulkWriter:
@@ -841,19 +733,20 @@ class BulkWriter:
     moved in key order in one statement per table. That is only right when
     every address is new (the usual import into a fresh list); if any is
     already listed or repeats, the staged rows are instead merged batch by
-    batch with :func:`_merge`, exactly as :meth:`SuppressionStore.record` would.
+    batch with the policy's merge rule, exactly as :meth:`SuppressionStore.record` would.
     """
 
-    def __init__(self, store: SuppressionStore, actor: str, batch_size: int) -> None:
-        self._store = store
+    def __init__(self, conn: sqlite3.Connection, path: Path, actor: str, batch_size: int) -> None:
+        self._conn = conn
+        self._path = path
         self._actor = actor
         self._batch_size = batch_size
         self._buffer: list[tuple[Any, ...]] = []
         self._staged = 0
         self.counts: dict[str, int] = {"added": 0, "escalated": 0, "updated": 0}
-        with store._errors():
-            store._conn.execute(_STAGE_DROP)
-            store._conn.execute(_STAGE_CREATE)
+        with explained(path):
+            conn.execute(_STAGE_DROP)
+            conn.execute(_STAGE_CREATE)
 
     def add(self, obs: Observation) -> None:
         now = time.time()
@@ -862,38 +755,26 @@ class BulkWriter:
         domain, local = _key(obs.address, obs.kind)
         self._buffer.append(
             (
-                domain,
-                local,
-                obs.address,
-                obs.kind,
-                obs.reason,
-                obs.status,
-                obs.reply_code,
-                obs.diagnostic,
-                obs.source,
-                first,
-                last,
-                obs.count,
-                obs.expires,
-                obs.note,
-                now,
+                domain, local, obs.address, obs.kind, obs.reason, obs.status, obs.reply_code,
+                obs.diagnostic, obs.source, first, last, obs.count, obs.expires, obs.note, now,
+                obs.evidence,
             )
-        )
+        )  # fmt: skip
         if len(self._buffer) >= self._batch_size:
             self._stage()
 
     def _stage(self) -> None:
         if self._buffer:
-            with self._store._errors():
-                self._store._conn.executemany(_STAGE_INSERT, self._buffer)
+            with explained(self._path):
+                self._conn.executemany(_STAGE_INSERT, self._buffer)
             self._staged += len(self._buffer)
             self._buffer = []
 
     def _finish(self) -> None:
         """Move the staged rows into the list (inside the caller's transaction)."""
         self._stage()
-        conn = self._store._conn
-        with self._store._errors():
+        conn = self._conn
+        with explained(self._path):
             if self._staged:
                 conn.execute("SAVEPOINT suppression_bulk_sorted")
                 try:
@@ -911,7 +792,7 @@ class BulkWriter:
 
     def _merge_staged(self) -> None:
         """Slow path: merge the staged rows, in file order, batch by batch."""
-        conn = self._store._conn
+        conn = self._conn
         after = 0
         while True:
             rows = conn.execute(_STAGE_READ, (after, self._batch_size)).fetchall()
@@ -919,7 +800,7 @@ class BulkWriter:
                 return
             after = rows[-1][0]
             batch = [Observation(*row[1:]) for row in rows]
-            for _, action in self._store._write(batch, self._actor, time.time()):
+            for _, action in write_observations(conn, batch, self._actor, time.time()):
                 self.counts[action] += 1
 
     @property
@@ -931,27 +812,38 @@ class BulkWriter:
 
 
 class AsyncSuppressionStore:
-    """The same list for the relay's event loop, over aiosqlite (same semantics).
+    """The same list for an event loop: reads over aiosqlite, writes through a writer.
 
     aiosqlite runs SQLite in its own thread, so a disk wait never blocks the
-    loop. One connection serves the store: an :class:`asyncio.Lock` keeps two
-    coroutines' transactions from interleaving on it.
+    loop. Writes go through the process's one writer thread (the one given, or
+    one of its own), the same path the sink uses, so a process never holds two
+    write connections of its own.
     """
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, path: Path, writer: Writer, owned: DbThread | None
+    ) -> None:
         self._conn = conn
         self._path = path
-        self._lock = asyncio.Lock()
+        self._writer = writer
+        self._owned = owned
 
     @classmethod
     async def open(
-        cls, data_dir: str | Path, *, busy_timeout: float = 5.0
+        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, writer: Writer | None = None
     ) -> AsyncSuppressionStore:
         conn = await connect_async(data_dir, busy_timeout=busy_timeout)
-        return cls(conn, db_path(data_dir))
+        owned = None
+        if writer is None:
+            writer = owned = await open_thread(
+                data_dir, busy_timeout=busy_timeout, transactional=True, name="writer"
+            )
+        return cls(conn, db_path(data_dir), writer, owned)
 
     async def close(self) -> None:
         await self._conn.close()
+        if self._owned is not None:
+            self._owned.close()
 
     async def __aenter__(self) -> AsyncSuppressionStore:
         return self
@@ -959,36 +851,14 @@ class AsyncSuppressionStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            with _explained(self._path):
-                await self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        await self._conn.execute("ROLLBACK")
-                    raise
-
-    async def _insert_history(self, rows: list[_HistoryRow]) -> None:
-        if rows:
-            async with self._conn.execute(_NEXT_IDS, (len(rows),)) as cur:
-                last_id = (await cur.fetchall())[0][0]
-            await self._conn.executemany(_INSERT_HISTORY, _with_ids(rows, last_id))
-
-    async def _fetchone(self, sql: str, params: tuple[Any, ...]) -> Any:
-        async with self._conn.execute(sql, params) as cur:
-            return await cur.fetchone()
-
     async def lookup(self, address: str, *, now: float | None = None) -> SuppressionEntry | None:
         """See :meth:`SuppressionStore.lookup`."""
         domain, local = _target_key(address)
-        with _explained(self._path):
-            row = await self._fetchone(
+        with explained(self._path):
+            async with self._conn.execute(
                 _LOOKUP, (domain, local, time.time() if now is None else now)
-            )
+            ) as cur:
+                row = await cur.fetchone()
         return None if row is None else _entry(row)
 
     async def record(
@@ -996,7 +866,8 @@ class AsyncSuppressionStore:
         address: str,
         reason: str,
         *,
-        source: str,
+        source: str = "",
+        evidence: str = "",
         actor: str,
         status: str = "",
         reply_code: str = "",
@@ -1007,40 +878,21 @@ class AsyncSuppressionStore:
     ) -> SuppressionEntry:
         """See :meth:`SuppressionStore.record`."""
         obs = make_observation(
-            address,
-            reason,
-            source=source,
-            kind=kind,
-            status=status,
-            reply_code=reply_code,
-            diagnostic=diagnostic,
-            expires=expires,
-            note=note,
-        )
-        async with self._transaction() as conn:
-            row = await self._fetchone(_GET, _key(obs.address, obs.kind))
-            existing = {} if row is None else {obs.address: _entry(row)}
-            upserts, history, results = _plan(existing, [obs], actor, time.time())
-            await conn.executemany(_UPSERT, upserts)
-            await self._insert_history(history)
+            address, reason, source=source, evidence=evidence, kind=kind, status=status,
+            reply_code=reply_code, diagnostic=diagnostic, expires=expires, note=note,
+        )  # fmt: skip
+        now = time.time()
+        results = await self._writer.call(lambda c: write_observations(c, [obs], actor, now))
         return results[0][0]
 
     async def remove(self, address: str, *, actor: str, note: str = "") -> bool:
         """See :meth:`SuppressionStore.remove`."""
-        key = _target_key(address)
-        async with self._transaction() as conn:
-            row = await self._fetchone(_GET, key)
-            if row is not None:
-                old = _entry(row)
-                await conn.execute(_DELETE, key)
-                await self._insert_history(
-                    [_history_row(old, "removed", time.time(), actor, note, old.reason)]
-                )
-        return row is not None
+        key, now = _target_key(address), time.time()
+        return await self._writer.call(lambda c: remove_entry(c, key, actor, note, now))
 
     async def history(self, address: str) -> list[HistoryRecord]:
         """See :meth:`SuppressionStore.history`."""
         _, key = normalize_target(address)
-        with _explained(self._path):
+        with explained(self._path):
             async with self._conn.execute(_HISTORY, (key,)) as cur:
                 return [HistoryRecord(*r) async for r in cur]

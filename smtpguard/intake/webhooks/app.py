@@ -25,8 +25,9 @@ from aiohttp import web
 
 from smtpguard.classify import Classifier, Verdict, default_classifier
 from smtpguard.errors import UserError
-from smtpguard.intake.seams import Evidence, VerdictSink
 from smtpguard.intake.webhooks.request import Refused
+from smtpguard.policy import Evidence
+from smtpguard.policy.sink import VerdictSink
 
 if TYPE_CHECKING:
     from smtpguard.config import WebhooksConfig

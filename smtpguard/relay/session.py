@@ -1,0 +1,652 @@
+"""One inbound SMTP session: the aiosmtpd protocol the relay's clients talk to.
+
+:class:`RelaySMTP` is aiosmtpd's :class:`~aiosmtpd.smtp.SMTP` protocol with the
+relay's rules (see :mod:`smtpguard.relay.inbound` for the behaviour as a
+whole): strict MAIL / RCPT syntax and ESMTP parameters
+(:mod:`smtpguard.smtp.params`), the recipient check at RCPT through a
+:class:`~smtpguard.policy.recipient.RecipientPolicy`, enhanced status codes on
+every reply, DATA read in one piece and dot-unstuffed
+(:mod:`smtpguard.smtp.data`), replies of one loop tick coalesced into one
+segment, an idle timer that moves a deadline.
+
+It knows its server only through :class:`SessionHost`: the settings, the TLS
+context, session bookkeeping, AUTH, the recipient policy, and ``accept`` for a
+message after the final dot. The server (:class:`~smtpguard.relay.inbound.InboundServer`)
+is one such host; a test or another listener can be another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from smtpguard.address import normalize_address, normalize_domain
+from smtpguard.config import RelayConfig
+from smtpguard.errors import AddressError
+from smtpguard.policy.recipient import LOOKUP_FAILED, Client, RecipientPolicy
+from smtpguard.relay.metrics import REFUSED
+from smtpguard.smtp.data import DATA_END, partial_end, unstuff
+from smtpguard.smtp.params import ParamError, parse_mail_params, parse_rcpt_params, split_path
+from smtpguard.smtp.status import leading_status
+from smtpguard.smtp.text import printable
+from smtpguard.store.messages import Recipient
+
+log = logging.getLogger("smtpguard.inbound")
+
+#: RFC 4954 brute-force brake: AUTH commands allowed per connection.
+MAX_AUTH_PER_CONNECTION = 5
+#: Message data taken per readuntil(); a typical message arrives in one.
+DATA_CHUNK = 256 * 1024
+#: Reply codes written at once (push): the connection may close right after them.
+_WRITE_AT_ONCE = frozenset({"220", "221", "421", "502"})
+
+
+class SessionHost(Protocol):
+    """What a session needs from the server it belongs to."""
+
+    settings: RelayConfig
+    tls_context: ssl.SSLContext | None
+    policy: RecipientPolicy
+    stopping: bool
+
+    @property
+    def auth_offered(self) -> bool:
+        """True when AUTH can succeed at all (a users file is configured)."""
+        ...
+
+    def register(self, session: RelaySMTP) -> bool:
+        """Count a new session; False refuses it (too many, or shutting down)."""
+        ...
+
+    def unregister(self, session: RelaySMTP) -> None: ...
+
+    def classify_peer(self, ip: str) -> tuple[bool, bool]:
+        """(may relay without AUTH, is loopback) for a client address."""
+        ...
+
+    def authenticate(
+        self, proto: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult: ...
+
+    async def accept(self, proto: RelaySMTP, session: Session, envelope: RelayEnvelope) -> str:
+        """After the final dot: commit the message; the reply (250 or 451) to send."""
+        ...
+
+
+# aiosmtpd's fixed replies carry no enhanced status code; RFC 2034 section 3 wants
+# one on every reply after EHLO. Inserted by reply code (RFC 3463 meanings).
+_DEFAULT_ENHANCED = {
+    "214": "2.0.0",
+    "221": "2.0.0",
+    "235": "2.7.0",
+    "250": "2.0.0",
+    "252": "2.0.0",
+    "421": "4.7.0",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "538": "5.7.11",
+    "552": "5.3.4",
+    "554": "5.7.0",
+    "555": "5.5.4",
+}
+_REWRITE = {
+    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds fixed maximum message size",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
+    "500 Command line too long": "500 5.5.2 Line too long",
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+}
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+class RelayEnvelope(Envelope):
+    """aiosmtpd's envelope plus the RFC 3461 parameters and parsed recipients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = "7BIT"
+        self.ret = ""
+        self.envid = ""
+        self.recipients: list[Recipient] = []
+        self.seen: set[str] = set()
+
+
+class RelaySMTP(SMTP):
+    """One inbound SMTP session (an asyncio protocol, one per connection)."""
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ finds its commands and AUTH mechanisms with
+        # dir()/inspect.getmembers() on every new connection, which costs about a
+        # quarter of a millisecond on a class this size. Those scans only look for
+        # smtp_* and auth_* names, so dir() lists just those (computed once).
+        return _PROTOCOL_NAMES
+
+    def __init__(self, host: SessionHost, loop: asyncio.AbstractEventLoop) -> None:
+        relay = host.settings
+        # Instance attributes shadowing aiosmtpd's class-wide limits. The stream
+        # reader's limit is how much :meth:`_read_data` takes in one readuntil()
+        # (a typical message in one call); command lines longer than
+        # command_size_limit still get 500 (aiosmtpd checks each line's length), and
+        # data lines are checked against max_data_line.
+        self.line_length_limit = max(relay.max_line_length + 2, DATA_CHUNK)
+        self.command_size_limit = relay.max_line_length
+        self.max_data_line = relay.max_line_length
+        self._out: list[bytes] = []  # replies not yet written (see push)
+        self._flush_pending = False
+        self.host = host
+        self.rejected = False
+        self.trusted = False
+        self.loopback = False
+        self.client_ip = ""
+        self.in_data = False
+        self.committing = False
+        self._last_activity = loop.time()
+        self._deadline = 0.0
+        super().__init__(
+            _Hooks(host),
+            hostname=relay.hostname,
+            ident="ESMTP smtpguard",
+            data_size_limit=relay.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=host.tls_context,
+            timeout=relay.idle_timeout,
+            auth_require_tls=True,
+            authenticator=host.authenticate,
+            command_call_limit={"AUTH": MAX_AUTH_PER_CONNECTION, "*": 2**62},
+            loop=loop,
+        )
+        # aiosmtpd's per-command limits live in a class-level dict it grows on
+        # every EHLO; give this session its own, fixed one.
+        self.command_size_limits = _FixedLimits(relay.max_line_length)
+
+    # -- connection life cycle -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if not first:
+            return  # STARTTLS re-entry: aiosmtpd reset session and envelope (RFC 3207 s. 4.2)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = str(peer[0]) if peer else ""
+        self.trusted, self.loopback = self.host.classify_peer(self.client_ip)
+        # AUTH in clear text only where there is no wire to sniff.
+        self._auth_require_tls = not self.loopback
+        self.rejected = not self.host.register(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.host.unregister(self)
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = self.loop.time()
+        super().data_received(data)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels and re-creates a timer for every command; here the
+        # deadline just moves, and a timer that fires early re-arms itself.
+        now = self.loop.time()
+        deadline = now + (duration or self._timeout_duration)
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None and not handle.cancelled() and now < handle.when() <= deadline:
+            return  # the pending timer fires first and re-arms itself
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd restarts its timer only on valid commands. During DATA any
+        # received octet counts as activity too (a big message on a slow link), and
+        # a pending commit is our wait, not the client's. Garbage outside DATA does
+        # not keep a session alive.
+        now = self.loop.time()
+        if now < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
+            return
+        idle = now - self._last_activity
+        if self.committing or (self.in_data and idle < self._timeout_duration):
+            self._reset_timeout(max(self._timeout_duration - idle, 0.05))
+            return
+        log.info("%s: idle timeout, disconnecting", self.client_ip)
+        REFUSED["idle_timeout"].inc()
+        self._goodbye(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
+
+    async def _handle_client(self) -> None:
+        if self.rejected:
+            REFUSED["too_many_sessions"].inc()
+            await self.push(f"421 4.7.0 {self.hostname} Error: too many connections")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    @property
+    def in_transaction(self) -> bool:
+        # Covers DATA too: aiosmtpd resets the envelope just before the final reply.
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def close_for_shutdown(self) -> None:
+        """Called when the server stops: idle sessions go now, others after their reply."""
+        if not self.in_transaction:
+            self._goodbye(f"421 4.3.2 {self.hostname} Service shutting down")
+
+    def _goodbye(self, reply: str) -> None:
+        """Send a last reply without waiting for the client, and close."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        # If the peer is gone already, closing is all that is left.
+        with contextlib.suppress(OSError, AttributeError, RuntimeError):
+            self._out.append(reply.encode("ascii") + b"\r\n")
+            out = b"".join(self._out)
+            self._out.clear()
+            transport.write(out)  # type: ignore[attr-defined]
+        transport.close()
+
+    def _create_envelope(self) -> RelayEnvelope:
+        return RelayEnvelope()
+
+    # -- replies -----------------------------------------------------------------------
+
+    async def push(self, status: Any) -> None:
+        """Queue a reply; replies of one loop tick leave in one segment.
+
+        With PIPELINING (RFC 2920) Postfix sends MAIL, RCPT and DATA in one
+        packet; writing each reply at once costs a send() and a wake-up of the
+        client per reply. Replies are collected and written by one callback
+        when this session's task next waits (for the client or for the queue).
+        A reply after which the connection may close (greeting and STARTTLS 220,
+        221, 421, 502) is written at once, with everything before it, so a
+        close can never drop a queued reply.
+        """
+        if isinstance(status, str):
+            status = _REWRITE.get(status, status)
+            code = status[:3]
+            if status[3:4] == " " and code in _DEFAULT_ENHANCED and not leading_status(status, 4):
+                status = f"{code} {_DEFAULT_ENHANCED[code]} {status[4:]}"
+            self._out.append(status.encode("utf-8") + b"\r\n")
+            deferrable = code not in _WRITE_AT_ONCE
+        else:
+            self._out.append(bytes(status) + b"\r\n")
+            deferrable = False
+        if deferrable:
+            if not self._flush_pending:
+                self._flush_pending = True
+                self.loop.call_soon(self._flush)
+        else:
+            self._flush()
+        await self._writer.drain()
+        if self.host.stopping and not self.in_transaction:
+            # Shutdown: a transaction just ended (RFC 5321 section 3.8: 421 may come any time).
+            self.close_for_shutdown()
+
+    def _flush(self) -> None:
+        """Write every queued reply in one segment."""
+        self._flush_pending = False
+        if not self._out:
+            return
+        out = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._writer.write(out)
+
+    async def _write_lines(self, lines: list[str]) -> None:
+        """A multi-line reply (EHLO), queued like push() does, untouched by its rewriting."""
+        out = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"
+        self._out.append(out.encode("ascii"))
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)
+        await self._writer.drain()
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = False
+        self.session.host_name = hostname
+        await self._write_lines([self.hostname])
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        lines = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self.data_size_limit}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "DSN",
+        ]
+        if self.tls_context and not self._tls_protocol:
+            lines.append("STARTTLS")
+        if self.host.auth_offered and (self._tls_protocol or self.loopback):
+            lines.append("AUTH PLAIN LOGIN")
+        await self._write_lines(lines)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        assert self.envelope is not None
+        if not self.host.auth_offered:
+            await self.push("502 5.5.1 AUTH not available")
+            return
+        if self.envelope.mail_from is not None:
+            # RFC 4954 section 4: not permitted during a mail transaction.
+            await self.push("503 5.5.1 AUTH not permitted during a mail transaction")
+            return
+        await super().smtp_AUTH(arg)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        session, envelope = self.session, self.envelope
+        assert session is not None and isinstance(envelope, RelayEnvelope)
+        if envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: nested MAIL command")
+            return
+        if not arg or arg[:5].upper() != "FROM:":
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
+            return
+        try:
+            inside, param_text = split_path(arg[5:])
+        except ValueError as e:
+            await self.push(f"501 5.1.7 Bad sender address syntax: {e}")
+            return
+        try:
+            params = parse_mail_params(
+                param_text, extended=session.extended_smtp, size_limit=self.data_size_limit or 0
+            )
+        except ParamError as e:
+            await self.push(e.reply)
+            return
+        address = ""  # "<>": the null reverse-path (RFC 5321 section 4.5.5)
+        if inside:
+            try:
+                address, _ = self._addresses(inside)
+            except AddressError:
+                await self.push("501 5.1.7 Bad sender address syntax")
+                return
+            if not params.smtputf8 and not address.isascii():
+                await self.push("553 5.6.7 Non-ASCII sender address requires SMTPUTF8")
+                return
+        envelope.mail_from = address
+        envelope.smtp_utf8 = params.smtputf8
+        envelope.body = params.body
+        envelope.ret = params.ret
+        envelope.envid = params.envid
+        await self.push("250 2.1.0 Ok")
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        session, envelope = self.session, self.envelope
+        assert session is not None and isinstance(envelope, RelayEnvelope)
+        if envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        if not arg or arg[:3].upper() != "TO:":
+            await self.push("501 5.5.4 Syntax: RCPT TO:<address> [parameters]")
+            return
+        try:
+            inside, param_text = split_path(arg[3:])
+            if not inside:
+                raise ValueError("empty path")
+            address, key = self._addresses(inside)
+        except (ValueError, AddressError):
+            await self.push("501 5.1.3 Bad recipient address syntax")
+            return
+        if not envelope.smtp_utf8 and not address.isascii():
+            await self.push("553 5.6.7 Non-ASCII recipient address requires SMTPUTF8")
+            return
+        try:
+            params = parse_rcpt_params(param_text, extended=session.extended_smtp)
+        except ParamError as e:
+            await self.push(e.reply)
+            return
+        shown = printable(address)
+        if not (self.trusted or session.authenticated):
+            log.info("%s: relay denied for <%s>", self.client_ip, shown)
+            REFUSED["relay_denied"].inc()
+            await self.push(f"554 5.7.1 <{shown}>: Relay access denied")
+            return
+        if len(envelope.recipients) >= self.host.settings.max_recipients:
+            REFUSED["too_many_recipients"].inc()
+            await self.push("452 4.5.3 Error: too many recipients")
+            return
+        client = Client(ip=self.client_ip, helo=session.host_name or "")
+        try:
+            decision = self.host.policy.check(
+                envelope.mail_from or "", key, client, bool(session.authenticated)
+            )
+        except Exception:
+            log.exception("recipient policy failed for <%s>", shown)
+            decision = LOOKUP_FAILED
+        if decision.action != "accept":
+            REFUSED["suppressed" if decision.entry is not None else "lookup_failed"].inc()
+            await self.push(decision.reply)
+            return
+        if key not in envelope.seen:
+            envelope.seen.add(key)
+            envelope.recipients.append(
+                Recipient(address=address, notify=params.notify, orcpt=params.orcpt)
+            )
+            envelope.rcpt_tos.append(address)
+        await self.push("250 2.1.5 Ok")
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if self.envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        if not self.envelope.rcpt_tos:
+            # With PIPELINING the client sends DATA after all RCPTs were refused.
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.in_data = True
+        try:
+            raw, error = await self._read_data()
+        except asyncio.CancelledError:
+            # The connection went away during DATA (aiosmtpd cancels the handler).
+            self._writer.close()
+            raise
+        finally:
+            self.in_data = False
+        if error is not None:
+            self._set_post_data_state()
+            await self.push(error)
+            return
+        content = unstuff(raw)
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_data(self) -> tuple[bytes, str | None]:
+        """Read message data up to ``<CRLF>.<CRLF>``: (raw, still dot-stuffed content, error).
+
+        RFC 5321 section 4.1.1.4: only ``<CRLF>.<CRLF>`` ends the data, and the
+        CRLF that ended the DATA command line counts as the first CRLF, so a
+        "." first thing is an empty message. Any other look-alike (bare CR or
+        LF around a dot) is content: no smuggling. The content keeps the CRLF
+        that ends its last line.
+
+        Instead of one readuntil() per line (aiosmtpd), one readuntil() takes
+        the whole message when it fits in the stream limit, else chunks of it.
+        Only the start needs care: the command's CRLF was consumed already, so
+        while what was read so far (with that CRLF in front) ends in a proper
+        prefix of the end sequence, just enough to complete or refute it is
+        read (readexactly(), or through the next LF after a CR). From then on
+        readuntil() sees every possible end: a chunk it gives up on
+        (LimitOverrunError) never holds the start of one.
+
+        Errors are decided after the end was read (RFC 5321 section 4.2.5: the
+        reply comes after the final dot): ``552 5.3.4`` once more than the size
+        limit arrived (data dropped from then on), ``500 5.5.2`` for a line over
+        ``relay.max_line_length`` octets (section 4.5.3.1.6; folding would break
+        signatures, so the message is refused, not altered).
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        parts: list[bytes] = []
+        size = 0  # octets of content received so far
+        error: str | None = None
+
+        def take(chunk: bytes) -> None:
+            nonlocal size, error
+            size += len(chunk)
+            if error is None:
+                parts.append(chunk)
+                if limit and size > limit:  # from now on the data is only counted
+                    error = self._data_error(b"".join(parts), size, limit)
+                    parts.clear()
+
+        # Phase 1: piece by piece while the data so far (with the command's CRLF in
+        # front) ends in a proper prefix of CRLF.CRLF. Only the last five octets
+        # matter, so anything before them is handed on.
+        got = bytearray()
+        while True:
+            end = bytes(got[-5:]) if len(got) >= 5 else b"\r\n" + bytes(got)
+            if end.endswith(DATA_END):
+                del got[-3:]  # ".CRLF"; the CRLF before it ends the last line
+                take(bytes(got))
+                return self._finish_data(parts, size, limit, error)
+            k = partial_end(end)
+            if k == 0:
+                take(bytes(got))
+                break
+            if k == 1:  # a CR: read through the next LF (the end sequence holds one)
+                try:
+                    piece = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as e:
+                    piece = await reader.read(e.consumed)
+            else:
+                piece = await reader.readexactly(len(DATA_END) - k)
+            got += piece
+            if len(got) > DATA_CHUNK:
+                take(bytes(got[:-5]))
+                del got[:-5]
+        # Phase 2: readuntil() sees every end sequence from here on; a chunk it gives
+        # up on (LimitOverrunError) never holds the start of one.
+        while True:
+            try:
+                chunk = await reader.readuntil(DATA_END)
+            except asyncio.LimitOverrunError as e:
+                take(await reader.read(e.consumed))
+                continue
+            take(chunk[:-3])
+            return self._finish_data(parts, size, limit, error)
+
+    def _finish_data(
+        self, parts: list[bytes], size: int, limit: int, error: str | None
+    ) -> tuple[bytes, str | None]:
+        if error is not None:
+            return b"", error
+        raw = b"".join(parts) if len(parts) != 1 else parts[0]
+        return raw, self._data_error(raw, size, limit)
+
+    def _data_error(self, raw: bytes, size: int, limit: int) -> str | None:
+        """The reply refusing this data, or None: the first problem in the data wins."""
+        longest = self.max_data_line
+        if len(raw) > longest and max(map(len, raw.split(b"\r\n"))) > longest:
+            return "500 5.5.2 Line too long"
+        if limit and size > limit:
+            return "552 5.3.4 Message size exceeds fixed maximum message size"
+        return None
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        await self.push("252 2.0.0 Send some mail, I'll try my best")
+
+    @staticmethod
+    def _addresses(mailbox: str) -> tuple[str, str]:
+        """(delivery form, suppression key) of a path's inside; AddressError if invalid.
+
+        The key is :func:`normalize_address` (strict syntax, local part
+        lowercased); the delivery form keeps the local part as sent.
+        """
+        try:
+            mailbox.encode("utf-8")  # aiosmtpd decodes with surrogateescape
+        except UnicodeEncodeError:
+            raise AddressError("address is not valid UTF-8") from None
+        key = normalize_address(f"<{mailbox}>")
+        text = mailbox
+        if text.startswith("@"):  # source route (RFC 5321 section 4.1.2): ignored
+            text = text.partition(":")[2]
+        local, _, domain = text.rpartition("@")
+        return f"{local}@{normalize_domain(domain)}", key
+
+    # -- after the final dot -------------------------------------------------------------
+
+    def protocol_name(self, smtputf8: bool) -> str:
+        """RFC 3848 / RFC 6531 section 3.7.3 ``with`` keyword."""
+        assert self.session is not None
+        if not self.session.extended_smtp:
+            return "SMTP"
+        name = "UTF8SMTP" if smtputf8 else "ESMTP"
+        if self.session.ssl is not None:
+            name += "S"
+        if self.session.authenticated:
+            name += "A"
+        return name
+
+
+_PROTOCOL_NAMES = sorted(n for n in dir(RelaySMTP) if n.startswith(("smtp_", "auth_")))
+
+
+class _FixedLimits(dict):  # type: ignore[type-arg]
+    """``command_size_limits`` replacement: the same limit for every command."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __missing__(self, key: str) -> int:
+        return self.limit
+
+
+class _Hooks:
+    """aiosmtpd handler: the hooks the protocol does not implement itself."""
+
+    def __dir__(self) -> list[str]:
+        return ["handle_DATA", "handle_exception"]  # see RelaySMTP.__dir__
+
+    def __init__(self, host: SessionHost) -> None:
+        self.host = host
+
+    async def handle_DATA(self, proto: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope, RelayEnvelope)
+        return await self.host.accept(proto, session, envelope)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("inbound session error: %r", error, exc_info=error)
+        return "451 4.3.0 Internal error, try again"
