@@ -75,6 +75,7 @@ from smtpguard.classify import Classifier, Failure, default_classifier
 from smtpguard.config import parse_iso_time
 from smtpguard.errors import UserError
 from smtpguard.intake.esp import esp_verdict
+from smtpguard.store.importfile import Problem, csv_rows, parse_import
 from smtpguard.store.suppression import (
     SUPPRESSION_REASONS,
     Observation,
@@ -97,18 +98,6 @@ MAILGUN_COLUMNS = ("address", "code", "error", "created_at")
 SENDGRID_COLUMNS = ("email", "created", "reason", "status")
 #: Reply texts classified once per import (bounce lists repeat a few texts a lot).
 _VERDICT_CACHE = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One record that cannot be imported, and why (``unit`` ``record`` in JSON lists)."""
-
-    line: int
-    message: str
-    unit: str = "line"
-
-    def __str__(self) -> str:
-        return f"{self.unit} {self.line}: {self.message}"
 
 
 Item = tuple[int, Observation | Problem]
@@ -202,34 +191,17 @@ def _records(
         yield n, item
 
 
-def _csv_rows(
-    lines: Iterable[str], name: str, required: str
-) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, {column: stripped value}) for every data row; unknown columns are
-    kept (providers add columns over time) but the ``required`` one must be there."""
-    reader = csv.reader(lines, strict=True)
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise UserError(f"{name}: empty file (expected a CSV header)") from None
-    except csv.Error as e:
-        raise UserError(f"{name}: line 1: malformed CSV header: {e}") from None
-    if required not in header:
-        raise UserError(f"{name}: line 1: the header has no {required!r} column")
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            yield reader.line_num, {"": f"malformed CSV: {e}"}
-            continue
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) != len(header):
-            yield reader.line_num, {"": f"expected {len(header)} fields, got {len(row)}"}
-            continue
-        yield reader.line_num, {k: v.strip() for k, v in zip(header, row, strict=True)}
+def _columns(required: str) -> Callable[[list[str], str], list[str]]:
+    """Header check for a provider's CSV: names lowercased, unknown columns kept
+    (providers add columns over time), ``required`` present."""
+
+    def columns(header: list[str], name: str) -> list[str]:
+        names = [h.strip().lower() for h in header]
+        if required not in names:
+            raise UserError(f"{name}: line 1: the header has no {required!r} column")
+        return names
+
+    return columns
 
 
 class _BounceListReader:
@@ -274,9 +246,9 @@ class _BounceListReader:
         )
 
     def items(self, lines: Iterable[str], name: str, address_column: str) -> Iterator[Item]:
-        for line, row in _csv_rows(lines, name, address_column):
-            if "" in row:
-                yield line, Problem(line, row[""])
+        for line, row in csv_rows(lines, name, _columns(address_column)):
+            if isinstance(row, Problem):
+                yield line, row
                 continue
             try:
                 yield line, self.row(row)
@@ -294,14 +266,18 @@ class _MailgunReader(_BounceListReader):
         status = code if code.count(".") == 2 else ""
         reply_code = "" if status else code
         return self.observation(
-            row["address"], reply_code, status, row.get("error", ""), row.get("created_at")
+            row.get("address", ""), reply_code, status, row.get("error", ""), row.get("created_at")
         )
 
 
 class _SendgridReader(_BounceListReader):
     def row(self, row: dict[str, str]) -> Observation:
         return self.observation(
-            row["email"], "", row.get("status", ""), row.get("reason", ""), row.get("created")
+            row.get("email", ""),
+            "",
+            row.get("status", ""),
+            row.get("reason", ""),
+            row.get("created"),
         )
 
 
@@ -400,19 +376,39 @@ def read_export(
     expires: float | None = None,
     classifier: Classifier | None = None,
 ) -> Iterator[Item]:
-    """Dispatch on ``fmt`` (one of :data:`IMPORT_FORMATS`); ``reason`` and ``expires``
-    apply to plain lists, the ESP formats carry their own."""
+    """Dispatch on ``fmt`` (one of :data:`IMPORT_FORMATS`). ``reason`` applies to plain
+    lists (the ESP formats carry their own); ``expires`` to every record."""
+    items: Iterator[Item]
     if fmt == "ses":
-        return read_ses(lines, name)
-    if fmt == "postmark":
-        return read_postmark(lines, name)
-    if fmt == "mailgun":
-        return read_mailgun(lines, name, classifier=classifier)
-    if fmt == "sendgrid":
-        return read_sendgrid(lines, name, classifier=classifier)
-    if fmt == "plain":
+        items = read_ses(lines, name)
+    elif fmt == "postmark":
+        items = read_postmark(lines, name)
+    elif fmt == "mailgun":
+        items = read_mailgun(lines, name, classifier=classifier)
+    elif fmt == "sendgrid":
+        items = read_sendgrid(lines, name, classifier=classifier)
+    elif fmt == "plain":
         return read_plain(lines, name, reason=reason, expires=expires)
-    raise UserError(f"unknown import format {fmt!r} (known: {', '.join(IMPORT_FORMATS)})")
+    else:
+        raise UserError(f"unknown import format {fmt!r} (known: {', '.join(IMPORT_FORMATS)})")
+    return _expiring(items, expires) if expires is not None else items
+
+
+def _expiring(items: Iterator[Item], expires: float) -> Iterator[Item]:
+    for line, item in items:
+        if isinstance(item, Observation) and item.expires is None:
+            item.expires = expires
+        yield line, item
+
+
+def parse_any(
+    lines: Iterable[str], fmt: str, path: str, reason: str, expires: float | None
+) -> Iterator[Item]:
+    """The import parser for every format: smtpguard's own (``csv``, ``jsonl``) and the
+    ones here (a :data:`~smtpguard.store.importfile.ParseFunction`)."""
+    if fmt in IMPORT_FORMATS:
+        return read_export(fmt, lines, path, reason=reason, expires=expires)
+    return parse_import(lines, fmt, path, reason, expires)
 
 
 def sniff(head: str) -> str | None:
