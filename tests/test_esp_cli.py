@@ -45,13 +45,20 @@ def test_ses_reasons_land_on_the_list(cli: Any) -> None:
     assert cli("suppression", "import", str(SAMPLES / FILES["ses"])).returncode == 0
     assert "suppressed userunknown since 2020-04-10T21:03:05Z" in check(cli, "bounce@example.com")
     assert "suppressed complaint" in check(cli, "complaint@example.com")
-    history = json.loads(cli("suppression", "history", "bounce@example.com", "--format", "json").stdout)
+    history = json.loads(
+        cli("suppression", "history", "bounce@example.com", "--format", "json").stdout
+    )
     assert history[0]["actor"] == "import:ses-list-suppressed-destinations.json"
     assert history[0]["note"] == "from ses: BOUNCE"
 
 
 def test_postmark_manual_suppression_by_the_recipient_is_unsubscribe(cli: Any) -> None:
-    assert cli("suppression", "import", "--from", "postmark", str(SAMPLES / FILES["postmark"])).returncode == 0
+    assert (
+        cli(
+            "suppression", "import", "--from", "postmark", str(SAMPLES / FILES["postmark"])
+        ).returncode
+        == 0
+    )
     assert "suppressed unsubscribe" in check(cli, "address@wildbit.com")
 
 
@@ -60,29 +67,44 @@ def test_stdin_import(cli: Any) -> None:
     r = cli("suppression", "import", "-", input=data)
     assert r.returncode == 0, r.stderr
     assert "imported 2 entries from -" in r.stdout
-    history = json.loads(cli("suppression", "history", "bounce@example.com", "--format", "json").stdout)
+    history = json.loads(
+        cli("suppression", "history", "bounce@example.com", "--format", "json").stdout
+    )
     assert history[0]["actor"] == "import:stdin"
 
 
 def test_plain_list_from_stdin_with_a_reason(cli: Any) -> None:
-    r = cli("suppression", "import", "-", "--reason", "unsubscribe", input="a@example.com\nb@example.com\n")
+    r = cli(
+        "suppression",
+        "import",
+        "-",
+        "--reason",
+        "unsubscribe",
+        input="a@example.com\nb@example.com\n",
+    )
     assert r.returncode == 0, r.stderr
     assert "suppressed unsubscribe" in check(cli, "b@example.com")
 
 
 def test_reason_cannot_override_an_esp_export(cli: Any) -> None:
-    r = cli("suppression", "import", "--from", "ses", "--reason", "manual", str(SAMPLES / FILES["ses"]))
+    r = cli(
+        "suppression", "import", "--from", "ses", "--reason", "manual", str(SAMPLES / FILES["ses"])
+    )
     assert r.returncode == 2
     assert "--reason does not apply to ses" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_from_and_format_exclude_each_other(cli: Any) -> None:
-    r = cli("suppression", "import", "--from", "ses", "--format", "csv", str(SAMPLES / FILES["ses"]))
+    r = cli(
+        "suppression", "import", "--from", "ses", "--format", "csv", str(SAMPLES / FILES["ses"])
+    )
     assert r.returncode == 2 and "exclude each other" in r.stderr
 
 
-def test_invalid_record_in_a_json_export_is_named_and_nothing_imported(cli: Any, tmp_path: Path) -> None:
+def test_invalid_record_in_a_json_export_is_named_and_nothing_imported(
+    cli: Any, tmp_path: Path
+) -> None:
     doc = {"SuppressedDestinationSummaries": [
         {"EmailAddress": "ok@example.com", "Reason": "BOUNCE"},
         {"EmailAddress": "not an address", "Reason": "BOUNCE"},
@@ -96,12 +118,25 @@ def test_invalid_record_in_a_json_export_is_named_and_nothing_imported(cli: Any,
 
 
 def test_expiry_applies_to_esp_imports(cli: Any) -> None:
-    assert cli("suppression", "import", "--from", "ses", "--expires", "30d", str(SAMPLES / FILES["ses"])).returncode == 0
+    assert (
+        cli(
+            "suppression",
+            "import",
+            "--from",
+            "ses",
+            "--expires",
+            "30d",
+            str(SAMPLES / FILES["ses"]),
+        ).returncode
+        == 0
+    )
     assert "expires " in check(cli, "bounce@example.com")
 
 
 @pytest.mark.parametrize("fmt", exports.ESP_FORMATS)
-def test_export_in_each_esp_format_round_trips(cli: Any, tmp_path: Path, data_dir: Path, fmt: str) -> None:
+def test_export_in_each_esp_format_round_trips(
+    cli: Any, tmp_path: Path, data_dir: Path, fmt: str
+) -> None:
     for address, reason in (("a@example.com", "userunknown"), ("c@example.com", "complaint")):
         assert cli("suppression", "add", address, "--reason", reason).returncode == 0
     assert cli("suppression", "add", "@gone.example", "--reason", "hostunknown").returncode == 0

@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "smtpguard.cli.doctor:doctor",
         "Check a domain's MX, SPF, DKIM, DMARC, PTR and DNSBL listings.",
     ),
+    "webhooks": (
+        "smtpguard.cli.webhooks:webhooks",
+        "Receive ESP event webhooks (Amazon SES, SendGrid, Postmark).",
+    ),
     "logscan": (
         "smtpguard.cli.logscan:logscan",
         "Classify bounces and deferrals in Postfix, Exim and Sendmail logs.",

@@ -19,6 +19,30 @@ import click
 
 from smtpguard.cli.main import common_options, get_config
 
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log level written to stderr.",
+)
+
+
+def start_logging(level: str) -> None:
+    """Logs to stderr, one line per event (systemd's journal adds the time again)."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def listening(host: str, port: int) -> None:
+    """The one line on stdout that says the port is bound (what starters wait for)."""
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"smtpguard: listening on {shown}:{port}")
+    sys.stdout.flush()
+
 
 @click.command()
 @click.option("--listen", metavar="HOST:PORT", help="Accept mail here (relay.listen).")
@@ -27,32 +51,21 @@ from smtpguard.cli.main import common_options, get_config
     metavar="HOST:PORT",
     help="Deliver everything via this host (delivery.smarthost).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Least severe log level written to stderr.",
-)
+@log_level_option
 @common_options
 def serve(listen: str | None, smarthost: str | None, log_level: str) -> None:
-    """Run the relay (Postfix relayhost) until SIGTERM or SIGINT."""
+    """Run the relay (Postfix relayhost) until SIGTERM or SIGINT.
+
+    With intake.listen set it also takes the mail returned to the bounce domain, and
+    with webhooks.listen the ESPs' event webhooks, in the same process.
+    """
     cfg = get_config()
     if listen:
         cfg = cfg.with_overrides(relay={"listen": listen}, origin="--listen")
     if smarthost:
         cfg = cfg.with_overrides(delivery={"smarthost": smarthost}, origin="--smarthost")
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    start_logging(log_level)
     from smtpguard.relay.server import serve as run
-
-    def listening(host: str, port: int) -> None:
-        shown = f"[{host}]" if ":" in host else host
-        click.echo(f"smtpguard: listening on {shown}:{port}")
-        sys.stdout.flush()
 
     code = asyncio.run(run(cfg, on_listening=listening))
     sys.exit(code)

@@ -26,6 +26,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from smtpguard import metrics as prometheus
 from smtpguard.classify import Classifier
@@ -42,6 +43,9 @@ from smtpguard.relay.scheduler import Scheduler
 from smtpguard.relay.seams import Shaper
 from smtpguard.store.messages import Claim, InboundMessage
 from smtpguard.store.queue import QueueStore, format_qid
+
+if TYPE_CHECKING:
+    from smtpguard.intake.webhooks.server import WebhookServer
 
 log = logging.getLogger("smtpguard.relay")
 
@@ -71,6 +75,7 @@ class Relay:
         self.scheduler: Scheduler | None = None
         self.delivery: Delivery | None = None
         self.outcome: OutcomeHandler | None = None
+        self.webhooks: WebhookServer | None = None
         self.recovered = 0
         self._scheduler_task: asyncio.Task[None] | None = None
         self._housekeeping_task: asyncio.Task[None] | None = None
@@ -124,6 +129,11 @@ class Relay:
             await self.inbound.start()
         except OSError as e:
             raise UserError(f"cannot listen on {cfg.relay.listen}: {e.strerror or e}") from None
+        if cfg.webhooks.listen:
+            from smtpguard.intake.webhooks.server import WebhookServer
+
+            self.webhooks = WebhookServer(cfg, self.sink, classifier=classifier)
+            await self.webhooks.start()
         if cfg.metrics.listen:
             try:
                 prometheus.serve(cfg.metrics.listen)
@@ -165,6 +175,9 @@ class Relay:
         if self.inbound is not None:
             with contextlib.suppress(Exception):
                 await self.inbound.stop(timeout=drain)
+        if self.webhooks is not None:
+            with contextlib.suppress(Exception):
+                await self.webhooks.stop()
         if self._housekeeping_task is not None:
             self._housekeeping_task.cancel()
             with contextlib.suppress(BaseException):

@@ -3,9 +3,12 @@
 Every request goes the same way: the body is read up to ``webhooks.max_body`` (413
 beyond), the provider authenticates it (a signature or basic auth: 403 / 401, and
 nothing changes), parses it (400 when malformed) and turns its events into classifier
-verdicts; the verdicts go to the :class:`VerdictSink` in one batch with evidence
-``webhook`` and actor ``webhook:<provider>``. A storage failure answers 503, so the ESP
-delivers the event again later (all three retry on 5xx): an event is never lost.
+verdicts; the verdicts go to the :class:`VerdictSink` with actor ``webhook:<provider>``
+and evidence ``webhook``, except spam complaints (``feedback`` verdicts): an ESP passes
+on a mailbox provider's feedback-loop report, so they are ``arf`` evidence, the kind
+the policy turns into ``complaint`` entries. A storage failure answers 503, so the ESP
+delivers the event again later (all three retry on 5xx): an event is never lost (one
+delivered twice only counts its sightings twice).
 
 A provider is on when its keys are configured: ``/ses`` with ``ses_topic_arns``,
 ``/sendgrid`` with ``sendgrid_public_key``, ``/postmark`` with ``postmark_user``; other
@@ -141,12 +144,18 @@ def _handler(provider: Provider, sink: VerdictSink) -> Callable[[web.Request], o
             return web.json_response({"error": e.message}, status=e.status, headers=e.headers)
         if not verdicts:
             return web.json_response({"verdicts": 0})
+        outcomes: Counter[str] = Counter()
+        complaints = [v for v in verdicts if v.reason == "feedback"]
+        others = [v for v in verdicts if v.reason != "feedback"]
         try:
-            report = await sink.accept(verdicts, Evidence(kind="webhook", actor=actor, note=note))
+            for batch, kind in ((complaints, "arf"), (others, "webhook")):
+                if batch:
+                    evidence = Evidence(kind=kind, actor=actor, note=note)  # type: ignore[arg-type]
+                    report = await sink.accept(batch, evidence)
+                    outcomes.update(a.outcome for a in report.applied)
         except UserError as e:  # the store: locked, full, corrupt; the ESP retries
             log.error("%s: cannot record %d verdicts: %s", actor, len(verdicts), e)
             return web.json_response({"error": "cannot record now, retry"}, status=503)
-        outcomes = Counter(a.outcome for a in report.applied)
         log.info("%s: %d verdicts (%s) %s", actor, len(verdicts), dict(outcomes), note)
         return web.json_response({"verdicts": len(verdicts), "outcomes": dict(outcomes)})
 
