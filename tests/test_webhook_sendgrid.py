@@ -54,8 +54,7 @@ async def sendgrid(private_key: ec.EllipticCurvePrivateKey, listen: Any) -> Any:
 async def test_documented_events_become_verdicts(sendgrid: Any, private_key: Any) -> None:
     status, payload, _ = await sendgrid.post("/sendgrid", EVENTS, signed(private_key, EVENTS))
     assert (status, payload["verdicts"]) == (200, 5)
-    ((verdicts, evidence),) = sendgrid.sink.calls
-    got = {v.recipient: (v.reason, v.bounce, v.suppress) for v in verdicts}
+    got = {v.recipient: (v.reason, v.bounce, v.suppress) for v in sendgrid.sink.verdicts}
     assert got == {
         # "500 unknown recipient", classified by SendGrid as an invalid address
         "example@test.com": ("userunknown", "hard", True),
@@ -66,12 +65,14 @@ async def test_documented_events_become_verdicts(sendgrid: Any, private_key: Any
         "complainer@test.com": ("feedback", "none", False),
         "delivered@test.com": ("delivered", "none", False),
     }
-    assert (evidence.kind, evidence.actor, evidence.note) == (
-        "webhook",
-        "webhook:sendgrid",
-        "6 events",
-    )
-    assert verdicts[0].message_id == "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0"
+    # The spam report is a feedback-loop complaint passed on: arf evidence.
+    evidence = [
+        (e.kind, e.actor, e.note, [v.recipient for v in vs]) for vs, e in sendgrid.sink.calls
+    ]
+    assert evidence[0] == ("arf", "webhook:sendgrid", "6 events", ["complainer@test.com"])
+    assert evidence[1][:3] == ("webhook", "webhook:sendgrid", "6 events")
+    bounce = sendgrid.sink.calls[1][0][0]
+    assert bounce.message_id == "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0"
 
 
 async def test_bad_signature_is_403_and_changes_nothing(sendgrid: Any, private_key: Any) -> None:

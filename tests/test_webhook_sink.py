@@ -20,7 +20,7 @@ from smtpguard.intake.webhooks.app import make_app
 from smtpguard.policy import open_sink
 from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.net import free_port
-from tests.fixtures.relay import REPO, LISTENING, write_config
+from tests.fixtures.relay import LISTENING, REPO, write_config
 
 SAMPLES = Path(__file__).parent / "esp"
 EVENTS = (SAMPLES / "sendgrid-events.json").read_bytes()
