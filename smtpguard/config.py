@@ -260,6 +260,21 @@ class IntakeConfig:
         unit="s",
         check="days",
     )
+    listen: str = opt(
+        "",
+        "HOST:PORT where smtpguard serve takes mail for the bounce domain (off when empty).",
+        check="hostport?",
+    )
+    max_message_size: int = opt(
+        10_485_760, "Largest returned message accepted (552 5.3.4 beyond).", unit="bytes",
+        check="positive",
+    )  # fmt: skip
+    max_sessions: int = opt(50, "Concurrent sessions on the intake listener.", check="positive")
+    rate_limit: int = opt(
+        120,
+        "Messages one client address may return per minute (450 4.7.1 beyond).",
+        check="positive",
+    )
 
     def problems(self) -> list[str]:
         """What makes this table impossible as a whole (each key may be fine alone)."""
@@ -272,6 +287,8 @@ class IntakeConfig:
                 out.append(f"{key}secret must be at least {MIN_SECRET_BYTES} bytes (a random key)")
         if self.bounce_domain and not (self.secret or self.secret_file):
             out.append("bounce_domain is set but no secret_file (or secret) signs return paths")
+        if self.listen and not self.bounce_domain:
+            out.append("listen is set but no bounce_domain says which mail to take")
         has_previous = bool(self.previous_secret or self.previous_secret_file)
         if has_previous != bool(self.previous_valid_until):
             out.append(

@@ -90,9 +90,9 @@ def test_same_dsn_without_a_valid_token_is_unverified(
 
 def test_dsn_for_a_message_never_queued_is_unverified(codec: SignedVerpCodec) -> None:
     rcpt = codec.encode(999_999, POSTFIX_RCPT, now=NOW)
-    evidence, _ = only(run(POSTFIX_DSN, [rcpt], codec, known_message=lambda mid: mid < 5000))
+    evidence, _ = only(run(POSTFIX_DSN, [rcpt], codec, sent=lambda mid, r: mid < 5000))
     assert evidence.kind == "dsn-unverified"
-    assert evidence.note == "unknown-message: message 999999 was never queued"
+    assert evidence.note == "unknown-message: message 999999 never went to this recipient"
 
 
 def test_dsn_without_a_bounce_domain_configured_is_unverified() -> None:

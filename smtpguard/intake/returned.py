@@ -8,8 +8,9 @@ non-standard formats, ARF reports, auto-replies); then each verdict is weighed:
   recipient the DSN reports, and (when the queue can tell) for a message we sent;
   otherwise it is ``dsn-unverified``, with the precise reason in the evidence note
   (``no-token``, ``bad-signature``, ``expired``, ``other-recipient``,
-  ``unknown-message``...). What each kind may do to the list is the policy's call: by
-  default a verified DSN may suppress, an unverified one suppresses nobody;
+  ``unknown-message`` when the queue never sent that message to that recipient...).
+  What each kind may do to the list is the policy's call: by default a verified DSN
+  may suppress, an unverified one suppresses nobody;
 * an **ARF report** (``feedback``) is ``arf`` evidence: a mailbox provider's
   complaint about a recipient, token or not;
 * **auto-replies** and challenge/response mail (``vacation``) change nothing and are
@@ -104,37 +105,58 @@ def _best(checks: list[tuple[str, VerpCheck]]) -> tuple[str, VerpCheck] | None:
     return min(checks, key=lambda c: _PRECEDENCE.index(c[1].reason))
 
 
-def judge(
+@dataclass(frozen=True, slots=True)
+class Weighed:
+    """One verdict and the evidence it deserves (before batching)."""
+
+    verdict: Verdict
+    kind: EvidenceKind
+    note: str
+    message_id: int | None = None  # dsn-verified: the queued message the token names
+
+    def never_sent(self) -> Weighed:
+        """The queue says that message never went to this recipient: a guessed id."""
+        return replace(
+            self,
+            kind="dsn-unverified",
+            note=f"unknown-message: message {self.message_id} never went to this recipient",
+        )
+
+
+def weigh(
     data: bytes,
     recipients: Sequence[str],
     *,
     codec: VerpCodec | None,
     classifier: Classifier,
-    actor: str,
-    known_message: Callable[[int], bool] | None = None,
     now: float | None = None,
-) -> Judgement:
-    """Classify ``data`` (returned to ``recipients``) and weigh each verdict.
-
-    ``recipients`` empty: read them from the headers. ``known_message(id)`` says whether
-    the queue ever held that message (None: not checked).
-    """
+) -> tuple[list[Weighed], list[Verdict]]:
+    """Classify ``data`` (returned to ``recipients``; empty: read them from the headers)
+    and weigh each verdict; auto-replies come back apart (they change nothing)."""
     now = time.time() if now is None else now
     verdicts = classifier.message(data)
     if codec is not None and not recipients:
         recipients = header_recipients(data, codec.domain)
-    groups: dict[tuple[EvidenceKind, str], list[Verdict]] = {}
+    weighed: list[Weighed] = []
     ignored: list[Verdict] = []
     for verdict in verdicts:
         if verdict.reason == "vacation":
             ignored.append(verdict)
             continue
-        kind, note, token = _weigh(verdict, recipients, codec, known_message, now)
+        kind, note, token, message_id = _weigh(verdict, recipients, codec, now)
         if token:
             verdict = replace(verdict, return_path_token=token)
         if verdict.reason == "feedback":
             kind = "arf"
-        groups.setdefault((kind, note), []).append(verdict)
+        weighed.append(Weighed(verdict, kind, note, message_id))
+    return weighed, ignored
+
+
+def assemble(weighed: Sequence[Weighed], ignored: Sequence[Verdict], actor: str) -> Judgement:
+    """Batch the weighed verdicts by their evidence (one sink call each)."""
+    groups: dict[tuple[EvidenceKind, str], list[Verdict]] = {}
+    for w in weighed:
+        groups.setdefault((w.kind, w.note), []).append(w.verdict)
     batches = tuple(
         Batch(tuple(vs), Evidence(kind=kind, actor=actor, note=note))
         for (kind, note), vs in groups.items()
@@ -142,27 +164,48 @@ def judge(
     return Judgement(batches, tuple(ignored))
 
 
+def judge(
+    data: bytes,
+    recipients: Sequence[str],
+    *,
+    codec: VerpCodec | None,
+    classifier: Classifier,
+    actor: str,
+    sent: Callable[[int, str], bool] | None = None,
+    now: float | None = None,
+) -> Judgement:
+    """:func:`weigh`, check verified ones against the queue (``sent(message id,
+    recipient)``, see :func:`smtpguard.store.queue.was_sent`; None: not checked),
+    :func:`assemble`."""
+    weighed, ignored = weigh(data, recipients, codec=codec, classifier=classifier, now=now)
+    if sent is not None:
+        weighed = [
+            w.never_sent()
+            if w.message_id is not None and not sent(w.message_id, w.verdict.recipient)
+            else w
+            for w in weighed
+        ]
+    return assemble(weighed, ignored, actor)
+
+
 def _weigh(
     verdict: Verdict,
     recipients: Sequence[str],
     codec: VerpCodec | None,
-    known_message: Callable[[int], bool] | None,
     now: float,
-) -> tuple[EvidenceKind, str, str]:
-    """(evidence kind, note, token) for one verdict."""
+) -> tuple[EvidenceKind, str, str, int | None]:
+    """(evidence kind, note, token, message id when verified) for one verdict."""
     if codec is None:
-        return "dsn-unverified", "no-token: no bounce domain is configured", ""
+        return "dsn-unverified", "no-token: no bounce domain is configured", "", None
     if not verdict.recipient:
         # A bounce that names nobody can condemn nobody, whatever its token says.
-        return "dsn-unverified", "no-recipient: the bounce names no recipient", ""
+        return "dsn-unverified", "no-recipient: the bounce names no recipient", "", None
     best = _best([(r, codec.check(r, verdict.recipient, now=now)) for r in recipients])
     if best is None:
-        return "dsn-unverified", "no-token: not sent to a return path", ""
+        return "dsn-unverified", "no-token: not sent to a return path", "", None
     address, check = best
     token = address.partition("@")[0]
     if not check.verified:
-        return "dsn-unverified", f"{check.reason}: {check.detail}", token
-    message_id = check.message_id
-    if known_message is not None and message_id is not None and not known_message(message_id):
-        return "dsn-unverified", f"unknown-message: message {message_id} was never queued", token
-    return "dsn-verified", f"return path of message {message_id}", token
+        return "dsn-unverified", f"{check.reason}: {check.detail}", token, None
+    mid = check.message_id
+    return "dsn-verified", f"return path of message {mid}", token, mid

@@ -25,14 +25,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config, parse_hostport
+from smtpguard.errors import UserError
 from smtpguard.relay import metrics
 from smtpguard.relay.client import Connection, ConnectionLost, RecipientReply, Refusal
 from smtpguard.relay.outcome import Attempt, OutcomeHandler
@@ -40,6 +42,9 @@ from smtpguard.relay.routing import NextHop, RoutingError
 from smtpguard.relay.scheduler import ConnectionCap
 from smtpguard.relay.seams import ReplyClassifier, Router, Shaper
 from smtpguard.store.queue import Claim, QueuedMessage, QueuedRecipient, QueueStore
+
+if TYPE_CHECKING:
+    from smtpguard.intake.verp import VerpCodec
 
 log = logging.getLogger("smtpguard.delivery")
 
@@ -59,13 +64,14 @@ class _Tracker:
 
 @dataclass
 class Job:
-    """One message's recipients for one destination."""
+    """One message's recipients for one destination (one transaction)."""
 
     message: QueuedMessage
     recipients: tuple[QueuedRecipient, ...]
     destination: str
     domain: str
     tracker: _Tracker = field(repr=False)
+    return_path: str = ""  # a signed return path replacing the envelope sender ("": none)
 
 
 def soft_verdict(
@@ -106,8 +112,10 @@ class Delivery:
         outcome: OutcomeHandler,
         *,
         shaper: Shaper | None = None,
+        return_paths: VerpCodec | None = None,
     ) -> None:
         self._cfg = cfg
+        self._return_paths = return_paths
         self._d = cfg.delivery
         self._store = store
         self._router = router
@@ -135,14 +143,33 @@ class Delivery:
             return "smarthost"
         return rcpt.domain
 
+    def _return_path(self, msg: QueuedMessage, rcpt: QueuedRecipient) -> str:
+        """The signed return path for this recipient, or "" to keep the sender as is.
+
+        Only mail with a sender gets one: the null sender (DSNs, ours and the
+        clients') must stay null, or bounces could loop (RFC 5321 section 4.5.5).
+        """
+        if self._return_paths is None or msg.kind != "mail" or not msg.mail_from:
+            return ""
+        try:
+            return self._return_paths.encode(msg.id, rcpt.address)
+        except (ValueError, UserError) as e:  # a queue id past 2**40, an odd address
+            log.warning("%s: no signed return path for <%s>: %s", msg.qid, rcpt.address, e)
+            return ""
+
     def submit(self, claim: Claim, on_done: Callable[[], None] | None = None) -> None:
-        """Line up a claimed message's recipients by destination."""
-        groups: dict[str, list[QueuedRecipient]] = {}
+        """Line up a claimed message's recipients by destination.
+
+        With signed return paths each recipient gets a transaction of its own: the
+        envelope sender names one recipient (VERP), so it cannot be shared.
+        """
+        groups: dict[tuple[str, str], list[QueuedRecipient]] = {}
         for r in claim.recipients:
-            groups.setdefault(self._destination(claim.message, r), []).append(r)
+            key = (self._destination(claim.message, r), self._return_path(claim.message, r))
+            groups.setdefault(key, []).append(r)
         tracker = _Tracker(len(groups), on_done)
-        for dest, rcpts in groups.items():
-            job = Job(claim.message, tuple(rcpts), dest, rcpts[0].domain, tracker)
+        for (dest, return_path), rcpts in groups.items():
+            job = Job(claim.message, tuple(rcpts), dest, rcpts[0].domain, tracker, return_path)
             self._pending[dest].append(job)
             ev = self._arrivals.get(dest)
             if ev is not None:
@@ -333,9 +360,12 @@ class Delivery:
 
     async def _send(self, conn: Connection, job: Job) -> list[Attempt]:
         body_task = asyncio.ensure_future(self._store.body(job.message.id))
+        message = job.message
+        if job.return_path:
+            message = dataclasses.replace(message, mail_from=job.return_path)
         try:
             replies = await conn.send(
-                job.message, job.recipients, body_task, data_timeout=self._d.data_timeout
+                message, job.recipients, body_task, data_timeout=self._d.data_timeout
             )
         finally:
             if not body_task.done():

@@ -45,6 +45,7 @@ from smtpguard.store.messages import Claim, InboundMessage
 from smtpguard.store.queue import QueueStore, format_qid
 
 if TYPE_CHECKING:
+    from smtpguard.intake.listener import BounceServer
     from smtpguard.intake.webhooks.server import WebhookServer
 
 log = logging.getLogger("smtpguard.relay")
@@ -76,6 +77,7 @@ class Relay:
         self.delivery: Delivery | None = None
         self.outcome: OutcomeHandler | None = None
         self.webhooks: WebhookServer | None = None
+        self.bounces: BounceServer | None = None
         self.recovered = 0
         self._scheduler_task: asyncio.Task[None] | None = None
         self._housekeeping_task: asyncio.Task[None] | None = None
@@ -87,11 +89,14 @@ class Relay:
         return self.inbound.port
 
     async def start(self) -> None:
+        from smtpguard.intake.verp import SignedVerpCodec
         from smtpguard.relay.routing import Router
 
         cfg = self.cfg
         busy = cfg.store.busy_timeout
         classifier = load_classifier(cfg)  # fail on bad rules before opening anything
+        # Signed return paths (off without intake.bounce_domain); a bad key file fails here.
+        return_paths = SignedVerpCodec.from_config(cfg.intake)
         self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy)
         self.recovered = await self.queue.recover()
         if self.recovered:
@@ -114,8 +119,9 @@ class Relay:
             cfg, self.queue, sink=self.sink, on_deferred=self.scheduler.notify
         )
         self.delivery = Delivery(
-            cfg, self.queue, Router(d), classifier, self.outcome, shaper=self._shaper
-        )
+            cfg, self.queue, Router(d), classifier, self.outcome, shaper=self._shaper,
+            return_paths=return_paths,
+        )  # fmt: skip
         scheduler, delivery = self.scheduler, self.delivery
 
         def dispatch(claim: Claim) -> None:
@@ -129,6 +135,19 @@ class Relay:
             await self.inbound.start()
         except OSError as e:
             raise UserError(f"cannot listen on {cfg.relay.listen}: {e.strerror or e}") from None
+        if cfg.intake.listen and return_paths is not None:
+            from smtpguard.intake.listener import BounceServer
+
+            self.bounces = BounceServer(
+                cfg, sink=self.sink, classifier=classifier, codec=return_paths,
+                was_sent=self.queue.was_sent,
+            )  # fmt: skip
+            try:
+                await self.bounces.start()
+            except OSError as e:
+                raise UserError(
+                    f"cannot listen on {cfg.intake.listen}: {e.strerror or e}"
+                ) from None
         if cfg.webhooks.listen:
             from smtpguard.intake.webhooks.server import WebhookServer
 
@@ -175,6 +194,9 @@ class Relay:
         if self.inbound is not None:
             with contextlib.suppress(Exception):
                 await self.inbound.stop(timeout=drain)
+        if self.bounces is not None:
+            with contextlib.suppress(Exception):
+                await self.bounces.stop(timeout=drain)
         if self.webhooks is not None:
             with contextlib.suppress(Exception):
                 await self.webhooks.stop()
