@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "smtpguard.cli.doctor:doctor",
         "Check a domain's MX, SPF, DKIM, DMARC, PTR and DNSBL listings.",
     ),
+    "intake": (
+        "smtpguard.cli.intake:intake",
+        "Feed stored bounces (files, mbox, Maildir) to the suppression policy.",
+    ),
     "webhooks": (
         "smtpguard.cli.webhooks:webhooks",
         "Receive ESP event webhooks (Amazon SES, SendGrid, Postmark).",
