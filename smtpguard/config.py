@@ -216,6 +216,32 @@ class PolicyConfig:
         600.0, "Storm breaker: the sliding window attempts are counted in.", unit="s",
         check="positive",
     )  # fmt: skip
+    soft_bounce_limit: int = opt(
+        5,
+        "A recipient is suppressed after this many soft bounces (0: never), spanning at"
+        " least soft_bounce_span with no delivery in between.",
+        check="count",
+    )
+    soft_bounce_span: float = opt(
+        604_800.0, "The soft bounces must span at least this long.", unit="s", check="positive"
+    )
+    soft_bounce_forget: float = opt(
+        2_592_000.0,
+        "A count of soft bounces not added to for this long starts again.",
+        unit="s",
+        check="positive",
+    )
+    soft_bounce_reasons: list[str] = opt(
+        ["mailboxfull", "suspend", "userunknown", "hostunknown", "hasmoved"],
+        "Soft bounce reasons that count (they are about the recipient's mailbox).",
+        check="reasons",
+    )
+    expiry: dict[str, str] = opt(
+        {"mailboxfull": "30d", "suspend": "90d"},
+        "Per reason, how long a suppression lasts (prune deletes it after);"
+        " a reason not listed suppresses for good.",
+        check="expiry",
+    )
 
 
 @dataclass(frozen=True)
@@ -591,6 +617,27 @@ def _modes(value: dict[str, str]) -> None:
             raise ValueError(f"enforce or record for {kind!r}, not {mode!r}")
 
 
+def _reasons(value: list[str]) -> None:
+    from smtpguard.classify.verdict import REASONS
+
+    for reason in value:
+        if reason not in REASONS:
+            raise ValueError(f"classifier reasons like mailboxfull, not {reason!r}")
+
+
+def _expiry(value: dict[str, str]) -> None:
+    from smtpguard.store.entries import SUPPRESSION_REASONS
+
+    for reason, duration in value.items():
+        if reason not in SUPPRESSION_REASONS:
+            raise ValueError(f"suppression reasons as keys, like mailboxfull, not {reason!r}")
+        try:
+            if parse_duration(duration) <= 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"durations like 30d for {reason!r}, not {duration!r}") from None
+
+
 def _is(test: Any, expected: str) -> Any:
     def check(value: Any) -> None:
         if not test(value):
@@ -610,6 +657,9 @@ _CHECKS: dict[str, Any] = {
     "factor": _is(lambda v: v >= 1, "a factor of at least 1 (retries must not get shorter)"),
     "share": _is(lambda v: 0 < v < 1, "a share between 0 and 1, like 0.2"),
     "modes": _modes,
+    "count": _is(lambda v: v >= 0, "a whole number, 0 or more"),
+    "reasons": _reasons,
+    "expiry": _expiry,
     "port": _is(lambda v: 0 < v < 65536, "a port number 1-65535"),
     "hostport": _hostport,
     "hostport?": _optional(_hostport),

@@ -7,6 +7,7 @@ Step 1: suppression list and its history (foundation).
 Step 2: the relay's queue (messages, per-recipient delivery state) and events.
 Step 3: evidence kinds on entries and history, more history actions, entries the
 storm breaker holds back (pending), and DNS answers waiting for a second sighting.
+Step 4: soft bounces counted per address until they add up to a suppression.
 """
 
 from __future__ import annotations
@@ -195,5 +196,21 @@ MIGRATIONS: list[list[str]] = [
             last_seen  REAL    NOT NULL,
             count      INTEGER NOT NULL DEFAULT 1
         ) WITHOUT ROWID""",
+    ],
+    # 4: soft bounces counted toward a suppression  (smtpguard/store/suppression.py)
+    [
+        # One row per address with soft bounces since its last delivery: the policy
+        # suppresses it after policy.soft_bounce_limit of them spanning at least
+        # policy.soft_bounce_span; a delivery deletes the row.
+        """CREATE TABLE soft_bounces (
+            domain     TEXT    NOT NULL,
+            local      TEXT    NOT NULL,
+            reason     TEXT    NOT NULL,
+            first_seen REAL    NOT NULL,
+            last_seen  REAL    NOT NULL,
+            count      INTEGER NOT NULL DEFAULT 1,
+            PRIMARY KEY (domain, local)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX soft_bounces_last_seen ON soft_bounces (last_seen)",
     ],
 ]
