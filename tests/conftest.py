@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
     "tests.fixtures.relay",
+    "tests.fixtures.sink",
     "tests.fixtures.webhooks",
 ]

@@ -7,7 +7,6 @@ pass without waiting for them; the results are read from the real SQLite file.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -35,18 +34,6 @@ def full(address: str = BOB, *, stage: str = "rcpt", diagnostic: str = "") -> Ve
 
 def delivered(address: str = BOB) -> Verdict:
     return Verdict(recipient=address, reason="delivered", bounce="none", stage="data")
-
-
-@pytest.fixture
-def config(data_dir: Path) -> Config:
-    return Config().with_overrides(store={"data_dir": str(data_dir)})
-
-
-@pytest.fixture
-async def sink(config: Config) -> AsyncIterator[SuppressionSink]:
-    s = await open_sink(config)
-    yield s
-    await s.close()
 
 
 def lookup(config: Config, address: str = BOB, now: float = T0) -> object:

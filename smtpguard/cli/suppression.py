@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -582,32 +583,6 @@ def import_cmd(
       aws sesv2 list-suppressed-destinations | smtpguard suppression import -
       smtpguard suppression import --from plain --reason unsubscribe optouts.txt
     """
-    ctx = click.get_current_context()
-    if provider and fmt != "auto":
-        raise click.UsageError("--from and --format exclude each other")
-    stdin = str(file) == "-"
-    name = "-" if stdin else str(file)
-    with contextlib.ExitStack() as cleanup:
-        if stdin:
-            # The parser is a second process (multiprocessing gives it no stdin): it
-            # reads a spooled copy.
-            spool = cleanup.enter_context(tempfile.NamedTemporaryFile(prefix="smtpguard-import-"))
-            shutil.copyfileobj(sys.stdin.buffer, spool)
-            spool.flush()
-            file = Path(spool.name)
-        _import(ctx, file, name, fmt, provider, reason, expires, skip_invalid)
-
-
-def _import(
-    ctx: click.Context,
-    file: Path,
-    name: str,
-    fmt: str,
-    provider: str | None,
-    reason: str,
-    expires: float | None,
-    skip_invalid: bool,
-) -> None:
     from rich.progress import (
         BarColumn,
         Progress,
@@ -619,57 +594,79 @@ def _import(
 
     from smtpguard.intake.exports import ESP_FORMATS, parse_any, sniff
 
-    try:
-        with open(file, "rb") as f:
-            size, head = os.fstat(f.fileno()).st_size, f.read(4096)
-    except OSError as e:
-        raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
-    if provider:
-        fmt = provider
-    elif fmt == "auto":
-        fmt = sniff(head.decode("utf-8", "replace")) or detect_format(
-            file,
-            io.BufferedReader(io.BytesIO(head)),  # type: ignore[arg-type]
+    ctx = click.get_current_context()
+    if provider and fmt != "auto":
+        raise click.UsageError("--from and --format exclude each other")
+    name = str(file)
+    with _spooled(file) as path:
+        try:
+            with open(path, "rb") as f:
+                size, head = os.fstat(f.fileno()).st_size, f.read(4096)
+        except OSError as e:
+            raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
+        if provider:
+            fmt = provider
+        elif fmt == "auto":
+            fmt = sniff(head.decode("utf-8", "replace")) or detect_format(
+                Path(name), io.BufferedReader(io.BytesIO(head))
+            )
+        if fmt in ESP_FORMATS and ctx.get_parameter_source("reason") is ParameterSource.COMMANDLINE:
+            raise click.UsageError(
+                f"--reason does not apply to {fmt}: its export carries the reasons"
+            )
+        # Started before the database is opened and before rich's progress thread:
+        # the parser is a forked process and must inherit neither.
+        parser = Parser(str(path), fmt, reason, expires, parse=parse_any, name=name)
+        problems: list[Problem] = []
+        err = Console(stderr=True)
+        progress = Progress(
+            TextColumn("importing {task.fields[rows]:,} rows"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=not err.is_terminal,
+            transient=False,
         )
-    if fmt in ESP_FORMATS and ctx.get_parameter_source("reason") is ParameterSource.COMMANDLINE:
-        raise click.UsageError(f"--reason does not apply to {fmt}: its export carries the reasons")
-    # Started before the database is opened and before rich's progress thread:
-    # the parser is a forked process and must inherit neither.
-    parser = Parser(str(file), fmt, reason, expires, parse=parse_any, name=name)
-    problems: list[Problem] = []
-    err = Console(stderr=True)
-    progress = Progress(
-        TextColumn("importing {task.fields[rows]:,} rows"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not err.is_terminal,
-        transient=False,
-    )
-    with parser, _store(create=True) as store, progress:
-        task = progress.add_task("import", total=size or None, rows=0)
-        with store.bulk(actor=f"import:{'stdin' if name == '-' else Path(name).name}") as writer:
-            for batch, bad, done_bytes, rows in parser:
-                problems.extend(bad)
-                if skip_invalid or not problems:
-                    for obs in batch:
-                        writer.add(obs)
-                progress.update(task, completed=done_bytes, rows=rows)
-            if problems and not skip_invalid:
-                raise UserError(problems_message(name, problems))  # rolls back
-        counts = writer.counts
-    summary = (
-        f"imported {plural(writer.total, 'entry', 'entries')} from {name} "
-        f"({counts['added']} added, {counts['escalated']} escalated, {counts['updated']} updated)"
-    )
-    if problems:
-        for p in problems[:SHOWN_PROBLEMS]:
-            click.echo(f"smtpguard: warning: {name}: {p}", err=True)
-        unit = problems[0].unit
-        summary += f"; skipped {len(problems)} invalid {unit}(s): {line_numbers(problems)}"
-    click.echo(summary)
+        with parser, _store(create=True) as store, progress:
+            task = progress.add_task("import", total=size or None, rows=0)
+            with store.bulk(
+                actor=f"import:{'stdin' if name == '-' else Path(name).name}"
+            ) as writer:
+                for batch, bad, done_bytes, rows in parser:
+                    problems.extend(bad)
+                    if skip_invalid or not problems:
+                        for obs in batch:
+                            writer.add(obs)
+                    progress.update(task, completed=done_bytes, rows=rows)
+                if problems and not skip_invalid:
+                    raise UserError(problems_message(name, problems))  # rolls back
+            counts = writer.counts
+        summary = (
+            f"imported {plural(writer.total, 'entry', 'entries')} from {name} "
+            f"({counts['added']} added, {counts['escalated']} escalated, "
+            f"{counts['updated']} updated)"
+        )
+        if problems:
+            for p in problems[:SHOWN_PROBLEMS]:
+                click.echo(f"smtpguard: warning: {name}: {p}", err=True)
+            unit = problems[0].unit
+            summary += f"; skipped {len(problems)} invalid {unit}(s): {line_numbers(problems)}"
+        click.echo(summary)
+
+
+@contextlib.contextmanager
+def _spooled(file: Path) -> Iterator[Path]:
+    """``-`` (standard input) as a file the parser process can open (multiprocessing gives
+    the child no stdin); any other path as it is."""
+    if str(file) != "-":
+        yield file
+        return
+    with tempfile.NamedTemporaryFile(prefix="smtpguard-import-") as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+        spool.flush()
+        yield Path(spool.name)
 
 
 # --------------------------------------------------------------------------- export, prune, stats
