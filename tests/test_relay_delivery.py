@@ -161,7 +161,9 @@ def test_held_message_is_not_delivered_until_released(start_relay, dns_server, t
 
     route_to_mx(dns_server, "example.com")
     test_mx.script("r@example.com", ["452 4.2.2 Mailbox full", "250 2.1.5 Ok"])
-    relay = start_relay(delivery={"retry_initial": 1.0, "retry_max": 1.0})
+    # The retry waits long enough for two CLI processes (list, hold) to run first even
+    # on a loaded machine; the hold must then outlast it.
+    relay = start_relay(delivery={"retry_initial": 3.0, "retry_max": 3.0})
     relay.send("s@example.org", ["r@example.com"], BODY)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -170,7 +172,7 @@ def test_held_message_is_not_delivered_until_released(start_relay, dns_server, t
             break
         time.sleep(0.05)
     assert relay.queue_cli("hold", row["id"]).returncode == 0
-    time.sleep(2.0)  # twice the retry interval: a held message stays put
+    time.sleep(3.5)  # past its retry time: a held message stays put
     assert test_mx.messages == []
     assert relay.queue_cli("release", row["id"]).returncode == 0
     test_mx.wait_for(1, timeout=10)
