@@ -34,6 +34,23 @@ def wait_states(data_dir: Path, want: dict[str, str], timeout: float = 15) -> di
     raise AssertionError(f"recipient states {got} did not reach {want} within {timeout}s")
 
 
+def tried(data_dir: Path, timeout: float = 15) -> tuple[str, str, str, str]:
+    """(state, last_status, last_reason, last_diag) of the only recipient once it was tried."""
+    conn = sqlite3.connect(data_dir / "smtpguard.db")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            row = conn.execute(
+                "SELECT state, last_status, last_reason, last_diag, attempts FROM queue_recipients"
+            ).fetchone()
+            if row and row[4] >= 1:
+                return row[:4]
+            assert time.monotonic() < deadline, f"no attempt recorded within {timeout}s: {row}"
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
 def test_message_reaches_the_mx(start_relay, dns_server, test_mx):
     route_to_mx(dns_server, "example.com")
     relay = start_relay()

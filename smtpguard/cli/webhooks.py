@@ -11,8 +11,8 @@ import sys
 
 import click
 
+from smtpguard.cli.daemon import announce, hostport, log_level_option, setup_logging
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.serve import listening, log_level_option, start_logging
 from smtpguard.errors import UserError
 
 
@@ -42,7 +42,8 @@ def serve(listen: str | None, log_level: str) -> None:
         cfg = cfg.with_overrides(webhooks={"listen": listen}, origin="--listen")
     if not cfg.webhooks.listen:
         raise UserError("no address to listen on: set webhooks.listen or give --listen")
-    start_logging(log_level)
+    setup_logging(log_level, cfg.log.format)
     from smtpguard.intake.webhooks.server import serve_webhooks
 
-    sys.exit(asyncio.run(serve_webhooks(cfg, on_listening=listening)))
+    on_listening = lambda host, port: announce(hostport(host, port))  # noqa: E731
+    sys.exit(asyncio.run(serve_webhooks(cfg, on_listening=on_listening)))

@@ -254,6 +254,7 @@ class InboundServer:
             auth_user=auth_user,
             received_at=now,
             auto_submitted=is_auto_submitted(content),
+            arrived_at=envelope.started or now,
         )
         proto.committing = True
         try:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
@@ -121,6 +122,7 @@ class RelayEnvelope(Envelope):
         self.envid = ""
         self.recipients: list[Recipient] = []
         self.seen: set[str] = set()
+        self.started = 0.0  # unix time of MAIL FROM: the delivery log's time before the queue
 
 
 class RelaySMTP(SMTP):
@@ -394,6 +396,7 @@ class RelaySMTP(SMTP):
                 await self.push("553 5.6.7 Non-ASCII sender address requires SMTPUTF8")
                 return
         envelope.mail_from = address
+        envelope.started = time.time()
         envelope.smtp_utf8 = params.smtputf8
         envelope.body = params.body
         envelope.ret = params.ret
