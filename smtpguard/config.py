@@ -35,6 +35,8 @@ from smtpguard.smtp.status import is_reply_with_status
 
 ENV_CONFIG = "SMTPGUARD_CONFIG"
 ENV_DATA_DIR = "SMTPGUARD_DATA_DIR"
+#: Shortest signing key accepted for return paths (128 bits).
+MIN_SECRET_BYTES = 16
 #: The installed configuration (``make install`` puts it here), read when no
 #: other file is named. A module attribute so tests can point it elsewhere.
 SYSTEM_CONFIG = Path("/etc/smtpguard/smtpguard.toml")
@@ -262,6 +264,32 @@ class PolicyConfig:
         600.0, "Storm breaker: the sliding window attempts are counted in.", unit="s",
         check="positive",
     )  # fmt: skip
+    soft_bounce_limit: int = opt(
+        5,
+        "A recipient is suppressed after this many soft bounces (0: never), spanning at"
+        " least soft_bounce_span with no delivery in between.",
+        check="count",
+    )
+    soft_bounce_span: float = opt(
+        604_800.0, "The soft bounces must span at least this long.", unit="s", check="positive"
+    )
+    soft_bounce_forget: float = opt(
+        2_592_000.0,
+        "A count of soft bounces not added to for this long starts again.",
+        unit="s",
+        check="positive",
+    )
+    soft_bounce_reasons: list[str] = opt(
+        ["mailboxfull", "suspend", "userunknown", "hostunknown", "hasmoved"],
+        "Soft bounce reasons that count (they are about the recipient's mailbox).",
+        check="reasons",
+    )
+    expiry: dict[str, str] = opt(
+        {"mailboxfull": "30d", "suspend": "90d"},
+        "Per reason, how long a suppression lasts (prune deletes it after);"
+        " a reason not listed suppresses for good.",
+        check="expiry",
+    )
 
 
 @dataclass(frozen=True)
@@ -397,6 +425,129 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class IntakeConfig:
+    """Bounce intake: signed return paths (VERP) tie returned DSNs to what was sent."""
+
+    bounce_domain: str = opt(
+        "",
+        "Envelope senders become b+TOKEN@DOMAIN, a domain routed to smtpguard (off when empty).",
+        check="hostname?",
+    )
+    secret_file: str = opt(
+        "",
+        "File holding the key that signs return paths (at least 16 bytes; not world-readable).",
+    )
+    secret: str = opt(
+        "", "The signing key itself, when no secret_file is used (never printed).", secret=True
+    )
+    previous_secret_file: str = opt(
+        "", "After a key rotation: the file of the key used before, still accepted for a while."
+    )
+    previous_secret: str = opt(
+        "", "The previous key itself, when no previous_secret_file is used.", secret=True
+    )
+    previous_valid_until: str = opt(
+        "",
+        "Until when return paths signed with the previous key count, e.g. 2026-12-31T00:00:00Z.",
+        check="time?",
+    )
+    token_lifetime: float = opt(
+        1_209_600.0,
+        "How long a return path stays valid (counted in whole days, rounded up).",
+        unit="s",
+        check="days",
+    )
+    listen: str = opt(
+        "",
+        "HOST:PORT where smtpguard serve takes mail for the bounce domain (off when empty).",
+        check="hostport?",
+    )
+    max_message_size: int = opt(
+        10_485_760, "Largest returned message accepted (552 5.3.4 beyond).", unit="bytes",
+        check="positive",
+    )  # fmt: skip
+    max_sessions: int = opt(50, "Concurrent sessions on the intake listener.", check="positive")
+    rate_limit: int = opt(
+        120,
+        "Messages one client address may return per minute (450 4.7.1 beyond).",
+        check="positive",
+    )
+
+    def problems(self) -> list[str]:
+        """What makes this table impossible as a whole (each key may be fine alone)."""
+        out = []
+        for key in ("", "previous_"):
+            inline = getattr(self, f"{key}secret")
+            if inline and getattr(self, f"{key}secret_file"):
+                out.append(f"set {key}secret_file or {key}secret, not both")
+            if inline and len(inline.encode()) < MIN_SECRET_BYTES:
+                out.append(f"{key}secret must be at least {MIN_SECRET_BYTES} bytes (a random key)")
+        if self.bounce_domain and not (self.secret or self.secret_file):
+            out.append("bounce_domain is set but no secret_file (or secret) signs return paths")
+        if self.listen and not self.bounce_domain:
+            out.append("listen is set but no bounce_domain says which mail to take")
+        has_previous = bool(self.previous_secret or self.previous_secret_file)
+        if has_previous != bool(self.previous_valid_until):
+            out.append(
+                "previous_secret_file (or previous_secret) and previous_valid_until go together"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """HTTP listener for ESP event webhooks (Amazon SES via SNS, SendGrid, Postmark)."""
+
+    listen: str = opt(
+        "",
+        "HOST:PORT of the webhook listener (off when empty; keep it on loopback behind a proxy).",
+        check="hostport?",
+    )
+    max_body: int = opt(
+        1_048_576, "Largest request body accepted (413 beyond).", unit="bytes", check="positive"
+    )
+    ses_topic_arns: list[str] = opt(
+        [],
+        "SNS topics whose SES notifications /ses accepts (off when empty).",
+        check="arns",
+    )
+    sns_certificate_dir: str = opt(
+        "",
+        "Trusted SNS signing certificates, named as in SigningCertURL (empty: fetch over HTTPS).",
+    )
+    sns_confirm_subscriptions: bool = opt(
+        True, "Visit the SubscribeURL of a verified confirmation for a listed topic."
+    )
+    sendgrid_public_key: str = opt(
+        "",
+        "SendGrid's Signed Event Webhook key, base64 or PEM (/sendgrid off when empty).",
+        check="ec-public-key?",
+    )
+    sendgrid_max_age: float = opt(
+        600.0, "Refuse SendGrid events signed longer ago (or ahead) than this.", unit="s",
+        check="positive",
+    )  # fmt: skip
+    postmark_user: str = opt(
+        "", "HTTP basic auth user Postmark must send (/postmark off when empty)."
+    )
+    postmark_password_file: str = opt("", "File holding the basic auth password for Postmark.")
+    postmark_password: str = opt(
+        "", "The Postmark basic auth password itself (never printed).", secret=True
+    )
+
+    def problems(self) -> list[str]:
+        """What makes this table impossible as a whole."""
+        out = []
+        if self.postmark_password and self.postmark_password_file:
+            out.append("set postmark_password_file or postmark_password, not both")
+        if bool(self.postmark_user) != bool(self.postmark_password or self.postmark_password_file):
+            out.append(
+                "postmark_user and postmark_password_file (or postmark_password) go together"
+            )
+        return out
+
+
+@dataclass(frozen=True)
 class DoctorConfig:
     """The doctor command: DNS and reputation checks of a sending domain."""
 
@@ -429,6 +580,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     source: str = field(default="(embedded defaults)", compare=False)
     #: Durations as the operator wrote them ("5d"), by "table.key", for printing.
     written: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -459,7 +612,7 @@ class Config:
                 f = _field(type(current), key)
                 merged[key] = _coerce(origin or self.source, f"{name}.{key}", value, f)
                 written[f"{name}.{key}"] = value
-            changed[name] = type(current)(**merged)
+            changed[name] = _whole(origin or self.source, name, type(current)(**merged))
         cfg = dataclasses.replace(self, **changed, written=written)
         check_combinations(cfg)
         return cfg
@@ -630,6 +783,40 @@ def _routes(value: dict[str, str]) -> None:
             raise ValueError(f"HOST or HOST:PORT next hops, not {hop!r} for {domain!r}") from None
 
 
+def _time(value: str) -> None:
+    try:
+        parse_iso_time(value)
+    except ValueError:
+        raise ValueError("an ISO 8601 time like 2026-12-31T00:00:00Z") from None
+
+
+def parse_iso_time(value: str) -> float:
+    """Epoch seconds from an ISO 8601 time; without an offset it is UTC."""
+    from datetime import UTC, datetime
+
+    when = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+
+
+def _arns(value: list[str]) -> None:
+    for arn in value:
+        if not _ARN.fullmatch(arn):
+            raise ValueError(
+                f"SNS topic ARNs like arn:aws:sns:us-east-1:123456789012:bounces, not {arn!r}"
+            )
+
+
+def _ec_public_key(value: str) -> None:
+    from smtpguard.intake.keys import load_ec_public_key
+
+    load_ec_public_key(value)
+
+
 def _pins(value: list[str]) -> None:
     from smtpguard.relay.tlspolicy import TLSPolicyError, parse_pin
 
@@ -650,6 +837,27 @@ def _modes(value: dict[str, str]) -> None:
             raise ValueError(f"evidence kinds as keys ({', '.join(EVIDENCE_KINDS)}), not {kind!r}")
         if mode not in MODES:
             raise ValueError(f"enforce or record for {kind!r}, not {mode!r}")
+
+
+def _reasons(value: list[str]) -> None:
+    from smtpguard.classify.verdict import REASONS
+
+    for reason in value:
+        if reason not in REASONS:
+            raise ValueError(f"classifier reasons like mailboxfull, not {reason!r}")
+
+
+def _expiry(value: dict[str, str]) -> None:
+    from smtpguard.store.entries import SUPPRESSION_REASONS
+
+    for reason, duration in value.items():
+        if reason not in SUPPRESSION_REASONS:
+            raise ValueError(f"suppression reasons as keys, like mailboxfull, not {reason!r}")
+        try:
+            if parse_duration(duration) <= 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"durations like 30d for {reason!r}, not {duration!r}") from None
 
 
 def _is(test: Any, expected: str) -> Any:
@@ -675,6 +883,9 @@ _CHECKS: dict[str, Any] = {
     "factor": _is(lambda v: v >= 1, "a factor of at least 1 (retries must not get shorter)"),
     "share": _is(lambda v: 0 < v < 1, "a share between 0 and 1, like 0.2"),
     "modes": _modes,
+    "count": _is(lambda v: v >= 0, "a whole number, 0 or more"),
+    "reasons": _reasons,
+    "expiry": _expiry,
     "port": _is(lambda v: 0 < v < 65536, "a port number 1-65535"),
     "hostport": _hostport,
     "hostport?": _optional(_hostport),
@@ -685,6 +896,10 @@ _CHECKS: dict[str, Any] = {
     "networks": _networks,
     "nameservers": _nameservers,
     "routes": _routes,
+    "time?": _optional(_time),
+    "days": _is(lambda v: v >= 86400, "at least a day (1d)"),
+    "arns": _arns,
+    "ec-public-key?": _optional(_ec_public_key),
     "tls": _tls,
     "tls?": _optional(_tls),
     "pins": _pins,
@@ -916,10 +1131,18 @@ def _load_file(path: Path) -> Config:
                 )
             kwargs[key] = _coerce(name, f"{table}.{key}", value, known_keys[key])
             written[f"{table}.{key}"] = value
-        sections[table] = cls(**kwargs)
+        sections[table] = _whole(name, table, cls(**kwargs))
     cfg = Config(**sections, source=name, written=written)
     check_combinations(cfg)
     return cfg
+
+
+def _whole(source: str, table: str, section: Any) -> Any:
+    """A section checked as a whole (keys that only make sense together)."""
+    problems = section.problems() if hasattr(section, "problems") else []
+    if problems:
+        raise ConfigError(f"{source}: [{table}]: {problems[0]}")
+    return section
 
 
 # --------------------------------------------------------------------------- rendering

@@ -8,4 +8,6 @@ pytest_plugins = [
     "tests.fixtures.postfix",
     "tests.fixtures.rawsmtp",
     "tests.fixtures.relay",
+    "tests.fixtures.sink",
+    "tests.fixtures.webhooks",
 ]

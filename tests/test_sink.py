@@ -7,14 +7,8 @@ so an hour or a storm window passes without waiting for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config
-from smtpguard.policy import open_sink
 from smtpguard.policy.evidence import Evidence
 from smtpguard.policy.sink import SuppressionSink
 from smtpguard.store.suppression import SuppressionStore
@@ -40,18 +34,6 @@ def nxdomain(address: str) -> Verdict:
         recipient=address, status="5.1.2", reply_code="550", reason="hostunknown", bounce="hard",
         diagnostic="Host or domain name not found", stage="connect",
     )  # fmt: skip
-
-
-@pytest.fixture
-def config(data_dir: Path) -> Config:
-    return Config().with_overrides(store={"data_dir": str(data_dir)})
-
-
-@pytest.fixture
-async def sink(config: Config) -> AsyncIterator[SuppressionSink]:
-    s = await open_sink(config)
-    yield s
-    await s.close()
 
 
 def store(config: Config) -> SuppressionStore:

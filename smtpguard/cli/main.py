@@ -41,6 +41,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "smtpguard.cli.doctor:doctor",
         "Check a domain's MX, SPF, DKIM, DMARC, PTR and DNSBL listings.",
     ),
+    "intake": (
+        "smtpguard.cli.intake:intake",
+        "Feed stored bounces (files, mbox, Maildir) to the suppression policy.",
+    ),
+    "webhooks": (
+        "smtpguard.cli.webhooks:webhooks",
+        "Receive ESP event webhooks (Amazon SES, SendGrid, Postmark).",
+    ),
     "logscan": (
         "smtpguard.cli.logscan:logscan",
         "Classify bounces and deferrals in Postfix, Exim and Sendmail logs.",

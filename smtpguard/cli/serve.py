@@ -40,7 +40,11 @@ from smtpguard.cli.main import common_options, get_config
 def serve(
     listen: str | None, smarthost: str | None, log_level: str, log_format: str | None
 ) -> None:
-    """Run the relay (Postfix relayhost) until SIGTERM or SIGINT."""
+    """Run the relay (Postfix relayhost) until SIGTERM or SIGINT.
+
+    With intake.listen set it also takes the mail returned to the bounce domain, and
+    with webhooks.listen the ESPs' event webhooks, in the same process.
+    """
     cfg = get_config()
     if listen:
         cfg = cfg.with_overrides(relay={"listen": listen}, origin="--listen")

@@ -11,16 +11,22 @@ corrupt database).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import getpass
+import io
 import json
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
@@ -53,6 +59,8 @@ from smtpguard.store.suppression import (
 )
 
 REASON_CHOICE = click.Choice(sorted(SUPPRESSION_REASONS))
+#: ``import --from``: the ESP exports and plain lists (smtpguard.intake.exports).
+IMPORT_FORMATS = ("ses", "mailgun", "sendgrid", "postmark", "plain")
 SOURCE_CHOICE = click.Choice(SOURCES)
 EVIDENCE_CHOICE = click.Choice(EVIDENCE_KINDS)
 
@@ -518,9 +526,22 @@ def _history_table(records: list[HistoryRecord]) -> Table:
 
 
 @suppression.command("import")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@format_option("auto", "csv", "jsonl", help="File format; auto goes by extension, then content.")
-@_reason_option("Reason for rows without a 'reason' column.")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@format_option(
+    "auto",
+    "csv",
+    "jsonl",
+    help="smtpguard's own format; auto goes by extension, then content, and also "
+    "recognises the ESP exports and plain lists of --from.",
+)
+@click.option(
+    "--from",
+    "provider",
+    type=click.Choice(IMPORT_FORMATS),
+    help="The file is an ESP's suppression export (ses, mailgun, sendgrid, postmark) "
+    "or a plain list of addresses, one per line.",
+)
+@_reason_option("Reason for rows without a 'reason' column, and for plain lists.")
 @_expires_option("Expiry for rows without an 'expires' value: 30d or an ISO time.")
 @click.option(
     "--skip-invalid",
@@ -529,14 +550,27 @@ def _history_table(records: list[HistoryRecord]) -> Table:
 )
 @common_options
 def import_cmd(
-    file: Path, fmt: str, reason: str, expires: float | None, skip_invalid: bool
+    file: Path,
+    fmt: str,
+    provider: str | None,
+    reason: str,
+    expires: float | None,
+    skip_invalid: bool,
 ) -> None:
-    """Import entries from a CSV (with a header) or JSON Lines FILE.
+    """Import entries from FILE (- for standard input).
 
-    Columns / keys: address (required; also 'email' or 'recipient'), reason, kind, status,
-    reply_code, diagnostic, source, first_seen, last_seen, count, expires,
-    note. Times are ISO 8601 (UTC if no offset) or epoch seconds. The output of
+    smtpguard's own CSV (with a header) or JSON Lines: columns / keys address
+    (required; also 'email' or 'recipient'), reason, kind, status, reply_code,
+    diagnostic, source, first_seen, last_seen, count, expires, evidence, note.
+    Times are ISO 8601 (UTC if no offset) or epoch seconds. The output of
     `export` imports as is.
+
+    An ESP's export (--from, or recognised by its content): Amazon SES
+    `aws sesv2 list-suppressed-destinations` JSON, Mailgun's and SendGrid's
+    bounces CSV, Postmark's suppression dump; each carries its own reasons
+    (BOUNCE and hard bounces: userunknown or what the bounce text says;
+    COMPLAINT / SpamComplaint: complaint; Postmark's ManualSuppression by the
+    recipient: unsubscribe). A plain list: one address per line, with --reason.
 
     All or nothing: if any line is invalid, nothing is imported and the error
     lists the bad line numbers; --skip-invalid imports the rest. The import is
@@ -545,7 +579,9 @@ def import_cmd(
     \b
     Examples:
       smtpguard suppression import bounces.csv --reason userunknown
-      smtpguard suppression import complaints.jsonl --reason complaint
+      smtpguard suppression import --from ses suppressed.json
+      aws sesv2 list-suppressed-destinations | smtpguard suppression import -
+      smtpguard suppression import --from plain --reason unsubscribe optouts.txt
     """
     from rich.progress import (
         BarColumn,
@@ -556,57 +592,97 @@ def import_cmd(
         TimeRemainingColumn,
     )
 
+    from smtpguard.intake.exports import ESP_FORMATS, parse_any, sniff
+
+    ctx = click.get_current_context()
+    if provider and fmt != "auto":
+        raise click.UsageError("--from and --format exclude each other")
     name = str(file)
-    try:
-        with open(file, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if fmt == "auto":
-                fmt = detect_format(file, f)  # type: ignore[arg-type]
-    except OSError as e:
-        raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
-    # Started before the database is opened and before rich's progress thread:
-    # the parser is a forked process and must inherit neither.
-    parser = Parser(name, fmt, reason, expires)
-    problems: list[Problem] = []
-    err = Console(stderr=True)
-    progress = Progress(
-        TextColumn("importing {task.fields[rows]:,} rows"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not err.is_terminal,
-        transient=False,
-    )
-    with parser, _store(create=True) as store, progress:
-        task = progress.add_task("import", total=size or None, rows=0)
-        with store.bulk(actor=f"import:{file.name}") as writer:
-            for batch, bad, done_bytes, rows in parser:
-                problems.extend(bad)
-                if skip_invalid or not problems:
-                    for obs in batch:
-                        writer.add(obs)
-                progress.update(task, completed=done_bytes, rows=rows)
-            if problems and not skip_invalid:
-                raise UserError(problems_message(name, problems))  # rolls back
-        counts = writer.counts
-    summary = (
-        f"imported {plural(writer.total, 'entry', 'entries')} from {name} "
-        f"({counts['added']} added, {counts['escalated']} escalated, {counts['updated']} updated)"
-    )
-    if problems:
-        for p in problems[:SHOWN_PROBLEMS]:
-            click.echo(f"smtpguard: warning: {name}: line {p.line}: {p.message}", err=True)
-        summary += f"; skipped {len(problems)} invalid line(s): {line_numbers(problems)}"
-    click.echo(summary)
+    with _spooled(file) as path:
+        try:
+            with open(path, "rb") as f:
+                size, head = os.fstat(f.fileno()).st_size, f.read(4096)
+        except OSError as e:
+            raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
+        if provider:
+            fmt = provider
+        elif fmt == "auto":
+            fmt = sniff(head.decode("utf-8", "replace")) or detect_format(
+                Path(name), io.BufferedReader(io.BytesIO(head))
+            )
+        if fmt in ESP_FORMATS and ctx.get_parameter_source("reason") is ParameterSource.COMMANDLINE:
+            raise click.UsageError(
+                f"--reason does not apply to {fmt}: its export carries the reasons"
+            )
+        # Started before the database is opened and before rich's progress thread:
+        # the parser is a forked process and must inherit neither.
+        parser = Parser(str(path), fmt, reason, expires, parse=parse_any, name=name)
+        problems: list[Problem] = []
+        err = Console(stderr=True)
+        progress = Progress(
+            TextColumn("importing {task.fields[rows]:,} rows"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=not err.is_terminal,
+            transient=False,
+        )
+        with parser, _store(create=True) as store, progress:
+            task = progress.add_task("import", total=size or None, rows=0)
+            with store.bulk(
+                actor=f"import:{'stdin' if name == '-' else Path(name).name}"
+            ) as writer:
+                for batch, bad, done_bytes, rows in parser:
+                    problems.extend(bad)
+                    if skip_invalid or not problems:
+                        for obs in batch:
+                            writer.add(obs)
+                    progress.update(task, completed=done_bytes, rows=rows)
+                if problems and not skip_invalid:
+                    raise UserError(problems_message(name, problems))  # rolls back
+            counts = writer.counts
+        summary = (
+            f"imported {plural(writer.total, 'entry', 'entries')} from {name} "
+            f"({counts['added']} added, {counts['escalated']} escalated, "
+            f"{counts['updated']} updated)"
+        )
+        if problems:
+            for p in problems[:SHOWN_PROBLEMS]:
+                click.echo(f"smtpguard: warning: {name}: {p}", err=True)
+            unit = problems[0].unit
+            summary += f"; skipped {len(problems)} invalid {unit}(s): {line_numbers(problems)}"
+        click.echo(summary)
+
+
+@contextlib.contextmanager
+def _spooled(file: Path) -> Iterator[Path]:
+    """``-`` (standard input) as a file the parser process can open (multiprocessing gives
+    the child no stdin); any other path as it is."""
+    if str(file) != "-":
+        yield file
+        return
+    with tempfile.NamedTemporaryFile(prefix="smtpguard-import-") as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+        spool.flush()
+        yield Path(spool.name)
 
 
 # --------------------------------------------------------------------------- export, prune, stats
 
 
 @suppression.command("export")
-@format_option("csv", "jsonl", help="Output format (both re-import with `import`).")
+@format_option(
+    "csv",
+    "jsonl",
+    "ses",
+    "mailgun",
+    "sendgrid",
+    "postmark",
+    help="Output format: smtpguard's own (csv, jsonl) or an ESP's export format; "
+    "all re-import with `import`.",
+)
 @click.option(
     "-o",
     "--output",
@@ -616,22 +692,52 @@ def import_cmd(
 @click.option("--include-expired", is_flag=True, help="Also export entries past their expiry.")
 @common_options
 def export(fmt: str, output: Path | None, include_expired: bool) -> None:
-    """Write the whole list as CSV or JSON Lines, streaming (any size).
+    """Write the whole list, streaming (any size): as CSV or JSON Lines, or in an
+    ESP's format to load it there.
+
+    The ESP formats hold addresses only (whole-domain entries are left out), and
+    reasons as the ESP knows them: SES BOUNCE / COMPLAINT (complaint, unsubscribe),
+    Postmark HardBounce / SpamComplaint / ManualSuppression; Mailgun's and
+    SendGrid's bounces CSV leave out complaints and unsubscribes (they belong on
+    those ESPs' other lists). What was left out is counted on stderr.
 
     \b
     Examples:
       smtpguard suppression export > suppressed.csv
       smtpguard suppression export --format jsonl -o /backup/suppressed.jsonl
+      smtpguard suppression export --format ses -o ses-suppressions.json
     """
     filters = ListFilter(include_expired=include_expired)
+
+    def write(entries: Any, out: IO[str]) -> int:
+        if fmt in ("csv", "jsonl"):
+            return _write_entries(entries, fmt, out)
+        from smtpguard.intake.exports import WRITERS
+
+        written = WRITERS[fmt](entries, out)
+        left_out = [
+            plural(n, one, many)
+            for n, one, many in (
+                (written.skipped_domains, "whole-domain entry", "whole-domain entries"),
+                (written.skipped_reasons, "complaint/unsubscribe", "complaints/unsubscribes"),
+            )
+            if n
+        ]
+        if left_out:
+            click.echo(
+                f"smtpguard: left out {' and '.join(left_out)} ({fmt} has no place for them)",
+                err=True,
+            )
+        return written.written
+
     with _store() as store:
         if output is None:
-            _write_entries(store.iter_entries(filters), fmt, sys.stdout)
+            write(store.iter_entries(filters), sys.stdout)
             return
         tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as out:
-                n = _write_entries(store.iter_entries(filters), fmt, out)
+                n = write(store.iter_entries(filters), out)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, output)

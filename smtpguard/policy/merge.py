@@ -24,11 +24,11 @@ from smtpguard.classify.verdict import SUPPRESS_REASONS
 from smtpguard.store.entries import HistoryRow, Observation, SuppressionEntry, history_row
 
 # Strength of a reason: a sighting with a higher rank escalates an entry.
-# 3: a person decided (the recipient complained, or the operator said so); never
-#    overridden by a machine's bounce.
+# 3: a person decided (the recipient complained or unsubscribed, or the operator
+#    said so); never overridden by a machine's bounce.
 # 2: the address itself is provably bad (Sisimai's hard-bounce reasons).
 # 1: everything else (soft reasons, recorded by hand or imported).
-_PERSON_REASONS = frozenset({"complaint", "manual", "feedback"})
+_PERSON_REASONS = frozenset({"complaint", "unsubscribe", "manual", "feedback"})
 
 
 def reason_rank(reason: str) -> int:

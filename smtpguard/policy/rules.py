@@ -20,6 +20,9 @@ is written, whatever the classifier's own ``suppress`` flag says. In order:
    the transaction had exactly that one recipient;
 9. an unverified DSN (``dsn-unverified``) is recorded, never enforced: a forged
    bounce must not suppress anyone.
+
+A soft bounce (:func:`judge_soft`) never suppresses on its own: one about the
+recipient's mailbox (rules 6-9 hold for it too) counts toward the soft-bounce limit.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ MAX_NAMED = 20
 # bounded runs of characters that exclude the separators around them.
 _NAMED = re.compile(r"([^\s<>()\[\]{}\"',;:@]{1,64})@([^\s<>()\[\]{}\"',;:@]{1,255})")
 
-Ruling = Literal["address", "domain", "record", "ignore"]
+Ruling = Literal["address", "domain", "soft", "record", "ignore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,32 @@ def judge(verdict: Verdict, evidence: Evidence, recipient: str) -> Judgement:
         return Judgement("ignore", f"dns: {verdict.reason} says nothing about the domain")
     if not (verdict.suppress and verdict.reason in SUPPRESS_REASONS):
         return Judgement("ignore", f"{verdict.reason} is not about the address itself")
+    return _about_recipient(verdict, evidence, recipient)
+
+
+def judge_soft(
+    verdict: Verdict, evidence: Evidence, recipient: str, reasons: frozenset[str]
+) -> Judgement:
+    """A soft bounce that counts toward the recipient's soft-bounce limit: ruling ``soft``.
+
+    Only a soft verdict whose reason is about the recipient's mailbox (``reasons``,
+    ``policy.soft_bounce_reasons``) counts, and only when it is about this recipient by
+    the same rules as a hard one (stage, named address, one-recipient transaction);
+    an unverified DSN is recorded, never counted.
+    """
+    if verdict.bounce != "soft" or verdict.reason not in reasons:
+        return Judgement("ignore", f"{verdict.bounce} {verdict.reason} does not count")
+    if evidence.kind in ("manual", "import", "arf", "dns"):
+        return Judgement("ignore", f"{evidence.kind}: soft bounces are not counted from it")
+    j = _about_recipient(verdict, evidence, recipient)
+    if j.ruling == "address":
+        return Judgement("soft", f"soft bounce: {j.why}", verdict.reason)
+    return j
+
+
+def _about_recipient(verdict: Verdict, evidence: Evidence, recipient: str) -> Judgement:
+    """Rules 6-9: is this verdict about ``recipient`` (and from evidence we enforce)?"""
+    kind = evidence.kind
     stage = verdict.stage
     if kind == "session-reply" or stage in SESSION_STAGES:
         return Judgement("ignore", f"a reply at {stage} names no recipient")

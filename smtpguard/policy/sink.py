@@ -16,7 +16,15 @@ webhooks, log scans and the milter later) hands its verdicts here with an
 * the storm breaker (:mod:`smtpguard.policy.storm`): while a destination is in
   a storm, new suppressions for it are *pending* - recorded (history
   ``pending``, ``smtpguard suppression pending``), not enforced at RCPT;
-* the merge and escalation rule (:mod:`smtpguard.policy.merge`).
+* the merge and escalation rule (:mod:`smtpguard.policy.merge`);
+* soft bounces: one about the recipient's mailbox (``policy.soft_bounce_reasons``)
+  is counted, and the recipient is suppressed after ``policy.soft_bounce_limit`` of
+  them spanning at least ``policy.soft_bounce_span`` with no delivery in between (a
+  delivery clears the count; a count left alone for ``policy.soft_bounce_forget``
+  starts again). Every soft bounce counted is a ``recorded`` history row;
+* expiry per reason (``policy.expiry``): a ``mailboxfull`` suppression lasts 30 days
+  by default (then ``prune`` deletes it and mail is tried again), ``userunknown``
+  stays.
 
 How a pending entry is settled:
 
@@ -46,11 +54,11 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from smtpguard.classify.verdict import Verdict
-from smtpguard.config import Config, PolicyConfig
+from smtpguard.config import Config, PolicyConfig, parse_duration
 from smtpguard.errors import UserError
 from smtpguard.policy import metrics
 from smtpguard.policy.evidence import Evidence
-from smtpguard.policy.rules import canonical, judge
+from smtpguard.policy.rules import canonical, judge, judge_soft
 from smtpguard.policy.storm import StormBreaker
 from smtpguard.store import suppression as store
 from smtpguard.store.db import iso
@@ -86,7 +94,7 @@ class VerdictSink(Protocol):
     async def close(self) -> None: ...
 
 
-Op = Literal["ignore", "enforce", "pending", "record", "dns", "delivered"]
+Op = Literal["ignore", "enforce", "pending", "record", "dns", "soft", "delivered"]
 
 
 @dataclass(slots=True)
@@ -99,6 +107,7 @@ class _Step:
     record_only: bool = False  # a DNS candidate under mode "record"
     refute: bool = False  # a delivery to a destination with pending entries
     forget_dns: bool = False  # a delivery to a domain with a first DNS sighting
+    forget_soft: bool = False  # a delivery to an address with soft bounces counted
 
 
 def _is_delivery(v: Verdict) -> bool:
@@ -136,6 +145,14 @@ class SinkPlan:
         if s.op == "delivered":
             if s.forget_dns:
                 store.forget_dns_sighting(conn, s.address.rpartition("@")[2])
+            if s.forget_soft:
+                store.clear_soft_bounces(
+                    conn,
+                    s.address,
+                    actor,
+                    now,
+                    "delivered since: the soft bounce count starts again",
+                )
             if s.refute:
                 note = "delivered since: the evidence no longer holds"
                 if store.discard_pending(conn, s.address, "address", actor, now, note):
@@ -145,6 +162,8 @@ class SinkPlan:
         if s.op == "record":
             store.record_history(conn, obs, "recorded", actor, now)
             return Applied(obs.address, "recorded", s.why)
+        if s.op == "soft":
+            return self._soft(conn, s, obs)
         if s.op == "pending":
             if store.listed(conn, obs.address, obs.kind, now) is None:
                 store.put_pending(conn, obs, s.destination, actor, now)
@@ -178,6 +197,18 @@ class SinkPlan:
             )
         return Applied(obs.address, "recorded", wait)
 
+    def _soft(self, conn: sqlite3.Connection, s: _Step, obs: Observation) -> Applied:
+        """Count a soft bounce; suppress when the count and its span reach the limits."""
+        actor, now, cfg = self.evidence.actor, self.now, self._sink.cfg
+        first, count = store.note_soft_bounce(conn, obs, now, stale_after=cfg.soft_bounce_forget)
+        tally = f"soft bounce {count} of {cfg.soft_bounce_limit} since {iso(first)}"
+        if count >= cfg.soft_bounce_limit and now - first >= cfg.soft_bounce_span:
+            store.forget_soft_bounces(conn, obs.address)
+            store.write_observations(conn, [replace(obs, note=tally, count=count)], actor, now)
+            return Applied(obs.address, "suppressed", f"{s.why}; {tally}")
+        store.record_history(conn, replace(obs, note=tally), "recorded", actor, now)
+        return Applied(obs.address, "recorded", f"{s.why}; {tally}")
+
     def done(self) -> SinkReport:
         """After the commit: metrics, logs and the sink's memory of what is pending."""
         sink, kind = self._sink, self.evidence.kind
@@ -195,11 +226,18 @@ class SinkPlan:
                     sink.dns_domains.add(applied.address)
             elif step.forget_dns:
                 sink.dns_domains.discard(step.address.rpartition("@")[2])
+            if step.op == "soft":
+                if applied.outcome == "recorded":
+                    sink.soft_addresses.add(applied.address)
+                else:
+                    sink.soft_addresses.discard(applied.address)
+            elif step.forget_soft:
+                sink.soft_addresses.discard(step.address)
         return SinkReport(tuple(self._applied))
 
 
 def _is_noop(s: _Step) -> bool:
-    return s.op == "delivered" and not (s.refute or s.forget_dns)
+    return s.op == "delivered" and not (s.refute or s.forget_dns or s.forget_soft)
 
 
 class SuppressionSink:
@@ -213,6 +251,7 @@ class SuppressionSink:
         owned: DbThread | None = None,
         pending_destinations: set[str] | None = None,
         dns_domains: set[str] | None = None,
+        soft_addresses: set[str] | None = None,
     ) -> None:
         self.cfg = cfg
         self._writer = writer
@@ -224,6 +263,10 @@ class SuppressionSink:
         #: stale member only costs one indexed read in a transaction held anyway.
         self.pending_destinations = pending_destinations or set()
         self.dns_domains = dns_domains or set()
+        #: Addresses with soft bounces counted: a delivery to one clears its count.
+        self.soft_addresses = soft_addresses or set()
+        self._soft_reasons = frozenset(cfg.soft_bounce_reasons) if cfg.soft_bounce_limit else None
+        self._expiry = {reason: parse_duration(d) for reason, d in cfg.expiry.items()}
 
     @classmethod
     async def open(cls, cfg: Config, *, writer: Writer | None = None) -> SuppressionSink:
@@ -236,11 +279,18 @@ class SuppressionSink:
                 name="writer",
             )  # fmt: skip
 
-        def load(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
-            return store.pending_destinations(conn), store.dns_sighting_domains(conn)
+        def load(conn: sqlite3.Connection) -> tuple[set[str], set[str], set[str]]:
+            return (
+                store.pending_destinations(conn),
+                store.dns_sighting_domains(conn),
+                store.soft_bounce_addresses(conn),
+            )
 
-        pending, dns = await writer.call(load, durable=False)
-        return cls(cfg.policy, writer, owned=owned, pending_destinations=pending, dns_domains=dns)
+        pending, dns, soft = await writer.call(load, durable=False)
+        return cls(
+            cfg.policy, writer, owned=owned, pending_destinations=pending, dns_domains=dns,
+            soft_addresses=soft,
+        )  # fmt: skip
 
     async def close(self) -> None:
         if self._owned is not None:
@@ -267,15 +317,26 @@ class SuppressionSink:
                 self.storm.attempt(destination, now)
                 refute = destination in self.pending_destinations
                 forget = domain in self.dns_domains
-                rcpt = canonical(v.recipient) if refute or forget else v.recipient
-                steps.append(
-                    _Step("delivered", rcpt, "delivered", refute=refute, forget_dns=forget)
+                # Cheap first: an ASCII address's key is its lower case (quoted local
+                # parts aside); only a possible hit pays for normalising.
+                soft = bool(self.soft_addresses) and (
+                    not v.recipient.isascii() or v.recipient.lower() in self.soft_addresses
                 )
+                rcpt = canonical(v.recipient) if refute or forget or soft else v.recipient
+                steps.append(
+                    _Step(
+                        "delivered", rcpt, "delivered", refute=refute, forget_dns=forget,
+                        forget_soft=soft and rcpt in self.soft_addresses,
+                    )
+                )  # fmt: skip
                 continue
             rcpt = canonical(v.recipient)
             destination = evidence.destination or rcpt.rpartition("@")[2]
             self.storm.attempt(destination, now)
             j = judge(v, evidence, rcpt)
+            if j.ruling == "ignore" and self._soft_reasons and v.bounce == "soft":
+                soft_j = judge_soft(v, evidence, rcpt, self._soft_reasons)
+                j = soft_j if soft_j.ruling != "ignore" else j
             if j.ruling == "ignore":
                 steps.append(_Step("ignore", rcpt, j.why))
                 continue
@@ -286,8 +347,10 @@ class SuppressionSink:
                 continue
             if j.ruling == "domain":
                 steps.append(_Step("dns", obs.address, j.why, obs, record_only=mode == "record"))
-            elif j.ruling == "record":
+            elif j.ruling == "record" or (j.ruling == "soft" and mode == "record"):
                 steps.append(_Step("record", rcpt, j.why, obs))
+            elif j.ruling == "soft":
+                steps.append(_Step("soft", rcpt, j.why, obs, destination))
             elif self.storm.suppressing(destination, now):
                 op: Op = "record" if mode == "record" else "pending"
                 steps.append(_Step(op, rcpt, j.why, obs, destination))
@@ -306,9 +369,11 @@ class SuppressionSink:
                 reply_code=v.reply_code, diagnostic=v.diagnostic,
                 expires=now + self.cfg.dns_expiry, note=evidence.note,
             )  # fmt: skip
+        expiry = self._expiry.get(reason)
         return make_observation(
             rcpt, reason, evidence=evidence.kind, status=v.status, reply_code=v.reply_code,
             diagnostic=v.diagnostic, note=evidence.note,
+            expires=now + expiry if expiry is not None else None,
         )  # fmt: skip
 
     # -- applying
@@ -330,7 +395,13 @@ class SuppressionSink:
         now = time.time() if now is None else now
         self.storm.storms(now)
         before = now - self.cfg.dns_expiry
+        soft_before = now - self.cfg.soft_bounce_forget
+
+        def prune(conn: sqlite3.Connection) -> None:
+            store.prune_dns_sightings(conn, before)
+            store.prune_soft_bounces(conn, soft_before)
+
         try:
-            await self._writer.call(lambda c: store.prune_dns_sightings(c, before), durable=False)
+            await self._writer.call(prune, durable=False)
         except Exception as e:  # housekeeping: the next sweep tries again
-            log.error("pruning stale DNS sightings failed: %s", e)
+            log.error("pruning stale DNS sightings and soft bounce counts failed: %s", e)

@@ -28,11 +28,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config, parse_hostport
-from smtpguard.errors import ConfigError
+from smtpguard.errors import ConfigError, UserError
 from smtpguard.relay import metrics
 from smtpguard.relay.client import Connection, RecipientReply, Refusal
 from smtpguard.relay.observe import Timing
@@ -43,6 +43,9 @@ from smtpguard.relay.seams import ReplyClassifier, Router, Shaper
 from smtpguard.relay.smtpclient import SMTPClientError, Timeouts
 from smtpguard.relay.tlspolicy import MODES, TLSPolicy, TLSPolicyError
 from smtpguard.store.queue import Claim, QueuedMessage, QueuedRecipient, QueueStore
+
+if TYPE_CHECKING:
+    from smtpguard.intake.verp import VerpCodec
 
 log = logging.getLogger("smtpguard.delivery")
 
@@ -72,13 +75,14 @@ class _ClaimState:
 
 @dataclass
 class Job:
-    """One message's recipients for one destination."""
+    """One message's recipients for one destination (one transaction)."""
 
     message: QueuedMessage
     recipients: tuple[QueuedRecipient, ...]
     destination: str
     domain: str
     claim: _ClaimState = field(repr=False)
+    return_path: str = ""  # a signed return path replacing the envelope sender ("": none)
 
 
 #: The reason recorded when no hop took us for want of TLS, usable AUTH, or a network.
@@ -123,8 +127,10 @@ class Delivery:
         outcome: OutcomeHandler,
         *,
         shaper: Shaper | None = None,
+        return_paths: VerpCodec | None = None,
     ) -> None:
         self._cfg = cfg
+        self._return_paths = return_paths
         self._d = cfg.delivery
         self._store = store
         self._router = router
@@ -169,14 +175,33 @@ class Delivery:
             return "smarthost"
         return rcpt.domain
 
+    def _return_path(self, msg: QueuedMessage, rcpt: QueuedRecipient) -> str:
+        """The signed return path for this recipient, or "" to keep the sender as is.
+
+        Only mail with a sender gets one: the null sender (DSNs, ours and the
+        clients') must stay null, or bounces could loop (RFC 5321 section 4.5.5).
+        """
+        if self._return_paths is None or msg.kind != "mail" or not msg.mail_from:
+            return ""
+        try:
+            return self._return_paths.encode(msg.id, rcpt.address)
+        except (ValueError, UserError) as e:  # a queue id past 2**40, an odd address
+            log.warning("%s: no signed return path for <%s>: %s", msg.qid, rcpt.address, e)
+            return ""
+
     def submit(self, claim: Claim, on_done: Callable[[], None] | None = None) -> None:
-        """Line up a claimed message's recipients by destination."""
-        groups: dict[str, list[QueuedRecipient]] = {}
+        """Line up a claimed message's recipients by destination.
+
+        With signed return paths each recipient gets a transaction of its own: the
+        envelope sender names one recipient (VERP), so it cannot be shared.
+        """
+        groups: dict[tuple[str, str], list[QueuedRecipient]] = {}
         for r in claim.recipients:
-            groups.setdefault(self._destination(claim.message, r), []).append(r)
+            key = (self._destination(claim.message, r), self._return_path(claim.message, r))
+            groups.setdefault(key, []).append(r)
         state = _ClaimState(len(groups), len(groups), on_done)
-        for dest, rcpts in groups.items():
-            job = Job(claim.message, tuple(rcpts), dest, rcpts[0].domain, state)
+        for (dest, return_path), rcpts in groups.items():
+            job = Job(claim.message, tuple(rcpts), dest, rcpts[0].domain, state, return_path)
             self._pending[dest].append(job)
             ev = self._arrivals.get(dest)
             if ev is not None:
@@ -408,8 +433,11 @@ class Delivery:
             timing = setup if sent == 0 else Timing(time.time())
             t0 = time.monotonic()
             self._jobs_in_progress[id(job)] = job
+            message = job.message
+            if job.return_path:
+                message = replace(message, mail_from=job.return_path)
             try:
-                replies = await conn.send(job.message, job.recipients,
+                replies = await conn.send(message, job.recipients,
                                           self._store.body(job.message.id))  # fmt: skip
             except SMTPClientError as e:  # the session was not usable after all
                 self._fail(job, lambda r, t=str(e): soft_verdict(r.address, t,

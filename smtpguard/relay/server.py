@@ -26,6 +26,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from smtpguard import metrics as prometheus
 from smtpguard.classify import Classifier
@@ -46,6 +47,10 @@ from smtpguard.relay.seams import Shaper
 from smtpguard.smtp.headers import message_id as message_id_of
 from smtpguard.store.messages import Claim, InboundMessage
 from smtpguard.store.queue import QueueStore, format_qid
+
+if TYPE_CHECKING:
+    from smtpguard.intake.listener import BounceServer
+    from smtpguard.intake.webhooks.server import WebhookServer
 
 log = logging.getLogger("smtpguard.relay")
 
@@ -75,6 +80,8 @@ class Relay:
         self.scheduler: Scheduler | None = None
         self.delivery: Delivery | None = None
         self.outcome: OutcomeHandler | None = None
+        self.webhooks: WebhookServer | None = None
+        self.bounces: BounceServer | None = None
         self.recovered = 0
         # Watching what happens: the delivery log, the per-day counts, metrics.
         self.observers = Observers([metrics.MetricsObserver()])
@@ -91,6 +98,7 @@ class Relay:
         return self.inbound.port
 
     async def start(self) -> None:
+        from smtpguard.intake.verp import SignedVerpCodec
         from smtpguard.relay.routing import Router
 
         cfg = self.cfg
@@ -98,6 +106,8 @@ class Relay:
             log.warning("%s", warning)
         busy = cfg.store.busy_timeout
         classifier = load_classifier(cfg)  # fail on bad rules before opening anything
+        # Signed return paths (off without intake.bounce_domain); a bad key file fails here.
+        return_paths = SignedVerpCodec.from_config(cfg.intake)
         self.delivery_log = open_delivery_log(cfg.log)  # and on a log that cannot open
         self.observers.add(self.delivery_log)
         self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy)
@@ -131,6 +141,7 @@ class Relay:
             classifier,
             self.outcome,
             shaper=self._shaper,
+            return_paths=return_paths,
         )
         scheduler, delivery = self.scheduler, self.delivery
 
@@ -146,6 +157,24 @@ class Relay:
             await self.inbound.start()
         except OSError as e:
             raise UserError(f"cannot listen on {cfg.relay.listen}: {e.strerror or e}") from None
+        if cfg.intake.listen and return_paths is not None:
+            from smtpguard.intake.listener import BounceServer
+
+            self.bounces = BounceServer(
+                cfg, sink=self.sink, classifier=classifier, codec=return_paths,
+                was_sent=self.queue.was_sent,
+            )  # fmt: skip
+            try:
+                await self.bounces.start()
+            except OSError as e:
+                raise UserError(
+                    f"cannot listen on {cfg.intake.listen}: {e.strerror or e}"
+                ) from None
+        if cfg.webhooks.listen:
+            from smtpguard.intake.webhooks.server import WebhookServer
+
+            self.webhooks = WebhookServer(cfg, self.sink, classifier=classifier)
+            await self.webhooks.start()
         if cfg.metrics.listen:
             try:
                 prometheus.serve(cfg.metrics.listen)
@@ -212,6 +241,12 @@ class Relay:
         if self.inbound is not None:
             with contextlib.suppress(Exception):
                 await self.inbound.stop(timeout=drain)
+        if self.bounces is not None:
+            with contextlib.suppress(Exception):
+                await self.bounces.stop(timeout=drain)
+        if self.webhooks is not None:
+            with contextlib.suppress(Exception):
+                await self.webhooks.stop()
         if self._housekeeping_task is not None:
             self._housekeeping_task.cancel()
             with contextlib.suppress(BaseException):

@@ -23,8 +23,12 @@ from smtpguard.store.db import iso
 
 #: Why an address may be suppressed: the classifier's vocabulary (Sisimai v5)
 #: without the two that are not failures at all, plus ``complaint`` (an ARF
-#: report or unsubscribe complaint) and ``manual`` (an operator's decision).
-SUPPRESSION_REASONS = frozenset((REASONS - {"delivered", "vacation"}) | {"complaint", "manual"})
+#: report, an ESP's spam report), ``unsubscribe`` (the recipient asked to get no
+#: more mail: an unsubscribe link, an ESP's opt-out list) and ``manual`` (an
+#: operator's decision).
+SUPPRESSION_REASONS = frozenset(
+    (REASONS - {"delivered", "vacation"}) | {"complaint", "unsubscribe", "manual"}
+)
 #: The channel the knowledge came through (coarser than the evidence kind).
 SOURCES = ("smtp-reply", "dns", "dsn", "arf", "webhook", "log", "manual", "import")
 #: The source each evidence kind is recorded under.

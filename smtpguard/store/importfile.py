@@ -17,7 +17,7 @@ import multiprocessing
 import multiprocessing.connection
 import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,8 +77,20 @@ def parse_time(text: str | float | int, *, what: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
+    """One record that cannot be imported, and why (``unit``: ``record`` in a JSON list)."""
+
     line: int
     message: str
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return f"{self.unit} {self.line}: {self.message}"
+
+
+#: What reads an import file: ``(lines, fmt, path, reason, expires)`` -> records.
+ParseFunction = Callable[
+    [Any, str, str, str, "float | None"], Iterator[tuple[int, "Observation | Problem"]]
+]
 
 
 class _ByteCounter:
@@ -199,39 +211,53 @@ def _header(names: list[str], path: str) -> list[str]:
     return columns
 
 
+def csv_rows(
+    lines: Any, path: str, columns_of: Callable[[list[str], str], list[str]]
+) -> Iterator[tuple[int, dict[str, str] | Problem]]:
+    """(line number, {column: value} or Problem) for every data row of a CSV file.
+
+    ``columns_of(header, path)`` names the columns (and raises UserError for a header
+    it refuses); a row's empty cells are left out of its dict, the others stripped.
+    """
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UserError(f"{path}: empty file (expected a CSV header)") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: line 1: malformed CSV header: {e}") from None
+    columns = columns_of(header, path)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield reader.line_num, Problem(reader.line_num, f"malformed CSV: {e}")
+            continue
+        line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != len(columns):
+            yield line, Problem(line, f"expected {len(columns)} fields, got {len(row)}")
+        elif _not_utf8(lines, "\x00".join(row)):
+            yield line, Problem(line, "not UTF-8 text")
+        else:
+            yield (
+                line,
+                {k: v.strip() for k, v in zip(columns, row, strict=True) if v and not v.isspace()},
+            )
+
+
 def parse_import(
     lines: Any, fmt: str, path: str, default_reason: str, default_expires: float | None
 ) -> Iterator[tuple[int, Observation | Problem]]:
     """Yield (line number, Observation or Problem) for every record of the file."""
     if fmt == "csv":
-        reader = csv.reader(lines, strict=True)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise UserError(f"{path}: empty file (expected a CSV header with 'address')") from None
-        except csv.Error as e:
-            raise UserError(f"{path}: line 1: malformed CSV header: {e}") from None
-        columns = _header(header, path)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                yield reader.line_num, Problem(reader.line_num, f"malformed CSV: {e}")
+        for line, fields in csv_rows(lines, path, _header):
+            if isinstance(fields, Problem):
+                yield line, fields
                 continue
-            line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != len(columns):
-                yield line, Problem(line, f"expected {len(columns)} fields, got {len(row)}")
-                continue
-            if _not_utf8(lines, "\x00".join(row)):
-                yield line, Problem(line, "not UTF-8 text")
-                continue
-            fields = {
-                k: v.strip() for k, v in zip(columns, row, strict=True) if v and not v.isspace()
-            }
             try:
                 item: Observation | Problem = _observation(fields, default_reason, default_expires)
             except UserError as e:
@@ -279,9 +305,10 @@ def line_numbers(problems: list[Problem]) -> str:
 
 def problems_message(path: str, problems: list[Problem]) -> str:
     numbers = line_numbers(problems)
-    details = "; ".join(f"line {p.line}: {p.message}" for p in problems[:SHOWN_PROBLEMS])
+    details = "; ".join(str(p) for p in problems[:SHOWN_PROBLEMS])
+    unit = problems[0].unit if problems else "line"
     return (
-        f"{path}: {len(problems)} invalid line{'s' if len(problems) != 1 else ''} ({numbers}); "
+        f"{path}: {len(problems)} invalid {unit}{'s' if len(problems) != 1 else ''} ({numbers}); "
         f"nothing imported (--skip-invalid imports the rest); {details}"
     )
 
@@ -296,6 +323,8 @@ def _parse_worker(
     reason: str,
     expires: float | None,
     out: multiprocessing.connection.Connection,
+    parse: ParseFunction,
+    name: str,
 ) -> None:
     """The parser process: read and validate the file, send batches to the writer."""
     try:
@@ -305,7 +334,7 @@ def _parse_worker(
             batch: list[tuple[Any, ...]] = []
             bad: list[Problem] = []
             rows = 0
-            for _line, item in parse_import(lines, fmt, path, reason, expires):
+            for _line, item in parse(lines, fmt, name, reason, expires):
                 rows += 1
                 if isinstance(item, Problem):
                     bad.append(item)
@@ -324,9 +353,9 @@ def _parse_worker(
         if isinstance(e, UserError):
             message = str(e)
         elif isinstance(e, OSError):
-            message = f"{path}: cannot read: {e.strerror or e}"
+            message = f"{name}: cannot read: {e.strerror or e}"
         else:
-            message = f"{path}: import parser failed: {type(e).__name__}: {e}"
+            message = f"{name}: import parser failed: {type(e).__name__}: {e}"
         with contextlib.suppress(OSError):
             out.send(("error", message))
     finally:
@@ -339,14 +368,27 @@ class Parser:
     Parsing and validating (normalising every address) costs about as much as
     writing it to SQLite; on two cores the two halves of a million-row import
     overlap. Iterating yields ``(observations, problems, bytes read, rows)``.
+    ``parse`` reads the records (:func:`parse_import`, or another format's reader);
+    ``name`` is what messages call the file (default: ``path``).
     """
 
-    def __init__(self, path: str, fmt: str, reason: str, expires: float | None) -> None:
+    def __init__(
+        self,
+        path: str,
+        fmt: str,
+        reason: str,
+        expires: float | None,
+        parse: ParseFunction = parse_import,
+        *,
+        name: str | None = None,
+    ) -> None:
         ctx = multiprocessing.get_context("fork")
-        self._path = path
+        self._path = name or path
         self._recv, send = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
-            target=_parse_worker, args=(path, fmt, reason, expires, send), daemon=True
+            target=_parse_worker,
+            args=(path, fmt, reason, expires, send, parse, self._path),
+            daemon=True,
         )
         self._proc.start()
         send.close()

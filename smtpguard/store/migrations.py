@@ -9,6 +9,7 @@ Step 3: evidence kinds on entries and history, more history actions, entries the
 storm breaker holds back (pending), and DNS answers waiting for a second sighting.
 Step 4: per-day delivery counts for the report, and when each message's
 transaction began (its MAIL FROM), for the delivery log's delays.
+Step 5: soft bounces counted per address until they add up to a suppression.
 """
 
 from __future__ import annotations
@@ -225,5 +226,21 @@ MIGRATIONS: list[list[str]] = [
         # When the client's MAIL FROM came (received_at is the commit): the time
         # before the queue in the delivery log's delays=a/b/c/d. 0 = not known.
         "ALTER TABLE queue_messages ADD COLUMN arrived_at REAL NOT NULL DEFAULT 0",
+    ],
+    # 5: soft bounces counted toward a suppression  (smtpguard/store/suppression.py)
+    [
+        # One row per address with soft bounces since its last delivery: the policy
+        # suppresses it after policy.soft_bounce_limit of them spanning at least
+        # policy.soft_bounce_span; a delivery deletes the row.
+        """CREATE TABLE soft_bounces (
+            domain     TEXT    NOT NULL,
+            local      TEXT    NOT NULL,
+            reason     TEXT    NOT NULL,
+            first_seen REAL    NOT NULL,
+            last_seen  REAL    NOT NULL,
+            count      INTEGER NOT NULL DEFAULT 1,
+            PRIMARY KEY (domain, local)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX soft_bounces_last_seen ON soft_bounces (last_seen)",
     ],
 ]

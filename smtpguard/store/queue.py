@@ -38,6 +38,7 @@ relay runs (WAL lets both work on the same file).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,7 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smtpguard.errors import StoreError, UserError
+from smtpguard.address import normalize_address
+from smtpguard.errors import AddressError, StoreError, UserError
 from smtpguard.store.db import connect, db_path, explained, transaction
 from smtpguard.store.messages import (
     Claim,
@@ -362,6 +364,33 @@ def read_message(conn: sqlite3.Connection, message_id: int) -> QueuedMessage | N
     return _message(row) if row else None
 
 
+def was_sent(conn: sqlite3.Connection, message_id: int, recipient: str) -> bool:
+    """Could message ``message_id`` have gone to ``recipient``, as far as the queue knows?
+
+    Yes when the message is queued with that recipient (compared normalised), and
+    also when it is gone but its id was once given out (finished messages are
+    forgotten after ``delivery.keep_finished``; a returned bounce may come later).
+    No for a message queued without that recipient, or an id never given out.
+    """
+    present = conn.execute("SELECT 1 FROM queue_messages WHERE id = ?", (message_id,)).fetchone()
+    if present is None:
+        row = conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'queue_messages'"
+        ).fetchone()
+        return row is not None and message_id <= row[0]
+    try:
+        key = normalize_address(recipient)
+    except AddressError:
+        return False
+    for (address,) in conn.execute(
+        "SELECT address FROM queue_recipients WHERE message_id = ?", (message_id,)
+    ):
+        with contextlib.suppress(AddressError):
+            if normalize_address(address) == key:
+                return True
+    return False
+
+
 def depth(conn: sqlite3.Connection) -> QueueDepth:
     """Messages and recipients with work left, and the oldest message's arrival.
 
@@ -551,6 +580,10 @@ class QueueStore:
     async def stats(self) -> QueueStats:
         return await self._reader.call(stats)
 
+    async def was_sent(self, message_id: int, recipient: str) -> bool:
+        """See :func:`was_sent`."""
+        return await self._reader.call(lambda c: was_sent(c, message_id, recipient))
+
     async def depth(self) -> QueueDepth:
         return await self._reader.call(depth)
 
@@ -596,6 +629,10 @@ class QueueAdmin:
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with explained(self._path):
             return fn(self._conn)
+
+    def was_sent(self, message_id: int, recipient: str) -> bool:
+        """See :func:`was_sent`."""
+        return self._read(lambda c: was_sent(c, message_id, recipient))
 
     def _require(self, conn: sqlite3.Connection, message_id: int) -> QueuedMessage:
         msg = read_message(conn, message_id)

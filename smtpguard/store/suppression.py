@@ -394,6 +394,66 @@ def prune_dns_sightings(conn: sqlite3.Connection, before: float) -> int:
     return conn.execute("DELETE FROM dns_sightings WHERE last_seen < ?", (before,)).rowcount
 
 
+def note_soft_bounce(
+    conn: sqlite3.Connection, obs: Observation, now: float, *, stale_after: float
+) -> tuple[float, int]:
+    """Count a soft bounce of ``obs.address``; ``(first_seen, count)`` of its run.
+
+    A run whose last soft bounce is older than ``stale_after`` starts afresh.
+    """
+    key = _key(obs.address, obs.kind)
+    row = conn.execute(
+        "SELECT first_seen, last_seen, count FROM soft_bounces WHERE domain = ? AND local = ?", key
+    ).fetchone()
+    first, count = now, 1
+    if row is not None and now - row[1] <= stale_after:
+        first, count = min(row[0], now), row[2] + 1
+    conn.execute(
+        "INSERT INTO soft_bounces (domain, local, reason, first_seen, last_seen, count) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (domain, local) DO UPDATE SET "
+        "reason = excluded.reason, first_seen = excluded.first_seen, "
+        "last_seen = excluded.last_seen, count = excluded.count",
+        (*key, obs.reason, first, now, count),
+    )
+    return first, count
+
+
+def clear_soft_bounces(
+    conn: sqlite3.Connection, address: str, actor: str, now: float, note: str
+) -> bool:
+    """Forget an address's soft bounces (history ``discarded``); False if it had none."""
+    key = _key(address, "address")
+    row = conn.execute(
+        "SELECT reason, first_seen, last_seen, count FROM soft_bounces "
+        "WHERE domain = ? AND local = ?",
+        key,
+    ).fetchone()
+    if row is None:
+        return False
+    conn.execute("DELETE FROM soft_bounces WHERE domain = ? AND local = ?", key)
+    reason, first, last, count = row
+    e = SuppressionEntry(address, "address", reason, "", "", "", "", first, last, count, None)
+    insert_history(conn, [history_row(e, "discarded", now, actor, note, reason)])
+    return True
+
+
+def forget_soft_bounces(conn: sqlite3.Connection, address: str) -> None:
+    conn.execute(
+        "DELETE FROM soft_bounces WHERE domain = ? AND local = ?", _key(address, "address")
+    )
+
+
+def soft_bounce_addresses(conn: sqlite3.Connection) -> set[str]:
+    return {
+        f"{local}@{domain}"
+        for domain, local in conn.execute("SELECT domain, local FROM soft_bounces")
+    }
+
+
+def prune_soft_bounces(conn: sqlite3.Connection, before: float) -> int:
+    return conn.execute("DELETE FROM soft_bounces WHERE last_seen < ?", (before,)).rowcount
+
+
 # --------------------------------------------------------------------------- listing
 
 

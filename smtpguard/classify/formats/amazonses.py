@@ -42,6 +42,11 @@ def _str(v: object) -> str:
     return v if isinstance(v, str) else ""
 
 
+def _items(v: object) -> list[Any]:
+    """A JSON list, at most 100 items; anything else is empty (hostile input)."""
+    return v[:100] if isinstance(v, list) else []
+
+
 def detect(msg: Message, raw: bytes) -> list[Failure] | None:
     text = first_text(msg)
     if '"notificationType' not in text and '"eventType' not in text:
@@ -49,6 +54,14 @@ def detect(msg: Message, raw: bytes) -> list[Failure] | None:
     event = _event(text)
     if event is None:
         return None
+    return event_failures(event) or None
+
+
+def event_failures(event: dict[str, Any]) -> list[Failure]:
+    """One SES Bounce / Complaint / Delivery event (already parsed JSON) -> Failures.
+
+    Shared with the SES webhook, which receives the same events over HTTP.
+    """
     kind = event.get("notificationType") or event.get("eventType")
     mail = event.get("mail") if isinstance(event.get("mail"), dict) else {}
     mid = _str(mail.get("messageId"))
@@ -57,7 +70,7 @@ def detect(msg: Message, raw: bytes) -> list[Failure] | None:
     if kind == "Bounce":
         bounce = event.get("bounce") if isinstance(event.get("bounce"), dict) else {}
         remote = _str(bounce.get("reportingMTA")).split(";")[-1].strip()
-        for r in (bounce.get("bouncedRecipients") or [])[:100]:
+        for r in _items(bounce.get("bouncedRecipients")):
             if not isinstance(r, dict):
                 continue
             diag = _str(r.get("diagnosticCode"))
@@ -73,7 +86,7 @@ def detect(msg: Message, raw: bytes) -> list[Failure] | None:
             out.append(fill_codes(f))
     elif kind == "Complaint":
         complaint = event.get("complaint") if isinstance(event.get("complaint"), dict) else {}
-        for r in (complaint.get("complainedRecipients") or [])[:100]:
+        for r in _items(complaint.get("complainedRecipients")):
             if isinstance(r, dict):
                 out.append(
                     Failure(
@@ -86,7 +99,7 @@ def detect(msg: Message, raw: bytes) -> list[Failure] | None:
     else:
         delivery = event.get("delivery") if isinstance(event.get("delivery"), dict) else {}
         reply = collapse(_str(delivery.get("smtpResponse")))
-        for r in (delivery.get("recipients") or [])[:100]:
+        for r in _items(delivery.get("recipients")):
             f = Failure(
                 recipient=clean_addr(_str(r)),
                 diagnostic=reply,
@@ -98,4 +111,4 @@ def detect(msg: Message, raw: bytes) -> list[Failure] | None:
             out.append(fill_codes(f))
     for f in out:
         f.message_id, f.envelope_sender = mid, sender
-    return [f for f in out if f.recipient] or None
+    return [f for f in out if f.recipient]
