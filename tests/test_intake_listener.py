@@ -29,7 +29,7 @@ CORPUS = Path(__file__).parent / "corpus" / "sisimai-dev"
 
 @pytest.fixture
 def relay(start_relay: Any, dns_server: Any, tmp_path: Path) -> Any:
-    route_to_mx(dns_server, "example.com", "example.co.jp", "example.net")
+    route_to_mx(dns_server, "example.com", "example.co.jp", "example.net", "yahoo.com")
     key = tmp_path / "verp.key"
     key.write_bytes(KEY)
     key.chmod(0o600)
@@ -170,10 +170,30 @@ def test_soft_dsn_does_not_suppress(relay: Any, test_mx: Any) -> None:
     assert entry(relay, "bob@example.com") is None
 
 
-def test_arf_report_is_a_complaint(relay: Any) -> None:
+def test_arf_report_not_tied_to_our_send_is_only_recorded(relay: Any) -> None:
     code, _ = returned(relay, f"fbl@{DOMAIN}", (CORPUS / "arf-02.eml").read_bytes())
     assert code == 250
-    e = entry(relay, "this-local-part-does-not-exist-on-yahoo@yahoo.com")
+    complainer = "this-local-part-does-not-exist-on-yahoo@yahoo.com"
+    assert entry(relay, complainer) is None
+    (recorded,) = history(relay, complainer)
+    assert (recorded.action, recorded.evidence) == ("recorded", "arf-unverified")
+
+
+def test_arf_report_about_our_send_is_a_complaint(relay: Any, test_mx: Any) -> None:
+    complainer = "this-local-part-does-not-exist-on-yahoo@yahoo.com"
+    return_path = sent_return_path(relay, test_mx, complainer)
+    # The feedback loop's report names our signed envelope sender (Original-Mail-From).
+    report = (
+        (CORPUS / "arf-02.eml")
+        .read_bytes()
+        .replace(
+            b"Original-Mail-From: <shironeko@example.com>",
+            f"Original-Mail-From: <{return_path}>".encode(),
+        )
+    )
+    code, _ = returned(relay, f"fbl@{DOMAIN}", report)
+    assert code == 250
+    e = entry(relay, complainer)
     assert e is not None and (e.reason, e.evidence) == ("complaint", "arf")
 
 

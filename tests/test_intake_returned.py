@@ -145,11 +145,38 @@ def test_delay_notice_is_soft_and_suppresses_nothing(codec: SignedVerpCodec) -> 
     assert (verdict.bounce, verdict.suppress) == ("soft", False)
 
 
-def test_arf_report_is_arf_evidence(codec: SignedVerpCodec) -> None:
+ARF_RCPT = "this-local-part-does-not-exist-on-yahoo@yahoo.com"
+
+
+def test_arf_report_without_our_return_path_is_unverified(codec: SignedVerpCodec) -> None:
+    # Anyone can mail an ARF report: one that cannot be tied to our send is only recorded.
     data = (CORPUS / "arf-02.eml").read_bytes()
     evidence, verdict = only(run(data, [f"fbl@{DOMAIN}"], codec))
-    assert evidence.kind == "arf"
+    assert evidence.kind == "arf-unverified"
     assert (verdict.reason, verdict.feedback_type) == ("feedback", "abuse")
+
+
+def test_arf_report_whose_original_carries_our_signed_return_path_is_arf(
+    codec: SignedVerpCodec,
+) -> None:
+    # The feedback loop mails the report to its own registered address, but the reported
+    # original keeps the Return-Path it was delivered with: our signed one.
+    token = codec.encode(7, ARF_RCPT, now=NOW)
+    data = (CORPUS / "arf-02.eml").read_bytes()
+    data = data.replace(b"Return-Path: <shironeko@example.com>", f"Return-Path: <{token}>".encode())
+    evidence, verdict = only(run(data, ["abuse@example.com"], codec))
+    assert evidence.kind == "arf"
+    assert verdict.recipient == ARF_RCPT
+
+
+def test_arf_report_with_a_token_for_another_recipient_is_unverified(
+    codec: SignedVerpCodec,
+) -> None:
+    token = codec.encode(7, "someone-else@yahoo.com", now=NOW)
+    data = (CORPUS / "arf-02.eml").read_bytes()
+    data = data.replace(b"Return-Path: <shironeko@example.com>", f"Return-Path: <{token}>".encode())
+    evidence, _ = only(run(data, ["abuse@example.com"], codec))
+    assert evidence.kind == "arf-unverified"
 
 
 def test_vacation_reply_changes_nothing(codec: SignedVerpCodec) -> None:

@@ -69,7 +69,10 @@ def test_a_bounce_to_a_signed_return_path_naming_the_recipient_is_verified() -> 
 
 def test_a_feedback_report_is_arf_evidence() -> None:
     report = Verdict(recipient="a@b.example", reason="feedback", bounce="none", format="arf")
-    assert evidence_kind(report, [], lambda rp, r: True) == "arf"
+    assert evidence_kind(report, ["b+token@bounce.example"], lambda rp, r: True) == "arf"
+    # Anyone can mail an ARF report: one not tied to our send is only recorded.
+    assert evidence_kind(report, ["b+token@bounce.example"], None) == "arf-unverified"
+    assert evidence_kind(report, [], lambda rp, r: False) == "arf-unverified"
 
 
 def test_the_header_describes_the_verdict() -> None:

@@ -180,15 +180,17 @@ def test_an_incoming_dsn_is_recorded_as_unverified_and_suppresses_nobody(stack: 
     assert "dsn-unverified: kijitora@example.net userunknown recorded" in stack.milter.log()
 
 
-def test_an_arf_report_goes_to_the_sink_as_a_complaint(stack: Stack) -> None:
+def test_an_arf_report_not_tied_to_our_send_is_recorded_not_enforced(stack: Stack) -> None:
+    # Anyone can mail an ARF report: without our signed return path it suppresses nobody.
     report = (CORPUS / "arf-02.eml").read_bytes()
     assert stack.postfix.send("fbl@isp.example", SENDER, report, source=OUTSIDE).code == 250
     [received] = stack.delivered(1)
     header = received.message()["X-Smtpguard-Bounce"]
-    assert "reason=feedback; evidence=arf; outcome=suppressed" in header
+    assert "reason=feedback; evidence=arf-unverified; outcome=recorded" in header
     complainer = header.split(";")[0]
-    entry = stack.store.lookup(complainer)
-    assert entry is not None and (entry.reason, entry.evidence) == ("complaint", "arf")
+    assert stack.store.lookup(complainer) is None
+    [history] = stack.store.history(complainer)
+    assert (history.action, history.evidence) == ("recorded", "arf-unverified")
 
 
 def test_an_auto_reply_records_nothing(stack: Stack) -> None:

@@ -11,8 +11,10 @@ non-standard formats, ARF reports, auto-replies); then each verdict is weighed:
   ``unknown-message`` when the queue never sent that message to that recipient...).
   What each kind may do to the list is the policy's call: by default a verified DSN
   may suppress, an unverified one suppresses nobody;
-* an **ARF report** (``feedback``) is ``arf`` evidence: a mailbox provider's
-  complaint about a recipient, token or not;
+* an **ARF report** (``feedback``) is ``arf`` evidence only when it is tied to our send
+  the same way (the report came back to a signed return path, or the reported original
+  still carries one in its Return-Path, made for the complaining recipient); anyone
+  can mail an ARF report, so any other is ``arf-unverified`` and is only recorded;
 * **auto-replies** and challenge/response mail (``vacation``) change nothing and are
   not passed on.
 
@@ -33,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from smtpguard.classify import Classifier, Verdict
-from smtpguard.intake.verp import VerpCheck, VerpCodec
+from smtpguard.intake.verp import PREFIX, VerpCheck, VerpCodec
 from smtpguard.policy import Evidence, EvidenceKind
 
 #: Headers that record the envelope recipient of stored mail, most specific first.
@@ -143,11 +145,20 @@ def weigh(
         if verdict.reason == "vacation":
             ignored.append(verdict)
             continue
-        kind, note, token, message_id = _weigh(verdict, recipients, codec, now)
+        paths = list(recipients)
+        if verdict.reason == "feedback" and codec is not None:
+            # A feedback loop mails its report to an address of its own choosing, but
+            # the report names the original's envelope sender (Original-Mail-From) and
+            # the original keeps the Return-Path it was delivered with: ours, signed.
+            paths += [verdict.envelope_sender] if verdict.envelope_sender else []
+            if verdict.return_path_token:
+                paths.append(f"{PREFIX}{verdict.return_path_token}@{codec.domain}")
+        kind, note, token, message_id = _weigh(verdict, paths, codec, now)
         if token:
             verdict = replace(verdict, return_path_token=token)
         if verdict.reason == "feedback":
-            kind = "arf"
+            # Anyone can mail an ARF report: only one tied to our send is enforced.
+            kind = "arf" if kind == "dsn-verified" else "arf-unverified"
         weighed.append(Weighed(verdict, kind, note, message_id))
     return weighed, ignored
 

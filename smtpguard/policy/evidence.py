@@ -17,7 +17,8 @@ EvidenceKind = Literal[
     "dns",  # NXDOMAIN or a null MX for the recipient's domain
     "dsn-verified",  # a returned DSN tied to our send (signed VERP return path)
     "dsn-unverified",  # a returned DSN we cannot tie to a send: never enforced
-    "arf",  # a feedback-loop complaint (RFC 5965)
+    "arf",  # a complaint tied to our send (signed return path) or an ESP's signed event
+    "arf-unverified",  # a complaint we cannot tie to a send (anyone can mail one): recorded
     "webhook",  # an ESP's signed event
     "log",  # a line from the MTA's own log
     "manual",  # an operator's decision

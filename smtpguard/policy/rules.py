@@ -4,13 +4,17 @@ Pure functions, no I/O; the sink applies them to every verdict before anything
 is written, whatever the classifier's own ``suppress`` flag says. In order:
 
 1. an operator's decision (``manual``, ``import``) stands;
-2. a complaint (``arf``) is about the address by definition;
+2. a complaint (``arf``) is about the address by definition; one we cannot tie to
+   our send (``arf-unverified``: no valid signed return path in the report) is
+   recorded, never enforced, since anyone can mail an ARF report;
 3. only a hard bounce can suppress;
 4. a DNS answer (``dns``) says something about a domain, never an address:
    NXDOMAIN and null MX (``hostunknown``, ``notaccept``) are domain candidates
    (the sink then wants a second sighting; see :mod:`smtpguard.policy.sink`);
-5. the verdict must say the *address itself* is bad (``suppress`` and an
-   address reason: ``userunknown``, ``hostunknown``, ``hasmoved``, ``notaccept``);
+5. the verdict's reason must be about the *address itself* (``userunknown``,
+   ``hostunknown``, ``hasmoved``, ``notaccept``); the classifier's own ``suppress``
+   flag is weighed last (after rules 6-8, so the history says which structural
+   rule spoke first);
 6. a reply before any recipient was named (connect, greeting, HELO/EHLO,
    STARTTLS, AUTH, MAIL FROM) never suppresses a recipient;
 7. a reply that names an address other than the recipient suppresses nobody
@@ -88,19 +92,28 @@ def judge(verdict: Verdict, evidence: Evidence, recipient: str) -> Judgement:
     kind = evidence.kind
     if kind in ("manual", "import"):
         return Judgement("address", f"{kind}: an operator's decision", verdict.reason)
-    if kind == "arf":
-        if verdict.reason == "feedback":
-            return Judgement("address", "arf: the recipient complained", "complaint")
-        return Judgement("ignore", f"arf: not a complaint ({verdict.reason})")
+    if kind in ("arf", "arf-unverified"):
+        if verdict.reason != "feedback":
+            return Judgement("ignore", f"{kind}: not a complaint ({verdict.reason})")
+        if kind == "arf-unverified":
+            return Judgement(
+                "record", "arf-unverified: a complaint not tied to our send is never enforced",
+                "complaint",
+            )  # fmt: skip
+        return Judgement("address", "arf: the recipient complained", "complaint")
     if verdict.bounce != "hard":
         return Judgement("ignore", f"not a hard bounce ({verdict.bounce} {verdict.reason})")
     if kind == "dns":
         if verdict.reason in DNS_REASONS:
             return Judgement("domain", f"dns: {verdict.reason} {verdict.status}", verdict.reason)
         return Judgement("ignore", f"dns: {verdict.reason} says nothing about the domain")
-    if not (verdict.suppress and verdict.reason in SUPPRESS_REASONS):
+    if verdict.reason not in SUPPRESS_REASONS:
         return Judgement("ignore", f"{verdict.reason} is not about the address itself")
-    return _about_recipient(verdict, evidence, recipient)
+    judgement = _about_recipient(verdict, evidence, recipient)
+    if judgement.ruling != "ignore" and not verdict.suppress:
+        why = verdict.extra.get("suppress_why") or verdict.rule or verdict.reason
+        return Judgement("ignore", f"the classifier does not condemn the address ({why})")
+    return judgement
 
 
 def judge_soft(

@@ -79,18 +79,22 @@ class MessageCopy:
 def evidence_kind(
     verdict: Verdict, return_paths: Sequence[str], check: ReturnPathCheck | None
 ) -> EvidenceKind:
-    """``arf``, ``dsn-verified`` or ``dsn-unverified`` for one verdict of a returned message.
+    """``arf``/``arf-unverified`` or ``dsn-verified``/``dsn-unverified`` for one verdict.
 
     ``return_paths``: the envelope recipients of the returned message (where it
     came back to). The check is the seam for the signed return-path codec.
     """
-    if verdict.format == "arf" or verdict.reason == "feedback":
-        return "arf"
+    complaint = verdict.format == "arf" or verdict.reason == "feedback"
+    if complaint and verdict.envelope_sender:
+        # The reported original keeps the Return-Path it was delivered with: ours.
+        return_paths = [*return_paths, verdict.envelope_sender]
+    verified = False
     if check is not None and verdict.recipient:
-        for return_path in return_paths:
-            if check(return_path, verdict.recipient):
-                return "dsn-verified"
-    return "dsn-unverified"
+        verified = any(check(path, verdict.recipient) for path in return_paths)
+    if complaint:
+        # Anyone can mail an ARF report: only one tied to our send is enforced.
+        return "arf" if verified else "arf-unverified"
+    return "dsn-verified" if verified else "dsn-unverified"
 
 
 def bounce_header(verdict: Verdict, evidence: str, outcome: str = "") -> str:

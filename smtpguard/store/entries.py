@@ -40,6 +40,7 @@ SOURCE_OF_EVIDENCE = {
     "dsn-verified": "dsn",
     "dsn-unverified": "dsn",
     "arf": "arf",
+    "arf-unverified": "arf",
     "webhook": "webhook",
     "log": "log",
     "manual": "manual",
