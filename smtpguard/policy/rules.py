@@ -97,7 +97,7 @@ def judge(verdict: Verdict, evidence: Evidence, recipient: str) -> Judgement:
             return Judgement("ignore", f"{kind}: not a complaint ({verdict.reason})")
         if kind == "arf-unverified":
             return Judgement(
-                "record", "arf-unverified: a complaint not tied to our send is never enforced",
+                "record", "a complaint not tied to our send is never enforced",
                 "complaint",
             )  # fmt: skip
         return Judgement("address", "arf: the recipient complained", "complaint")
