@@ -1,0 +1,168 @@
+"""The writer's failure paths, on real SQLite files: what a caller is told is what is on disk.
+
+Disk full is made real with ``PRAGMA max_page_count`` on the writer's own
+connection (SQLite then fails with SQLITE_FULL exactly as on a full disk, and
+rolls the whole transaction back by itself); a write lock is held by a second
+connection, as a long ``suppression import`` in another process does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from smtpguard.errors import StoreError
+from smtpguard.store.db import connect
+from smtpguard.store.messages import InboundMessage, Recipient
+from smtpguard.store.queue import QueueStore
+from smtpguard.store.writer import DbThread
+
+
+def message(size: int, tag: str) -> InboundMessage:
+    body = f"Subject: {tag}\r\n\r\n".encode() + b"x" * size + b"\r\n"
+    return InboundMessage(
+        mail_from="s@example.org", recipients=(Recipient(f"{tag}@example.com"),), data=body
+    )
+
+
+def stored_subjects(data_dir: Path) -> list[str]:
+    conn = connect(data_dir)
+    try:
+        rows = conn.execute(
+            "SELECT r.address FROM queue_messages m JOIN queue_recipients r"
+            " ON r.message_id = m.id ORDER BY m.id"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [r[0].partition("@")[0] for r in rows]
+
+
+async def one_batch(writer: DbThread, calls: list) -> list[object]:
+    """Run ``calls`` (coroutine factories) so that the writer takes them as one batch.
+
+    A first operation blocks the writer thread until every call is queued behind it.
+    """
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(writer.call(lambda c: gate.wait(10)))
+    await asyncio.sleep(0.05)  # the writer is inside the blocker now
+    tasks = [asyncio.ensure_future(c()) for c in calls]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await blocker
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_disk_full_mid_batch_fails_only_the_message_that_did_not_fit(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "var"
+    store = await QueueStore.open(data_dir, busy_timeout=1.0)
+    try:
+        pages = await store.writer.call(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        # Room for small messages (a few pages each), not for 2 MB (512 pages).
+        await store.writer.call(
+            lambda c: c.execute(f"PRAGMA max_page_count = {pages + 60}").fetchone()
+        )
+        saw_transaction: list[bool] = []
+
+        async def probe() -> bool:
+            return await store.writer.call(lambda c: saw_transaction.append(c.in_transaction))
+
+        results = await one_batch(
+            store.writer,
+            [
+                lambda: store.enqueue(message(100, "first")),
+                lambda: store.enqueue(message(2 * 1024 * 1024, "big")),
+                lambda: store.enqueue(message(100, "third")),
+                probe,
+            ],
+        )
+    finally:
+        await store.close()
+    first, big, third, _ = results
+    assert isinstance(big, StoreError) and "full" in str(big)
+    assert isinstance(first, str) and isinstance(third, str), results
+    # Every caller's answer matches the database: 250 for these two, 451 for the big one.
+    assert stored_subjects(data_dir) == ["first", "third"]
+    # No operation ever ran outside a confirmed transaction (it would have autocommitted).
+    assert saw_transaction and all(saw_transaction)
+
+
+async def test_commit_that_fails_reports_every_operation_failed_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "var"
+    store = await QueueStore.open(data_dir, busy_timeout=1.0)
+    try:
+        pages = await store.writer.call(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await store.writer.call(
+            lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}").fetchone()
+        )
+        results = await one_batch(
+            store.writer,
+            [lambda i=i: store.enqueue(message(50_000, f"m{i}")) for i in range(3)],
+        )
+    finally:
+        await store.close()
+    assert all(isinstance(r, StoreError) for r in results), results
+    assert stored_subjects(data_dir) == []
+
+
+async def test_failing_operation_is_rolled_back_alone_and_the_others_commit(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "var"
+    store = await QueueStore.open(data_dir, busy_timeout=1.0)
+
+    def bad(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO queue_events (ts, message_id, event) VALUES (0, 0, 'x')")
+        raise ValueError("broken operation")
+
+    try:
+        results = await one_batch(
+            store.writer,
+            [
+                lambda: store.enqueue(message(10, "a")),
+                lambda: store.writer.call(bad),
+                lambda: store.enqueue(message(10, "b")),
+            ],
+        )
+    finally:
+        await store.close()
+    assert isinstance(results[1], ValueError)
+    assert stored_subjects(data_dir) == ["a", "b"]
+    conn = connect(data_dir)
+    assert conn.execute("SELECT count(*) FROM queue_events WHERE event = 'x'").fetchone()[0] == 0
+    conn.close()
+
+
+@pytest.fixture
+def lock_holder(tmp_path: Path):
+    """``hold(seconds)``: a second connection takes the write lock (BEGIN IMMEDIATE)
+    in a thread and keeps it that long, like another process's long import."""
+    threads: list[threading.Thread] = []
+
+    def hold(data_dir: Path, seconds: float) -> threading.Event:
+        taken = threading.Event()
+
+        def run() -> None:
+            conn = sqlite3.connect(data_dir / "smtpguard.db", isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            taken.set()
+            threading.Event().wait(seconds)
+            conn.execute("ROLLBACK")
+            conn.close()
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        threads.append(t)
+        assert taken.wait(5)
+        return taken
+
+    yield hold
+    for t in threads:
+        t.join(30)
