@@ -150,6 +150,13 @@ class DeliveryConfig:
     drain_timeout: float = opt(
         30.0, "On SIGTERM, wait this long for deliveries under way.", unit="s", check="positive"
     )
+    reclaim_after: float = opt(
+        3600.0,
+        "A recipient claimed by an attempt this long ago, with no attempt of this"
+        " process still working on it (its result could not be written), is queued again.",
+        unit="s",
+        check="positive",
+    )
     keep_finished: float = opt(
         604_800.0,
         "Keep finished queue messages and their history this long.",

@@ -74,6 +74,9 @@ class Relay:
         self.recovered = 0
         self._scheduler_task: asyncio.Task[None] | None = None
         self._housekeeping_task: asyncio.Task[None] | None = None
+        self._reclaim_task: asyncio.Task[None] | None = None
+        #: Recipient ids an attempt of this process holds (claimed, result not settled).
+        self._live: set[int] = set()
         self._stopped = asyncio.Event()
 
     @property
@@ -111,14 +114,17 @@ class Relay:
         self.delivery = Delivery(
             cfg, self.queue, Router(d), classifier, self.outcome, shaper=self._shaper
         )
-        scheduler, delivery = self.scheduler, self.delivery
+        scheduler, delivery, live = self.scheduler, self.delivery, self._live
 
         def dispatch(claim: Claim) -> None:
             metrics.INFLIGHT.inc()
-            delivery.submit(claim, _released(scheduler))
+            ids = [r.id for r in claim.recipients]
+            live.update(ids)
+            delivery.submit(claim, _released(scheduler, live, ids))
 
         self._scheduler_task = asyncio.create_task(scheduler.run(dispatch), name="scheduler")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        self._reclaim_task = asyncio.create_task(self._reclaim(), name="reclaim")
         self.inbound = InboundServer(cfg, enqueue=self.enqueue, policy=self.policy)
         try:
             await self.inbound.start()
@@ -151,6 +157,29 @@ class Relay:
             await self.sink.sweep(now)
             await asyncio.sleep(SWEEP_INTERVAL)
 
+    async def _reclaim(self) -> None:
+        """Queue again what an attempt claimed and never settled (see QueueStore.reclaim).
+
+        An attempt of this process keeps its recipients until its result is
+        written, however long a destination's line or a locked database makes
+        that; only rows no attempt here holds, claimed more than
+        ``delivery.reclaim_after`` ago, go back.
+        """
+        assert self.queue is not None
+        after = self.cfg.delivery.reclaim_after
+        while True:
+            await asyncio.sleep(min(max(after / 4, 0.2), SWEEP_INTERVAL))
+            try:
+                ids = await self.queue.reclaim(time.time() - after, self._live)
+            except Exception as e:
+                log.error("reclaiming stale claims failed: %s", e)
+                continue
+            if ids:  # due now: the scheduler's next refill finds them
+                log.warning(
+                    "%d recipients claimed over %.0fs ago with no attempt under way are "
+                    "queued again", len(ids), after,
+                )  # fmt: skip
+
     async def enqueue(self, msg: InboundMessage) -> str:
         """Inbound's hook: commit durably (raises on storage failure), then schedule."""
         assert self.queue is not None and self.scheduler is not None
@@ -165,10 +194,11 @@ class Relay:
         if self.inbound is not None:
             with contextlib.suppress(Exception):
                 await self.inbound.stop(timeout=drain)
-        if self._housekeeping_task is not None:
-            self._housekeeping_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._housekeeping_task
+        for task in (self._housekeeping_task, self._reclaim_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._scheduler_task is not None:
@@ -189,9 +219,10 @@ class Relay:
         self._stopped.set()
 
 
-def _released(scheduler: Scheduler) -> Callable[[], None]:
+def _released(scheduler: Scheduler, live: set[int], ids: list[int]) -> Callable[[], None]:
     def done() -> None:
         metrics.INFLIGHT.dec()
+        live.difference_update(ids)
         scheduler.release()
 
     return done

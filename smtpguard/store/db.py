@@ -66,11 +66,22 @@ def _pragmas(busy_timeout: float) -> list[str]:
     ]
 
 
+#: SQLite primary result codes of failures that pass by themselves: BUSY, LOCKED,
+#: NOMEM, IOERR, FULL, PROTOCOL (https://sqlite.org/rescode.html).
+_TRANSIENT_CODES = frozenset({5, 6, 7, 10, 13, 15})
+
+
 def explain(path: Path, exc: sqlite3.Error) -> StoreError:
     """Turn a sqlite3 error into a one-line operator message naming the file."""
     msg = str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    transient = code is not None and code & 0xFF in _TRANSIENT_CODES
     if "locked" in msg or "busy" in msg:
-        return StoreError(f"{path}: database is locked by another process (try again)")
+        return StoreError(
+            f"{path}: database is locked by another process (try again)", transient=True
+        )
+    if transient:
+        return StoreError(f"{path}: database error: {msg}", transient=True)
     if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
         return StoreError(f"{path}: not a smtpguard database or corrupt ({msg})")
     if "unable to open" in msg or "readonly" in msg:

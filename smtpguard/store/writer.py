@@ -93,6 +93,10 @@ class DbThread:
         self._ops.put((fn, fut, loop, durable))
         return await fut
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
