@@ -63,6 +63,12 @@ class StoreConfig:
     busy_timeout: float = opt(
         5.0, "How long to wait for another process's write lock.", unit="s", check="positive"
     )
+    group: str = opt(
+        "",
+        "Group that may read the database (files 0640, directory 0750 when created);"
+        " empty: only the owner (0600 / 0700).",
+        check="group?",
+    )
 
 
 @dataclass(frozen=True)
@@ -391,6 +397,16 @@ def _dns_names(value: list[str]) -> None:
             raise ValueError(f"DNS names of letters, digits, '.', '-' and '_', not {name!r}")
 
 
+def _group(value: str) -> None:
+    import grp
+
+    if not value.isdigit():
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError("the name or number of an existing group") from None
+
+
 def _networks(value: list[str]) -> None:
     for net in value:
         try:
@@ -461,6 +477,7 @@ _CHECKS: dict[str, Any] = {
     "hostname": _hostname,
     "hostname?": _optional(_hostname),
     "dns_names": _dns_names,
+    "group?": _optional(_group),
     "networks": _networks,
     "nameservers": _nameservers,
     "routes": _routes,

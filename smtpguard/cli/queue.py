@@ -38,7 +38,9 @@ FORMAT = format_option("table", "json", help="Output as a table or as JSON.")
 
 def _admin() -> QueueAdmin:
     cfg = get_config()
-    return QueueAdmin.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=False)
+    return QueueAdmin.open(
+        cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=False, group=cfg.store.group
+    )
 
 
 def _with_admin(fn: Callable[[QueueAdmin], Any]) -> Any:

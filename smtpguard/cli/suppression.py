@@ -16,6 +16,7 @@ import getpass
 import json
 import os
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -63,7 +64,9 @@ EVIDENCE_CHOICE = click.Choice(EVIDENCE_KINDS)
 def _store(*, create: bool = False) -> SuppressionStore:
     """The store; only commands that add entries may create a missing database."""
     cfg = get_config()
-    return SuppressionStore.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=create)
+    return SuppressionStore.open(
+        cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=create, group=cfg.store.group
+    )
 
 
 def _actor() -> str:
@@ -611,7 +614,7 @@ def import_cmd(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to this file (atomically) instead of stdout.",
+    help="Write to this file (atomically, mode 0600) instead of stdout.",
 )
 @click.option("--include-expired", is_flag=True, help="Also export entries past their expiry.")
 @common_options
@@ -628,18 +631,24 @@ def export(fmt: str, output: Path | None, include_expired: bool) -> None:
         if output is None:
             _write_entries(store.iter_entries(filters), fmt, sys.stdout)
             return
-        tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+        tmp: Path | None = None
         try:
-            with open(tmp, "w", encoding="utf-8", newline="") as out:
+            # A new file of a name nobody can guess or plant (O_CREAT | O_EXCL,
+            # mode 0600: it holds addresses), renamed over the output when complete.
+            fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+            tmp = Path(name)
+            with open(fd, "w", encoding="utf-8", newline="") as out:
                 n = _write_entries(store.iter_entries(filters), fmt, out)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, output)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise UserError(f"{output}: cannot write: {e.strerror or e}") from None
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise
     click.echo(f"exported {plural(n, 'entry', 'entries')} to {output}", err=True)
 

@@ -90,7 +90,7 @@ class Relay:
         cfg = self.cfg
         busy = cfg.store.busy_timeout
         classifier = load_classifier(cfg)  # fail on bad rules before opening anything
-        self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy)
+        self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy, group=cfg.store.group)
         self.recovered = await self.queue.recover()
         if self.recovered:
             log.warning(

@@ -438,11 +438,13 @@ class QueueStore:
         self._fresh_bytes = 0
 
     @classmethod
-    async def open(cls, data_dir: str | Path, *, busy_timeout: float = 5.0) -> QueueStore:
+    async def open(
+        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, group: str = ""
+    ) -> QueueStore:
         def _open() -> tuple[sqlite3.Connection, sqlite3.Connection]:
             return (
-                connect(data_dir, busy_timeout=busy_timeout),
-                connect(data_dir, busy_timeout=busy_timeout),
+                connect(data_dir, busy_timeout=busy_timeout, group=group),
+                connect(data_dir, busy_timeout=busy_timeout, group=group),
             )
 
         wconn, rconn = await asyncio.to_thread(_open)
@@ -614,9 +616,10 @@ class QueueAdmin:
 
     @classmethod
     def open(
-        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True
-    ) -> QueueAdmin:
-        return cls(connect(data_dir, busy_timeout=busy_timeout, create=create))
+        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True,
+        group: str = "",
+    ) -> QueueAdmin:  # fmt: skip
+        return cls(connect(data_dir, busy_timeout=busy_timeout, create=create, group=group))
 
     def close(self) -> None:
         self._conn.close()

@@ -52,10 +52,10 @@ class Writer(Protocol):
 
 
 async def open_thread(
-    data_dir: str | Path, *, busy_timeout: float, transactional: bool, name: str
+    data_dir: str | Path, *, busy_timeout: float, transactional: bool, name: str, group: str = ""
 ) -> DbThread:
     """A :class:`DbThread` on a new connection to the database under ``data_dir``."""
-    conn = await asyncio.to_thread(connect, data_dir, busy_timeout=busy_timeout)
+    conn = await asyncio.to_thread(connect, data_dir, busy_timeout=busy_timeout, group=group)
     return DbThread(conn, db_path(data_dir), transactional=transactional, name=name)
 
 
