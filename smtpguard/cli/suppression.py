@@ -36,6 +36,7 @@ from smtpguard.store.importfile import (
     SHOWN_PROBLEMS,
     Parser,
     Problem,
+    csv_cell,
     detect_format,
     line_numbers,
     parse_time,
@@ -182,8 +183,12 @@ def _entries_table(entries: list[SuppressionEntry]) -> Table:
 
 
 def _csv_row(e: SuppressionEntry) -> list[Any]:
+    """One CSV row; text cells never start like a spreadsheet formula (see csv_cell)."""
     d = e.to_dict()
-    return ["" if d[c] is None else d[c] for c in EXPORT_COLUMNS]
+    return [
+        "" if (v := d[c]) is None else csv_cell(v) if isinstance(v, str) else v
+        for c in EXPORT_COLUMNS
+    ]
 
 
 def _write_entries(entries: Any, fmt: str, out: IO[str]) -> int:
