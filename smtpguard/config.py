@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import re
 import tomllib
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from smtpguard.display import json_text
 from smtpguard.errors import ConfigError
 from smtpguard.smtp.status import is_reply_with_status
 
@@ -620,8 +620,9 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        # A JSON string is a valid TOML basic string, control characters escaped included.
-        return json.dumps(value, ensure_ascii=False)
+        # A JSON string is a valid TOML basic string, control characters escaped included
+        # (C1 and bidi controls too: the printout may go to a terminal).
+        return json_text(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import getpass
-import json
 import os
 import sys
 import tempfile
@@ -22,13 +21,22 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from smtpguard.address import normalize_target
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import console, emit_json, format_option, limit_option, plural
+from smtpguard.cli.output import (
+    add_row,
+    console,
+    echo,
+    emit_json,
+    format_option,
+    json_line,
+    limit_option,
+    plural,
+)
 from smtpguard.config import parse_duration
+from smtpguard.display import json_text
 from smtpguard.errors import UserError
 from smtpguard.policy.evidence import EVIDENCE_KINDS
 from smtpguard.store.importfile import (
@@ -169,14 +177,15 @@ def _entries_table(entries: list[SuppressionEntry]) -> Table:
     for e in entries:
         address = e.address if e.kind == "address" else f"{e.address} (domain)"
         code = " ".join(x for x in (e.reply_code, e.status) if x)
-        table.add_row(
+        add_row(
+            table,
             address,
             e.reason,
             code,
             e.evidence or e.source,
             iso(e.first_seen),
             iso(e.last_seen),
-            str(e.count),
+            e.count,
             iso(e.expires),
         )
     return table
@@ -202,12 +211,12 @@ def _write_entries(entries: Any, fmt: str, out: IO[str]) -> int:
             n += 1
     elif fmt == "jsonl":
         for e in entries:
-            out.write(json.dumps(e.to_dict(), ensure_ascii=False) + "\n")
+            json_line(e.to_dict(), out)
             n += 1
     else:  # json: an array, written as it streams
         out.write("[")
         for e in entries:
-            out.write(("\n  " if n == 0 else ",\n  ") + json.dumps(e.to_dict(), ensure_ascii=False))
+            out.write(("\n  " if n == 0 else ",\n  ") + json_text(e.to_dict()))
             n += 1
         out.write("\n]\n" if n else "]\n")
     return n
@@ -294,7 +303,7 @@ def list_cmd(
     else:
         _write_entries(entries, fmt, sys.stdout)
     if limit and len(entries) == limit:
-        click.echo(f"more: add --after {entries[-1].address}", err=True)
+        echo(f"more: add --after {entries[-1].address}", err=True)
 
 
 @suppression.command("check")
@@ -320,7 +329,7 @@ def check(addresses: tuple[str, ...]) -> None:
             try:
                 entry = store.lookup(text)
             except UserError as e:
-                click.echo(f"smtpguard: error: {e}", err=True)
+                echo(f"smtpguard: error: {e}", err=True)
                 bad = True
                 continue
             if entry is None:
@@ -331,10 +340,10 @@ def check(addresses: tuple[str, ...]) -> None:
                         f" (pending since {iso(pending.entry.first_seen)}: "
                         f"{pending.entry.reason}, held back by a storm at {pending.destination})"
                     )
-                click.echo(f"{text}: not suppressed{held}")
+                echo(f"{text}: not suppressed{held}")
                 status = 1
             else:
-                click.echo(_describe(entry, text))
+                echo(_describe(entry, text))
     sys.exit(2 if bad else status)
 
 
@@ -369,7 +378,7 @@ def add(address: str, reason: str, expires: float | None, note: str) -> None:
     else:
         verb = "already listed, updated"
     what = " (whole domain)" if entry.kind == "domain" else ""
-    click.echo(
+    echo(
         f"{entry.address}{what}: {verb}: {entry.reason}"
         + (f", expires {iso(entry.expires)}" if entry.expires else "")
     )
@@ -392,9 +401,9 @@ def remove(addresses: tuple[str, ...], note: str) -> None:
     with _store() as store:
         for text in addresses:
             if store.remove(text, actor=_actor(), note=note):
-                click.echo(f"{text}: removed")
+                echo(f"{text}: removed")
             else:
-                click.echo(f"{text}: not on the list", err=True)
+                echo(f"{text}: not on the list", err=True)
                 status = 1
     sys.exit(status)
 
@@ -468,7 +477,7 @@ def pending_cmd(
         done = set(settled)
         for text in addresses:
             if normalize_target(text)[1] not in done:
-                click.echo(f"{text}: not pending", err=True)
+                echo(f"{text}: not pending", err=True)
         sys.exit(1)
 
 
@@ -479,8 +488,8 @@ def _pending_table(entries: list[PendingEntry]) -> Table:
     for p in entries:
         e = p.entry
         code = " ".join(x for x in (e.reply_code, e.status) if x)
-        table.add_row(
-            e.address, e.reason, code, p.destination, iso(e.first_seen), str(e.count),
+        add_row(
+            table, e.address, e.reason, code, p.destination, iso(e.first_seen), e.count,
             f"[{e.evidence}] {e.diagnostic}",
         )  # fmt: skip
     return table
@@ -502,7 +511,7 @@ def history(address: str, fmt: str) -> None:
         emit_json([r.to_dict() for r in records])
         return
     if not records:
-        click.echo(f"{address}: no recorded changes", err=True)
+        echo(f"{address}: no recorded changes", err=True)
         return
     console().print(_history_table(records))
 
@@ -518,7 +527,7 @@ def _history_table(records: list[HistoryRecord]) -> Table:
             reason = r.new_reason
         evidence = " ".join(x for x in (r.reply_code, r.status, r.diagnostic) if x)
         kind = r.evidence or r.source
-        table.add_row(iso(r.at), r.action, r.actor, reason, f"[{kind}] {evidence}", r.note)
+        add_row(table, iso(r.at), r.action, r.actor, reason, f"[{kind}] {evidence}", r.note)
     return table
 
 
@@ -576,9 +585,9 @@ def import_cmd(
     # the parser is a forked process and must inherit neither.
     parser = Parser(name, fmt, reason, expires)
     problems: list[Problem] = []
-    err = Console(stderr=True)
+    err = console(stderr=True)
     progress = Progress(
-        TextColumn("importing {task.fields[rows]:,} rows"),
+        TextColumn("importing {task.fields[rows]:,} rows", markup=False),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
@@ -605,9 +614,9 @@ def import_cmd(
     )
     if problems:
         for p in problems[:SHOWN_PROBLEMS]:
-            click.echo(f"smtpguard: warning: {name}: line {p.line}: {p.message}", err=True)
+            echo(f"smtpguard: warning: {name}: line {p.line}: {p.message}", err=True)
         summary += f"; skipped {len(problems)} invalid line(s): {line_numbers(problems)}"
-    click.echo(summary)
+    echo(summary)
 
 
 # --------------------------------------------------------------------------- export, prune, stats
@@ -655,7 +664,7 @@ def export(fmt: str, output: Path | None, include_expired: bool) -> None:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
             raise
-    click.echo(f"exported {plural(n, 'entry', 'entries')} to {output}", err=True)
+    echo(f"exported {plural(n, 'entry', 'entries')} to {output}", err=True)
 
 
 @suppression.command("prune")
@@ -701,7 +710,7 @@ def stats(fmt: str) -> None:
         ("history records", "history_records"),
         ("pending (held back by a storm)", "pending"),
     ):
-        overview.add_row(label, f"{s[key]:,}")
+        add_row(overview, label, f"{s[key]:,}")
     out.print(overview)
     for title, key in (
         ("reason", "by_reason"),
@@ -713,6 +722,6 @@ def stats(fmt: str) -> None:
             t.add_column(title)
             t.add_column("entries", justify="right")
             for k, v in s[key].items():
-                t.add_row(k, f"{v:,}")
+                add_row(t, k, f"{v:,}")
             out.print()
             out.print(t)
