@@ -96,8 +96,60 @@ class RelayConfig:
     max_line_length: int = opt(
         4096, "Longest SMTP command or data line accepted.", unit="bytes", check="positive"
     )
-    idle_timeout: float = opt(300.0, "Drop a client idle this long.", unit="s", check="positive")
+    idle_timeout: float = opt(
+        300.0,
+        "Drop a client idle this long, and time limit for one command (Postfix smtpd_timeout);"
+        " in DATA the most time credit min_data_rate lets a client build up.",
+        unit="s",
+        check="positive",
+    )
+    min_data_rate: int = opt(
+        500,
+        "Slowest DATA transfer accepted: each octet received buys 1/min_data_rate seconds,"
+        " up to idle_timeout (Postfix 3.7 smtpd_min_data_rate); 421 4.4.2 when credit runs out.",
+        unit="bytes/s",
+        check="positive",
+    )
+    session_deadline: float = opt(
+        600.0,
+        "Longest inbound session, however busy (NOOP every few seconds included); past it the"
+        " session is closed with 421 4.4.2 between commands, a message in DATA finishing first.",
+        unit="s",
+        check="positive",
+    )
     max_sessions: int = opt(200, "Concurrent inbound SMTP sessions.", check="positive")
+    max_sessions_per_client: int = opt(
+        50,
+        "Concurrent sessions from one client address, 421 4.7.0 beyond; clients in"
+        " trusted_networks are exempt (Postfix smtpd_client_connection_count_limit).",
+        check="positive",
+    )
+    junk_command_limit: int = opt(
+        100,
+        "NOOP, RSET, VRFY and HELP commands a session may send without a message accepted in"
+        " between; 421 4.7.0 beyond (Postfix smtpd_junk_command_limit; 1 under stress).",
+        check="positive",
+    )
+    stress_threshold: float = opt(
+        0.8,
+        "Share of max_sessions open at which the relay is under stress: stress_idle_timeout"
+        " and a junk command limit of 1 apply, and a new session at max_sessions takes the"
+        " place of the longest-idle session without a transaction (Postfix STRESS_README).",
+        check="share",
+    )
+    stress_idle_timeout: float = opt(
+        10.0,
+        "idle_timeout under stress (Postfix: smtpd_timeout = ${stress?{10}:{300}}s).",
+        unit="s",
+        check="positive",
+    )
+    max_data_in_flight: int = opt(
+        134_217_728,
+        "Message data held in memory by all sessions together; a message beyond it gets"
+        " 451 4.3.2 (at MAIL for its SIZE=, at DATA, or after its data), unless it is alone.",
+        unit="bytes",
+        check="positive",
+    )
     suppressed_reply: str = opt(
         "550 5.1.1", "Reply code and enhanced status for a suppressed recipient.", check="reply"
     )
