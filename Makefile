@@ -33,6 +33,7 @@ bench: setup-test
 	$(PY) benchmarks/relay_throughput.py
 	$(PY) benchmarks/logscan_bench.py
 	$(PY) benchmarks/smtpclient_bench.py
+	$(PY) benchmarks/inbound_memory.py
 
 # ---------------------------------------------------------------------------- install
 # `make install` (as root): a venv in $(PREFIX) with smtpguard and its dependencies,
