@@ -276,3 +276,18 @@ def test_budget_is_returned_when_a_client_drops_mid_data(start: Callable[..., Ru
     while server.server.in_flight and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.server.in_flight == 0
+
+
+def test_after_a_long_data_transfer_the_client_gets_a_full_idle_timeout(
+    start: Callable[..., Running],
+) -> None:
+    server = start(idle_timeout=0.6, min_data_rate=50)
+    raw = server.raw()
+    transaction(raw)
+    assert raw.cmd("DATA").startswith("354")
+    for _ in range(8):  # 1.2 s of data, twice the idle timeout, at about 55 bytes/s
+        raw.send(b"12345678\r\n")
+        time.sleep(0.15)
+    assert raw.cmd(b".").startswith("250 2.0.0")
+    time.sleep(0.4)  # idle, but for less than the idle timeout since the reply
+    assert raw.cmd("NOOP").startswith("250")

@@ -589,6 +589,7 @@ class RelaySMTP(SMTP):
                 self.in_data = False
             if error is not None:
                 self._set_post_data_state()
+                self._reset_timeout()  # idle from now on, not since the DATA command
                 await self.push(error)
                 return
             envelope.content = content
@@ -596,6 +597,7 @@ class RelaySMTP(SMTP):
             status = await self._call_handler_hook("DATA")
         finally:
             self._unreserve()
+        self._reset_timeout()
         self._set_post_data_state()
         if status.startswith("250"):
             self.junk = 0
