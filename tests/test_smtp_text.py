@@ -75,6 +75,16 @@ def _received_whole(raw: bytes) -> bytes:
     return normalise_line_endings(unstuff(raw))
 
 
+def _fed_in_pieces(receiver: DataReceiver, raw: bytes, cuts: list[int]) -> DataReceiver:
+    """``raw`` fed to ``receiver`` cut at the offsets ``cuts``."""
+    last = 0
+    for cut in sorted(c for c in cuts if c <= len(raw)):
+        receiver.feed(raw[last:cut])
+        last = cut
+    receiver.feed(raw[last:])
+    return receiver
+
+
 @settings(max_examples=400)
 @given(
     st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"\r\n.", b".."]), max_size=40),
@@ -84,12 +94,7 @@ def test_data_received_in_any_chunks_is_stored_as_if_received_whole(
     pieces: list[bytes], cuts: list[int]
 ) -> None:
     raw = b"".join(pieces) + b"\r\n"  # data ends with the CRLF of its end sequence
-    receiver = DataReceiver(max_line=1000)
-    last = 0
-    for cut in sorted(c for c in cuts if c <= len(raw)):
-        receiver.feed(raw[last:cut])
-        last = cut
-    receiver.feed(raw[last:])
+    receiver = _fed_in_pieces(DataReceiver(max_line=1000), raw, cuts)
     assert bytes(receiver.finish()) == _received_whole(raw)
 
 
@@ -102,11 +107,6 @@ def test_a_line_is_too_long_exactly_when_it_has_more_octets_than_the_limit(
     lengths: list[int], cuts: list[int], filler: bytes
 ) -> None:
     raw = b"".join(filler * n + b"\r\n" for n in lengths)
-    receiver = DataReceiver(max_line=20)
-    last = 0
-    for cut in sorted(c for c in cuts if c <= len(raw)):
-        receiver.feed(raw[last:cut])
-        last = cut
-    receiver.feed(raw[last:])
+    receiver = _fed_in_pieces(DataReceiver(max_line=20), raw, cuts)
     longest = max(len(line) for line in raw.split(b"\r\n"))
     assert receiver.line_too_long == (longest > 20)

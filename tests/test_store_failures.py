@@ -58,17 +58,23 @@ async def one_batch(writer: DbThread, calls: list) -> list[object]:
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def limit_pages(store: QueueStore, more: int) -> None:
+    """A disk that is full ``more`` pages (4 KiB each) from now, for the writer."""
+    pages = await store.writer.call(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await store.writer.call(
+        lambda c: c.execute(f"PRAGMA max_page_count = {pages + more}").fetchone()
+    )
+
+
+# 2 MB goes in through blob I/O, 900 KB as a bound parameter: both meet the full disk.
+@pytest.mark.parametrize("big_size", [2 * 1024 * 1024, 900 * 1024])
 async def test_disk_full_mid_batch_fails_only_the_message_that_did_not_fit(
-    tmp_path: Path,
+    tmp_path: Path, big_size: int
 ) -> None:
     data_dir = tmp_path / "var"
     store = await QueueStore.open(data_dir, busy_timeout=1.0)
     try:
-        pages = await store.writer.call(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
-        # Room for small messages (a few pages each), not for 2 MB (512 pages).
-        await store.writer.call(
-            lambda c: c.execute(f"PRAGMA max_page_count = {pages + 60}").fetchone()
-        )
+        await limit_pages(store, 60)  # room for small messages, not for the big one
         saw_transaction: list[bool] = []
 
         async def probe() -> bool:
@@ -78,7 +84,7 @@ async def test_disk_full_mid_batch_fails_only_the_message_that_did_not_fit(
             store.writer,
             [
                 lambda: store.enqueue(message(100, "first")),
-                lambda: store.enqueue(message(2 * 1024 * 1024, "big")),
+                lambda: store.enqueue(message(big_size, "big")),
                 lambda: store.enqueue(message(100, "third")),
                 probe,
             ],
@@ -100,10 +106,7 @@ async def test_commit_that_fails_reports_every_operation_failed_and_writes_nothi
     data_dir = tmp_path / "var"
     store = await QueueStore.open(data_dir, busy_timeout=1.0)
     try:
-        pages = await store.writer.call(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
-        await store.writer.call(
-            lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}").fetchone()
-        )
+        await limit_pages(store, 2)
         results = await one_batch(
             store.writer,
             [lambda i=i: store.enqueue(message(50_000, f"m{i}")) for i in range(3)],
