@@ -149,6 +149,10 @@ class InboundServer:
         # Sessions from which on the server is under stress (Postfix STRESS_README).
         self.stress_at = max(1, math.ceil(relay.stress_threshold * relay.max_sessions))
         self._stress_logged = -math.inf
+        # What sessions read on every command; changed when stress begins or ends.
+        self.stressed = False
+        self.idle_timeout = relay.idle_timeout
+        self.junk_limit = relay.junk_command_limit
         self.stopping = False
         self._server: asyncio.base_events.Server | None = None
         self._idle = asyncio.Event()
@@ -204,20 +208,29 @@ class InboundServer:
 
     # -- session bookkeeping -------------------------------------------------------------
 
-    @property
-    def stressed(self) -> bool:
-        return len(self.sessions) >= self.stress_at
-
-    @property
-    def idle_timeout(self) -> float:
+    def _update_stress(self) -> None:
+        """Under stress with ``relay.stress_threshold`` of ``max_sessions`` open: shorter
+        idle timeout (for every session at once) and junk command limit."""
+        stressed = len(self.sessions) >= self.stress_at
+        if stressed == self.stressed:
+            return
         relay = self.settings
-        if len(self.sessions) >= self.stress_at:
-            return min(relay.idle_timeout, relay.stress_idle_timeout)
-        return relay.idle_timeout
-
-    @property
-    def junk_limit(self) -> int:
-        return 1 if len(self.sessions) >= self.stress_at else self.settings.junk_command_limit
+        self.stressed = stressed
+        if not stressed:
+            self.idle_timeout = relay.idle_timeout
+            self.junk_limit = relay.junk_command_limit
+            return
+        self.idle_timeout = min(relay.idle_timeout, relay.stress_idle_timeout)
+        self.junk_limit = 1
+        now = time.monotonic()
+        if now >= self._stress_logged + 60:  # not once per connection of a flood
+            self._stress_logged = now
+            log.warning(
+                "inbound: %d sessions open: under stress, idle timeout %gs",
+                len(self.sessions), self.idle_timeout,
+            )  # fmt: skip
+        for session in self.sessions:
+            session.shorten_timeout()
 
     def register(self, proto: RelaySMTP) -> str | None:
         """Count a new session, or the 421 reply that refuses it (see the module doc)."""
@@ -238,21 +251,11 @@ class InboundServer:
                 return f"421 4.7.0 {host} Error: too many connections"
             idle.close_idle()
             self.unregister(idle)
-        was_stressed = self.stressed
         self.sessions.add(proto)
         self.per_client[ip] = self.per_client.get(ip, 0) + 1
         self._idle.clear()
         INBOUND_SESSIONS.inc()
-        if not was_stressed and self.stressed:
-            now = time.monotonic()
-            if now >= self._stress_logged + 60:  # not once per connection of a flood
-                self._stress_logged = now
-                log.warning(
-                    "inbound: %d sessions open: under stress, idle timeout %gs",
-                    len(self.sessions), self.idle_timeout,
-                )  # fmt: skip
-            for session in self.sessions:
-                session.shorten_timeout()
+        self._update_stress()
         return None
 
     def _longest_idle(self) -> RelaySMTP | None:
@@ -277,6 +280,7 @@ class InboundServer:
                 self.per_client[proto.client_ip] = n
             else:
                 self.per_client.pop(proto.client_ip, None)
+            self._update_stress()
         if not self.sessions:
             self._idle.set()
 

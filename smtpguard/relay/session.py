@@ -69,15 +69,10 @@ class SessionHost(Protocol):
         """True when AUTH can succeed at all (a users file is configured)."""
         ...
 
-    @property
-    def idle_timeout(self) -> float:
-        """The idle timeout now: shorter while the server is under stress."""
-        ...
-
-    @property
-    def junk_limit(self) -> int:
-        """NOOP/RSET/VRFY/HELP commands allowed between messages now."""
-        ...
+    #: The idle timeout now: shorter while the server is under stress.
+    idle_timeout: float
+    #: NOOP/RSET/VRFY/HELP commands allowed between messages now.
+    junk_limit: int
 
     def register(self, session: RelaySMTP) -> str | None:
         """Count a new session; the 421 reply refusing it (too many sessions, too
@@ -187,7 +182,7 @@ class RelaySMTP(SMTP):
         self._deadline = 0.0
         self._data_deadline = 0.0  # in DATA: credit bought by the octets received
         self._closing_reply: str | None = None  # close once the transaction ends
-        self._session_timer: asyncio.TimerHandle | None = None
+        self._session_end = now + relay.session_deadline
         self.junk = 0  # NOOP/RSET/VRFY/HELP since the last accepted message
         self.reserved = 0  # message data counted against the server's budget
         super().__init__(
@@ -221,15 +216,9 @@ class RelaySMTP(SMTP):
         # AUTH in clear text only where there is no wire to sniff.
         self._auth_require_tls = not self.loopback
         self.refusal = self.host.register(self)
-        if self.refusal is None:
-            self._session_timer = self.loop.call_at(
-                self._armed_at + self.host.settings.session_deadline, self._session_expired
-            )
 
     def connection_lost(self, error: Exception | None) -> None:
         self.host.unregister(self)
-        if self._session_timer is not None:
-            self._session_timer.cancel()
         self._unreserve()
         super().connection_lost(error)
 
@@ -245,21 +234,28 @@ class RelaySMTP(SMTP):
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd calls this before each valid command (never for garbage or a
         # line still arriving): the idle timeout is a time limit per command too.
+        # Never beyond the session deadline: the same timer enforces both.
+        # (Inlined _arm: this runs for every command.)
         now = self._armed_at = self.loop.time()
-        self._arm(now + (duration or self.host.idle_timeout))
+        deadline = now + (duration or self.host.idle_timeout)
+        if deadline > self._session_end:
+            deadline = self._session_end
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None and not handle.cancelled():
+            if now < handle.when() <= deadline:
+                return  # the pending timer fires first and re-arms itself
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
 
     def _arm(self, deadline: float) -> None:
         # aiosmtpd cancels and re-creates a timer for every command; here the
         # deadline just moves, and a timer that fires early re-arms itself.
         self._deadline = deadline
         handle = self._timeout_handle
-        if (
-            handle is not None
-            and not handle.cancelled()
-            and self.loop.time() < handle.when() <= deadline
-        ):
-            return  # the pending timer fires first and re-arms itself
-        if handle is not None:
+        if handle is not None and not handle.cancelled():
+            if self.loop.time() < handle.when() <= deadline:
+                return  # the pending timer fires first and re-arms itself
             handle.cancel()
         self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
 
@@ -272,11 +268,17 @@ class RelaySMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         # A pending commit is our wait, not the client's. In DATA the deadline is
-        # the credit the received octets bought (see data_received).
+        # the credit the received octets bought (see data_received), and a message
+        # under way finishes before the session deadline closes the session.
         now = self.loop.time()
         if now < self._deadline:
             self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
             return
+        expired = now >= self._session_end
+        if expired and self._closing_reply is None:
+            REFUSED["session_deadline"].inc()
+            log.info("%s: session deadline reached, disconnecting", self.client_ip)
+            self._closing_reply = f"421 4.4.2 {self.hostname} Error: session time limit exceeded"
         if self.committing:
             self._arm(now + 1.0)
             return
@@ -293,20 +295,12 @@ class RelaySMTP(SMTP):
                 f" (message data slower than {rate} bytes/s)"
             )
             return
+        if expired and self._closing_reply is not None:
+            self._goodbye(self._closing_reply)
+            return
         log.info("%s: idle timeout, disconnecting", self.client_ip)
         REFUSED["idle_timeout"].inc()
         self._goodbye(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
-
-    def _session_expired(self) -> None:
-        """``relay.session_deadline`` passed: close now, or after the message in DATA."""
-        self._session_timer = None
-        REFUSED["session_deadline"].inc()
-        log.info("%s: session deadline reached, disconnecting", self.client_ip)
-        reply = f"421 4.4.2 {self.hostname} Error: session time limit exceeded"
-        if self.in_data or self.committing:
-            self._closing_reply = reply  # push() closes after the reply to the data
-        else:
-            self._goodbye(reply)
 
     def close_idle(self) -> None:
         """Make room under stress: this session has no transaction and was idle longest."""
@@ -669,7 +663,6 @@ class RelaySMTP(SMTP):
                 return receiver.finish(), error
             k = partial_end(end)
             if k == 0:
-                take(bytes(got))
                 break
             if k == 1:  # a CR: read through the next LF (the end sequence holds one)
                 try:
@@ -683,14 +676,18 @@ class RelaySMTP(SMTP):
                 take(bytes(got[:-5]))
                 del got[:-5]
         # Phase 2: readuntil() sees every end sequence from here on; a chunk it gives
-        # up on (LimitOverrunError) never holds the start of one.
+        # up on (LimitOverrunError) never holds the start of one. What phase 1 read
+        # goes in front of the first chunk (one piece: a typical message is fed once).
+        prefix = bytes(got)
         while True:
             try:
                 chunk = await reader.readuntil(DATA_END)
             except asyncio.LimitOverrunError as e:
-                take(await reader.read(e.consumed))
+                chunk = await reader.read(e.consumed)
+                take(prefix + chunk if prefix else chunk)
+                prefix = b""
                 continue
-            take(chunk[:-3])
+            take(prefix + chunk[:-3] if prefix else chunk[:-3])
             return receiver.finish(), error
 
     # -- memory budget and junk commands ---------------------------------------------
