@@ -291,3 +291,14 @@ def test_after_a_long_data_transfer_the_client_gets_a_full_idle_timeout(
     assert raw.cmd(b".").startswith("250 2.0.0")
     time.sleep(0.4)  # idle, but for less than the idle timeout since the reply
     assert raw.cmd("NOOP").startswith("250")
+
+
+def test_an_untrusted_newcomer_never_displaces_a_trusted_client(
+    start: Callable[..., Running],
+) -> None:
+    server = start(max_sessions=2, trusted_networks=["127.0.0.1/32"])
+    trusted = [server.raw(), server.raw()]  # idle, from the trusted address
+    stranger = RawFrom(server.port, "127.0.0.2", greeting=False)
+    server.clients.append(stranger)
+    assert stranger.reply() == f"421 4.7.0 {HOST} Error: too many connections"
+    assert all(t.cmd("NOOP").startswith("250") for t in trusted)

@@ -75,8 +75,9 @@ an accepted transaction into a queued message.
   (Postfix's STRESS_README): idle timeout ``relay.stress_idle_timeout`` (10 s)
   at once for every session, junk command limit 1, and a new connection at
   ``max_sessions`` takes the place of the session idle longest that has no
-  transaction (untrusted clients first), which gets ``421 4.7.0``. So
-  hundreds of idle sockets cannot keep a real client out.
+  transaction (untrusted clients first; an untrusted newcomer never displaces
+  a trusted client), which gets ``421 4.7.0``. So hundreds of idle sockets
+  cannot keep a real client out.
 * **Bounded memory**: message data is unstuffed and normalised chunk by chunk
   into one buffer (not five copies), and all sessions together hold at most
   ``relay.max_data_in_flight`` octets of it: a message that would exceed it
@@ -245,7 +246,7 @@ class InboundServer:
                      relay.max_sessions_per_client)  # fmt: skip
             return f"421 4.7.0 {host} Error: too many connections from {ip}"
         if len(self.sessions) >= relay.max_sessions:
-            idle = self._longest_idle()
+            idle = self._longest_idle(proto.trusted)
             if idle is None:
                 REFUSED["too_many_sessions"].inc()
                 return f"421 4.7.0 {host} Error: too many connections"
@@ -258,13 +259,14 @@ class InboundServer:
         self._update_stress()
         return None
 
-    def _longest_idle(self) -> RelaySMTP | None:
+    def _longest_idle(self, trusted: bool) -> RelaySMTP | None:
         """The session to close for a new one: no transaction, untrusted before
-        trusted, idle longest; None when every session is busy."""
+        trusted (an untrusted newcomer never displaces a trusted client), idle
+        longest; None when no session qualifies."""
         best: RelaySMTP | None = None
         best_key: tuple[bool, float] | None = None
         for s in self.sessions:
-            if s.in_transaction or s.in_data or s.committing:
+            if s.in_transaction or s.in_data or s.committing or (s.trusted and not trusted):
                 continue
             key = (s.trusted, s.last_activity)
             if best_key is None or key < best_key:

@@ -235,26 +235,17 @@ class RelaySMTP(SMTP):
         # aiosmtpd calls this before each valid command (never for garbage or a
         # line still arriving): the idle timeout is a time limit per command too.
         # Never beyond the session deadline: the same timer enforces both.
-        # (Inlined _arm: this runs for every command.)
         now = self._armed_at = self.loop.time()
         deadline = now + (duration or self.host.idle_timeout)
-        if deadline > self._session_end:
-            deadline = self._session_end
-        self._deadline = deadline
-        handle = self._timeout_handle
-        if handle is not None and not handle.cancelled():
-            if now < handle.when() <= deadline:
-                return  # the pending timer fires first and re-arms itself
-            handle.cancel()
-        self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+        self._arm(deadline if deadline < self._session_end else self._session_end, now)
 
-    def _arm(self, deadline: float) -> None:
+    def _arm(self, deadline: float, now: float | None = None) -> None:
         # aiosmtpd cancels and re-creates a timer for every command; here the
         # deadline just moves, and a timer that fires early re-arms itself.
         self._deadline = deadline
         handle = self._timeout_handle
         if handle is not None and not handle.cancelled():
-            if self.loop.time() < handle.when() <= deadline:
+            if (self.loop.time() if now is None else now) < handle.when() <= deadline:
                 return  # the pending timer fires first and re-arms itself
             handle.cancel()
         self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
