@@ -31,13 +31,16 @@ bench: setup-test
 	$(PY) benchmarks/classify_bench.py
 	$(PY) benchmarks/suppression_bench.py
 	$(PY) benchmarks/relay_throughput.py
+	$(PY) benchmarks/milter_bench.py
 	$(PY) benchmarks/logscan_bench.py
 	$(PY) benchmarks/smtpclient_bench.py
+	$(PY) benchmarks/maillog_bench.py
 	$(PY) benchmarks/inbound_memory.py
 
 # ---------------------------------------------------------------------------- install
 # `make install` (as root): a venv in $(PREFIX) with smtpguard and its dependencies,
-# $(BINDIR)/smtpguard linking to it, the systemd unit, /etc/smtpguard/smtpguard.toml
+# $(BINDIR)/smtpguard linking to it, the systemd units (relay, milter, policy
+# service), /etc/smtpguard/smtpguard.toml
 # (written once, never overwritten: data_dir = /var/lib/smtpguard), the README and
 # Postfix notes the unit's Documentation= names, and the smtpguard system user
 # (systemd-sysusers). Installed, `smtpguard ...` reads /etc/smtpguard/smtpguard.toml
@@ -54,11 +57,16 @@ DOCDIR      ?= /usr/share/doc/smtpguard
 SYSUSERSDIR ?= /etc/sysusers.d
 DESTDIR     ?=
 ROOT_VENV   := $(DESTDIR)$(PREFIX)
+# EXTRAS=milter also installs pymilter (the milter's unit needs it; it builds against
+# libmilter-dev, which `make setup-apt` installs).
+EXTRAS      ?=
+UNITS       := smtpguard.service smtpguard-milter.service smtpguard-policy.service
 
 install: setup-python
 	@$(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || { $(call APT_INSTALL,python3-venv); }
 	$(PYTHON) -m venv $(ROOT_VENV)
-	$(ROOT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-warn-script-location .
+	$(ROOT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-warn-script-location \
+		".$(if $(EXTRAS),[$(EXTRAS)])"
 	$(ROOT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-warn-script-location \
 		--no-deps --force-reinstall .
 	@if [ -n "$(DESTDIR)" ]; then \
@@ -68,14 +76,18 @@ install: setup-python
 	install -d $(DESTDIR)$(BINDIR)
 	ln -sfn $(PREFIX)/bin/smtpguard $(DESTDIR)$(BINDIR)/smtpguard
 	install -d $(DESTDIR)$(UNITDIR)
-	sed -e "s|/usr/local/bin/smtpguard|$(BINDIR)/smtpguard|" \
-		-e "s|/etc/smtpguard/|$(SYSCONFDIR)/|" \
-		-e "s|/usr/share/doc/smtpguard/|$(DOCDIR)/|" \
-		conf/systemd/smtpguard.service > $(DESTDIR)$(UNITDIR)/smtpguard.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/smtpguard.service
+	for unit in $(UNITS); do \
+		sed -e "s|/usr/local/bin/smtpguard|$(BINDIR)/smtpguard|" \
+			-e "s|/etc/smtpguard/|$(SYSCONFDIR)/|" \
+			-e "s|/usr/share/doc/smtpguard/|$(DOCDIR)/|" \
+			conf/systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$unit || exit 1; \
+	done
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -D -m 0644 milter/README.md $(DESTDIR)$(DOCDIR)/milter/README.md
 	install -D -m 0644 conf/postfix/README $(DESTDIR)$(DOCDIR)/postfix/README
-	install -m 0644 conf/postfix/main.cf.snippet $(DESTDIR)$(DOCDIR)/postfix/main.cf.snippet
+	install -m 0644 conf/postfix/main.cf.snippet conf/postfix/milter.cf conf/postfix/policy.cf \
+		$(DESTDIR)$(DOCDIR)/postfix/
 	install -m 0644 conf/smtpguard.toml $(DESTDIR)$(DOCDIR)/smtpguard.toml.example
 	install -D -m 0644 conf/systemd/smtpguard.sysusers $(DESTDIR)$(SYSUSERSDIR)/smtpguard.conf
 	@if [ -z "$(DESTDIR)" ]; then systemd-sysusers $(SYSUSERSDIR)/smtpguard.conf; fi
@@ -97,7 +109,7 @@ install: setup-python
 # Keeps the configuration and the data (queue, suppression list).
 uninstall:
 	rm -rf $(DESTDIR)$(PREFIX) $(DESTDIR)$(DOCDIR)
-	rm -f $(DESTDIR)$(BINDIR)/smtpguard $(DESTDIR)$(UNITDIR)/smtpguard.service \
+	rm -f $(DESTDIR)$(BINDIR)/smtpguard $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) \
 		$(DESTDIR)$(SYSUSERSDIR)/smtpguard.conf
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "uninstall: kept $(SYSCONFDIR) and $(STATEDIR)"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -41,6 +42,7 @@ import tempfile
 import threading
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -572,6 +574,35 @@ def profile(args: argparse.Namespace, work: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def load_options(p: argparse.ArgumentParser) -> None:
+    """The smtp-source load options every throughput benchmark shares."""
+    p.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--sessions", type=int, default=20, help="parallel SMTP sessions (20)")
+    p.add_argument("--size", type=int, default=5120, help="message body bytes (5120)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per run")
+
+
+@contextlib.contextmanager
+def work_directory(prefix: str, *, keep: bool) -> Iterator[Path]:
+    """A fresh directory Postfix's daemons (user postfix) can reach; removed unless ``keep``."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o755)
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def check_tools() -> None:
+    for tool in (SMTP_SOURCE, SMTP_SINK):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(f"{tool} missing: install Debian's postfix package (make setup-apt)")
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] in MODES:
         out, rest = Path(sys.argv[2]), sys.argv[sys.argv.index("--") + 1 :]
@@ -582,11 +613,7 @@ def main() -> None:
             cprofile_child(out, rest)
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--sessions", type=int, default=20, help="parallel SMTP sessions (20)")
-    p.add_argument("--size", type=int, default=5120, help="message body bytes (5120)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per run")
+    load_options(p)
     p.add_argument("--postfix-only", action="store_true", help="skip the smtpguard legs")
     p.add_argument(
         "--rss-messages",
@@ -605,9 +632,7 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
     args.postfix_main = dict(kv.split("=", 1) for kv in args.postfix_set)
-    for tool in (SMTP_SOURCE, SMTP_SINK):
-        if not os.access(tool, os.X_OK):
-            raise SystemExit(f"{tool} missing: install Debian's postfix package (make setup-apt)")
+    check_tools()
 
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     print(
@@ -616,19 +641,12 @@ def main() -> None:
         f"started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
         flush=True,
     )
-    work = Path(tempfile.mkdtemp(prefix="smtpguard-bench-"))
-    work.chmod(0o755)  # Postfix's daemons (user postfix) must reach their directories
-    try:
+    with work_directory("smtpguard-bench-", keep=args.keep) as work:
         report(throughput(args, work))
         if args.profile and not args.postfix_only:
             profile(args, work)
         if args.rss_messages and not args.postfix_only:
             queued_rss(args, work)
-    finally:
-        if args.keep:
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

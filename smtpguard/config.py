@@ -40,13 +40,19 @@ ENV_DATA_DIR = "SMTPGUARD_DATA_DIR"
 SYSTEM_CONFIG = Path("/etc/smtpguard/smtpguard.toml")
 
 
-def opt(default: Any, doc: str, *, unit: str = "", check: str = "") -> Any:
+#: Facilities a mail program may log to (logging.handlers.SysLogHandler's names).
+SYSLOG_FACILITIES = ("mail", "daemon", "user", *(f"local{n}" for n in range(8)))
+
+
+def opt(default: Any, doc: str, *, unit: str = "", check: str = "", secret: bool = False) -> Any:
     """Declare one setting: its default, a one-line doc, a unit and a value check.
 
     ``check`` names a validator in :data:`_CHECKS` for values whose type alone
-    does not make them possible (a port, a network, a duration).
+    does not make them possible (a port, a network, a duration). ``secret``
+    marks a value never printed (``config check``, errors); names that look
+    like secrets (:func:`is_secret`) are treated so even without the flag.
     """
-    meta = {"doc": doc, "unit": unit, "check": check}
+    meta = {"doc": doc, "unit": unit, "check": check, "secret": secret}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -162,10 +168,26 @@ class DeliveryConfig:
     smarthost: str = opt(
         "", "Send everything via this HOST:PORT instead of MX lookup.", check="nexthop?"
     )
-    smarthost_user: str = opt("", "AUTH user for the smarthost (no AUTH when empty).")
-    smarthost_password: str = opt("", "AUTH password for the smarthost.")
+    smarthost_user: str = opt(
+        "", "AUTH user for the smarthost (no AUTH when empty); sent only over verified TLS."
+    )
+    smarthost_password: str = opt("", "AUTH password for the smarthost.", secret=True)
     smarthost_tls: str = opt(
-        "opportunistic", "STARTTLS to the smarthost: none, opportunistic, required.", check="tls"
+        "",
+        "STARTTLS to the smarthost: none, opportunistic (unverified), required (certificate"
+        " verified); empty: required when smarthost_user is set, else opportunistic.",
+        check="tls?",
+    )
+    smarthost_tls_ca_file: str = opt(
+        "",
+        "PEM CA file the smarthost's certificate must chain to (instead of the system"
+        " store); needs smarthost_tls = required.",
+    )
+    smarthost_tls_fingerprints: list[str] = opt(
+        [],
+        "SHA-256 fingerprints of the smarthost's certificate (openssl x509 -fingerprint"
+        " -sha256); one matching replaces chain and name checks; needs smarthost_tls = required.",
+        check="pins",
     )
     routes: dict[str, str] = opt(
         {},
@@ -178,9 +200,22 @@ class DeliveryConfig:
     )
     helo_name: str = opt("", "Name sent in EHLO (empty: relay.hostname).", check="hostname?")
     tls: str = opt(
-        "opportunistic", "STARTTLS to MX hosts: none, opportunistic, required.", check="tls"
+        "opportunistic",
+        "STARTTLS to MX hosts: none, opportunistic (RFC 7435: unverified), required; DANE and"
+        " MTA-STS would be further modes (not implemented).",
+        check="tls",
     )
     port: int = opt(25, "Port of MX hosts.", check="port")
+    allowed_destination_networks: list[str] = opt(
+        [],
+        "Networks MX and A/AAAA answers and address literals may point into although they"
+        ' are not public (loopback, RFC 1918, ULA, link-local), e.g. ["10.0.0.0/8"];'
+        " smarthost and routes are trusted as configured.",
+        check="networks",
+    )
+    allow_address_literals: bool = opt(
+        False, "Deliver to address literals (user@[192.0.2.1]); off: they are bounced."
+    )
     connect_timeout: float = opt(30.0, "TCP connect timeout.", unit="s", check="positive")
     command_timeout: float = opt(
         300.0, "Timeout per SMTP command (RFC 5321 section 4.5.3.2).", unit="s", check="positive"
@@ -222,6 +257,14 @@ class DeliveryConfig:
         check="positive",
     )
 
+    @property
+    def smarthost_tls_mode(self) -> str:
+        """``smarthost_tls`` as applied: empty is ``required`` with credentials, else
+        ``opportunistic`` (a password only ever goes over verified TLS)."""
+        if self.smarthost_tls:
+            return self.smarthost_tls
+        return "required" if self.smarthost_user else "opportunistic"
+
 
 @dataclass(frozen=True)
 class DsnConfig:
@@ -230,6 +273,13 @@ class DsnConfig:
     enabled: bool = opt(True, "Send DSNs for hard bounces and expired messages.")
     next_hop: str = opt(
         "127.0.0.1:25", "Where DSNs are handed (the local Postfix).", check="hostport"
+    )
+    return_size_limit: int = opt(
+        50_000,
+        "Largest original returned whole with RET=FULL (Postfix's bounce_size_limit);"
+        " a larger one is returned as its header section only.",
+        unit="bytes",
+        check="positive",
     )
 
 
@@ -280,11 +330,134 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class MilterConfig:
+    """The milter (`smtpguard milter`, Postfix smtpd_milters; needs the milter extra)."""
+
+    listen: str = opt(
+        "inet:127.0.0.1:8891",
+        "Where Postfix connects, as in main.cf: inet:HOST:PORT or unix:/path/to/socket.",
+        check="milter_socket",
+    )
+    socket_mode: str = opt(
+        "660",
+        "Permissions (octal) of a unix: socket; Postfix's smtpd must be able to write it.",
+        check="octal_mode",
+    )
+    on_suppressed: str = opt(
+        "reject",
+        "A suppressed recipient is: reject (relay.suppressed_reply), tempfail (450 4.x.x:"
+        " a dry run that only delays) or discard (accepted, then silently dropped).",
+        check="milter_action",
+    )
+    on_error: str = opt(
+        "accept",
+        "When smtpguard itself fails (store, classifier, timeout): accept or tempfail.",
+        check="accept_tempfail",
+    )
+    internal_networks: list[str] = opt(
+        ["127.0.0.0/8", "::1/128"],
+        "Clients whose mail is outgoing (as is authenticated and locally submitted mail):"
+        " bounces are recorded only from the others.",
+        check="networks",
+    )
+    record_bounces: bool = opt(
+        True, "Classify incoming DSNs, bounces and ARF reports and record them."
+    )
+    bounce_header: bool = opt(
+        True, "Add an X-Smtpguard-Bounce: header with the verdict to an incoming bounce."
+    )
+    record_timeout: float = opt(
+        5.0,
+        "Longest wait at end of message for a bounce to be recorded (the message then"
+        " passes and the record completes in the background).",
+        unit="s",
+        check="positive",
+    )
+    metrics_listen: str = opt(
+        "", "HOST:PORT for the milter's /metrics endpoint (off when empty).", check="hostport?"
+    )
+
+
+@dataclass(frozen=True)
+class PolicyServiceConfig:
+    """The Postfix policy service (`smtpguard policy`, check_policy_service in Postfix)."""
+
+    listen: str = opt("127.0.0.1:10040", "Address and port Postfix connects to.", check="hostport")
+    on_suppressed: str = opt(
+        "reject",
+        "A suppressed recipient is: reject (relay.suppressed_reply) or tempfail"
+        " (450 4.x.x: a dry run that only delays).",
+        check="policy_action",
+    )
+    on_error: str = opt(
+        "dunno",
+        "Answer to a request that cannot be checked (malformed, oversized, store failure):"
+        " dunno (let the other restrictions decide) or defer (DEFER_IF_PERMIT, 450 4.3.0).",
+        check="dunno_defer",
+    )
+    max_request_size: int = opt(
+        16_384,
+        "Largest request (attribute lines up to the blank line); larger ones get on_error.",
+        unit="bytes",
+        check="positive",
+    )
+    idle_timeout: float = opt(
+        600.0,
+        "Close a Postfix connection idle this long (Postfix closes first, after its"
+        " smtpd_policy_service_max_idle of 300s).",
+        unit="s",
+        check="positive",
+    )
+    max_connections: int = opt(
+        1000, "Postfix connections served at once; more are closed at once.", check="positive"
+    )
+    metrics_listen: str = opt(
+        "",
+        "HOST:PORT for the policy service's /metrics endpoint (off when empty).",
+        check="hostport?",
+    )
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics."""
 
     listen: str = opt(
         "", "HOST:PORT for the /metrics endpoint (off when empty).", check="hostport?"
+    )
+    queue_refresh: float = opt(
+        15.0, "How often the queue gauges (depth, oldest age) are recounted.", unit="s",
+        check="positive",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The delivery log: one line per recipient attempt, as Postfix's maillog has."""
+
+    destination: str = opt(
+        "stderr",
+        "Where delivery-log lines go: stderr (journald under systemd), syslog or file.",
+        check="log_destination",
+    )
+    format: str = opt("text", "text (Postfix-like key=value lines) or json (one object per line).",
+                      check="log_format")  # fmt: skip
+    file: str = opt("", "The file written when destination is file (opened for appending).")
+    syslog_socket: str = opt("/dev/log", "The local syslog socket when destination is syslog.")
+    syslog_facility: str = opt("mail", "Syslog facility of the lines.", check="syslog_facility")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The per-day delivery counts the relay keeps for smtpguard report."""
+
+    keep: float = opt(
+        7_776_000.0, "Per-day counts older than this are pruned.", unit="s", check="positive"
+    )
+    max_domains_per_day: int = opt(
+        500,
+        "Destination domains counted on their own per day; later ones count as (other).",
+        check="positive",
     )
 
 
@@ -316,6 +489,10 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    policy_service: PolicyServiceConfig = field(default_factory=PolicyServiceConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     source: str = field(default="(embedded defaults)", compare=False)
     #: Durations as the operator wrote them ("5d"), by "table.key", for printing.
@@ -348,7 +525,9 @@ class Config:
                 merged[key] = _coerce(origin or self.source, f"{name}.{key}", value, f)
                 written[f"{name}.{key}"] = value
             changed[name] = type(current)(**merged)
-        return dataclasses.replace(self, **changed, written=written)
+        cfg = dataclasses.replace(self, **changed, written=written)
+        check_combinations(cfg)
+        return cfg
 
 
 SECTIONS: dict[str, type] = {
@@ -418,18 +597,51 @@ def parse_nexthop(value: str, default_port: int) -> tuple[str, int]:
     return parse_hostport(value, default_port)
 
 
-def _hostport(value: str) -> None:
-    try:
-        parse_hostport(value)
-    except ValueError:
-        raise ValueError("HOST:PORT with a port 1-65535") from None
+def parse_milter_socket(value: str) -> tuple[str, str, int]:
+    """A milter socket as Postfix's main.cf names it -> ``(kind, host or path, port)``.
+
+    ``"inet:127.0.0.1:8891"`` -> ``("inet", "127.0.0.1", 8891)``, ``"inet:[::1]:8891"``
+    -> ``("inet", "::1", 8891)``, ``"unix:/run/smtpguard/milter.sock"`` -> ``("unix",
+    "/run/smtpguard/milter.sock", 0)``. (libmilter spells the first ``inet:8891@127.0.0.1``;
+    operators copy the main.cf form, so that is the one the configuration takes.)
+    """
+    kind, sep, rest = value.partition(":")
+    if sep and kind == "unix":
+        if not rest.startswith("/") or "\0" in rest:
+            raise ValueError(f"unix: needs an absolute path, got {value!r}")
+        return "unix", rest, 0
+    if sep and kind == "inet":
+        host, port = parse_hostport(rest)
+        return "inet", host, port
+    raise ValueError(f"expected inet:HOST:PORT or unix:/path, got {value!r}")
 
 
-def _nexthop(value: str) -> None:
-    try:
-        parse_nexthop(value, 25)
-    except ValueError:
-        raise ValueError("HOST or HOST:PORT with a port 1-65535") from None
+def _octal_mode(value: str) -> None:
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError("file permissions in octal, like 660")
+
+
+def _choice(*values: str) -> Any:
+    return _is(lambda v: v in values, "one of " + ", ".join(values))
+
+
+def _parsed_by(parse: Any, expected: str) -> Any:
+    """A check that ``parse(value)`` accepts the value; its error says what was ``expected``."""
+
+    def check(value: str) -> None:
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(expected) from None
+
+    return check
+
+
+_hostport = _parsed_by(parse_hostport, "HOST:PORT with a port 1-65535")
+_nexthop = _parsed_by(lambda v: parse_nexthop(v, 25), "HOST or HOST:PORT with a port 1-65535")
+_milter_socket = _parsed_by(
+    parse_milter_socket, "inet:HOST:PORT (port 1-65535) or unix:/absolute/path"
+)
 
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
@@ -493,6 +705,18 @@ def _routes(value: dict[str, str]) -> None:
             raise ValueError(f"HOST or HOST:PORT next hops, not {hop!r} for {domain!r}") from None
 
 
+def _pins(value: list[str]) -> None:
+    from smtpguard.relay.tlspolicy import TLSPolicyError, parse_pin
+
+    for pin in value:
+        try:
+            parse_pin(pin)
+        except TLSPolicyError:
+            raise ValueError(
+                f"SHA-256 certificate fingerprints (64 hex digits, colons allowed), not {pin!r}"
+            ) from None
+
+
 def _modes(value: dict[str, str]) -> None:
     from smtpguard.policy.evidence import EVIDENCE_KINDS, MODES
 
@@ -516,6 +740,10 @@ def _optional(check: Any) -> Any:
     return lambda value: value == "" or check(value)
 
 
+_tls = _is(
+    lambda v: v in ("none", "opportunistic", "required"), "one of none, opportunistic, required"
+)
+
 #: ``opt(check=NAME)`` -> a function that raises ValueError("what was expected").
 _CHECKS: dict[str, Any] = {
     "positive": _is(lambda v: v > 0, "a number greater than 0"),
@@ -533,8 +761,21 @@ _CHECKS: dict[str, Any] = {
     "networks": _networks,
     "nameservers": _nameservers,
     "routes": _routes,
-    "tls": _is(
-        lambda v: v in ("none", "opportunistic", "required"), "one of none, opportunistic, required"
+    "tls": _tls,
+    "tls?": _optional(_tls),
+    "pins": _pins,
+    "milter_socket": _milter_socket,
+    "octal_mode": _octal_mode,
+    "milter_action": _choice("reject", "tempfail", "discard"),
+    "policy_action": _choice("reject", "tempfail"),
+    "accept_tempfail": _choice("accept", "tempfail"),
+    "dunno_defer": _choice("dunno", "defer"),
+    "log_destination": _is(
+        lambda v: v in ("stderr", "syslog", "file"), "one of stderr, syslog, file"
+    ),
+    "log_format": _is(lambda v: v in ("text", "json"), "text or json"),
+    "syslog_facility": _is(
+        lambda v: v in SYSLOG_FACILITIES, f"a facility: {', '.join(SYSLOG_FACILITIES)}"
     ),
     "reply": _is(
         lambda v: v.startswith("5") and is_reply_with_status(v),
@@ -587,8 +828,101 @@ def _coerce(source: str, key: str, value: Any, f: dataclasses.Field[Any]) -> Any
         if f.metadata.get("check"):
             _CHECKS[f.metadata["check"]](value)
     except ValueError as e:
-        raise ConfigError(f"{source}: {key}: expected {e}, got {value!r}") from None
+        shown = "(hidden)" if is_secret(f) else repr(value)
+        raise ConfigError(f"{source}: {key}: expected {e}, got {shown}") from None
     return value
+
+
+_SECRET_NAME = re.compile(r"password|secret|token|passphrase|credential|api_key")
+
+
+def is_secret(f: dataclasses.Field[Any]) -> bool:
+    """A setting whose value is never printed: flagged ``secret``, or a string named like
+    one (``*password*``, ``*secret*``, ``*token*``...; not a ``*_file`` naming where one is
+    kept), so a key added later is covered too."""
+    if f.metadata.get("secret"):
+        return True
+    named = _SECRET_NAME.search(f.name) is not None and not f.name.endswith(("_file", "_path"))
+    return named and _types.get(id(f)) is str
+
+
+def secrets_set(cfg: Config) -> list[str]:
+    """``table.key`` of every secret setting that holds a value."""
+    return [
+        f"{table}.{f.name}"
+        for table, cls in SECTIONS.items()
+        for f in fields(cls)
+        if is_secret(f) and getattr(getattr(cfg, table), f.name)
+    ]
+
+
+#: The group ``make install`` gives the installed configuration (mode 0640 root:smtpguard):
+#: the relay runs as it and must read the file.
+SERVICE_GROUP = "smtpguard"
+
+
+def secret_file_warnings(cfg: Config) -> list[str]:
+    """Warnings for a configuration file that holds a secret and that others may read.
+
+    Like ssh refusing a private key with loose permissions: a password in a
+    world-readable file is everybody's. Group-readable is fine only for the
+    service group (``make install``'s 0640 root:smtpguard).
+    """
+    held = secrets_set(cfg)
+    path = Path(cfg.source)
+    if not held or not path.is_file():
+        return []
+    st = path.stat()
+    who = []
+    if st.st_mode & 0o004:
+        who.append("everyone")
+    if st.st_mode & 0o040:
+        import grp
+
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        if group != SERVICE_GROUP:
+            who.append(f"group {group}")
+    if not who:
+        return []
+    mode = f"{st.st_mode & 0o777:04o}"
+    return [
+        f"{path}: holds {', '.join(held)} and is readable by {' and '.join(who)} (mode {mode}):"
+        f" chmod 0600, or 0640 with group {SERVICE_GROUP}"
+    ]
+
+
+def check_combinations(cfg: Config) -> None:
+    """Settings that are fine alone and wrong together; ConfigError naming the key.
+
+    Credentials go only over TLS that verifies the server (RFC 4954 section 4
+    wants an encrypted channel; an unverified one gives the password to
+    whoever answers): with ``smarthost_user`` set, ``smarthost_tls`` must be
+    ``required`` (its default then).
+    """
+    d = cfg.delivery
+    mode = d.smarthost_tls_mode
+    where = cfg.source
+    if d.smarthost_user and mode != "required":
+        raise ConfigError(
+            f"{where}: delivery.smarthost_tls: {mode!r} with delivery.smarthost_user set would"
+            ' send the password without a verified certificate: use "required" (with'
+            " smarthost_tls_ca_file or smarthost_tls_fingerprints for a private CA or a"
+            " self-signed certificate)"
+        )
+    for key, value in (
+        ("smarthost_tls_ca_file", d.smarthost_tls_ca_file),
+        ("smarthost_tls_fingerprints", d.smarthost_tls_fingerprints),
+    ):
+        if value and mode != "required":
+            raise ConfigError(f'{where}: delivery.{key} needs smarthost_tls = "required"')
+    if d.smarthost_tls_ca_file and d.smarthost_tls_fingerprints:
+        raise ConfigError(
+            f"{where}: delivery.smarthost_tls_fingerprints: choose a CA file or fingerprints,"
+            " not both (a fingerprint replaces the chain check)"
+        )
 
 
 # id(field) -> its declared type, resolved once (``from __future__ import
@@ -659,7 +993,9 @@ def _load_file(path: Path) -> Config:
             kwargs[key] = _coerce(name, f"{table}.{key}", value, known_keys[key])
             written[f"{table}.{key}"] = value
         sections[table] = cls(**kwargs)
-    return Config(**sections, source=name, written=written)
+    cfg = Config(**sections, source=name, written=written)
+    check_combinations(cfg)
+    return cfg
 
 
 # --------------------------------------------------------------------------- rendering
@@ -719,9 +1055,16 @@ def render(cfg: Config, *, commented: bool = False) -> str:
     return "\n".join(out).lstrip("\n")
 
 
+#: What a secret's value is printed as.
+MASK = "********"
+
+
 def display_value(cfg: Config, table: str, f: dataclasses.Field[Any]) -> Any:
-    """A setting as the operator wrote it: durations keep their unit ("5d", not 432000.0)."""
+    """A setting as the operator wrote it: durations keep their unit ("5d", not 432000.0);
+    secrets masked (:data:`MASK`)."""
     value = getattr(getattr(cfg, table), f.name)
+    if value and is_secret(f):
+        return MASK
     if f.metadata.get("unit") != "s":
         return value
     written = cfg.written.get(f"{table}.{f.name}")

@@ -17,9 +17,9 @@ import json
 import re
 from typing import Any
 
-#: Bidi embeddings / overrides / isolates and marks, and lone surrogates (bytes that
-#: were not UTF-8, kept by surrogateescape): shown escaped wherever they appear.
-_INVISIBLE = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+#: Bidi embeddings / overrides / isolates and marks, line and paragraph separators,
+#: and lone surrogates (bytes that were not UTF-8, kept by surrogateescape).
+_INVISIBLE = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
 #: ... plus C0 controls, DEL and C1 controls.
 _UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE}]")
 #: What ``json.dumps(ensure_ascii=False)`` leaves unescaped of those (it escapes C0).

@@ -202,3 +202,21 @@ def _json(text: str) -> str:
     import json
 
     return json.dumps(text)
+
+
+def test_report_prints_hostile_database_values_safely(cli: Cli, data_dir: Path) -> None:
+    from smtpguard.store import daily
+    from smtpguard.store.db import connect
+
+    today = daily.day_of(time.time())
+    conn = connect(data_dir)
+    daily.add(
+        conn,
+        {(today, "ev[/x]\x1b[2Jil.example\x9b"): [5, 0, 2, 0, 0]},
+        {(today, "bounced", "reason [/policy]\x1b]0;owned\x07"): 2},
+        max_domains=500,
+    )
+    conn.close()
+    out = assert_shown_safely(cli("report", "--since", "1d"))
+    assert "ev[/x]\\x1b[2Jil.example\\x9b" in out
+    assert "reason [/policy]\\x1b]0;owned\\x07" in out

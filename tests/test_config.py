@@ -136,3 +136,33 @@ def test_override_error_names_where_the_value_came_from() -> None:
 def test_list_type_error_reads_well(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"expected a list of strings, got '127.0.0.1'"):
         config.load(write(tmp_path, '[relay]\ntrusted_networks = "127.0.0.1"\n'))
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('[milter]\nlisten = "inet:8891@127.0.0.1"\n', "milter.listen", "inet:HOST:PORT"),
+        ('[milter]\nlisten = "unix:relative.sock"\n', "milter.listen", "inet:HOST:PORT"),
+        (
+            '[milter]\nsocket_mode = "rw-rw----"\n',
+            "milter.socket_mode",
+            "file permissions in octal",
+        ),
+        ('[milter]\non_suppressed = "bounce"\n', "milter.on_suppressed", "one of reject"),
+        ('[milter]\non_error = "reject"\n', "milter.on_error", "one of accept, tempfail"),
+        ('[policy_service]\non_suppressed = "discard"\n', "policy_service.on_suppressed", "one of"),
+        ('[policy_service]\non_error = "accept"\n', "policy_service.on_error", "one of dunno"),
+        ('[policy_service]\nlisten = "inet:127.0.0.1:1"\n', "policy_service.listen", "HOST:PORT"),
+    ],
+)
+def test_bad_milter_and_policy_settings_are_errors_naming_the_key(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"smtpguard.toml: {key}: expected {expected}"):
+        config.load(write(tmp_path, text))
+
+
+def test_milter_sockets_in_postfix_syntax(tmp_path: Path) -> None:
+    assert config.parse_milter_socket("inet:127.0.0.1:8891") == ("inet", "127.0.0.1", 8891)
+    assert config.parse_milter_socket("inet:[::1]:8891") == ("inet", "::1", 8891)
+    assert config.parse_milter_socket("unix:/run/m.sock") == ("unix", "/run/m.sock", 0)

@@ -6,6 +6,7 @@ import email
 import email.message
 import email.policy
 import re
+import time
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpguard.classify.message import extract
-from smtpguard.relay.dsn import DsnRecipient, build_dsn, dsn_wanted
+from smtpguard.relay.dsn import DsnRecipient, build_dsn, dsn_wanted, returned_bytes_needed
 
 ORIGINAL = (
     b"Received: from client.example.org by smtpguard.test\r\n"
@@ -310,3 +311,106 @@ def test_utf8_recipient_is_reported_in_a_global_delivery_status() -> None:
 def test_global_delivery_status_reads_back_through_the_classifier() -> None:
     verdicts = [f for f in extract(dsn(failed("jürgen@example.test")))]
     assert [(f.recipient, f.status) for f in verdicts] == [("jürgen@example.test", "5.1.1")]
+
+
+# ---------------------------------------------------------------------- bounded returns
+
+
+def nested_message(depth: int) -> bytes:
+    """A message whose MIME parts nest ``depth`` levels deep (each level ~70 bytes)."""
+    out = [b"From: alice@example.org\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"]
+    for i in range(depth):
+        out.append(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i))
+    out.append(b"Content-Type: text/plain\r\n\r\nthe bottom\r\n")
+    out += [b"--b%d--\r\n" % i for i in reversed(range(depth))]
+    return b"".join(out)
+
+
+def many_parts(parts: int, part_size: int = 136) -> bytes:
+    """A multipart message of ``parts`` small text parts (13.6 MB for 100,000)."""
+    head = (
+        b"From: alice@example.org\r\nTo: bob@example.test\r\nSubject: many\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="p"\r\n\r\n'
+    )
+    part = b"--p\r\nContent-Type: text/plain\r\n\r\n"
+    part += b"x" * (part_size - len(part) - 2) + b"\r\n"
+    return head + part * parts + b"--p--\r\n"
+
+
+def returned_part(data: bytes) -> bytes:
+    """The third part of a DSN as bytes (its MIME header lines and content)."""
+    boundary = re.search(rb'boundary="([^"]+)"', data).group(1)  # type: ignore[union-attr]
+    parts = data.split(b"\r\n--" + boundary)
+    assert parts[-1] == b"--\r\n" and len(parts) == 5, "preamble, three parts, the end"
+    return parts[3].removeprefix(b"\r\n")
+
+
+def test_ret_full_within_the_limit_returns_the_original_byte_for_byte() -> None:
+    part = returned_part(dsn(ret="FULL"))
+    assert part.startswith(b"Content-Type: message/rfc822\r\n")
+    assert part.endswith(b"\r\n\r\n" + ORIGINAL)
+
+
+def test_ret_full_over_the_limit_returns_the_header_section_and_says_so() -> None:
+    original = ORIGINAL + b"x" * 60_000 + b"\r\n"
+    data = dsn(original=original, ret="FULL")
+    part = returned_part(data)
+    assert part.startswith(b"Content-Type: text/rfc822-headers; charset=us-ascii\r\n")
+    assert part.endswith(b"\r\n\r\n" + ORIGINAL.split(b"\r\n\r\n")[0] + b"\r\n")
+    assert len(data) < 5_000
+    text = parse(data).get_payload()[0].get_content()
+    assert f"The message was {len(original)} bytes, more than the 50000 returned whole" in text
+
+
+def test_the_return_limit_is_the_callers() -> None:
+    assert b"The body" not in dsn(ret="FULL", return_limit=len(ORIGINAL) - 1)
+    assert b"The body" in dsn(ret="FULL", return_limit=len(ORIGINAL))
+
+
+def test_a_header_section_over_64_kib_is_cut_at_a_field_boundary() -> None:
+    fields = b"".join(b"X-Filler-%05d: %s\r\n\tfolded\r\n" % (i, b"y" * 60) for i in range(2000))
+    original = b"Subject: long\r\n" + fields + b"\r\nbody\r\n"
+    data = dsn(original=original, ret="HDRS")
+    content = returned_part(data).split(b"\r\n\r\n", 1)[1]
+    assert len(content) <= 64 * 1024
+    assert content.endswith(b"\tfolded\r\n")  # the last field is whole, folding included
+    assert original.startswith(content)
+    assert "longer than 65536 bytes" in parse(data).get_payload()[0].get_content()
+
+
+def test_a_message_nested_400_levels_deep_is_returned_whole_without_parsing_it() -> None:
+    original = nested_message(450)
+    assert len(original) < 50_000
+    started = time.perf_counter()
+    data = dsn(original=original, ret="FULL")
+    assert time.perf_counter() - started < 0.5
+    assert returned_part(data).endswith(b"\r\n\r\n" + original)
+
+
+def test_a_13_mb_message_of_100000_parts_costs_only_its_header_section() -> None:
+    original = many_parts(100_000)
+    assert len(original) >= 13_600_000
+    head = original[: returned_bytes_needed("FULL", len(original))]
+    started = time.perf_counter()
+    from_head = dsn(original=head, original_size=len(original), ret="FULL")
+    from_whole = dsn(original=original, ret="FULL")
+    assert time.perf_counter() - started < 0.5
+    assert len(head) <= 64 * 1024 + 4
+    assert returned_part(from_head) == returned_part(from_whole)
+    assert b"Content-Type: text/rfc822-headers" in returned_part(from_head)
+    assert len(from_whole) < 5_000
+
+
+def test_an_original_that_could_not_be_read_is_said_so_and_left_out() -> None:
+    data = dsn(original=None)
+    msg = parse(data)
+    assert [p.get_content_type() for p in msg.get_payload()] == [
+        "text/plain",
+        "message/delivery-status",
+    ]
+    assert "could not be read" in msg.get_payload()[0].get_content()
+
+
+def test_a_header_only_message_is_returned_as_its_headers() -> None:
+    part = returned_part(dsn(original=b"Subject: only headers\r\n", ret="HDRS"))
+    assert part.endswith(b"\r\n\r\nSubject: only headers\r\n")

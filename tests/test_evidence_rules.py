@@ -16,7 +16,7 @@ import pytest
 from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.cli import _run
 from tests.fixtures.relay import route_to_mx
-from tests.test_relay_delivery import BODY, wait_states
+from tests.test_relay_delivery import BODY, tried, wait_states
 
 pytestmark = pytest.mark.slow
 
@@ -105,13 +105,19 @@ def test_reply_before_rcpt_never_suppresses(start_relay, mx_domain, test_mx, sta
     assert listed(relay.data_dir) == []
 
 
-def test_starttls_refusal_never_suppresses(start_relay, dns_server, make_test_mx):
+@pytest.mark.parametrize(
+    ("tls", "outcome"),
+    # Opportunistic goes on in plaintext (RFC 3207 section 4); required defers.
+    [("opportunistic", ("delivered", "delivered")), ("required", ("queued", "failedstarttls"))],
+)
+def test_starttls_refusal_never_suppresses(start_relay, dns_server, make_test_mx, tls, outcome):
     mx = make_test_mx(tls=True)
     route_to_mx(dns_server, "example.com")
     mx.script("*", "554 5.1.1 <a@example.com>: user unknown", stage="starttls")
-    relay = start_relay(delivery={"port": mx.port})
+    relay = start_relay(delivery={"port": mx.port, "tls": tls, "retry_initial": 30.0})
     relay.send("sender@example.org", ["a@example.com"], BODY)
-    wait_states(relay.data_dir, {"a@example.com": "bounced"})
+    state, _, reason, _ = tried(relay.data_dir)
+    assert (state, reason) == outcome
     assert listed(relay.data_dir) == []
 
 

@@ -20,6 +20,12 @@ from smtpguard import config
 from tests.fixtures.cli import REPO
 
 UNIT = "/etc/systemd/system/smtpguard.service"
+#: Every unit make install writes, and the command each one runs.
+UNITS = {
+    UNIT: "serve",
+    "/etc/systemd/system/smtpguard-milter.service": "milter",
+    "/etc/systemd/system/smtpguard-policy.service": "policy",
+}
 
 
 def make_install(root: Path) -> subprocess.CompletedProcess[str]:
@@ -53,17 +59,18 @@ def inside(root: Path, path: str) -> Path:
     raise AssertionError(f"symlink loop at {path}")
 
 
-def unit_values(root: Path, key: str) -> list[str]:
-    text = (root / UNIT.lstrip("/")).read_text()
+def unit_values(root: Path, key: str, unit: str = UNIT) -> list[str]:
+    text = (root / unit.lstrip("/")).read_text()
     return re.findall(rf"^{key}=(.*)$", text, re.MULTILINE)
 
 
-def test_unit_passes_systemd_analyze_verify(root: Path) -> None:
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_passes_systemd_analyze_verify(root: Path, unit: str) -> None:
     units = root / "usr/lib/systemd/system"  # the targets the unit orders itself against
     if not units.exists():
         shutil.copytree("/usr/lib/systemd/system", units, symlinks=True)
     r = subprocess.run(
-        ["systemd-analyze", f"--root={root}", "verify", UNIT],
+        ["systemd-analyze", f"--root={root}", "verify", unit],
         capture_output=True,
         text=True,
         timeout=120,
@@ -71,17 +78,21 @@ def test_unit_passes_systemd_analyze_verify(root: Path) -> None:
     assert (r.returncode, r.stderr.strip()) == (0, ""), r.stdout + r.stderr
 
 
-def test_unit_runs_the_installed_command_on_the_installed_config(root: Path) -> None:
-    (exec_start,) = unit_values(root, "ExecStart")
+@pytest.mark.parametrize(("unit", "command"), UNITS.items())
+def test_unit_runs_the_installed_command_on_the_installed_config(
+    root: Path, unit: str, command: str
+) -> None:
+    (exec_start,) = unit_values(root, "ExecStart", unit)
     binary, *args = exec_start.split()
     assert os.access(inside(root, binary), os.X_OK)
-    assert args[:2] == ["--config", "/etc/smtpguard/smtpguard.toml"] and args[-1] == "serve"
+    assert args[:2] == ["--config", "/etc/smtpguard/smtpguard.toml"] and args[-1] == command
     assert inside(root, args[1]).is_file()
     assert "--data-dir" not in args  # the config names the database, for the CLI too
 
 
-def test_documentation_links_are_installed_files(root: Path) -> None:
-    links = unit_values(root, "Documentation")
+@pytest.mark.parametrize("unit", UNITS)
+def test_documentation_links_are_installed_files(root: Path, unit: str) -> None:
+    links = unit_values(root, "Documentation", unit)
     assert links
     for link in links:
         assert link.startswith("file:///"), link

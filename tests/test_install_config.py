@@ -132,6 +132,25 @@ def test_check_fails_on_a_rules_file_that_does_not_load(cli: Cli, tmp_path: Path
     assert "classifier.rules_file" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_check_fails_on_a_file_log_without_a_file(cli: Cli, tmp_path: Path) -> None:
+    r = cli("config", "check", str(write(tmp_path, '[log]\ndestination = "file"\n')))
+    assert r.returncode == 2
+    assert r.stderr.startswith("smtpguard: error: log.file: empty")
+
+
+def test_check_fails_on_a_log_file_in_a_missing_directory(cli: Cli, tmp_path: Path) -> None:
+    text = f'[log]\ndestination = "file"\nfile = "{tmp_path}/nope/delivery.log"\n'
+    r = cli("config", "check", str(write(tmp_path, text)))
+    assert r.returncode == 2
+    assert "log.file: cannot write" in r.stderr and "no such directory" in r.stderr
+
+
+def test_check_rejects_an_unknown_log_destination(cli: Cli, tmp_path: Path) -> None:
+    r = cli("config", "check", str(write(tmp_path, '[log]\ndestination = "journal"\n')))
+    assert r.returncode == 2
+    assert "log.destination: expected one of stderr, syslog, file" in r.stderr
+
+
 def test_check_warns_on_a_trusted_network_wider_than_private(cli: Cli, tmp_path: Path) -> None:
     text = '[relay]\ntrusted_networks = ["127.0.0.0/8", "10.0.0.0/8", "0.0.0.0/0"]\n'
     r = cli("config", "check", str(write(tmp_path, text)))

@@ -195,3 +195,30 @@ def test_rejection_at_end_of_data_is_classified(start_relay, mx_domain, test_mx,
     relay_dsn_mx.wait_for(1)
     wait_states(relay.data_dir, {"r@example.com": "bounced"})
     assert suppressed(relay.data_dir, "r@example.com") is None
+
+
+def test_a_421_later_in_the_transaction_keeps_the_refusal_already_given(
+    start_relay, mx_domain, test_mx, relay_dsn_mx
+):
+    """554 5.7.1 at RCPT is final for that recipient even when the server then says 421."""
+    test_mx.script("refused@example.com", "554 5.7.1 <refused@example.com>: Relay access denied")
+    test_mx.script("later@example.com", ["421 4.7.0 Too busy, closing", "250 2.1.5 Ok"])
+    relay = start_relay(delivery={"retry_initial": 0.5, "retry_max": 0.5})
+    relay.send("sender@example.org", ["refused@example.com", "later@example.com"], BODY)
+    (dsn,) = relay_dsn_mx.wait_for(1)
+    status = delivery_status(dsn)
+    assert "Final-Recipient: rfc822; refused@example.com" in status
+    assert "later@example.com" not in status
+    assert "smtp; 554 5.7.1 <refused@example.com>: Relay access denied" in status
+    (got,) = test_mx.wait_for(1, timeout=15)  # the deferred one, on the retry
+    assert got.rcpt_tos == ["later@example.com"]
+    wait_states(
+        relay.data_dir, {"refused@example.com": "bounced", "later@example.com": "delivered"}
+    )
+    assert test_mx.rcpt_attempts("refused@example.com") == 1
+    conn = sqlite3.connect(relay.data_dir / "smtpguard.db")
+    events = conn.execute(
+        "SELECT recipient, event, code FROM queue_events WHERE recipient != '' ORDER BY id"
+    ).fetchall()
+    assert ("later@example.com", "deferred", "421") in events
+    assert ("refused@example.com", "bounced", "554") in events

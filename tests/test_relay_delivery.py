@@ -34,6 +34,23 @@ def wait_states(data_dir: Path, want: dict[str, str], timeout: float = 15) -> di
     raise AssertionError(f"recipient states {got} did not reach {want} within {timeout}s")
 
 
+def tried(data_dir: Path, timeout: float = 15) -> tuple[str, str, str, str]:
+    """(state, last_status, last_reason, last_diag) of the only recipient once it was tried."""
+    conn = sqlite3.connect(data_dir / "smtpguard.db")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            row = conn.execute(
+                "SELECT state, last_status, last_reason, last_diag, attempts FROM queue_recipients"
+            ).fetchone()
+            if row and row[4] >= 1:
+                return row[:4]
+            assert time.monotonic() < deadline, f"no attempt recorded within {timeout}s: {row}"
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
 def test_message_reaches_the_mx(start_relay, dns_server, test_mx):
     route_to_mx(dns_server, "example.com")
     relay = start_relay()
@@ -161,7 +178,9 @@ def test_held_message_is_not_delivered_until_released(start_relay, dns_server, t
 
     route_to_mx(dns_server, "example.com")
     test_mx.script("r@example.com", ["452 4.2.2 Mailbox full", "250 2.1.5 Ok"])
-    relay = start_relay(delivery={"retry_initial": 1.0, "retry_max": 1.0})
+    # A long retry interval, so the hold below cannot race the retry; `queue retry`
+    # then makes every queued recipient due at once, and a held one must stay put.
+    relay = start_relay(delivery={"retry_initial": 600.0, "retry_max": 600.0})
     relay.send("s@example.org", ["r@example.com"], BODY)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -170,7 +189,8 @@ def test_held_message_is_not_delivered_until_released(start_relay, dns_server, t
             break
         time.sleep(0.05)
     assert relay.queue_cli("hold", row["id"]).returncode == 0
-    time.sleep(2.0)  # twice the retry interval: a held message stays put
+    assert relay.queue_cli("retry", "--all").returncode == 0
+    time.sleep(2.0)  # two of the scheduler's refills: a held message is not claimed
     assert test_mx.messages == []
     assert relay.queue_cli("release", row["id"]).returncode == 0
     test_mx.wait_for(1, timeout=10)

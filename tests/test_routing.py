@@ -15,8 +15,13 @@ from smtpguard.config import DeliveryConfig
 from smtpguard.relay.routing import MAX_DEAD_ANSWER_CACHE, NextHop, Router, RoutingError
 from tests.fixtures.dns import DnsStub
 
+#: The stub's answers point at loopback, which a router drops unless allowed.
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
+
 
 def router(dns: DnsStub, timeout: float = 2.0, **settings: Any) -> Router:
+    settings.setdefault("allowed_destination_networks", LOOPBACK)
+    settings.setdefault("allow_address_literals", True)
     cfg = DeliveryConfig(nameservers=[dns.nameserver], port=2525, **settings)
     return Router(cfg, timeout=timeout)
 
@@ -307,3 +312,132 @@ async def test_routing_error_reply_classifies_as_its_own_reason(
 async def test_ipv6_address_literal_domain(dns_server: DnsStub) -> None:
     hops = await router(dns_server).route("[IPv6:::1]")
     assert [(h.address, h.port) for h in hops] == [("::1", 2525)]
+
+
+# ---------------------------------------------------------------------- where we never connect
+
+
+def strict(dns: DnsStub, **settings: Any) -> Router:
+    """A router with the defaults: public destinations only, no address literals."""
+    settings.setdefault("allowed_destination_networks", [])
+    settings.setdefault("allow_address_literals", False)
+    return router(dns, **settings)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1", "::1", "10.0.0.5", "172.16.3.4", "192.168.1.1", "100.64.0.1",
+        "169.254.169.254", "fe80::1", "fd00::25", "0.0.0.0", "::", "224.0.0.25", "ff02::1",
+        "255.255.255.255", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
+    ],
+)  # fmt: skip
+async def test_mx_pointing_at_a_non_public_address_is_not_used(
+    dns_server: DnsStub, address: str
+) -> None:
+    dns_server.add("example.test", "MX", "10 mx.example.test.")
+    dns_server.add("mx.example.test", "AAAA" if ":" in address else "A", address)
+    e = await failure(strict(dns_server), "example.test")
+    assert (e.reason, e.status, e.permanent, e.dns) == ("networkerror", "4.4.4", False, False)
+    assert f"mx.example.test[{address}] is " in e.text
+    assert "delivery.allowed_destination_networks" in e.text
+
+
+async def test_implicit_mx_address_is_filtered_too(dns_server: DnsStub) -> None:
+    dns_server.add("example.test", "A", "127.0.0.1")
+    e = await failure(strict(dns_server), "example.test")
+    assert "example.test[127.0.0.1] is loopback" in e.text and not e.permanent
+
+
+async def test_non_public_addresses_are_dropped_and_public_ones_kept(dns_server: DnsStub) -> None:
+    dns_server.add("example.test", "MX", "10 inside.example.test.", "20 outside.example.test.")
+    dns_server.add("inside.example.test", "A", "10.0.0.5", "169.254.169.254")
+    dns_server.add("outside.example.test", "A", "198.51.100.7", "93.184.215.14")
+    hops = await strict(dns_server).route("example.test")
+    assert [(h.host, h.address) for h in hops] == [("outside.example.test", "93.184.215.14")]
+
+
+async def test_allowed_networks_admit_private_and_loopback_destinations(
+    dns_server: DnsStub,
+) -> None:
+    dns_server.add("example.test", "MX", "10 mx.example.test.")
+    dns_server.add("mx.example.test", "A", "10.0.0.5", "127.0.0.1", "192.168.1.1")
+    r = strict(dns_server, allowed_destination_networks=["10.0.0.0/8", "127.0.0.1/32"])
+    # One host's addresses come in the order DNS gives them: compare as a set.
+    assert sorted(h.address for h in await r.route("example.test")) == ["10.0.0.5", "127.0.0.1"]
+
+
+async def test_multicast_and_unspecified_are_never_admitted(dns_server: DnsStub) -> None:
+    dns_server.add("example.test", "MX", "10 mx.example.test.")
+    dns_server.add("mx.example.test", "A", "224.0.0.25", "0.0.0.0")
+    r = strict(dns_server, allowed_destination_networks=["0.0.0.0/0"])
+    e = await failure(r, "example.test")
+    assert "is multicast" in e.text and "is unspecified" in e.text
+
+
+async def test_address_literal_is_refused_unless_allowed(dns_server: DnsStub) -> None:
+    e = await failure(strict(dns_server), "[127.0.0.1]")
+    assert (e.reason, e.status, e.permanent, e.dns) == ("norelaying", "5.7.1", True, False)
+    assert "delivery.allow_address_literals" in e.text
+    assert dns_server.queries == []
+
+
+async def test_allowed_address_literal_is_filtered_like_a_dns_answer(dns_server: DnsStub) -> None:
+    r = strict(dns_server, allow_address_literals=True)
+    e = await failure(r, "[127.0.0.1]")
+    assert "is loopback" in e.text and not e.permanent
+    assert [h.address for h in await r.route("[93.184.215.14]")] == ["93.184.215.14"]
+
+
+async def test_smarthost_and_routes_are_used_as_configured(dns_server: DnsStub) -> None:
+    assert [h.address for h in await strict(dns_server, smarthost="127.0.0.1:2626").route(
+        "example.test")] == ["127.0.0.1"]  # fmt: skip
+    r = strict(dns_server, routes={"example.test": "10.0.0.5:25"})
+    assert [h.address for h in await r.route("example.test")] == ["10.0.0.5"]
+
+
+def looping(dns: DnsStub, listen: str = "127.0.0.1:2525", **settings: Any) -> Router:
+    cfg = DeliveryConfig(
+        nameservers=[dns.nameserver], port=2525, allowed_destination_networks=LOOPBACK,
+        **settings,
+    )  # fmt: skip
+    return Router(cfg, timeout=2.0, listen=listen)
+
+
+async def test_mx_that_is_our_own_listener_is_a_configuration_error(dns_server: DnsStub) -> None:
+    dns_server.add("example.test", "MX", "10 mx.example.test.")
+    dns_server.add("mx.example.test", "A", "127.0.0.1")
+    e = await failure(looping(dns_server), "example.test")
+    assert (e.reason, e.status, e.permanent, e.dns) == ("networkerror", "4.4.6", False, False)
+    assert e.text == (
+        "Configuration error: mail for example.test would loop back to this relay:"
+        " mx host mx.example.test[127.0.0.1]:2525 is relay.listen"
+    )
+
+
+async def test_our_own_listener_and_less_preferred_mx_hosts_are_dropped(
+    dns_server: DnsStub,
+) -> None:
+    dns_server.add("example.test", "MX", "10 a.example.test.", "20 self.example.test.",
+                   "30 c.example.test.")  # fmt: skip
+    dns_server.add("a.example.test", "A", "127.0.0.2")
+    dns_server.add("self.example.test", "A", "127.0.0.1")
+    dns_server.add("c.example.test", "A", "127.0.0.3")
+    assert hosts(await looping(dns_server).route("example.test")) == ["a.example.test"]
+
+
+async def test_a_listener_on_every_address_is_reached_through_loopback(
+    dns_server: DnsStub,
+) -> None:
+    dns_server.add("example.test", "A", "127.0.0.5")
+    e = await failure(looping(dns_server, listen="0.0.0.0:2525"), "example.test")
+    assert e.status == "4.4.6"
+    other_port = looping(dns_server, listen="0.0.0.0:2526")
+    assert hosts(await other_port.route("example.test")) == ["example.test"]
+
+
+async def test_smarthost_that_is_our_own_listener_is_a_configuration_error(
+    dns_server: DnsStub,
+) -> None:
+    e = await failure(looping(dns_server, smarthost="127.0.0.1:2525"), "example.test")
+    assert "smarthost host 127.0.0.1[127.0.0.1]:2525 is relay.listen" in e.text

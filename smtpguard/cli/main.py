@@ -33,6 +33,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rules": ("smtpguard.cli.classify:rules", "Validate classification rule files."),
     "serve": ("smtpguard.cli.serve:serve", "Run the relay (Postfix relayhost)."),
     "queue": ("smtpguard.cli.queue:queue", "Inspect and act on the relay's queue."),
+    "milter": ("smtpguard.cli.milter_cmd:milter", "Run the milter (Postfix smtpd_milters)."),
+    "policy": (
+        "smtpguard.cli.policy_cmd:policy",
+        "Run the Postfix policy service (check_policy_service).",
+    ),
     "doctor": (
         "smtpguard.cli.doctor:doctor",
         "Check a domain's MX, SPF, DKIM, DMARC, PTR and DNSBL listings.",
@@ -40,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logscan": (
         "smtpguard.cli.logscan:logscan",
         "Classify bounces and deferrals in Postfix, Exim and Sendmail logs.",
+    ),
+    "report": (
+        "smtpguard.cli.report:report",
+        "Bounce and complaint rates by domain and day, reasons, suppressions, the queue.",
     ),
 }
 

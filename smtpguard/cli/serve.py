@@ -7,16 +7,19 @@ One line starts a relay, for an admin, a test or a benchmark::
 Options override the config file. Once the inbound port is bound, one line
 goes to stdout, ``smtpguard: listening on HOST:PORT``, so whoever started the
 process can wait for it; logs go to stderr. SIGTERM or SIGINT drain and exit 0.
+With ``--log-format json`` (``log.format``) the delivery log and the relay's own
+log lines on stderr are JSON objects, one per line, so a shipper reading stderr
+sees only JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 import click
 
+from smtpguard.cli.daemon import announce, hostport, log_level_option, setup_logging
 from smtpguard.cli.main import common_options, get_config
 
 
@@ -27,32 +30,26 @@ from smtpguard.cli.main import common_options, get_config
     metavar="HOST:PORT",
     help="Deliver everything via this host (delivery.smarthost).",
 )
+@log_level_option
 @click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Least severe log level written to stderr.",
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Delivery log (and stderr) as text lines or one JSON object per line (log.format).",
 )
 @common_options
-def serve(listen: str | None, smarthost: str | None, log_level: str) -> None:
+def serve(
+    listen: str | None, smarthost: str | None, log_level: str, log_format: str | None
+) -> None:
     """Run the relay (Postfix relayhost) until SIGTERM or SIGINT."""
     cfg = get_config()
     if listen:
         cfg = cfg.with_overrides(relay={"listen": listen}, origin="--listen")
     if smarthost:
         cfg = cfg.with_overrides(delivery={"smarthost": smarthost}, origin="--smarthost")
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if log_format:
+        cfg = cfg.with_overrides(log={"format": log_format}, origin="--log-format")
+    setup_logging(log_level, cfg.log.format)
     from smtpguard.relay.server import serve as run
 
-    def listening(host: str, port: int) -> None:
-        shown = f"[{host}]" if ":" in host else host
-        click.echo(f"smtpguard: listening on {shown}:{port}")
-        sys.stdout.flush()
-
-    code = asyncio.run(run(cfg, on_listening=listening))
+    code = asyncio.run(run(cfg, on_listening=lambda host, port: announce(hostport(host, port))))
     sys.exit(code)

@@ -4,10 +4,15 @@ The loader (:mod:`smtpguard.config`) already rejects unknown keys, wrong types
 and impossible values. What it cannot see from the file alone:
 
 * errors: a ``classifier.rules_file`` that cannot be read or does not load (the
-  relay would refuse to start), and the same for the TLS and AUTH files;
+  relay would refuse to start), and the same for the TLS and AUTH files; a
+  delivery log to a file (``log.destination = "file"``) without ``log.file`` or
+  in a directory that does not exist;
 * warnings: a ``relay.trusted_networks`` entry wider than loopback and private
   address space - every client there relays without AUTH, which on a reachable
-  port is an open relay.
+  port is an open relay; a file holding a secret (``smarthost_password``...)
+  that others may read.
+
+Secrets are never printed: :func:`smtpguard.config.render` masks them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from smtpguard.config import Config
+from smtpguard.config import Config, secret_file_warnings
 from smtpguard.errors import UserError
 
 #: Networks a relay may trust without AUTH: loopback, RFC 1918, RFC 4193 ULA.
@@ -36,6 +41,7 @@ def audit(cfg: Config) -> Audit:
     result = Audit()
     _files(cfg, result)
     _trusted_networks(cfg, result)
+    result.warnings += secret_file_warnings(cfg)
     return result
 
 
@@ -50,6 +56,15 @@ def _files(cfg: Config, result: Audit) -> None:
             result.errors.append(f"{key}: cannot read {path}: {why}")
     if cfg.relay.tls_key and not cfg.relay.tls_cert:
         result.errors.append("relay.tls_key is set but relay.tls_cert is empty")
+    ca_file = cfg.delivery.smarthost_tls_ca_file
+    if ca_file:
+        from smtpguard.relay.tlspolicy import TLSPolicy, TLSPolicyError
+
+        try:
+            TLSPolicy("required", ca_file=ca_file).context()
+        except TLSPolicyError as e:
+            result.errors.append(f"delivery.smarthost_tls_ca_file: {e}")
+    _log_file(cfg, result)
     rules = cfg.classifier.rules_file
     if rules:
         from smtpguard.classify import Classifier
@@ -58,6 +73,19 @@ def _files(cfg: Config, result: Audit) -> None:
             Classifier.load(rules)
         except UserError as e:
             result.errors.append(f"classifier.rules_file: {e}")
+
+
+def _log_file(cfg: Config, result: Audit) -> None:
+    """The delivery log's file: named when it is the destination, in a directory that exists
+    (checked, not created: the relay opens it for appending at start)."""
+    if cfg.log.destination != "file":
+        return
+    if not cfg.log.file:
+        result.errors.append('log.file: empty, but log.destination is "file"')
+        return
+    directory = os.path.dirname(os.path.abspath(cfg.log.file))
+    if not os.path.isdir(directory):
+        result.errors.append(f"log.file: cannot write {cfg.log.file}: no such directory")
 
 
 def _trusted_networks(cfg: Config, result: Audit) -> None:

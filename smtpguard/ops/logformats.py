@@ -18,6 +18,8 @@ Postfix, smtp(8)/lmtp(8)/local(8)/... via the bounce and defer logs::
 
 (one line; ``orig_to=<...>`` and ``conn_use=N`` may appear; ``status=deferred``
 and ``status=SOFTBOUNCE`` are deferrals; the timestamp may be RFC 3339.)
+smtpguard's own delivery log has the same form (``smtpguard/smtp[PID]:``), with
+its ``reason=`` and ``suppression=`` after the reply.
 
 Exim main log, ``**`` a failed delivery, ``==`` a deferred one::
 
@@ -110,7 +112,8 @@ _POSTFIX = re.compile(
     r"[\w.-]+(?:/[\w.-]+)+\[\d+\]: (?P<qid>[0-9A-Za-z]{5,20}): to=<(?P<rcpt>[^>]{0,512})>,"
     r"(?: orig_to=<[^>]{0,512}>,)? relay=(?P<relay>[^,]{0,300}),(?: conn_use=\d+,)?"
     r" delay=[\d.]+, delays=[\d./]+, dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}),"
-    r" status=(?P<status>bounced|deferred|SOFTBOUNCE|sent) \((?P<reply>.*)\)\s*$"
+    r" status=(?P<status>bounced|deferred|SOFTBOUNCE|sent) \((?P<reply>.*)\)"
+    r"(?:, [a-z_]{1,20}=[\w.-]{0,40}){0,4}\s*$"  # smtpguard's delivery log adds reason= ...
 )
 _POSTFIX_STAGE = re.compile(r"\s*\(in reply to (?P<cmd>[A-Za-z ]{2,20}?) command\)$")
 _POSTFIX_HOST = re.compile(

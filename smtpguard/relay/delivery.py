@@ -24,21 +24,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config, parse_hostport
+from smtpguard.errors import ConfigError
 from smtpguard.relay import metrics
-from smtpguard.relay.client import Connection, ConnectionLost, RecipientReply, Refusal
+from smtpguard.relay.client import Connection, RecipientReply, Refusal
+from smtpguard.relay.observe import Timing
 from smtpguard.relay.outcome import Attempt, OutcomeHandler
 from smtpguard.relay.routing import NextHop, RoutingError
 from smtpguard.relay.scheduler import ConnectionCap
 from smtpguard.relay.seams import ReplyClassifier, Router, Shaper
+from smtpguard.relay.smtpclient import SMTPClientError, Timeouts
+from smtpguard.relay.tlspolicy import MODES, TLSPolicy, TLSPolicyError
 from smtpguard.store.queue import Claim, QueuedMessage, QueuedRecipient, QueueStore
 
 log = logging.getLogger("smtpguard.delivery")
@@ -50,11 +53,21 @@ RECORD_RETRIES: tuple[float | None, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, None)
 
 
 @dataclass
-class _Tracker:
-    """Counts a claim's unfinished jobs; the scheduler slot is freed at zero."""
+class _ClaimState:
+    """One claim's jobs (one per destination) on their way.
 
-    remaining: int
+    ``unsent`` jobs have not finished their SMTP yet, ``unrecorded`` ones have
+    not had their results written; the scheduler slot is freed when the last
+    is written. Failures that will go back to the sender in a DSN wait in
+    ``held`` (their recipients stay ``active``) until the claim's last job is
+    sent, so one delivery round of a message makes one DSN listing every
+    failed recipient, whatever destinations they span.
+    """
+
+    unsent: int
+    unrecorded: int
     on_done: Callable[[], None] | None
+    held: list[Attempt] = field(default_factory=list)
 
 
 @dataclass
@@ -65,7 +78,11 @@ class Job:
     recipients: tuple[QueuedRecipient, ...]
     destination: str
     domain: str
-    tracker: _Tracker = field(repr=False)
+    claim: _ClaimState = field(repr=False)
+
+
+#: The reason recorded when no hop took us for want of TLS, usable AUTH, or a network.
+_REFUSAL_REASONS = {"tls": "failedstarttls", "auth": "authfailure", "network": "networkerror"}
 
 
 def soft_verdict(
@@ -115,6 +132,22 @@ class Delivery:
         self._outcome = outcome
         self._shaper: Shaper = shaper or ConnectionCap()
         self._helo = self._d.helo_name or cfg.relay.hostname
+        d = self._d
+        self._timeouts = Timeouts(
+            connect=d.connect_timeout, command=d.command_timeout, data=d.data_timeout,
+            quit=min(d.command_timeout, 10.0),
+        )  # fmt: skip
+        # TLS policies are built once (a verifying context loads the CA store) and shared.
+        self._tls_modes = {mode: TLSPolicy(mode) for mode in MODES}
+        try:
+            self._smarthost_tls = TLSPolicy(
+                d.smarthost_tls_mode, ca_file=d.smarthost_tls_ca_file,
+                pins=tuple(d.smarthost_tls_fingerprints),
+            )  # fmt: skip
+            if d.smarthost:
+                self._smarthost_tls.context()  # an unreadable CA file fails the start
+        except TLSPolicyError as e:
+            raise ConfigError(f"delivery.smarthost_tls: {e}") from None
         self._pending: dict[str, collections.deque[Job]] = collections.defaultdict(
             collections.deque
         )
@@ -124,6 +157,7 @@ class Delivery:
         self._connections = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs_in_progress: dict[int, Job] = {}
+        self._transactions = 0  # numbers the SMTP transactions (after DATA: who shared a reply)
         self._stopping = False
 
     # -- intake ---------------------------------------------------------------
@@ -140,9 +174,9 @@ class Delivery:
         groups: dict[str, list[QueuedRecipient]] = {}
         for r in claim.recipients:
             groups.setdefault(self._destination(claim.message, r), []).append(r)
-        tracker = _Tracker(len(groups), on_done)
+        state = _ClaimState(len(groups), len(groups), on_done)
         for dest, rcpts in groups.items():
-            job = Job(claim.message, tuple(rcpts), dest, rcpts[0].domain, tracker)
+            job = Job(claim.message, tuple(rcpts), dest, rcpts[0].domain, state)
             self._pending[dest].append(job)
             ev = self._arrivals.get(dest)
             if ev is not None:
@@ -199,47 +233,87 @@ class Delivery:
 
     # -- finishing a job ------------------------------------------------------
 
-    def _finish(self, job: Job, attempts: list[Attempt]) -> None:
-        """Hand the attempts to the outcome handler without stalling the connection."""
+    def _finish(self, job: Job, attempts: list[Attempt], timing: Timing | None = None) -> None:
+        """Hand the attempts to the outcome handler without stalling the connection.
+
+        Results are written at once, except failures that will be reported to
+        the sender: those wait for the claim's other jobs (see :class:`_ClaimState`)
+        and are written, with the one DSN, together with the last job's results.
+        ``timing`` (connection setup and transmission) goes to the delivery log.
+        """
+        if timing is not None:
+            attempts = [replace(a, timing=timing) for a in attempts]
         self._shaper.feedback(job.destination, attempts)
-        task = asyncio.create_task(self._apply(job, attempts))
+        state = job.claim
+        state.unsent -= 1
+        if state.unsent == 0:
+            attempts = [*attempts, *state.held]
+            state.held = []
+        else:
+            now = time.time()
+            now_part: list[Attempt] = []
+            for a in attempts:
+                held = self._outcome.awaits_dsn(job.message, a, now)
+                (state.held if held else now_part).append(a)
+            attempts = now_part
+        self._record(job.message, attempts, state)
+
+    def _record(self, msg: QueuedMessage, attempts: list[Attempt], state: _ClaimState) -> None:
+        task = asyncio.create_task(self._apply(msg, attempts, state))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _apply(self, job: Job, attempts: list[Attempt]) -> None:
+    def _abandon(self, job: Job) -> None:
+        """A job that will not be sent (shutdown): failures its claim holds are written."""
+        state = job.claim
+        state.unsent -= 1
+        if state.unsent == 0 and state.held:
+            held, state.held = state.held, []
+            self._record(job.message, held, state)
+        else:
+            self._recorded(state)
+
+    @staticmethod
+    def _recorded(state: _ClaimState) -> None:
+        state.unrecorded -= 1
+        if state.unrecorded == 0 and state.on_done is not None:
+            state.on_done()
+
+    async def _apply(self, msg: QueuedMessage, attempts: list[Attempt], state: _ClaimState) -> None:
         try:
+            if not attempts:
+                return
             # The write is all-or-nothing, so trying again is safe; a database held
             # locked for a while (a long CLI action) must not strand the recipients.
             for wait in RECORD_RETRIES:
                 try:
-                    await self._outcome.apply(job.message, attempts)
+                    await self._outcome.apply(msg, attempts)
                     break
                 except Exception as e:
                     if wait is None:
                         # Left 'active': the next start's recovery queues them again.
-                        log.error("recording the attempt for %s failed: %s", job.message.qid, e)
+                        log.error("recording the attempt for %s failed: %s", msg.qid, e)
                     else:
                         log.warning("recording the attempt for %s failed (%s); retrying",
-                                    job.message.qid, e)  # fmt: skip
+                                    msg.qid, e)  # fmt: skip
                         await asyncio.sleep(wait)
         finally:
-            job.tracker.remaining -= 1
-            if job.tracker.remaining == 0 and job.tracker.on_done is not None:
-                job.tracker.on_done()
+            self._recorded(state)
 
     def _fail(
         self, job: Job, make: Callable[[QueuedRecipient], Verdict], host: str = "",
-        dns: bool = False,
+        dns: bool = False, timing: Timing | None = None,
     ) -> None:  # fmt: skip
-        self._finish(job, [Attempt(r, make(r), remote_host=host, dns=dns) for r in job.recipients])
+        attempts = [Attempt(r, make(r), remote_host=host, dns=dns) for r in job.recipients]
+        self._finish(job, attempts, timing)
 
     def _fail_pending(
         self, dest: str, make: Callable[[QueuedRecipient], Verdict], host: str = "",
-        dns: bool = False,
+        dns: bool = False, timing: Timing | None = None,
     ) -> None:  # fmt: skip
         line = self._pending.get(dest)
         while line:
-            self._fail(line.popleft(), make, host, dns)
+            self._fail(line.popleft(), make, host, dns, timing)
 
     # -- a connection ---------------------------------------------------------
 
@@ -255,53 +329,61 @@ class Delivery:
         if not line:
             return
         domain = line[0].domain
+        started, t0 = time.time(), time.monotonic()  # the delivery log's connection setup
         try:
             hops = await self._hops(dest, domain)
         except RoutingError as e:
             log.info("routing %s failed: %s", domain, e.text)
-            self._fail_pending(dest, lambda r, err=e: routing_verdict(r.address, err), dns=True)
+            self._fail_pending(dest, lambda r, err=e: routing_verdict(r.address, err), dns=e.dns,
+                               timing=Timing(started, time.monotonic() - t0))  # fmt: skip
             return
         except Exception as e:
             log.error("routing %s failed unexpectedly: %r", domain, e)
             why = f"routing failed: {e}"
-            self._fail_pending(dest, lambda r: soft_verdict(r.address, why))
+            self._fail_pending(dest, lambda r: soft_verdict(r.address, why),
+                               timing=Timing(started, time.monotonic() - t0))  # fmt: skip
             return
-        d = self._d
         conn = await Connection.open(
-            hops, helo=self._helo, connect_timeout=d.connect_timeout,
-            command_timeout=d.command_timeout,
-        )  # fmt: skip
+            hops, helo=self._helo, timeouts=self._timeouts, tls_for=self._tls_for
+        )
+        setup = Timing(started, time.monotonic() - t0)
         if isinstance(conn, Refusal):
-            self._refused(dest, conn)
+            self._refused(dest, conn, setup)
             return
         metrics.CONNECTIONS.labels("ok").inc()
         try:
-            await self._session(conn, dest)
+            await self._session(conn, dest, setup)
         finally:
-            await conn.close(min(d.command_timeout, 10.0))
+            await conn.close()
 
-    def _refused(self, dest: str, refusal: Refusal) -> None:
+    def _tls_for(self, hop: NextHop) -> TLSPolicy:
+        if hop.source == "smarthost":
+            return self._smarthost_tls
+        return self._tls_modes[hop.tls]
+
+    def _refused(self, dest: str, refusal: Refusal, timing: Timing) -> None:
         """No hop took us: every job waiting for ``dest`` gets the same verdict."""
         where = refusal.label
         make: Callable[[QueuedRecipient], Verdict]
         if refusal.kind == "reply":
             # The greeting, EHLO, STARTTLS or AUTH refused us: the classifier decides.
             def make(r: QueuedRecipient) -> Verdict:
-                return self._classify(refusal.code, refusal.text, "connect", r.address, where)
-        elif refusal.kind == "tls-required":
-
-            def make(r: QueuedRecipient) -> Verdict:
-                return soft_verdict(r.address, refusal.text, reason="failedstarttls",
-                                    status="4.7.10", remote_host=where)  # fmt: skip
+                return self._classify(refusal.code, refusal.text, refusal.stage, r.address, where)
         else:
+            reason = _REFUSAL_REASONS[refusal.kind]
 
             def make(r: QueuedRecipient) -> Verdict:
-                return soft_verdict(r.address, refusal.text, remote_host=where)
+                return soft_verdict(r.address, refusal.text, reason=reason,
+                                    status=refusal.status, remote_host=where)  # fmt: skip
 
-        self._fail_pending(dest, make, where)
+        self._fail_pending(dest, make, where, timing=timing)
 
-    async def _session(self, conn: Connection, dest: str) -> None:
-        """Send jobs for ``dest`` over one connection until the line is empty or the cap is hit."""
+    async def _session(self, conn: Connection, dest: str, setup: Timing) -> None:
+        """Send jobs for ``dest`` over one connection until the line is empty or the cap is hit.
+
+        The first message's timing includes the connection's ``setup``; later ones
+        start when they are taken from the line (their setup is 0, as in Postfix).
+        """
         line = self._pending[dest]
         sent = 0
         while sent < self._d.messages_per_connection and conn.is_connected:
@@ -319,40 +401,43 @@ class Delivery:
                 return
             job = line.popleft()
             await self._shaper.admit(dest)
+            if sent and not conn.is_connected:
+                # The hop closed the session after an earlier message: a new one takes it.
+                line.appendleft(job)
+                return
+            timing = setup if sent == 0 else Timing(time.time())
+            t0 = time.monotonic()
             self._jobs_in_progress[id(job)] = job
             try:
-                attempts = await self._send(conn, job)
-            except ConnectionLost as e:
+                replies = await conn.send(job.message, job.recipients,
+                                          self._store.body(job.message.id))  # fmt: skip
+            except SMTPClientError as e:  # the session was not usable after all
                 self._fail(job, lambda r, t=str(e): soft_verdict(r.address, t,
-                           remote_host=conn.label, stage="data"), conn.label)  # fmt: skip
+                           remote_host=conn.label, stage="mail"), conn.label,
+                           timing=replace(timing, transmit=time.monotonic() - t0))  # fmt: skip
                 return
             finally:
                 self._jobs_in_progress.pop(id(job), None)
-            self._finish(job, attempts)
+            self._transactions += 1
+            txn = self._transactions
+            self._finish(job, [self._attempt(reply, conn.label, txn) for reply in replies],
+                         replace(timing, transmit=time.monotonic() - t0))  # fmt: skip
             sent += 1
 
-    async def _send(self, conn: Connection, job: Job) -> list[Attempt]:
-        body_task = asyncio.ensure_future(self._store.body(job.message.id))
-        try:
-            replies = await conn.send(
-                job.message, job.recipients, body_task, data_timeout=self._d.data_timeout
-            )
-        finally:
-            if not body_task.done():
-                body_task.cancel()
-            with contextlib.suppress(BaseException):
-                await body_task
-        return [self._attempt(reply, conn.label) for reply in replies]
-
-    def _attempt(self, reply: RecipientReply, where: str) -> Attempt:
+    def _attempt(self, reply: RecipientReply, where: str, transaction: int) -> Attempt:
         r = reply.recipient
         if reply.delivered:
-            return Attempt(r, None, str(reply.code), reply.text, where)
+            return Attempt(r, None, str(reply.code), reply.text, where, transaction=transaction)
         if reply.local:
-            return Attempt(r, soft_verdict(r.address, reply.local, reason="systemerror",
-                                           status="4.3.0"))  # fmt: skip
+            # No reply about this recipient: the session failed (or our body read did).
+            status = reply.status or "4.4.2"
+            reason = "systemerror" if status == "4.3.0" else "networkerror"
+            stage = reply.stage if reply.stage in ("mail", "rcpt", "data") else "data"
+            verdict = soft_verdict(r.address, reply.local, reason=reason, status=status,
+                                   remote_host=where, stage=stage)  # fmt: skip
+            return Attempt(r, verdict, remote_host=where, transaction=transaction)
         verdict = self._classify(reply.code, reply.text, reply.stage, r.address, where)
-        return Attempt(r, verdict, str(reply.code), reply.text, where)
+        return Attempt(r, verdict, str(reply.code), reply.text, where, transaction=transaction)
 
     def _classify(self, code: int, text: str, stage: str, recipient: str, label: str) -> Verdict:
         """The classifier's verdict on a reply; a classifier bug must not lose the message."""
@@ -382,6 +467,7 @@ class Delivery:
             while line:
                 job = line.popleft()
                 released += [r.id for r in job.recipients]
+                self._abandon(job)
         for ev in self._arrivals.values():
             ev.set()
         deadline = time.monotonic() + timeout
@@ -390,6 +476,8 @@ class Delivery:
         if self._tasks:
             for job in self._jobs_in_progress.values():
                 released += [r.id for r in job.recipients]
+                released += [a.recipient.id for a in job.claim.held]
+                job.claim.held = []
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -2,30 +2,37 @@
 
 A DSN is a ``multipart/report; report-type=delivery-status`` message
 (RFC 6522) of three parts: a human-readable explanation, the machine-readable
-``message/delivery-status`` fields, and the original message (``RET=FULL``)
-or only its header (``RET=HDRS`` or no RET, RFC 3461 section 4.3). It goes
-out with the null reverse-path so it can never bounce back (RFC 5321 section
-6.1); the caller (the relay engine) sends it, this module only builds bytes.
+``message/delivery-status`` fields, and the original message (``RET=FULL``,
+up to a size limit, as Postfix's ``bounce_size_limit``) or only its header
+section (``RET=HDRS``, no RET, or too large: RFC 3461 section 4.3), at most
+:data:`MAX_RETURNED_HEADERS`. It goes out with the null reverse-path so it can
+never bounce back (RFC 5321 section 6.1); the caller (the relay engine) sends
+it, this module only builds bytes.
 
-The MIME is built by the stdlib ``email`` package with CRLF line endings;
-every value that comes from outside (addresses, remote replies, ENVID) is
-stripped of control characters first, so no header can be split or injected
-and nothing carries a bare CR or LF.
+The first two parts are built by the stdlib ``email`` package with CRLF line
+endings; every value that comes from outside (addresses, remote replies,
+ENVID) is stripped of control characters first, so no header can be split or
+injected and nothing carries a bare CR or LF. The original is never parsed:
+its header section is found on the bytes and it is copied in as it is, under
+a boundary it does not contain, so its cost is bounded by what is returned
+whatever its structure (a MIME tree 450 levels deep, 100,000 parts).
 """
 
 from __future__ import annotations
 
-import email
 import email.message
 import email.policy
 import email.utils
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.generator import BytesGenerator
 from io import BytesIO
+
+from smtpguard.smtp.data import normalise_line_endings
 
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 
@@ -35,6 +42,10 @@ ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 #: Header section of a message: everything up to the first empty line.
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+#: Postfix's ``bounce_size_limit`` default: the largest original returned whole.
+RETURN_SIZE_LIMIT = 50_000
+#: The largest header section returned (RET=HDRS, or a message too large to return).
+MAX_RETURNED_HEADERS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -77,9 +88,17 @@ def dsn_wanted(
     raise ValueError(f"unknown DSN action {action!r} (expected one of {', '.join(ACTIONS)})")
 
 
+def returned_bytes_needed(ret: str, size: int, return_limit: int = RETURN_SIZE_LIMIT) -> int:
+    """How much of an original of ``size`` bytes a DSN can use: all of it when it is
+    returned whole (RET=FULL within ``return_limit``), else what holds its header section."""
+    if ret.upper() == "FULL" and size <= return_limit:
+        return size
+    return min(size, MAX_RETURNED_HEADERS + 4)
+
+
 def build_dsn(
     *,
-    original: bytes,
+    original: bytes | None,
     mail_from: str,
     envid: str,
     ret: str,
@@ -87,11 +106,19 @@ def build_dsn(
     reporting_mta: str,
     arrival_date: float,
     now: float | None = None,
+    original_size: int | None = None,
+    return_limit: int = RETURN_SIZE_LIMIT,
 ) -> bytes:
     """The complete DSN message (RFC 5322, CRLF) addressed to ``mail_from``.
 
-    ``original`` is the message as queued; ``ret`` is the sender's RET
-    ("FULL" returns it whole, anything else only its header section).
+    ``original`` is the message as queued, or only its start (at least
+    :func:`returned_bytes_needed` bytes) when ``original_size`` gives the whole
+    size; None when it could not be read (the DSN then says so and returns
+    nothing). It is never parsed: the header section is found on the bytes.
+    ``ret`` is the sender's RET: "FULL" returns the message whole if it is at
+    most ``return_limit`` bytes, else only its header section, as for RET=HDRS
+    or no RET; a header section over :data:`MAX_RETURNED_HEADERS` is cut at a
+    header field boundary. The text part says what was left out.
     """
     if not recipients:
         raise ValueError("a DSN reports on at least one recipient")
@@ -107,6 +134,7 @@ def build_dsn(
     # RFC 6533: a recipient address that is not ASCII can only be reported in a
     # message/global-delivery-status part, as address type "utf-8".
     global_status = not all(r.address.isascii() for r in recipients)
+    returned = _returned(original, original_size, ret, return_limit)
 
     report = email.message.EmailMessage(policy=policy)
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{mta}>"
@@ -115,31 +143,39 @@ def build_dsn(
     report["Date"] = _date(now)
     report["Message-ID"] = email.utils.make_msgid("dsn", domain=mta)  # domain: no getfqdn()
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834 section 5
-    report.make_mixed()  # becomes multipart; the subtype and parameter are set below
-    report.set_type("multipart/report")
-    report.set_param("report-type", "delivery-status")  # RFC 6522 section 3
+    report["MIME-Version"] = "1.0"
+    boundary = _boundary(returned.content)
+    # RFC 6522 section 3: multipart/report with its report-type parameter.
+    report["Content-Type"] = f'multipart/report; report-type=delivery-status; boundary="{boundary}"'
 
     text = email.message.EmailMessage(policy=policy)
-    human = _human_text(recipients, mta)
+    human = _human_text(recipients, mta) + returned.note
     if human.isascii():
         text.set_content(human, charset="us-ascii", cte="7bit")
     else:
         text.set_content(human, charset="utf-8", cte="quoted-printable")
     text["Content-Description"] = "Notification"
-    for part in (
-        text,
-        _status_part(recipients, envid, mta, arrival_date, policy, global_status),
-        _returned_part(original, ret, policy),
-    ):
-        del part["MIME-Version"]  # set_content adds it; RFC 2045 wants it at the top only
-        report.attach(part)
-
-    out = BytesIO()
+    parts = [text, _status_part(recipients, envid, mta, arrival_date, policy, global_status)]
     # Fold only beyond RFC 5322's 998: status fields stay one line each for simple readers.
-    _Generator(out, policy=policy.clone(max_line_length=998)).flatten(report)
-    data = out.getvalue()
+    generate = policy.clone(max_line_length=998)
+    rendered: list[bytes] = []
+    for part in parts:
+        del part["MIME-Version"]  # set_content adds it; RFC 2045 wants it at the top only
+        out = BytesIO()
+        _Generator(out, policy=generate).flatten(part)
+        rendered.append(out.getvalue())
+    if returned.headers:
+        rendered.append(returned.headers + b"\r\n" + returned.content)
+    delimiter = b"\r\n--" + boundary.encode("ascii")
+    body = [
+        b"".join(generate.fold_binary(name, value) for name, value in report.items()),
+        b"\r\nThis is a MIME-encapsulated message.\r\n",
+    ]
+    for part_bytes in rendered:
+        body += [delimiter, b"\r\n", part_bytes]
+    body += [delimiter, b"--\r\n"]
     # Belt and braces for the RFC 5321 section 2.3.8 promise: no bare CR or LF.
-    return re.sub(rb"\r?\n|\r", b"\r\n", data)
+    return normalise_line_endings(b"".join(body))
 
 
 class _Generator(BytesGenerator):
@@ -205,24 +241,90 @@ def _status_part(
     return part
 
 
-def _returned_part(
-    original: bytes, ret: str, policy: email.policy.EmailPolicy
-) -> email.message.EmailMessage:
-    """The original message (RET=FULL) or its header section (default), RFC 3461 section 4.3."""
-    part = email.message.EmailMessage(policy=policy)
+@dataclass(frozen=True)
+class _Returned:
+    """The third part: its MIME header lines (b"" for none), content, and what the text says."""
+
+    headers: bytes
+    content: bytes
+    note: str
+
+
+def _returned(original: bytes | None, size: int | None, ret: str, limit: int) -> _Returned:
+    """The original whole (RET=FULL within ``limit``) or its header section (RFC 3461 4.3).
+
+    Postfix does the same with ``bounce_size_limit``: a message/rfc822 part with
+    the complete original, or text/rfc822-headers (RFC 6522 section 5) with its
+    headers only, never a truncated message. The bytes are used as they are
+    (line endings aside), so no nesting depth or part count costs anything.
+    """
+    if original is None:
+        return _Returned(b"", b"", "The original message could not be read; it is not attached.\n")
+    size = len(original) if size is None else size
+    if ret.upper() == "FULL" and size <= limit and len(original) >= size:
+        content = normalise_line_endings(original[:size])
+        cte = "7bit" if content.isascii() else "8bit"  # RFC 2046 5.2.1: never base64
+        headers = (
+            "Content-Type: message/rfc822\r\n"
+            "Content-Description: Undelivered Message\r\n"
+            f"Content-Transfer-Encoding: {cte}\r\n"
+        )
+        return _Returned(headers.encode("ascii"), content, "")
+    note = ""
     if ret.upper() == "FULL":
-        inner = email.message_from_bytes(original, policy=policy.clone(refold_source="none"))
-        cte = "7bit" if original.isascii() else "8bit"  # RFC 2046 5.2.1: never base64
-        part.set_content(inner, subtype="rfc822", cte=cte)
-        part["Content-Description"] = "Undelivered Message"
-        return part
-    match = _HEADER_END.search(original)
-    headers = original[: match.start()] if match else original
-    text = headers.decode("utf-8", errors="replace").rstrip("\r\n") + "\n"
-    charset, cte = ("us-ascii", "7bit") if text.isascii() else ("utf-8", "8bit")
-    part.set_content(text, subtype="rfc822-headers", charset=charset, cte=cte)  # RFC 6522 s. 5
-    part["Content-Description"] = "Undelivered Message Headers"
-    return part
+        note = (
+            f"The message was {size} bytes, more than the {limit} returned whole:\n"
+            "only its header section is attached.\n"
+        )
+    section, cut = header_section(original)
+    if cut:
+        note += (
+            f"Its header section is longer than {MAX_RETURNED_HEADERS} bytes: the attached"
+            f" part ends after {len(section)} bytes, at a header field boundary.\n"
+        )
+    content = normalise_line_endings(section)
+    if content.isascii():
+        charset, cte = "us-ascii", "7bit"
+    else:
+        content = content.decode("utf-8", "replace").encode("utf-8")
+        charset, cte = "utf-8", "8bit"
+    headers = (
+        f"Content-Type: text/rfc822-headers; charset={charset}\r\n"
+        "Content-Description: Undelivered Message Headers\r\n"
+        f"Content-Transfer-Encoding: {cte}\r\n"
+    )
+    return _Returned(headers.encode("ascii"), content, note)
+
+
+def header_section(data: bytes, limit: int = MAX_RETURNED_HEADERS) -> tuple[bytes, bool]:
+    """The header section of a message (its lines, each ending in a line break) and
+    whether it was cut to ``limit`` bytes; only the first ``limit + 4`` bytes are looked at.
+
+    Cut at the last line that starts a new header field, so no field is returned half
+    folded; a single field longer than ``limit`` leaves nothing.
+    """
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        return b"", False  # no header fields at all
+    end = _HEADER_END.search(data, 0, limit + 4)
+    if end is not None and end.start() <= limit:
+        # The last field keeps its line break; the empty line is not part of the section.
+        eol = 2 if data[end.start() : end.start() + 2] == b"\r\n" else 1
+        return data[: end.start() + eol], False
+    if end is None and len(data) <= limit:
+        return data, False  # a message that is all header, no body
+    window = data[:limit]
+    pos = window.rfind(b"\n")
+    while pos >= 0 and data[pos + 1 : pos + 2] in (b" ", b"\t"):
+        pos = window.rfind(b"\n", 0, pos)  # a continuation line: back to its field's start
+    return window[: pos + 1], True
+
+
+def _boundary(content: bytes) -> str:
+    """A MIME boundary that does not occur in ``content`` (RFC 2046 section 5.1.1)."""
+    while True:
+        boundary = f"=_smtpguard_{secrets.token_hex(12)}"
+        if boundary.encode("ascii") not in content:
+            return boundary
 
 
 # ---------------------------------------------------------------------- text

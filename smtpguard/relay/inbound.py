@@ -367,6 +367,7 @@ class InboundServer:
             auth_user=auth_user,
             received_at=now,
             auto_submitted=auto_submitted,
+            arrived_at=envelope.started or now,
         )
         proto.committing = True
         try:

@@ -7,7 +7,11 @@ too: the storm breaker counts attempts) to the policy's
 :class:`~smtpguard.policy.sink.VerdictSink` with its evidence:
 
 * ``bounce == "hard"``: the recipient is done (``bounced``). The sender gets an
-  RFC 3464 DSN when :func:`~smtpguard.relay.dsn.dsn_wanted` says so (never to
+  RFC 3464 DSN, one per :meth:`OutcomeHandler.apply` listing every failure in
+  it (the delivery side hands one message's reportable failures from all its
+  destinations of a round over in one call, see :meth:`OutcomeHandler.awaits_dsn`),
+  built with bounded work (:meth:`OutcomeHandler._dsn_bytes`),
+  when :func:`~smtpguard.relay.dsn.dsn_wanted` says so (never to
   the null sender, never for Auto-Submitted mail, honouring NOTIFY) and
   ``dsn.enabled`` is on. The DSN is enqueued as a new queue message with the
   null sender in the same transaction that records the bounce, so it is as
@@ -26,6 +30,8 @@ too: the storm breaker counts attempts) to the policy's
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,17 +40,29 @@ from dataclasses import dataclass, replace
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config
 from smtpguard.policy.evidence import Evidence, EvidenceKind
-from smtpguard.policy.sink import SinkPlan, SuppressionSink
+from smtpguard.policy.sink import Applied, SinkPlan, SuppressionSink
 from smtpguard.relay import metrics
+from smtpguard.relay.dsn import DsnRecipient, build_dsn, dsn_wanted, returned_bytes_needed
+from smtpguard.relay.observe import AttemptRecord, DsnQueued, Observer, Status, Timing
 from smtpguard.relay.scheduler import retry_delay
 from smtpguard.smtp.status import leading_status
+from smtpguard.smtp.text import log_safe
 from smtpguard.store.messages import InboundMessage, Recipient
-from smtpguard.store.queue import QueuedMessage, QueuedRecipient, QueueStore, RecipientResult
+from smtpguard.store.queue import (
+    QueuedMessage,
+    QueuedRecipient,
+    QueueStore,
+    RecipientResult,
+    format_qid,
+)
 
 log = logging.getLogger("smtpguard.outcome")
 
 #: Status written for a recipient whose queue lifetime ran out (RFC 3463 X.4.7).
 EXPIRED_STATUS = "5.4.7"
+#: Bound on reading the original and building a DSN from it (both bounded by size,
+#: so this only matters for a stalled disk or a bug: the bounce is recorded anyway).
+DSN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +79,8 @@ class Attempt:
     text: str = ""
     remote_host: str = ""
     dns: bool = False  # the verdict is a DNS answer (routing), not a reply
+    transaction: int = 0  # which SMTP transaction gave it (after DATA: who shared the reply)
+    timing: Timing | None = None  # for the delivery log's delays
 
     @property
     def evidence(self) -> EvidenceKind:
@@ -72,6 +92,11 @@ class Attempt:
             return "data-reply"
         return "rcpt-reply" if v.stage == "rcpt" else "session-reply"
 
+
+#: Result event -> the delivery log's status (Postfix's words).
+_STATUS: dict[str, Status] = {
+    "delivered": "sent", "deferred": "deferred", "bounced": "bounced", "expired": "expired",
+}  # fmt: skip
 
 #: Verdict stages that answer the final dot (the whole transaction).
 AFTER_DATA = frozenset({"data", "eom"})
@@ -87,11 +112,13 @@ class OutcomeHandler:
         *,
         sink: SuppressionSink | None = None,
         on_deferred: Callable[[int, float], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
         self._sink = sink
         self._on_deferred = on_deferred
+        self._observer = observer
 
     # -- policy ---------------------------------------------------------------
 
@@ -169,12 +196,14 @@ class OutcomeHandler:
         dsns = await self._dsns(msg, failed, now)
         plans = self._plans(attempts, now)
         writes = [p.write for _, p in plans if p.needs_write]
-        await self._store.record(results, dsns, now, also=writes)
+        created = await self._store.record(results, dsns, now, also=writes)
         for res in results:
             if res.state == "queued" and self._on_deferred is not None:
                 self._on_deferred(res.message_id, res.next_attempt)
+        sunk: dict[int, Applied] = {}
         for group, plan in plans:
             for a, applied in zip(group, plan.done().applied, strict=True):
+                sunk[id(a)] = applied
                 v = a.verdict
                 if (
                     v is not None
@@ -185,9 +214,47 @@ class OutcomeHandler:
                     metrics.REJECTIONS.labels(metrics.domain_label(r.domain), v.reason).inc()
                     log.warning(
                         "rejected without suppression: %s to=<%s> reason=%s %s %s: %s (%s)",
-                        msg.qid, r.address, v.reason, v.reply_code, v.status, _reply_text(a),
-                        applied.why,
+                        msg.qid, log_safe(r.address), v.reason, v.reply_code, v.status,
+                        log_safe(_reply_text(a)), log_safe(applied.why),
                     )  # fmt: skip
+        if self._observer is not None:
+            self._observe(msg, attempts, results, sunk, created, dsns, now)
+
+    def _observe(
+        self, msg: QueuedMessage, attempts: Sequence[Attempt], results: Sequence[RecipientResult],
+        sunk: dict[int, Applied], created: Sequence[int],
+        dsns: Sequence[tuple[int, InboundMessage]], now: float,
+    ) -> None:  # fmt: skip
+        """Tell the observer (delivery log, daily counts) what was just committed."""
+        assert self._observer is not None
+        records = []
+        for a, res in zip(attempts, results, strict=True):
+            applied = sunk.get(id(a))
+            v = a.verdict
+            records.append(
+                AttemptRecord(
+                    qid=msg.qid,
+                    kind=msg.kind,
+                    recipient=a.recipient.address,
+                    domain=a.recipient.domain,
+                    status=_STATUS[res.event],
+                    relay=res.remote_host,
+                    code=res.code,
+                    dsn=_logged_status(res),
+                    reply=a.text if a.code else res.diagnostic,
+                    stage=v.stage if v is not None else "data",
+                    reason=res.reason,
+                    suppression=applied.outcome if applied else "",
+                    suppression_why=applied.why if applied else "",
+                    arrived_at=msg.arrived_at,
+                    received_at=msg.received_at,
+                    timing=a.timing,
+                    finished=now,
+                )
+            )
+        self._observer.attempts(records)
+        for dsn_id, (_, dsn) in zip(created, dsns, strict=True):
+            self._observer.dsn(DsnQueued(msg.qid, format_qid(dsn_id), dsn.recipients[0].address))
 
     def _plans(
         self, attempts: Sequence[Attempt], now: float
@@ -199,11 +266,11 @@ class OutcomeHandler:
         """
         if self._sink is None:
             return []
-        groups: dict[EvidenceKind, list[Attempt]] = {}
+        groups: dict[tuple[EvidenceKind, int], list[Attempt]] = {}
         for a in attempts:
-            groups.setdefault(a.evidence, []).append(a)
+            groups.setdefault((a.evidence, a.transaction), []).append(a)
         plans = []
-        for kind, group in groups.items():
+        for (kind, _), group in groups.items():
             evidence = Evidence(kind, "relay")
             if kind == "data-reply":
                 evidence = Evidence(
@@ -213,14 +280,28 @@ class OutcomeHandler:
             plans.append((group, self._sink.prepare(verdicts, evidence, now)))
         return plans
 
+    def _dsn_wanted(self, msg: QueuedMessage, r: QueuedRecipient) -> bool:
+        """Whether a failure of ``r`` goes back to the sender in a DSN."""
+        if not self._cfg.dsn.enabled or msg.kind == "dsn" or not msg.mail_from:
+            return False
+        return dsn_wanted(mail_from=msg.mail_from, auto_submitted=msg.auto_submitted,
+                          notify=r.notify, action="failed")  # fmt: skip
+
+    def awaits_dsn(self, msg: QueuedMessage, a: Attempt, now: float) -> bool:
+        """This attempt ends its recipient (bounced or expired) with a DSN to the sender."""
+        v = a.verdict
+        if v is None or not (v.bounce == "hard" or self.expired(msg, now)):
+            return False
+        return self._dsn_wanted(msg, a.recipient)
+
     async def _dsns(
         self, msg: QueuedMessage, failed: Sequence[tuple[Attempt, str, str, str]], now: float
     ) -> list[tuple[int, InboundMessage]]:
-        """At most one DSN per message per attempt, listing every failed recipient."""
-        if not failed or not self._cfg.dsn.enabled or msg.kind == "dsn" or not msg.mail_from:
-            return []
-        from smtpguard.relay.dsn import DsnRecipient, build_dsn, dsn_wanted
+        """At most one DSN per message per call, listing every failed recipient.
 
+        Never raises: a DSN that cannot be built as asked is built with less
+        (see :meth:`_dsn_bytes`), and the bounce is recorded whatever happens here.
+        """
         recipients = [
             DsnRecipient(
                 address=a.recipient.address,
@@ -232,25 +313,13 @@ class OutcomeHandler:
                 last_attempt=now,
             )
             for a, status, diag, _reason in failed
-            if dsn_wanted(
-                mail_from=msg.mail_from,
-                auto_submitted=msg.auto_submitted,
-                notify=a.recipient.notify,
-                action="failed",
-            )
+            if self._dsn_wanted(msg, a.recipient)
         ]
         if not recipients:
             return []
-        try:
-            original = await self._store.body(msg.id)
-        except Exception as e:
-            log.error("no DSN for %s: cannot read the original: %s", msg.qid, e)
+        data = await self._dsn_bytes(msg, recipients, now)
+        if data is None:
             return []
-        data = build_dsn(
-            original=original, mail_from=msg.mail_from, envid=msg.envid, ret=msg.ret,
-            recipients=recipients, reporting_mta=self._cfg.relay.hostname,
-            arrival_date=msg.received_at, now=now,
-        )  # fmt: skip
         dsn = InboundMessage(
             mail_from="",
             recipients=(Recipient(address=msg.mail_from),),
@@ -263,6 +332,51 @@ class OutcomeHandler:
         )
         metrics.DSNS.inc()
         return [(msg.id, dsn)]
+
+    async def _dsn_bytes(
+        self, msg: QueuedMessage, recipients: Sequence[DsnRecipient], now: float
+    ) -> bytes | None:
+        """The DSN, built off the event loop from at most the start of the original.
+
+        Only what can be returned is read (:func:`~smtpguard.relay.dsn.returned_bytes_needed`:
+        the whole message only when RET=FULL and it is within ``dsn.return_size_limit``,
+        else the first 64 KiB for its header section), and nothing is parsed, so
+        the work is bounded whatever the message holds. If building fails anyway
+        (or the body cannot be read), a DSN with the header section only, then one
+        without the original, is sent instead; None only if even that fails.
+        """
+        limit = self._cfg.dsn.return_size_limit
+        args = {
+            "mail_from": msg.mail_from, "envid": msg.envid, "recipients": recipients,
+            "reporting_mta": self._cfg.relay.hostname, "arrival_date": msg.received_at,
+            "now": now, "original_size": msg.size, "return_limit": limit,
+        }  # fmt: skip
+        original: bytes | None = None
+        try:
+            need = returned_bytes_needed(msg.ret, msg.size, limit)
+            original = await asyncio.wait_for(self._store.body_head(msg.id, need), DSN_TIMEOUT)
+            return await asyncio.wait_for(
+                asyncio.to_thread(functools.partial(build_dsn, original=original, ret=msg.ret,
+                                                    **args)),  # type: ignore[arg-type]
+                DSN_TIMEOUT,
+            )  # fmt: skip
+        except Exception as e:
+            what = "building it failed" if original is not None else "cannot read the original"
+            log.error("DSN for %s: %s (%r); sending a simpler one", msg.qid, what, e)
+        for fallback in (original, None) if original is not None else (None,):
+            try:
+                return build_dsn(original=fallback, ret="HDRS", **args)  # type: ignore[arg-type]
+            except Exception as e:
+                log.error("DSN for %s: the fallback failed too (%r)", msg.qid, e)
+        return None
+
+
+def _logged_status(res: RecipientResult) -> str:
+    """The RFC 3463 status the delivery log shows: what the sender's DSN says for an expiry,
+    else the reply's, else the class of the result (as Postfix logs ``dsn=4.0.0``)."""
+    if res.event == "expired":
+        return EXPIRED_STATUS
+    return res.status or {"delivered": "2.0.0", "deferred": "4.0.0"}.get(res.event, "5.0.0")
 
 
 def _sink_verdict(a: Attempt) -> Verdict:

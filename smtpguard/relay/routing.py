@@ -22,6 +22,21 @@ Smarthost and route hosts are resolved to A/AAAA only, never MX (like
 Postfix's ``[host]`` form): the operator named the machine. IP literals, with
 or without brackets, are used as they are.
 
+What DNS says is not trusted with where we connect: addresses that cannot be
+a mail server (unspecified, multicast, broadcast) are always dropped from MX
+and A/AAAA answers, and loopback, link-local, private (RFC 1918, shared
+100.64/10, ULA ``fc00::/7``) and other non-public ranges are dropped unless
+``delivery.allowed_destination_networks`` lists them; an IPv4-mapped IPv6
+address counts as its IPv4 address. Otherwise anyone who can publish a DNS
+record could make the relay connect to our own loopback services or a cloud
+metadata address (169.254.169.254). Recipient address literals
+(``user@[192.0.2.1]``) are refused unless ``delivery.allow_address_literals``,
+and then filtered the same way. The smarthost and ``routes`` are the
+operator's own words and are used as configured. A hop that is this relay's
+own listener (``relay.listen``) is a configuration error, never a mail loop:
+it is dropped with every less preferred MX (RFC 5321 section 5.1), and when
+nothing is left the recipients are deferred with a text that says so.
+
 DNS goes through dnspython's async resolver; ``delivery.nameservers`` pins the
 servers (tests point it at a stub on loopback), otherwise the system's
 resolv.conf is used. Answers are cached by dnspython's LRU cache for their TTL.
@@ -31,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -44,6 +60,8 @@ import dns.resolver
 
 from smtpguard.config import DeliveryConfig, parse_hostport, parse_nexthop
 from smtpguard.errors import ConfigError
+
+log = logging.getLogger("smtpguard.routing")
 
 #: Bounds on how much one route() call may look up: RFC 5321 section 5.1 lets a
 #: client stop after a reasonable number of MX hosts (Postfix stops at 5 addresses).
@@ -82,18 +100,23 @@ class RoutingError(Exception):
     no address at all, and null MX per RFC 7505: a domain that publishes
     "accepts no mail" is as dead a destination as one that does not exist; what
     either may do to the suppression list is the policy's decision),
-    ``networkerror`` (DNS failed for now: SERVFAIL, timeout).
+    ``networkerror`` (DNS failed for now: SERVFAIL, timeout; or every address
+    was one we do not connect to, or this relay itself), ``norelaying`` (an
+    address literal while they are not allowed). ``dns`` is False for a
+    decision of our own configuration: it is no evidence about the domain.
     """
 
     def __init__(
-        self, text: str, *, reason: str, status: str, reply_code: str, permanent: bool
-    ) -> None:
+        self, text: str, *, reason: str, status: str, reply_code: str, permanent: bool,
+        dns: bool = True,
+    ) -> None:  # fmt: skip
         super().__init__(text)
         self.text = text
         self.reason = reason
         self.status = status
         self.reply_code = reply_code
         self.permanent = permanent
+        self.dns = dns
 
     @property
     def reply(self) -> str:
@@ -139,6 +162,60 @@ def _dns_trouble(name: str, rdtype: str, why: str) -> RoutingError:
     )  # fmt: skip
 
 
+def _no_usable_address(domain: str, dropped: list[str]) -> RoutingError:
+    # RFC 3463 X.4.4: unable to route. Temporary: DNS or our configuration may change.
+    shown = "; ".join(dropped[:3]) + (f"; {len(dropped) - 3} more" if len(dropped) > 3 else "")
+    return RoutingError(
+        f"No usable address for {domain}: {shown} (delivery.allowed_destination_networks"
+        " lists networks that may be used)",
+        reason="networkerror", status="4.4.4", reply_code="451", permanent=False, dns=False,
+    )  # fmt: skip
+
+
+def _loop(domain: str, hop: NextHop) -> RoutingError:
+    # RFC 3463 X.4.6: routing loop detected; soft, because it is ours to fix.
+    return RoutingError(
+        f"Configuration error: mail for {domain} would loop back to this relay:"
+        f" {hop.source} host {hop.host}[{hop.address}]:{hop.port} is relay.listen",
+        reason="networkerror", status="4.4.6", reply_code="451", permanent=False, dns=False,
+    )  # fmt: skip
+
+
+def _literal_refused(domain: str) -> RoutingError:
+    return RoutingError(
+        f"Delivery to address literals like {domain} is not allowed"
+        " (delivery.allow_address_literals)",
+        reason="norelaying", status="5.7.1", reply_code="550", permanent=True, dns=False,
+    )  # fmt: skip
+
+
+#: IPv4 addresses that are never a mail server (RFC 919 limited broadcast).
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def not_public(ip: IPAddress) -> tuple[str, bool]:
+    """Why ``ip`` is no public destination (``""`` if it is), and whether an
+    allow-list may still admit it (loopback, link-local, private may be; unspecified,
+    multicast and broadcast never)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return "unspecified", False
+    if ip.is_multicast:
+        return "multicast", False
+    if ip == _BROADCAST:
+        return "broadcast", False
+    if ip.is_loopback:
+        return "loopback", True
+    if ip.is_link_local:
+        return "link-local", True
+    if not ip.is_global:
+        return "private" if ip.is_private else "not public", True
+    return "", True
+
+
 def _ip(text: str) -> str | None:
     """The IP in ``"192.0.2.1"``, ``"[192.0.2.1]"``, ``"[IPv6:2001:db8::1]"``; else None."""
     inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
@@ -166,10 +243,17 @@ class _Cache(dns.resolver.LRUCache):
 class Router:
     """Resolves recipient domains to next hops; one per relay process (it holds the cache)."""
 
-    def __init__(self, cfg: DeliveryConfig, *, timeout: float = 10.0) -> None:
-        """``timeout`` bounds one whole DNS lookup, retries included."""
+    def __init__(self, cfg: DeliveryConfig, *, timeout: float = 10.0, listen: str = "") -> None:
+        """``timeout`` bounds one whole DNS lookup, retries included; ``listen`` is
+        this relay's own ``relay.listen`` (HOST:PORT), never a next hop."""
         self.cfg = cfg
         self.timeout = timeout
+        self._allowed = [ipaddress.ip_network(n, strict=False)
+                         for n in cfg.allowed_destination_networks]  # fmt: skip
+        self._listen: tuple[str, int] | None = None
+        if listen:
+            host, port = parse_hostport(listen)
+            self._listen = (_ip(host) or ("127.0.0.1" if host == "localhost" else host), port)
         if cfg.nameservers:
             resolver = dns.asyncresolver.Resolver(configure=False)
             servers: list[str | dns.nameserver.Nameserver] = []
@@ -208,11 +292,14 @@ class Router:
     async def route(self, domain: str) -> list[NextHop]:
         """Next hops for ``domain`` in the order to try them; raises :class:`RoutingError`."""
         domain = domain.strip().lower().rstrip(".")
+        return self._not_ourselves(domain, await self._route(domain))
+
+    async def _route(self, domain: str) -> list[NextHop]:
         cfg = self.cfg
         if self._smarthost is not None:
             host, port = self._smarthost
             return await self._fixed(
-                host, port, "smarthost", cfg.smarthost_tls,
+                host, port, "smarthost", cfg.smarthost_tls_mode,
                 cfg.smarthost_user, cfg.smarthost_password,
             )  # fmt: skip
         route = self._match_route(domain)
@@ -222,8 +309,56 @@ class Router:
             literal = _ip(domain)
             if literal is None:
                 raise _bad_domain(domain, "not an IP address literal")
-            return [NextHop(literal, literal, cfg.port, 0, "a", cfg.tls)]
+            if not cfg.allow_address_literals:
+                raise _literal_refused(domain)
+            return self._public(domain, [NextHop(literal, literal, cfg.port, 0, "a", cfg.tls)])
         return await self._mx(domain)
+
+    # ------------------------------------------------------------------ where we never go
+
+    def _not_ourselves(self, domain: str, hops: list[NextHop]) -> list[NextHop]:
+        """Without this relay's own listener and, as RFC 5321 section 5.1 has an MX
+        host that finds itself do, every hop of the same or a lower preference."""
+        if self._listen is None:
+            return hops
+        for hop in hops:
+            if self._is_own_listener(hop):
+                kept = [h for h in hops if h.preference < hop.preference]
+                if not kept:
+                    raise _loop(domain, hop)
+                return kept
+        return hops
+
+    def _is_own_listener(self, hop: NextHop) -> bool:
+        assert self._listen is not None
+        host, port = self._listen
+        if hop.port != port:
+            return False
+        if hop.address == host:
+            return True
+        try:
+            ip, own = ipaddress.ip_address(hop.address), ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        # A listener on every address (0.0.0.0, ::) is reached through loopback too.
+        return ip == own or (own.is_unspecified and ip.is_loopback)
+
+    def _public(self, domain: str, hops: list[NextHop]) -> list[NextHop]:
+        """The hops whose address may be connected to (module doc); RoutingError if none."""
+        kept: list[NextHop] = []
+        dropped: list[str] = []
+        for hop in hops:
+            ip = ipaddress.ip_address(hop.address)
+            why, allowable = not_public(ip)
+            if why and not (allowable and any(ip in net for net in self._allowed)):
+                dropped.append(f"{hop.host}[{hop.address}] is {why}")
+            else:
+                kept.append(hop)
+        if dropped:
+            log.warning("routing %s: dropped %s", domain, "; ".join(dropped))
+        if not kept and dropped:
+            raise _no_usable_address(domain, dropped)
+        return kept
 
     # ------------------------------------------------------------------ configured hosts
 
@@ -269,7 +404,7 @@ class Router:
             if not addresses:
                 raise _no_address(domain)
             hops = [NextHop(domain, a, self.cfg.port, 0, "a", self.cfg.tls) for a in addresses]
-            return hops[:MAX_ADDRESSES]
+            return self._public(domain, hops)[:MAX_ADDRESSES]
         records = sorted(answer, key=lambda r: r.preference)
         targets = [r for r in records if r.exchange != dns.name.root]
         if not targets:  # RFC 7505 section 3: "0 ." alone means no mail, ever
@@ -301,7 +436,7 @@ class Router:
                 raise result
             hops += [NextHop(name, a, self.cfg.port, pref, "mx", self.cfg.tls) for a in result]
         if hops:
-            return _dedupe(hops)[:MAX_ADDRESSES]
+            return self._public(domain, _dedupe(hops))[:MAX_ADDRESSES]
         if trouble is not None:
             raise trouble
         raise RoutingError(

@@ -29,17 +29,21 @@ from collections.abc import Callable
 
 from smtpguard import metrics as prometheus
 from smtpguard.classify import Classifier
-from smtpguard.config import Config
+from smtpguard.config import Config, secret_file_warnings
 from smtpguard.errors import UserError
 from smtpguard.policy import open_recipient_policy, open_sink
 from smtpguard.policy.recipient import RecipientPolicy
 from smtpguard.policy.sink import SuppressionSink
 from smtpguard.relay import metrics
+from smtpguard.relay.daily import DailyCounts
 from smtpguard.relay.delivery import Delivery
 from smtpguard.relay.inbound import InboundServer
+from smtpguard.relay.maillog import DeliveryLog, open_delivery_log
+from smtpguard.relay.observe import Observers, Received, WatchedPolicy
 from smtpguard.relay.outcome import OutcomeHandler
 from smtpguard.relay.scheduler import Scheduler
 from smtpguard.relay.seams import Shaper
+from smtpguard.smtp.headers import message_id as message_id_of
 from smtpguard.store.messages import Claim, InboundMessage
 from smtpguard.store.queue import QueueStore, format_qid
 
@@ -72,9 +76,14 @@ class Relay:
         self.delivery: Delivery | None = None
         self.outcome: OutcomeHandler | None = None
         self.recovered = 0
+        # Watching what happens: the delivery log, the per-day counts, metrics.
+        self.observers = Observers([metrics.MetricsObserver()])
+        self.delivery_log: DeliveryLog | None = None
+        self.daily: DailyCounts | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
         self._housekeeping_task: asyncio.Task[None] | None = None
         self._reclaim_task: asyncio.Task[None] | None = None
+        self._watch_tasks: list[asyncio.Task[None]] = []
         #: Recipient ids an attempt of this process holds (claimed, result not settled).
         self._live: set[int] = set()
         self._stopped = asyncio.Event()
@@ -88,8 +97,12 @@ class Relay:
         from smtpguard.relay.routing import Router
 
         cfg = self.cfg
+        for warning in secret_file_warnings(cfg):
+            log.warning("%s", warning)
         busy = cfg.store.busy_timeout
         classifier = load_classifier(cfg)  # fail on bad rules before opening anything
+        self.delivery_log = open_delivery_log(cfg.log)  # and on a log that cannot open
+        self.observers.add(self.delivery_log)
         self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy, group=cfg.store.group)
         self.recovered = await self.queue.recover()
         if self.recovered:
@@ -103,16 +116,24 @@ class Relay:
         # The RCPT check reads synchronously on the loop: one indexed read (tens of
         # microseconds; WAL readers never wait for the writer) costs less than a
         # hop to another thread and back, which would be on every RCPT's latency.
-        self.policy = open_recipient_policy(cfg)
+        self.policy = WatchedPolicy(open_recipient_policy(cfg), self.observers)
+        self.daily = DailyCounts(self.queue.writer, cfg.report)
+        self.observers.add(self.daily)
         d = cfg.delivery
         self.scheduler = Scheduler(
             self.queue, max_inflight=max(d.concurrency * 20, 200), refill_interval=1.0
         )
         self.outcome = OutcomeHandler(
-            cfg, self.queue, sink=self.sink, on_deferred=self.scheduler.notify
-        )
+            cfg, self.queue, sink=self.sink, on_deferred=self.scheduler.notify,
+            observer=self.observers,
+        )  # fmt: skip
         self.delivery = Delivery(
-            cfg, self.queue, Router(d), classifier, self.outcome, shaper=self._shaper
+            cfg,
+            self.queue,
+            Router(d, listen=cfg.relay.listen),
+            classifier,
+            self.outcome,
+            shaper=self._shaper,
         )
         scheduler, delivery, live = self.scheduler, self.delivery, self._live
 
@@ -125,6 +146,7 @@ class Relay:
         self._scheduler_task = asyncio.create_task(scheduler.run(dispatch), name="scheduler")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
         self._reclaim_task = asyncio.create_task(self._reclaim(), name="reclaim")
+        self._watch_tasks.append(asyncio.create_task(self.daily.run(), name="daily-counts"))
         self.inbound = InboundServer(cfg, enqueue=self.enqueue, policy=self.policy)
         try:
             await self.inbound.start()
@@ -137,6 +159,18 @@ class Relay:
                 raise UserError(
                     f"cannot serve metrics on {cfg.metrics.listen}: {e.strerror or e}"
                 ) from None
+            self._watch_tasks.append(asyncio.create_task(self._count_queue(), name="queue-gauges"))
+
+    async def _count_queue(self) -> None:
+        """Recount the queue gauges every ``metrics.queue_refresh`` (indexed counts)."""
+        assert self.queue is not None
+        gauges = metrics.QueueGauges()
+        while True:
+            try:
+                gauges.refresh(await self.queue.depth())
+            except Exception as e:  # the next round tries again
+                log.error("counting the queue for metrics failed: %s", e)
+            await asyncio.sleep(self.cfg.metrics.queue_refresh)
 
     async def _housekeeping(self) -> None:
         """Forget finished messages older than ``delivery.keep_finished`` (hourly);
@@ -186,7 +220,20 @@ class Relay:
         message_id = await self.queue.enqueue_id(msg)
         metrics.RECEIVED.inc()
         self.scheduler.notify(message_id, time.time())
-        return format_qid(message_id)
+        qid = format_qid(message_id)
+        self.observers.received(
+            Received(
+                qid=qid,
+                mail_from=msg.mail_from,
+                size=len(msg.data),
+                nrcpt=len(msg.recipients),
+                client=msg.client_address,
+                helo=msg.helo,
+                auth_user=msg.auth_user,
+                message_id=message_id_of(msg.data),
+            )
+        )
+        return qid
 
     async def stop(self, timeout: float | None = None) -> None:
         """Drain and close; safe to call once the relay started (or failed to)."""
@@ -208,6 +255,13 @@ class Relay:
             released = await self.delivery.drain(drain)
             if released:
                 log.info("%d claimed recipients put back in the queue", released)
+        for task in self._watch_tasks:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if self.daily is not None and self.queue is not None:
+            with contextlib.suppress(Exception):
+                await self.daily.flush()
         if self.policy is not None:
             with contextlib.suppress(Exception):
                 self.policy.close()
@@ -216,6 +270,8 @@ class Relay:
                 await self.sink.close()
         if self.queue is not None:
             await self.queue.close()
+        if self.delivery_log is not None:
+            self.delivery_log.close()
         self._stopped.set()
 
 

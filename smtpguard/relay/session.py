@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
@@ -145,6 +146,7 @@ class RelayEnvelope(Envelope):
         self.recipients: list[Recipient] = []
         self.seen: set[str] = set()
         self.size = 0  # SIZE= of MAIL FROM (RFC 1870), 0 if not given
+        self.started = 0.0  # unix time of MAIL FROM: the delivery log's time before the queue
 
 
 class RelaySMTP(SMTP):
@@ -476,6 +478,7 @@ class RelaySMTP(SMTP):
             await self.push(self._budget_reply())
             return
         envelope.mail_from = address
+        envelope.started = time.time()
         envelope.smtp_utf8 = params.smtputf8
         envelope.body = params.body
         envelope.ret = params.ret

@@ -53,6 +53,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from smtpguard.relay.tlspolicy import TLSInfo, TLSPolicy, TLSPolicyError
+from smtpguard.smtp import xtext
+from smtpguard.smtp.data import wire_data
+from smtpguard.smtp.params import orcpt_param
 
 __all__ = [
     "AuthError",
@@ -74,8 +77,6 @@ __all__ = [
     "TLSRequiredError",
     "Timeouts",
     "TransactionResult",
-    "wire_data",
-    "xtext",
 ]
 
 Stage = Literal["mail", "rcpt", "data"]
@@ -312,51 +313,6 @@ class Handshake:
     @property
     def ok(self) -> bool:
         return self.reply.ok
-
-
-# ----------------------------------------------------------------------------- wire helpers
-
-
-def xtext(value: str) -> str:
-    """RFC 3461 section 4 xtext: '+', '=', controls, space and non-ASCII as +HH."""
-    out = []
-    for byte in value.encode("utf-8"):
-        if byte in (0x2B, 0x3D) or not 33 <= byte <= 126:
-            out.append(f"+{byte:02X}")
-        else:
-            out.append(chr(byte))
-    return "".join(out)
-
-
-def _orcpt_param(orcpt: str) -> str:
-    kind, sep, addr = orcpt.partition(";")
-    if not sep:
-        kind, addr = "rfc822", orcpt
-    return f"ORCPT={kind.strip()};{xtext(addr.strip())}"
-
-
-# A bare LF, or a CR not followed by LF (the CR of a CRLF pair is left alone).
-_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
-
-
-def wire_data(body: bytes) -> bytes:
-    """The DATA payload for a message: CRLF lines, dot-stuffed, ending in ``.CRLF``.
-
-    RFC 5321 section 2.3.8 (only CRLF ends a line) and section 4.5.2
-    (transparency: a line starting with "." gets another). Queued bodies are
-    CRLF-only already (the inbound side normalises), so three cheap counts
-    usually skip the regex, and the stuffing is one ``bytes.replace``.
-    """
-    crlf = body.count(b"\r\n")
-    if body.count(b"\r") != crlf or body.count(b"\n") != crlf:
-        body = _LINE_ENDINGS.sub(b"\r\n", body)
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    if body[:1] == b".":
-        body = b"." + body
-    if b"\r\n." in body:
-        body = body.replace(b"\r\n.", b"\r\n..")
-    return body + b".\r\n"
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -894,7 +850,7 @@ class SMTPClient:
             if env.ret:
                 opts.append(f" RET={env.ret.upper()}")
             if env.envid:
-                opts.append(f" ENVID={xtext(env.envid)}")
+                opts.append(f" ENVID={xtext.encode(env.envid)}")
         mail = f"MAIL FROM:<{env.mail_from}>{''.join(opts)}\r\n".encode()
         rcpts = []
         for r in env.recipients:
@@ -903,7 +859,7 @@ class SMTPClient:
                 if r.notify:
                     ropts += f" NOTIFY={','.join(n.upper() for n in r.notify)}"
                 if r.orcpt:
-                    ropts += " " + _orcpt_param(r.orcpt)
+                    ropts += " " + orcpt_param(r.orcpt)
             rcpts.append(f"RCPT TO:<{r.address}>{ropts}\r\n".encode())
         return mail, rcpts
 

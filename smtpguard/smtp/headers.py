@@ -1,4 +1,5 @@
-"""Header text the relay writes (the ``Received:`` trace line) or reads (``Auto-Submitted``).
+"""Header text the relay writes (the ``Received:`` trace line) or reads (``Auto-Submitted``,
+``Message-ID``).
 
 Every client-chosen part of a generated header is checked against a strict
 character set first, so nothing a client sends can start a new header line.
@@ -15,6 +16,10 @@ HELO_SAFE = re.compile(r"[A-Za-z0-9.:\[\]_-]{1,255}\Z")
 _HEADER_SAFE_ADDR = re.compile(r"[^\x00-\x20\x7f<>()\\;]+\Z")
 _AUTO_SUBMITTED = re.compile(rb"(?im)^auto-submitted[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
 _COMMENT = re.compile(r"\([^()]*\)")
+_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(?:\r\n[ \t]+)?([^\r\n]{1,998})")
+#: How much of a message is searched for its header section, and the longest id kept.
+HEADER_SCAN = 64 * 1024
+MAX_MESSAGE_ID = 250
 
 
 def received_header(
@@ -54,3 +59,18 @@ def is_auto_submitted(data: bytes) -> bool:
         if value != "no":
             return True
     return False
+
+
+def message_id(data: bytes) -> str:
+    """The ``Message-ID`` header's value (first line, at most :data:`MAX_MESSAGE_ID`
+    characters), "" when the header section (searched in its first 64 KiB) has none.
+
+    For the delivery log, where it ties our queue id to the sender's message:
+    the value is as the client wrote it, so the log sanitises it like any remote text.
+    """
+    end = data.find(b"\r\n\r\n", 0, HEADER_SCAN)
+    header = data[:HEADER_SCAN] if end < 0 else data[: end + 2]
+    m = _MESSAGE_ID.search(header)
+    if m is None:
+        return ""
+    return m.group(1).decode("utf-8", "replace").strip()[:MAX_MESSAGE_ID]

@@ -44,6 +44,7 @@ class InboundMessage:
     received_at: float = 0.0  # unix time
     auto_submitted: bool = False  # message carries Auto-Submitted other than "no"
     extra: dict[str, str] = field(default_factory=dict)
+    arrived_at: float = 0.0  # unix time of the transaction's MAIL FROM (0: not known)
 
 
 # --------------------------------------------------------------------------- queue records
@@ -84,6 +85,7 @@ class QueuedMessage:
     held: bool
     parent_id: int | None = None
     done_at: float | None = None
+    arrived_at: float = 0.0  # the transaction's MAIL FROM (0: not known); see InboundMessage
 
     @property
     def qid(self) -> str:
@@ -165,3 +167,12 @@ class QueueStats:
     oldest_pending: float | None
     next_due: float | None
     deferred_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """What is left to do, counted cheaply through the indexes (metrics, the report)."""
+
+    messages: int  # messages with work left
+    recipients: dict[str, int]  # queued / active / held
+    oldest: float | None  # received_at of the oldest message with work left

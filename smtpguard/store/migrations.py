@@ -7,6 +7,8 @@ Step 1: suppression list and its history (foundation).
 Step 2: the relay's queue (messages, per-recipient delivery state) and events.
 Step 3: evidence kinds on entries and history, more history actions, entries the
 storm breaker holds back (pending), and DNS answers waiting for a second sighting.
+Step 4: per-day delivery counts for the report, and when each message's
+transaction began (its MAIL FROM), for the delivery log's delays.
 """
 
 from __future__ import annotations
@@ -195,5 +197,33 @@ MIGRATIONS: list[list[str]] = [
             last_seen  REAL    NOT NULL,
             count      INTEGER NOT NULL DEFAULT 1
         ) WITHOUT ROWID""",
+    ],
+    # 4: per-day counts for `smtpguard report`  (smtpguard/store/daily.py), arrival time
+    [
+        # One row per UTC day and destination domain, kept small on purpose: the
+        # relay adds to it in batches, at most report.max_domains_per_day domains
+        # a day (later ones count as '(other)'), and prunes days older than
+        # report.keep. The queue's own rows go after keep_finished; these stay.
+        """CREATE TABLE daily_deliveries (
+            day        TEXT    NOT NULL,
+            domain     TEXT    NOT NULL,
+            sent       INTEGER NOT NULL DEFAULT 0,
+            deferred   INTEGER NOT NULL DEFAULT 0,
+            bounced    INTEGER NOT NULL DEFAULT 0,
+            expired    INTEGER NOT NULL DEFAULT 0,
+            suppressed INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, domain)
+        ) WITHOUT ROWID""",
+        # Why attempts failed, per day: the classifier's reasons (a bounded vocabulary).
+        """CREATE TABLE daily_reasons (
+            day    TEXT    NOT NULL,
+            status TEXT    NOT NULL,
+            reason TEXT    NOT NULL,
+            count  INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, status, reason)
+        ) WITHOUT ROWID""",
+        # When the client's MAIL FROM came (received_at is the commit): the time
+        # before the queue in the delivery log's delays=a/b/c/d. 0 = not known.
+        "ALTER TABLE queue_messages ADD COLUMN arrived_at REAL NOT NULL DEFAULT 0",
     ],
 ]

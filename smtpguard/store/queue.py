@@ -55,6 +55,7 @@ from smtpguard.store.db import connect, db_path, explained, transaction
 from smtpguard.store.messages import (
     Claim,
     InboundMessage,
+    QueueDepth,
     QueuedMessage,
     QueuedRecipient,
     QueueEvent,
@@ -91,7 +92,7 @@ RETRY_MAX = 5.0
 
 _MSG_COLS = (
     "id, kind, mail_from, envid, ret, smtputf8, body_type, size, received_at, "
-    "auto_submitted, client, held, parent_id, done_at"
+    "auto_submitted, client, held, parent_id, done_at, arrived_at"
 )
 _RCPT_COLS = (
     "id, message_id, address, domain, notify, orcpt, state, attempts, next_attempt, "
@@ -104,7 +105,7 @@ def _message(row: Sequence[Any]) -> QueuedMessage:
         id=row[0], kind=row[1], mail_from=row[2], envid=row[3], ret=row[4],
         smtputf8=bool(row[5]), body_type=row[6], size=row[7], received_at=row[8],
         auto_submitted=bool(row[9]), client=row[10], held=bool(row[11]), parent_id=row[12],
-        done_at=row[13],
+        done_at=row[13], arrived_at=row[14],
     )  # fmt: skip
 
 
@@ -150,12 +151,12 @@ def insert_message(
         raise ValueError("a queued message needs at least one recipient")
     cur = conn.execute(
         "INSERT INTO queue_messages (kind, parent_id, mail_from, envid, ret, smtputf8, body_type,"
-        " size, received_at, auto_submitted, client, helo, auth_user)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " size, received_at, auto_submitted, client, helo, auth_user, arrived_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             kind, parent_id, msg.mail_from, msg.envid, msg.ret, int(msg.smtputf8), msg.body,
             len(msg.data), msg.received_at or now, int(msg.auto_submitted), msg.client_address,
-            msg.helo, msg.auth_user,
+            msg.helo, msg.auth_user, msg.arrived_at,
         ),
     )  # fmt: skip
     message_id = cur.lastrowid
@@ -411,11 +412,43 @@ def read_body(conn: sqlite3.Connection, message_id: int) -> bytes:
     )
 
 
+def read_body_head(conn: sqlite3.Connection, message_id: int, limit: int) -> bytes:
+    """The first ``limit`` bytes of a body, reading no more of it (a DSN needs the start)."""
+    try:
+        with conn.blobopen("queue_bodies", "data", message_id, readonly=True) as blob:
+            return blob.read(limit)
+    except sqlite3.OperationalError:
+        return read_body(conn, message_id)[:limit]  # raises StoreError when there is none
+
+
 def read_message(conn: sqlite3.Connection, message_id: int) -> QueuedMessage | None:
     row = conn.execute(
         f"SELECT {_MSG_COLS} FROM queue_messages WHERE id = ?", (message_id,)
     ).fetchone()
     return _message(row) if row else None
+
+
+def depth(conn: sqlite3.Connection) -> QueueDepth:
+    """Messages and recipients with work left, and the oldest message's arrival.
+
+    Every query reads an index range of the unfinished rows only (the ``(state,
+    next_attempt)`` and ``done_at`` indexes), never the finished ones kept for
+    ``keep_finished``: the cost grows with the queue's depth, not its history.
+    The oldest is the lowest id left (ids grow with commit time).
+    """
+    by_state = dict.fromkeys(PENDING_STATES, 0)
+    for state, n in conn.execute(
+        "SELECT state, count(*) FROM queue_recipients WHERE state IN ('queued', 'active', 'held')"
+        " GROUP BY state"
+    ):
+        by_state[state] = n
+    messages = conn.execute("SELECT count(*) FROM queue_messages WHERE done_at IS NULL").fetchone()[
+        0
+    ]
+    oldest = conn.execute(
+        "SELECT received_at FROM queue_messages WHERE done_at IS NULL ORDER BY id LIMIT 1"
+    ).fetchone()
+    return QueueDepth(messages, by_state, oldest[0] if oldest else None)
 
 
 def stats(conn: sqlite3.Connection) -> QueueStats:
@@ -603,11 +636,21 @@ class QueueStore:
             return fresh
         return await self._reader.call(lambda c: read_body(c, message_id))
 
+    async def body_head(self, message_id: int, limit: int) -> bytes:
+        """The first ``limit`` bytes of a queued body (a large message is not read whole)."""
+        fresh = self._fresh.get(message_id)
+        if fresh is not None:
+            return fresh[:limit]
+        return await self._reader.call(lambda c: read_body_head(c, message_id, limit))
+
     async def message(self, message_id: int) -> QueuedMessage | None:
         return await self._reader.call(lambda c: read_message(c, message_id))
 
     async def stats(self) -> QueueStats:
         return await self._reader.call(stats)
+
+    async def depth(self) -> QueueDepth:
+        return await self._reader.call(depth)
 
 
 # --------------------------------------------------------------------------- admin (sync, CLI)
