@@ -435,9 +435,11 @@ def test_dsn_with_x_unix_diagnostic_is_a_local_mailer_error(classifier: Classifi
     assert (v.reason, v.diagnostic) == ("mailererror", "temporary failure")
 
 
-def test_bare_user_unknown_wording_in_a_dsn_without_stage_is_not_suppressed(
+def test_user_unknown_wording_in_a_dsn_without_stage_is_filtered(
     classifier: Classifier,
 ) -> None:
+    # Nothing says which command the reply answered and no 5.1.x backs it: Sisimai's stage
+    # rule makes it a possible recipient-side filter, never a suppression.
     raw = _dsn(
         "Delivery has failed.",
         "Final-Recipient: rfc822; jane@example.net\r\nAction: failed\r\nStatus: 5.0.0\r\n"

@@ -279,7 +279,7 @@ def test_unexplained_delay_notice_is_expired_and_soft(clf: Classifier) -> None:
         ("rcpt", "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact "
                  "your Internet service provider", "blocked", False),
         ("rcpt", "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected "
-                 "volume or user complaints", "rejected", False),
+                 "volume or user complaints", "badreputation", False),
         ("data", "550 5.7.509 Access denied, sending domain a.example does not pass DMARC "
                  "verification", "authfailure", False),
         ("data", "552 5.3.4 Message size exceeds fixed limit", "emailtoolarge", False),
@@ -312,17 +312,31 @@ def _returned(**fields: str) -> Failure:
     return Failure(recipient="a@b.example", action="failed", **fields)  # type: ignore[arg-type]
 
 
-def test_recipient_not_found_with_no_stage_and_no_address_status_is_filtered() -> None:
+def test_recipient_not_found_with_no_stage_is_filtered() -> None:
+    # Sisimai's stage rule: nothing shows the reply answered RCPT TO and no 5.1.x backs
+    # it, so it may be a recipient-side filter after DATA - never suppressed.
     v = decide(_returned(diagnostic="Recipient Not Found"), default_classifier().rules)
     assert (v.reason, v.status, v.suppress) == ("filtered", "5.0.910", False)
 
 
-def test_account_does_not_exist_with_a_generic_status_is_filtered() -> None:
+def test_recipient_not_found_known_to_answer_data_is_filtered() -> None:
+    v = decide(
+        _returned(diagnostic="Recipient Not Found", stage="data"), default_classifier().rules
+    )
+    assert (v.reason, v.status, v.suppress) == ("filtered", "5.0.910", False)
+
+
+def test_gmail_wording_relayed_by_an_unknown_host_with_no_stage_is_filtered() -> None:
     f = _returned(
         status="5.0.0", diagnostic="The email account that you tried to reach does not exist."
     )
     v = decide(f, default_classifier().rules)
     assert (v.reason, v.suppress) == ("filtered", False)
+
+
+def test_user_unknown_with_no_stage_backed_by_a_5_1_1_status_suppresses() -> None:
+    v = decide(_returned(status="5.1.1", diagnostic="User unknown"), default_classifier().rules)
+    assert (v.reason, v.suppress) == ("userunknown", True)
 
 
 def test_recipient_not_found_at_rcpt_suppresses() -> None:

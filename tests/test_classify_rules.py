@@ -223,3 +223,65 @@ def test_readme_operator_example_is_a_valid_rules_file(cli: Cli, tmp_path: Path)
     example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     r = cli("rules", "check", str(write(tmp_path, example)))
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ documented wording, safe regex
+
+
+def test_every_shipped_rule_names_where_its_wording_is_documented() -> None:
+    rs = load()
+    assert all(r.doc.strip() for r in rs.rules), [r.id for r in rs.rules if not r.doc]
+
+
+def test_a_shipped_rule_without_a_source_is_refused() -> None:
+    from smtpguard.classify.rules import parse_text, require_sources
+
+    rules = parse_text("default.toml", X + 'any = ["zzz"]\n')
+    with pytest.raises(RulesError, match="rule 'x': shipped rules need a 'source'"):
+        require_sources("default.toml", rules)
+
+
+def test_operator_rules_may_omit_the_source(tmp_path: Path) -> None:
+    p = write(tmp_path, X + 'any = ["zzz"]\n')
+    assert load(p).match("zzz").id == "x"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (r"^\s*(?:Out:|<<<)?\s*([45]\d\d)", "unbounded quantifier"),
+        (r"[-=*_]{3,}[^\n]{0,80}[-=*_]{3,}", "unbounded quantifier"),
+        (r"(ab+){1,9}", "nested quantifier"),
+        (r"(x|yy){1,5}", "quantified alternation"),
+        (r"[a-z]{0,200}[a-z]{0,200}", "adjacent variable quantifiers"),
+    ],
+)
+def test_rule_regexes_that_can_backtrack_are_refused(
+    tmp_path: Path, pattern: str, message: str
+) -> None:
+    p = write(tmp_path, X + f"regex = ['{pattern}']\n")
+    with pytest.raises(RulesError, match=message):
+        load(p)
+
+
+def test_bounded_rule_regexes_load(tmp_path: Path) -> None:
+    p = write(tmp_path, X + r"regex = ['messages from \[?[0-9]{1,3}\.[0-9]{1,3}\]? x']" + "\n")
+    assert load(p).rules[0].id == "x"
+
+
+def test_rule_naming_an_unknown_provider_is_refused(tmp_path: Path) -> None:
+    p = write(tmp_path, X + 'any = ["zzz"]\nproviders = ["nosuchprovider"]\n')
+    with pytest.raises(RulesError, match="unknown provider 'nosuchprovider'"):
+        load(p)
+
+
+def test_provider_rules_are_tried_first_and_only_for_their_provider(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        '[[rule]]\nid = "g"\nreason = "ratelimited"\nany = ["qqq"]\nproviders = ["google"]\n'
+        '[[rule]]\nid = "generic"\nreason = "blocked"\nany = ["qqq"]\n',
+    )
+    rs = load(p)
+    assert rs.match("qqq", provider="google").id == "g"
+    assert rs.match("qqq", provider="yahoo").id == "generic"
+    assert rs.match("qqq").id == "generic"

@@ -18,18 +18,29 @@ Reason, first answer wins:
 4. ``undefined`` - for a returned message Sisimai's fallbacks instead: ``expired`` when
    ``Action: delayed``, else ``onhold``; either way counted as unexplained.
 
-The SMTP stage refines this (RFC 5321 section 3.3): an address reason in reply to
-``MAIL FROM`` is about the sender (``rejected``); a refusal at connect / HELO that
-nothing else explains is about the client (``blocked``); a generic "user unknown" that
-was neither the answer to ``RCPT TO`` nor backed by a 5.1.x status is a recipient-side
-filter (``filtered``), as Sisimai has it - whatever the wording, unless it names the
-recipient's own directory (Domino's "not listed in Domino Directory"). Two more facts of
-the structure: a diagnostic of RFC 3464 type ``X-Unix`` comes from a local delivery
-program, so it is ``mailererror`` unless it names a mailbox state (quota) or an unknown
-user that a 5.1.x status confirms; and when the reporting MTA's own explanation (the
-DSN's human-readable part, before any recipient's lines) names a state of an existing
-mailbox (disabled, full) while the diagnostic says "user unknown", the mailbox state
-wins - conflicting evidence never suppresses.
+The SMTP stage refines this (RFC 5321 section 3.3): an address reason (or a generic
+security / policy / filter answer, "5.7.1 Access denied") in reply to ``MAIL FROM`` is
+about the sender (``rejected``); a refusal at connect / HELO that nothing else explains is
+about the client (``blocked``). Sisimai's stage rule, the default: a generic "user unknown"
+that nothing shows to answer ``RCPT TO`` (stage unknown, or DATA and later) and no 5.1.x
+status backs may be a recipient-side filter, so it is ``filtered`` - unless the structure
+shows the mailbox owner itself speaking (:func:`confirmed_by`: the provider the remote
+host / reporting MTA belongs to, in its documented "no such account" wording; or the
+reporting MTA's own local delivery). Suppressing a good address is the worst error, so an
+unconfirmed "user unknown" never suppresses. Any address verdict whose text is about the
+*sender* (the sender's wording, or the envelope sender's domain named in the remote
+reply: :func:`about_sender`) is ``rejected``. Two more facts of the structure: a
+diagnostic of RFC 3464 type ``X-Unix`` comes from a local delivery program, so it is
+``mailererror`` unless it names a mailbox state (quota) or an unknown user that a 5.1.x
+status confirms; and when the reporting MTA's own explanation (the DSN's human-readable
+part, before any recipient's lines) names a state of an existing mailbox (disabled, full)
+while the diagnostic says "user unknown", the mailbox state wins - conflicting evidence
+never suppresses. A final failure report whose only evidence is a transient (4yz) reply
+code is ``expired``: the MTA retried until it gave up.
+
+Provider awareness: the remote host (or a host the text names, or the recipient's domain)
+selects a provider from ``rules/providers.toml``; that provider's documented wording is
+tried before the generic rules (:meth:`RuleSet.match`).
 
 ``bounce``: ``none`` for delivered / feedback / vacation (and positive actions);
 ``soft`` when the failure is temporary (4xx code, 4.x.x status, ``Action: delayed``, or
@@ -37,7 +48,11 @@ a rule that says so, e.g. greylisting); ``hard`` otherwise.
 
 ``suppress`` (Sisimai's hard-bounce rule, see the corpus README): the reason says the
 *address itself* is bad - ``userunknown``, ``hostunknown``, ``hasmoved``, ``notaccept`` -
-**and** the bounce is hard. A soft bounce never suppresses: a ``450 4.1.1`` is often a
+**and** the bounce is hard, **and** the reply came after a recipient was named (never at
+connect, greeting, HELO/EHLO, STARTTLS or ``MAIL FROM``), **and** the text names no other
+address than the verdict's recipient (a reply about ``<someone-else@x>`` is no evidence
+about this recipient; a "host unknown" reply naming a domain unrelated to the recipient's
+is no evidence either). A soft bounce never suppresses: a ``450 4.1.1`` is often a
 recipient lookup that failed for a moment (Postfix's unverified-recipient defer), and
 suppressing a good address is the worst mistake the classifier can make. Sisimai calls
 a ``4.1.1 userunknown`` hard; we give up that agreement for precision.
@@ -48,26 +63,45 @@ from __future__ import annotations
 import re
 
 from smtpguard.classify.reply import parse_reply
-from smtpguard.classify.rules import Rule, RuleSet, normalize
+from smtpguard.classify.rules import MAILBOX_STATES, Rule, RuleSet, normalize
 from smtpguard.classify.verdict import (
+    ADDRESS_REASONS,
     NON_BOUNCE_REASONS,
+    PRE_RECIPIENT_STAGES,
     REASONS,
+    STAGE_ALIASES,
     STAGES,
     SUPPRESS_REASONS,
     Failure,
     Verdict,
 )
 
-#: Reasons that say the recipient's mailbox exists (so the address is good).
-MAILBOX_STATES = frozenset({"suspend", "mailboxfull", "systemfull"})
 #: Reasons a local delivery program's (X-Unix) text may give; anything else is mailererror.
 #: ``userunknown`` only survives when confirmed (a 5.1.x status: the program exited EX_NOUSER).
 LOCAL_PROGRAM_REASONS = MAILBOX_STATES | {"mailererror", "userunknown"}
 #: RFC 3464 section 2.3.3 actions that are not failures.
 POSITIVE_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
+#: Reasons that, in reply to MAIL FROM, can only be about the sender: "550 5.1.1 unknown
+#: user" there -> ``rejected`` (a 5.7.x "access denied" there has its own rule).
+MAIL_STAGE_REJECTED = SUPPRESS_REASONS | {"filtered", "suspend", "mailboxfull"}
+#: Local parts of role addresses a reply may name without being about a recipient
+#: ("contact postmaster@example.net"): RFC 2142 mailbox names and the bounce sender.
+ROLE_LOCAL_PARTS = frozenset(
+    {"postmaster", "abuse", "hostmaster", "mailer-daemon", "webmaster", "noc", "security"}
+)
 #: Diagnostic text kept on a verdict.
 MAX_DIAGNOSTIC = 1000
+# An address in reply text: bounded, linear (no class overlaps '@').
+_ADDR_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}"
+)
 _STAGES = frozenset(STAGES)
+# A domain name in reply text: labels bounded, linear (classes do not overlap the dot).
+_DOMAIN_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}(?:\.[a-z0-9-]{1,63}){1,8}")
+# An SMTP reply code as quoted in a diagnostic: "553 ", "550-", "550:".
+_REPLY_CODE_RE = re.compile(r"(?<![\w.])[245][0-5]\d(?=[ :-])")
+#: Reasons whose wording says the failure concerns the sender (the reverse-path).
+SENDER_REASONS = frozenset({"rejected"})
 _CODE_RE = re.compile(r"[2-5]\d\d")
 _STATUS_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 # "try again in 5 minutes", "retry after 300 seconds": a bounded, linear pattern.
@@ -96,12 +130,18 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         code = code or p_code
         status = status or p_status
     action = _text(failure.action).strip().lower()
-    stage = failure.stage if failure.stage in _STAGES else "unknown"
+    stage = normalize_stage(failure.stage)
+    recipient = _text(failure.recipient)
+    provider, provider_by = rules.providers.identify_source(
+        _text(failure.remote_host), recipient, diagnostic
+    )
     hint = failure.reason_hint if failure.reason_hint in REASONS else ""
+    text = normalize(diagnostic) if diagnostic else ""
 
     rule: Rule | None = None
     decided_by = ""
     reason = ""
+    extra: dict[str, str] = {}
     by_status = rules.status_reason(status)
     if hint == "expired" and by_status not in ("", "undefined", "expired", *SUPPRESS_REASONS):
         # "550 5.4.312 Message expired, DNS query failed": the MTA gave up, but the
@@ -114,22 +154,32 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
     ):
         reason, decided_by = "delivered", f"action:{action or 'positive'}"
     else:
-        text = normalize(diagnostic)
-        rule = rules.match(text, status, code, stage) if text else None
+        rule = rules.match(text, status, code, stage, provider) if text else None
         if rule is not None:
             reason, decided_by = rule.reason, rule.id
             if (
                 rule.unconfirmed_reason
                 and stage not in rule.confirm_stages
+                and stage != "mail"
                 and not status_confirms(rules, status, rule.reason)
             ):
-                # Sisimai's convention: "user unknown" not said at RCPT TO (and not
-                # backed by a 5.1.x) is a recipient-side filter, not a missing address.
-                reason, decided_by = rule.unconfirmed_reason, f"{rule.id}:unconfirmed"
+                # Sisimai's stage rule: "user unknown" that nothing shows to answer RCPT TO
+                # (stage unknown, or DATA and later) and no 5.1.x status backs is a
+                # recipient-side filter - unless the structure shows the mailbox owner
+                # itself speaking (see confirmed_by).
+                by = confirmed_by(rule, failure, provider, provider_by)
+                if by:
+                    extra["confirmed_by"] = by
+                else:
+                    reason, decided_by = rule.unconfirmed_reason, f"{rule.id}:unconfirmed"
         if not reason and by_status and by_status != "undefined":
             reason, decided_by = by_status, f"status:{status}"
         if not reason and code in rules.reply_code:
             reason, decided_by = rules.reply_code[code], f"reply_code:{code}"
+            if code.startswith("4") and action == "failed":
+                # RFC 5321 4.2.1: a 4yz reply is transient. A final failure report whose
+                # only evidence is one says the MTA retried until it gave up.
+                reason, decided_by = "expired", f"gave-up:{decided_by}"
         if _text(failure.diagnostic_type).strip().lower() == "x-unix" and (
             reason not in LOCAL_PROGRAM_REASONS
         ):
@@ -138,9 +188,9 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
             # user confirmed by 5.1.x) is kept.
             reason, decided_by = "mailererror", f"diagnostic-type:x-unix:{decided_by or 'none'}"
         address_rule = rule is not None and rule.reason in SUPPRESS_REASONS
-        if stage == "mail" and (address_rule or reason in SUPPRESS_REASONS or not reason):
+        if stage == "mail" and (address_rule or reason in MAIL_STAGE_REJECTED or not reason):
             # RFC 5321 3.3: a MAIL FROM reply is about the reverse-path, so "unknown
-            # user" there means the sender, never the recipient.
+            # user" or "access denied" there means the sender, never the recipient.
             reason, decided_by = "rejected", f"stage:mail:{decided_by or 'none'}"
         if not reason and stage in ("connect", "helo"):
             # Refused before any address was given: the connecting client is the problem.
@@ -152,12 +202,19 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
                 reason, decided_by = "onhold", "fallback:onhold"
         reason = reason or "undefined"
         if reason in SUPPRESS_REASONS and failure.explanation and stage != "mail":
-            explanation = normalize(_text(failure.explanation)[:MAX_DIAGNOSTIC])
-            state = rules.match_among(explanation, MAILBOX_STATES, status, code, stage)
+            state = rules.explanation_state(_text(failure.explanation), status, code, stage)
             if state is not None:
                 # The reporting MTA's own explanation names a state of an existing mailbox
                 # (disabled, full): conflicting evidence, so the address is not condemned.
                 rule, reason, decided_by = state, state.reason, f"{state.id}:explanation"
+
+    if reason in ADDRESS_REASONS or (rule is not None and rule.reason in ADDRESS_REASONS):
+        sender_side = about_sender(text, failure, stage, rules, status, code)
+        if sender_side:
+            # The reply is about the reverse-path (RFC 5321 3.3), whatever structure or
+            # wording said "unknown": the sender's domain named as not existing, or the
+            # sender's wording ("Sender verify failed: Unrouteable address").
+            reason, decided_by = "rejected", f"sender:{sender_side}:{decided_by}"
 
     temporary = (
         code.startswith("4")
@@ -171,12 +228,20 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         bounce = "soft"
     else:
         bounce = "hard"
-    suppress = bounce == "hard" and reason in SUPPRESS_REASONS
+    suppress = (
+        bounce == "hard"
+        and reason in SUPPRESS_REASONS
+        and stage not in PRE_RECIPIENT_STAGES
+        and not names_other_address(diagnostic, failure)
+        and not (
+            reason == "hostunknown"
+            and names_other_domain(diagnostic, recipient, whole=failure.format == "reply")
+        )
+    )
 
-    extra: dict[str, str] = {}
     if rule is not None and rule.greylist:
         extra["greylist"] = "1"
-        delay = retry_after(normalize(diagnostic))
+        delay = retry_after(text)
         if delay is not None:
             extra["retry_after"] = str(delay)
     if not status and returned and bounce != "none" and reason in rules.pseudo_status:
@@ -184,7 +249,7 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         extra["status_source"] = "pseudo"
 
     return Verdict(
-        recipient=failure.recipient,
+        recipient=recipient,
         status=status,
         reply_code=code,
         reason=reason,
@@ -201,7 +266,143 @@ def decide(failure: Failure, rules: RuleSet, *, returned: bool = True) -> Verdic
         rule=decided_by,
         format=failure.format,
         extra=extra,
+        original_recipient=_text(failure.original_recipient),
+        final_recipient=_text(failure.final_recipient),
+        provider=provider,
     )
+
+
+def confirmed_by(rule: Rule, failure: Failure, provider: str, provider_by: str) -> str:
+    """Why an unknown-user rule stands without a stage: the mailbox owner said it ('' if not).
+
+    Two structural facts make the answer the mailbox owner's own, whatever command it
+    answered: the provider the remote host / reporting MTA / a host the text names belongs
+    to (not merely the recipient's domain) answered in its documented "no such account"
+    wording (``provider_confirms`` rules: Gmail's "The email account that you tried to
+    reach does not exist"), or the reporting MTA delivered locally (it is the recipient's
+    final destination) and says the local user does not exist (``Failure.local_delivery``,
+    set by a named-MTA detector: qmail-local, IMail, Exim's routers, Courier's local
+    delivery).
+    """
+    if rule.provider_confirms and provider in rule.providers and provider_by in ("host", "text"):
+        return f"provider:{provider}"
+    local = _text(failure.local_delivery)
+    if local:
+        return f"local-delivery:{local}"
+    return ""
+
+
+def normalize_stage(stage: object) -> str:
+    """A known stage name ("rcpt"), an alias of one ("starttls" -> "helo"), or "unknown"."""
+    s = _text(stage).strip().lower()
+    if s in _STAGES:
+        return s
+    return STAGE_ALIASES.get(s, "unknown")
+
+
+def names_other_address(diagnostic: str, failure: Failure) -> bool:
+    """Does the reply name an address that is not this recipient (any of its forms)?
+
+    "550 5.1.1 <b@example.net>: User unknown" in a verdict for a@example.net is evidence
+    about b, not a: it must not suppress a. Role addresses (postmaster@, abuse@...) a reply
+    names as a contact do not count. A verdict without a recipient has nothing to protect.
+    """
+    recipient = _text(failure.recipient).lower()
+    if not recipient or "@" not in diagnostic:
+        return False
+    mine = {
+        recipient,
+        _text(failure.original_recipient).lower(),
+        _text(failure.final_recipient).lower(),
+    }
+    for n, m in enumerate(_ADDR_RE.finditer(diagnostic[: MAX_DIAGNOSTIC * 2])):
+        addr = m.group(0).strip(".").lower()
+        if addr not in mine and addr.partition("@")[0] not in ROLE_LOCAL_PARTS:
+            return True
+        if n >= 20:
+            break
+    return False
+
+
+def about_sender(
+    text: str, failure: Failure, stage: str, rules: RuleSet, status: str = "", code: str = ""
+) -> str:
+    """Is an address verdict really about the sender? ('' when not; else what shows it).
+
+    ``"wording"``: the sender-side wording of the rules ("Sender verify failed",
+    "Unroutable sender address", "Domain of sender address ... does not exist") is in the
+    same text, at any stage - a structural hint such as Exim's "Unrouteable address" may
+    be the sender verification's. ``"domain"``: the remote server's reply (the text from
+    its reply code on) names the envelope sender's domain on its own (not inside an
+    address) and the recipient's domain is another one: "553 neko.example.com does not
+    exist" for a sender at neko.example.com says nothing about the recipient. ``text`` is
+    the normalised diagnostic.
+    """
+    if not text:
+        return ""
+    if rules.match_among(text, SENDER_REASONS, status, code, stage) is not None:
+        return "wording"
+    sender_domain = _domain(_text(failure.envelope_sender))
+    if not sender_domain or _related(sender_domain, _domain(_text(failure.recipient))):
+        return ""
+    reply = text if failure.format == "reply" else _reply_part(text)
+    if sender_domain in reply and sender_domain in _standalone_domains(reply):
+        return "domain"
+    return ""
+
+
+def names_other_domain(diagnostic: str, recipient: str, *, whole: bool = False) -> bool:
+    """Does a remote "host unknown" reply name a domain unrelated to the recipient's?
+
+    "550 5.1.2 Host unknown (Name server: mx.example.org: host not found)" for a recipient
+    at example.org names the recipient's own MX: evidence. A reply naming some other
+    domain ("553 neko.example.com does not exist" for a recipient at example.net) is about
+    that domain, not the recipient's (the domain twin of :func:`names_other_address`).
+    Only the remote server's words count (from its reply code on: the reporting MTA's own
+    introduction names its own host; ``whole``: the text is the reply itself, as the relay
+    sees it); domains inside addresses, URLs and the remote host's own label
+    ("host mx.x[192.0.2.1]") do not.
+    """
+    mine = _domain(recipient)
+    if not mine:
+        return False
+    low = diagnostic[: MAX_DIAGNOSTIC * 2].lower()
+    reply = low if whole else _reply_part(low)
+    return any(not _related(other, mine) for other in _standalone_domains(reply))
+
+
+def _reply_part(text: str) -> str:
+    """``text`` from its first SMTP reply code on ('' when it quotes no reply)."""
+    m = _REPLY_CODE_RE.search(text)
+    return text[m.start() :] if m else ""
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].strip(" <>.").lower() if "@" in address else ""
+
+
+def _related(a: str, b: str) -> bool:
+    """Same domain, or one a subdomain of the other (mx.example.org vs example.org)."""
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
+
+
+def _standalone_domains(text: str) -> list[str]:
+    """Domain names ``text`` states on their own: not part of an address ("@x"), a URL
+    ("//x", "x/path") or a remote host label ("x[192.0.2.1]", "x [192.0.2.1]")."""
+    out: list[str] = []
+    for n, m in enumerate(_DOMAIN_RE.finditer(text)):
+        if n >= 40:
+            break
+        name = m.group(0).strip(".-")
+        if not name.rpartition(".")[2].isalpha():
+            continue  # a version, an IP address, a queue id
+        start, end = m.start(), m.end()
+        before = text[max(0, start - 2) : start]
+        after = text[end : end + 2]
+        if before.endswith(("@", ".", "/", "-")) or after.startswith(("[", " [", "/", "@")):
+            continue
+        out.append(name)
+    return out
 
 
 def status_confirms(rules: RuleSet, status: str, reason: str) -> bool:

@@ -1,18 +1,19 @@
 """Returned-message bytes -> per-recipient :class:`Failure` records.
 
-Parses once with the stdlib ``email`` package (``compat32`` policy: about five times faster
-than ``policy.default`` on the corpus and it never raises on malformed headers), then tries
-the detectors of :mod:`smtpguard.classify.formats` in order; the first one that claims the
-message wins. Bounded and total: input is capped at :data:`MAX_BYTES`, each detector's
-exceptions are contained, ordinary mail gives ``[]``.
+Parses once into the stdlib's ``compat32`` Message objects with :mod:`smtpguard.classify.mime`
+(a linear splitter, about three times faster than the stdlib feed parser on the corpus, same
+objects), then tries the detectors of :mod:`smtpguard.classify.formats` in order; the first one
+that claims the message wins - with a list, possibly empty: a detector that recognises a
+message that is *not* a bounce (a challenge/response request) returns ``[]`` and ends the
+search. Bounded and total: input is capped at :data:`MAX_BYTES`, each detector's exceptions
+are contained, ordinary mail gives ``[]``.
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
 import logging
 
+from smtpguard.classify import mime
 from smtpguard.classify.formats import DETECTORS
 from smtpguard.classify.verdict import Failure
 
@@ -87,8 +88,8 @@ def extract(data: bytes | bytearray | memoryview | str) -> list[Failure]:
         return []
     raw = _cap_parts(_cap_headers(bytes(data[:MAX_BYTES])))
     try:
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    except Exception:  # the stdlib parser is lenient; this is belt and braces
+        msg = mime.parse(raw)
+    except Exception:  # the splitter is total; this is belt and braces
         log.debug("unparseable message", exc_info=True)
         return []
     for name, detector in DETECTORS:
@@ -97,6 +98,6 @@ def extract(data: bytes | bytearray | memoryview | str) -> list[Failure]:
         except Exception:
             log.debug("detector %s failed", name, exc_info=True)
             continue
-        if found:
+        if found is not None:
             return found
     return []

@@ -14,6 +14,16 @@ Bounce = Literal["hard", "soft", "none"]
 Stage = Literal["connect", "helo", "mail", "rcpt", "data", "eom", "unknown"]
 #: The SMTP stages a reply can answer, in session order (for rules, the CLI, checks).
 STAGES: tuple[str, ...] = get_args(Stage)
+#: Other names callers use for a stage. The greeting is the connect stage; EHLO, LHLO,
+#: STARTTLS and AUTH all come before any address is given, so they count as ``helo``.
+STAGE_ALIASES: dict[str, str] = {
+    "greeting": "connect", "banner": "connect", "ehlo": "helo", "lhlo": "helo",
+    "starttls": "helo", "tls": "helo", "auth": "helo", "mail from": "mail",
+    "rcpt to": "rcpt", "bdat": "data", "end of data": "eom", "dot": "eom",
+}  # fmt: skip
+#: Stages before any recipient was named (RFC 5321 section 3.3): a reply there is about
+#: the client or the sender, so no verdict at these stages ever suppresses a recipient.
+PRE_RECIPIENT_STAGES = frozenset({"connect", "helo", "mail"})
 
 #: Reasons that mean the *address itself* is bad (Sisimai's hard-bounce rule).
 #: ``notaccept`` is conditional: only when the failure is permanent (not 4xx).
@@ -67,6 +77,13 @@ class Verdict:
     rule: str = ""  # id of the rule that decided the reason ("" = none matched)
     format: str = ""  # detector that produced the verdict (rfc3464, arf, exim, reply, ...)
     extra: dict[str, str] = field(default_factory=dict)
+    # RFC 3464 2.3.1 / 2.3.2: the address the sender gave (Original-Recipient, or the alias
+    # Sendmail reports "expanded from") and the address the reporting MTA tried last
+    # (Final-Recipient). ``recipient`` is the address we sent to: the original one when
+    # the report names it, else the final one.
+    original_recipient: str = ""
+    final_recipient: str = ""
+    provider: str = ""  # provider the remote host or recipient domain belongs to ("google")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -88,6 +105,9 @@ class Failure:
     ``explanation`` is the reporting MTA's own human-readable text for the whole report
     (RFC 3464 section 2.1's first part), when it has one: a mailbox state it names
     ("account is disabled") outweighs a generic "user unknown" in ``diagnostic``.
+    ``local_delivery`` names the MTA when the structure shows the reporting MTA delivered
+    locally (it is the recipient's final destination, no remote server is quoted): its
+    "no such user" is then the mailbox owner's own answer, whatever the SMTP stage.
     """
 
     recipient: str = ""
@@ -105,3 +125,6 @@ class Failure:
     format: str = ""
     explanation: str = ""
     diagnostic_type: str = ""
+    original_recipient: str = ""
+    final_recipient: str = ""
+    local_delivery: str = ""

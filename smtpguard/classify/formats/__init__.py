@@ -4,7 +4,9 @@ Each module has ``detect(msg, raw) -> list[Failure] | None`` (None = "not my for
 Order matters: structured formats first (an RFC 3464 DSN or an ARF report says exactly
 what failed), then vendor wordings that are unambiguous, then auto-replies (a bounce often
 carries ``Auto-Submitted: auto-replied`` too, RFC 3834 §5), and the generic plain-text
-reader last. Unlike flufl.bounce, results are never unioned across detectors.
+reader last. Unlike flufl.bounce, results are never unioned across detectors. A detector
+returns None for "not my format" and a list otherwise - an empty list claims the message as
+*not a bounce* (a challenge/response request) and ends the search.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from smtpguard.classify.formats import (
     amazonses,
     arf,
     autoreply,
+    challenge,
     googlegroups,
     mailinglist,
     plaintext,
@@ -32,6 +35,7 @@ DETECTORS: list[tuple[str, Detector]] = [
     ("amazonses", amazonses.detect),
     ("googlegroups", googlegroups.detect),
     ("mailinglist", mailinglist.detect),
+    ("challenge", challenge.detect),
     ("autoreply", autoreply.detect),
     ("plaintext", plaintext.detect),
 ]

@@ -12,9 +12,14 @@ from __future__ import annotations
 import binascii
 import quopri
 import re
+from collections.abc import Callable
 from email.message import Message
+from typing import TypeVar
 
+from smtpguard.classify.mime import CACHE_KEY
 from smtpguard.classify.verdict import Failure, Stage
+
+T = TypeVar("T")
 
 #: Bytes of one part's body that detectors ever look at (bounce explanations are short;
 #: what follows is the returned original message).
@@ -36,18 +41,18 @@ ADDR_UTF8_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]{1,128}"
     r"@[A-Za-z0-9\u0080-\U0010ffff-]{1,63}(?:\.[A-Za-z0-9\u0080-\U0010ffff-]{1,63}){1,10}"
 )
-# RFC 3463 enhanced status code: class.subject.detail; not part of an IP address or version.
-# The "not preceded by" checks are done in Python (_guarded): a regex lookbehind at the
-# start of a pattern disables the engine's fast scan and costs 4x.
-STATUS_RE = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
-_STATUS_BAD_PREV = frozenset("0123456789.")
-# RFC 5321 failure reply code (4xx/5xx) as MTAs quote it: "550 ", "550-", "550:".
-# 2xx only counts when paired with a status (CODE_STATUS_RE): bare 2xx numbers are sizes.
-CODE_RE = re.compile(r"([45][0-5]\d)(?=[ \-:]|$)(?!:\d)")
+# RFC 3463 enhanced status code: class.subject.detail; not part of an IP address or version
+# (not preceded by a digit or a dot). The "not preceded by" lookbehind sits after the first
+# character, not in front: a leading lookbehind disables the engine's scan for the first
+# character and costs 4x.
+STATUS_RE = re.compile(r"([245])(?<![0-9.][245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
+# RFC 5321 failure reply code (4xx/5xx) as MTAs quote it: "550 ", "550-", "550:", not glued
+# to a word, a number or a path. 2xx only counts when paired with a status
+# (CODE_STATUS_RE): bare 2xx numbers are sizes.
+CODE_RE = re.compile(r"([45](?<![0-9.\-/:#=_A-Za-z][45])[0-5]\d)(?=[ \-:]|$)(?!:\d)")
 # A reply code directly followed by its enhanced status: the most trustworthy pairing.
-CODE_STATUS_RE = re.compile(r"([245][0-5]\d)[ \-']{1,3}([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
-_CODE_BAD_PREV = frozenset("0123456789.-/:#=_") | frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CODE_STATUS_RE = re.compile(
+    r"([245](?<![0-9.\-/:#=_A-Za-z][245])[0-5]\d)[ \-']{1,3}([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)"
 )
 WS_RE = re.compile(r"\s+")
 
@@ -67,7 +72,9 @@ _STAGE_WORDS = (
     ("helo", "helo"),
     ("ehlo", "helo"),
 )
-_STAGE_CAPS_RE = re.compile(r"\b(RCPT|DATA)\b(?!:)")
+# "RCPT" / "DATA" as whole words (the "not after a word character" check follows the word,
+# so the engine scans for the literal fast).
+_STAGE_CAPS_RE = re.compile(r"(?:RCPT|DATA)(?<!\wRCPT)(?<!\wDATA)\b(?!:)")
 
 
 def collapse(text: str, limit: int = DIAG_LIMIT) -> str:
@@ -96,7 +103,7 @@ def walk(msg: Message) -> list[tuple[int, Message, str]]:
             # The returned original is read through original_message(), never walked:
             # its own parts are not the bounce's.
             continue
-        payload = part.get_payload()
+        payload = part._payload  # the stored payload: get_payload() re-reads headers
         if isinstance(payload, list):
             kids = [p for p in payload[:MAX_PARTS] if isinstance(p, Message)]
             stack.extend((depth + 1, p) for p in reversed(kids))
@@ -117,10 +124,10 @@ def content_type(part: Message) -> str:
 
 
 def cache(msg: Message) -> dict[str, object]:
-    c = msg.__dict__.get("_smtpguard_cache")
+    c = msg.__dict__.get(CACHE_KEY)
     if c is None:
         c = {}
-        msg.__dict__["_smtpguard_cache"] = c
+        msg.__dict__[CACHE_KEY] = c
     return c  # type: ignore[return-value]
 
 
@@ -145,7 +152,7 @@ def _body_bytes(part: Message) -> bytes:
     """
     # The stored payload, not get_payload(): for 8-bit bodies compat32 keeps the raw bytes
     # as surrogates and get_payload() would already charset-decode them (lossily).
-    payload = part.__dict__.get("_payload")
+    payload = part._payload  # type: ignore[attr-defined]
     if not isinstance(payload, str):
         return b""
     cte = _headers(part).get("content-transfer-encoding", "").strip().lower()
@@ -223,9 +230,12 @@ def unescape(v: str) -> str:
 
 def header(msg: Message, name: str) -> str:
     """A header as one clean line ('' when missing or unreadable)."""
-    v = _headers(msg).get(name.lower())
+    quick = getattr(msg, "quick_header", None)
+    v = quick(name) if quick is not None else _headers(msg).get(name.lower())
     if not v:
         return ""
+    if len(v) < 200 and v.isascii() and v.isprintable() and "  " not in v:
+        return v.strip(" ")  # one clean line already (most header values)
     return collapse(unescape(v), 2000)
 
 
@@ -273,61 +283,40 @@ def original_message(msg: Message) -> Message | None:
     found: Message | None = None
     for _depth, part, ct in walk(msg):
         if ct in ("message/rfc822", "message/global", "message/rfc822-headers"):
-            payload = part.get_payload()
+            payload = part._payload
             if isinstance(payload, list) and payload and isinstance(payload[0], Message):
                 found = payload[0]
                 break
         elif ct in ("text/rfc822-headers", "text/global-headers"):
-            from email.parser import HeaderParser
+            from smtpguard.classify.mime import parse_headers
 
-            try:
-                found = HeaderParser().parsestr(part_text(part), headersonly=True)
-            except Exception:
-                found = None
+            found = parse_headers(part_text(part))
             break
     c["orig"] = found
     return found
 
 
-def _guarded(rx: re.Pattern[str], text: str, bad_prev: frozenset[str]) -> re.Match[str] | None:
-    """First match of ``rx`` not glued to a preceding character from ``bad_prev``."""
-    for n, m in enumerate(rx.finditer(text)):
-        start = m.start()
-        if start == 0 or text[start - 1] not in bad_prev:
-            return m
-        if n >= 50:
-            break
-    return None
-
-
 def first_code_at(text: str) -> int:
     """Offset of the first reply code or enhanced status in ``text`` (-1 when none)."""
-    found = [
-        m.start()
-        for m in (
-            _guarded(STATUS_RE, text, _STATUS_BAD_PREV),
-            _guarded(CODE_RE, text, _CODE_BAD_PREV),
-        )
-        if m is not None
-    ]
+    found = [m.start() for m in (STATUS_RE.search(text), CODE_RE.search(text)) if m is not None]
     return min(found) if found else -1
 
 
 def status_in(text: str) -> str:
     """The first RFC 3463 status code in ``text`` ('' when none)."""
-    m = _guarded(STATUS_RE, text, _STATUS_BAD_PREV)
+    m = STATUS_RE.search(text)
     return f"{m.group(1)}.{m.group(2)}.{m.group(3)}" if m else ""
 
 
 def paired_status(text: str) -> str:
     """The status that follows a reply code ("550 5.1.1", "550-'5.7.1"), else the first one."""
-    m = _guarded(CODE_STATUS_RE, text, _CODE_BAD_PREV)
+    m = CODE_STATUS_RE.search(text)
     if m is None:
         return status_in(text)
     if m.group(2)[1:] == ".4.7":
         # "554 4.4.7 Message expired ... <421 4.4.2 Connection timed out>": the summary
         # of the reporting MTA wraps the remote server's last reply; that one says why.
-        inner = _guarded(CODE_STATUS_RE, text[m.end() :], _CODE_BAD_PREV)
+        inner = CODE_STATUS_RE.search(text, m.end())
         if inner is not None:
             return inner.group(2)
     return m.group(2)
@@ -335,7 +324,7 @@ def paired_status(text: str) -> str:
 
 def code_in(text: str) -> str:
     """The first plausible SMTP reply code in ``text`` ('' when none)."""
-    m = _guarded(CODE_STATUS_RE, text, _CODE_BAD_PREV) or _guarded(CODE_RE, text, _CODE_BAD_PREV)
+    m = CODE_STATUS_RE.search(text) or CODE_RE.search(text)
     return m.group(1) if m else ""
 
 
@@ -350,7 +339,7 @@ def stage_in(text: str) -> Stage:
             best_at, best = at, stage
     m = _STAGE_CAPS_RE.search(text, 0, best_at)
     if m:
-        return "rcpt" if m.group(1) == "RCPT" else "data"
+        return "rcpt" if m.group(0) == "RCPT" else "data"
     return best  # type: ignore[return-value]
 
 
@@ -363,16 +352,40 @@ def clean_addr(value: str) -> str:
     return m.group(0).strip(".")
 
 
-def fill_codes(f: Failure) -> Failure:
+class Once:
+    """``once(fn, text)``: ``fn(text)``, computed once per distinct text of one report.
+
+    A report for a hundred recipients often gives them all the same text (the shared
+    explanation): what its shape says (codes, stage, hints) is read once, not a hundred
+    times. Lives for one report only, so nothing is kept between messages.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[Callable[[str], object], str], object] = {}
+
+    def __call__(self, fn: Callable[[str], T], text: str) -> T:
+        key = (fn, text)
+        if key in self._seen:
+            return self._seen[key]  # type: ignore[return-value]
+        found = self._seen[key] = fn(text)
+        return found
+
+
+def direct(fn: Callable[[str], T], text: str) -> T:
+    """The :class:`Once` interface without remembering: for a report with one recipient."""
+    return fn(text)
+
+
+def fill_codes(f: Failure, once: Callable[[Callable[[str], T], str], T] = direct) -> Failure:  # type: ignore[assignment]
     """Fill status / reply code / stage from the diagnostic text when the structure had none."""
     d = f.diagnostic
     if d:
         if not f.reply_code:
-            f.reply_code = code_in(d)
+            f.reply_code = once(code_in, d)
         if not f.status:
-            f.status = status_in(d)
+            f.status = once(status_in, d)
         if f.stage == "unknown":
-            f.stage = stage_in(d)
+            f.stage = once(stage_in, d)
     return f
 
 

@@ -12,6 +12,7 @@ import re
 from email.message import Message
 
 from smtpguard.classify.formats._common import collapse, part_text, unescape
+from smtpguard.classify.mime import field_groups, header_fields
 
 Fields = dict[str, str]
 
@@ -70,9 +71,37 @@ def _from_message(block: Message) -> list[Fields]:
     return out
 
 
+def _from_text(text: str) -> list[Fields] | None:
+    """Field blocks of a delivery-status body kept as text, exactly as :func:`_from_message`
+    reads the compat32 blocks (first occurrence wins, a repeated Final-Recipient starts a
+    new block); None when the first group has a line that is no field (then the compat32
+    view decides)."""
+    blocks: list[Fields] = []
+    for n, group in enumerate(field_groups(text)[:MAX_BLOCKS]):
+        items, rest = header_fields(group)
+        if n == 0 and rest:
+            return None
+        cur: Fields = {}
+        for k, v in items[:500]:
+            k = k.lower()
+            if k == "final-recipient" and k in cur:
+                blocks.append(cur)
+                cur = {}
+            if k not in cur:
+                cur[k] = collapse(unescape(v), 2000)
+        if cur:
+            blocks.append(cur)
+    return blocks
+
+
 def part_blocks(part: Message) -> list[Fields]:
     """Field blocks of a delivery-status / feedback-report part, however it was encoded."""
-    payload = part.get_payload()
+    text = getattr(part, "fields_text", None)
+    if isinstance(text, str):
+        found = _from_text(text)
+        if found:
+            return found
+    payload = part._payload
     if isinstance(payload, list):
         blocks = [
             fields
@@ -83,7 +112,7 @@ def part_blocks(part: Message) -> list[Fields]:
         # A single sub-message (message/feedback-report) or a broken DSN may also carry
         # a body with more fields; append those.
         for b in payload[:1]:
-            if isinstance(b, Message) and isinstance(b.get_payload(), str) and b.get_payload():
+            if isinstance(b, Message) and isinstance(b._payload, str) and b._payload:
                 # decode=True gives the raw bytes: compat32's str view would have read
                 # 8-bit text (RFC 6533 utf-8 addresses) as ASCII and replaced it.
                 raw = b.get_payload(decode=True)

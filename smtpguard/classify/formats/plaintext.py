@@ -10,15 +10,19 @@ what their wording needs; :func:`detect` is the last-resort detector for bounce-
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Container
 from email.message import Message
 
 from smtpguard.classify.formats._common import (
     ADDR_RE,
+    Once,
     cache,
     clean_addr,
     code_in,
     collapse,
+    direct,
     envelope_info,
     fill_codes,
     first_code_at,
@@ -28,16 +32,23 @@ from smtpguard.classify.formats._common import (
     stage_in,
     status_in,
 )
+from smtpguard.classify.formats.local import local_delivery
 from smtpguard.classify.verdict import Failure, Stage
 
 MAX_ANCHORS = 100
+#: Text searched for an inline "To:" line when nothing else names a recipient.
+PART_TEXT_LIMIT = 64 * 1024
 
-# Where the returned original message starts inside a plain-text bounce.
-# Searched in "\n" + text.lower(): a leading literal lets the engine jump from line start
-# to line start (an IGNORECASE/MULTILINE "^" alternation costs 2.5x as much).
+#: Characters of one line any regex here ever sees, and lines of a bounce text read at all:
+#: a bounce's explanation is short; a hostile 512 KiB line or 100,000 lines are cut first.
+MAX_LINE = 1000
+MAX_LINES = 2000
+
+# Where the returned original message starts inside a plain-text bounce. Matched against
+# one lower-cased, bounded line at a time (never across lines).
 _SEPARATOR_RE = re.compile(
-    r"\n[ \t]*(?:"
-    r"[-=_*]{2,}.{0,40}(?:original|copy of|below this line|returned|undelivered|unsent|"
+    r"[ \t]{0,40}(?:"
+    r"[-=_*]{2,80}[^\n]{0,40}(?:original|copy of|below this line|returned|undelivered|unsent|"
     r"header|included|message text|rfc822|attached)"
     r"|(?:return-path|received|reporting-mta|arrival-date|dkim-signature|x-original-to)"
     r":"
@@ -49,6 +60,8 @@ _SEPARATOR_RE = re.compile(
     r"|content-type: message/rfc822"
     r")"
 )
+# The first non-blank character of every separator line above (either case).
+_SEPARATOR_FIRST = frozenset("-=_*rRaAdDxXoObBmMtTcC")
 # Words that may stand before a recipient address on its anchor line.
 _LABEL_RE = re.compile(
     r"^(?:(?:original|final|failed|bounced|invalid|unknown|intended|unreachable|"
@@ -64,7 +77,7 @@ _SENDER_WORDS_RE = re.compile(r"\b(?:from|sender|sent by|reply-to|envelope)\b", 
 _ON_DATE_RE = re.compile(r"^on\s+\w")
 # Lines that end with the address after a short statement: "Mailbox is full: a@b".
 _STATEMENT_RE = re.compile(r"^[A-Za-z][\w,'()-]* [\w ,'()-]{2,80}:$")
-_DECORATION_RE = re.compile(r"^\s*[-=*_]{3,}[^\n]{0,80}[-=*_]{3,}\s*$|^\s*[-=*_]{3,}\s*$")
+_DECORATION_CHARS = frozenset("-=*_")
 _PARAGRAPH_RE = re.compile(r"\n[ \t]*\n")
 _TRAIL_RE = re.compile(r"^[\s<>\"'(),:;\[\]]*$")
 _BOUNCE_FROM_RE = re.compile(
@@ -97,10 +110,29 @@ _GOT_RE = re.compile(r"^\s*<<<\s*[45]\d\d")
 # Sendmail's own per-recipient line in a transcript, "550 5.1.1 <a@b.example>... User unknown":
 # it writes an addressing status (5.1.x) against one address only for a refused RCPT TO.
 _SENDMAIL_RCPT_RE = re.compile(r"^\s*[45]\d\d [45]\.1\.\d{1,3} <([^<>\s]{3,256})>\.\.\. ")
-_RCPT_CMD_RE = re.compile(r"RCPT TO:\s*<([^<>\s]{3,256})>", re.IGNORECASE)
-_REPLY_LINE_RE = re.compile(r"^\s*(?:Out:|<<<)?\s*([45]\d\d[ -].{0,500})$", re.MULTILINE)
+_RCPT_CMD_RE = re.compile(r"RCPT TO:[ \t]{0,5}<([^<>\s]{3,256})>", re.IGNORECASE)
+# One transcript line holding a failure reply: "Out: 451 4.3.0 ...", "<<< 550 ...", "550 ...".
+_REPLY_LINE_RE = re.compile(r"(?:Out:|<<<)?[ \t]{0,10}([45]\d\d[ -].{0,500})")
 _BRACKET_ADDR_RE = re.compile(r"<(" + ADDR_RE.pattern + r")>")
-_ROLE_RE = re.compile(r"^(?:mailer-daemon|postmaster|root|abuse|no-?reply|bounces?)@", re.I)
+# Addresses that are never a failed recipient: the bounce's own senders, RFC 2142 role
+# mailboxes, and mailing-list administration addresses (list-owner, owner-list, list-request,
+# list-bounces: RFC 2369 / Mailman / Majordomo conventions).
+_ROLE_RE = re.compile(
+    r"^(?:mailer-daemon|postmaster|root|abuse|hostmaster|no-?reply|bounces?|owner-[^@]{1,64}"
+    r"|[^@]{1,64}-(?:owner|request|bounces?|admin))@",
+    re.I,
+)
+_LIST_ADMIN_RE = re.compile(
+    r"^(?:mailer-daemon|owner-[^@]{1,64}|[^@]{1,64}-(?:owner|request|bounces?|admin))@", re.I
+)
+# Lines of a recipient block that describe the sender, not the recipient.
+_SENDER_LINE_RE = re.compile(
+    r"[ \t>(]{0,10}(?:original[ -]sender|sender(?:-mta)?|from|reply-to|return-path|"
+    r"envelope[ -]from|mail from)[ \t]{0,3}:",
+    re.I,
+)
+# Sendmail's alias note under a failed address: "(expanded from: <alias@example.org>)".
+_EXPANDED_RE = re.compile(r"[ \t(]{0,10}expanded from:?[ \t]{0,3}<?([^<>\s()]{1,256})>?", re.I)
 
 # Vendor boilerplate around the remote server's words: it would only mislead the rules.
 _BOILERPLATE_PHRASES = (
@@ -140,16 +172,40 @@ _INLINE_TO_RE = re.compile(r"^To:[ \t]*(?:.{0,200}<)?(" + ADDR_RE.pattern + r")"
 
 
 def bounce_text(msg: Message) -> str:
-    """The bounce's own explanation: the first text part, with the original message cut off."""
+    """The bounce's own explanation: the first text part, with the original message cut off.
+
+    Read line by line, each line cut to :data:`MAX_LINE` characters, at most
+    :data:`MAX_LINES` lines: no regex ever sees more than one bounded line.
+    """
     c = cache(msg)
     found = c.get("bounce_text")
     if found is None:
-        found = first_text(msg)
-        m = _SEPARATOR_RE.search("\n" + found.lower())
-        if m and m.start() > 0:  # m.start() is the line's offset in ``found``
-            found = found[: m.start()]
+        lines = bounded_lines(first_text(msg))
+        for i, line in enumerate(lines):
+            if not i or line.lstrip(" \t")[:1] not in _SEPARATOR_FIRST:
+                continue
+            if _SEPARATOR_RE.match(line.lower()):
+                lines = lines[:i]
+                break
+        found = "\n".join(lines)
         c["bounce_text"] = found
     return found  # type: ignore[return-value]
+
+
+def bounded_lines(text: str) -> list[str]:
+    """The first :data:`MAX_LINES` lines of ``text``, each cut to :data:`MAX_LINE`."""
+    lines = text.split("\n", MAX_LINES)[:MAX_LINES]
+    return [ln if len(ln) <= MAX_LINE else ln[:MAX_LINE] for ln in lines]
+
+
+def is_decoration(line: str) -> bool:
+    """A rule like "-----" or "===== Original message =====" (linear, no regex)."""
+    t = line.strip()
+    if len(t) < 3:
+        return False
+    if not set(t[:3]) <= _DECORATION_CHARS:
+        return False
+    return (len(t) <= 86 and set(t[-3:]) <= _DECORATION_CHARS) or set(t) <= _DECORATION_CHARS
 
 
 def _anchor(line: str) -> tuple[str, str] | None:
@@ -215,16 +271,16 @@ def _lead_in(lines: list[str], i: int) -> str:
 def preamble(text: str) -> str:
     """The explanation before the first recipient anchor: what the reporting MTA says about
     the whole report, not about one recipient (bounded to the first 200 lines)."""
-    lines = text.split("\n", 200)[:200]
-    for i, line in enumerate(lines):
-        if _anchor(line):
-            return "\n".join(lines[:i])
-    return "\n".join(lines)
+    lines, anchors = _scan(text)
+    end = anchors[0][0] if anchors else len(lines)
+    return "\n".join(lines[: min(end, 200)])
 
 
-def recipient_blocks(text: str) -> list[tuple[str, str]]:
-    """[(recipient, its text)] in order; the text runs to the next anchor (bounded)."""
-    lines = text.split("\n")
+@functools.lru_cache(maxsize=8)
+def _scan(text: str) -> tuple[list[str], list[tuple[int, str, str]]]:
+    """(bounded lines, recipient anchors as (line number, address, rest of line)) of one
+    bounce text; cached because the DSN reader asks for both views of the same text."""
+    lines = bounded_lines(text)
     anchors: list[tuple[int, str, str]] = []
     for i, line in enumerate(lines):
         a = _anchor(line)
@@ -232,7 +288,22 @@ def recipient_blocks(text: str) -> list[tuple[str, str]]:
             anchors.append((i, a[0], a[1]))
             if len(anchors) >= MAX_ANCHORS:
                 break
-    out: list[tuple[str, str]] = []
+    return lines, anchors
+
+
+def recipient_blocks(text: str) -> list[tuple[str, str]]:
+    """[(recipient, its text)] in order; the text runs to the next anchor (bounded)."""
+    return [(b[0], b[1]) for b in recipient_blocks_ex(text)]
+
+
+def recipient_blocks_ex(text: str) -> list[tuple[str, str, str]]:
+    """[(address, its text, the alias it was expanded from or "")] in order.
+
+    Lines naming the sender ("Original Sender:", "From:") are not the recipient's text, and
+    Sendmail's "(expanded from: <alias>)" note names the address that was sent to.
+    """
+    lines, anchors = _scan(text)
+    out: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     for n, (i, addr, rest) in enumerate(anchors):
         end = anchors[n + 1][0] if n + 1 < len(anchors) else len(lines)
@@ -241,29 +312,45 @@ def recipient_blocks(text: str) -> list[tuple[str, str]]:
         if lead:
             body.insert(0, lead)
         para = 0
+        expanded = ""
         for line in lines[i + 1 : min(end, i + 40)]:
-            if _DECORATION_RE.match(line):
+            stripped = line.strip()
+            if stripped[:1] in _DECORATION_CHARS and is_decoration(line):
                 continue
-            if _HOST_LINE_RE.match(line) or _TALKING_RE.match(line):
+            if "xpanded from" in line:
+                em = _EXPANDED_RE.match(line)
+                if em:
+                    expanded = clean_addr(em.group(1))
+                    continue
+            if ":" in line:  # every sender line has one
+                sm = _SENDER_LINE_RE.match(line)
+                if sm:
+                    # "From: <sender@x> RCPT: <a@b> ... failed after I sent the message": keep
+                    # what the line says, not the sender's address.
+                    line = ADDR_RE.sub("", line[sm.end() :], count=1)
+                    stripped = line.strip()
+            if ("..." in line and _HOST_LINE_RE.match(line)) or (
+                "talking to " in line.lower() and _TALKING_RE.match(line)
+            ):
                 break
-            if not line.strip():
+            if not stripped:
                 if body:
                     para += 1
                     if para >= 2 or (code_in(" ".join(body)) or status_in(" ".join(body))):
                         break
                 continue
-            body.append(line.strip())
+            body.append(stripped)
         key = addr.lower()
         if key in seen:
             # Same recipient named again (Sendmail's transcript after the address list,
             # Postfix's wrapped "said: 550\n <a@b>: User unknown"): one block, text joined.
             more = collapse(" ".join(body))
-            for k, (a, t) in enumerate(out):
+            for k, (a, t, x) in enumerate(out):
                 if a.lower() == key and more and more not in t:
-                    out[k] = (a, collapse(t + " " + more))
+                    out[k] = (a, collapse(t + " " + more), x or expanded)
             continue
         seen.add(key)
-        out.append((addr, collapse(" ".join(body))))
+        out.append((addr, collapse(" ".join(body)), expanded))
     return out
 
 
@@ -345,22 +432,39 @@ def _transcript(text: str) -> list[tuple[str, str]]:
     """An SMTP session transcript ("In: RCPT TO:<a@b>" ... "Out: 451 4.3.0 ..."): the
     recipients given and the first failure reply after them."""
     out: list[tuple[str, str]] = []
-    for m in _RCPT_CMD_RE.finditer(text):
+    lines = bounded_lines(text)
+    for i, line in enumerate(lines):
+        if "CPT" not in line and "cpt" not in line:
+            continue
+        m = _RCPT_CMD_RE.search(line)
+        if not m:
+            continue
         addr = clean_addr(m.group(1))
         if addr and addr.lower() not in {a.lower() for a, _ in out}:
-            reply = _REPLY_LINE_RE.search(text, m.end())
-            out.append((addr, collapse(reply.group(1)) if reply else ""))
+            out.append((addr, _next_reply(lines, i + 1)))
         if len(out) >= MAX_ANCHORS:
             break
     return out
 
 
-def _mentioned(text: str, skip: frozenset[str]) -> list[str]:
-    """Addresses named in <brackets> in the explanation, minus senders and role accounts."""
+def _next_reply(lines: list[str], start: int) -> str:
+    """The first failure reply line at or after ``start`` (bounded lines, matched one by one)."""
+    for line in lines[start : start + 200]:
+        m = _REPLY_LINE_RE.match(line.strip())
+        if m:
+            return collapse(m.group(1))
+    return ""
+
+
+def _mentioned(
+    text: str, skip: frozenset[str], addressed: Container[str] = frozenset()
+) -> list[str]:
+    """Addresses named in <brackets> in the explanation, minus senders and role accounts
+    (a role account the original was sent to stays: see :func:`not_a_recipient`)."""
     out: list[str] = []
     for m in _BRACKET_ADDR_RE.finditer(text):
         a = m.group(1).strip(".")
-        if a.lower() in skip or _ROLE_RE.match(a) or a.lower() in {x.lower() for x in out}:
+        if not_a_recipient(a, skip, addressed=addressed) or a.lower() in {x.lower() for x in out}:
             continue
         out.append(a)
         if len(out) >= 10:
@@ -409,35 +513,88 @@ def _forwarded_reply(msg: Message, recipient: str) -> str:
     return ""
 
 
+def not_a_recipient(
+    address: str, skip: frozenset[str], text: str = "", addressed: Container[str] = frozenset()
+) -> bool:
+    """The bounce's own sender / addressee, the original sender, a role or list address.
+
+    An address line that carries the remote server's reply itself (``text`` has a reply
+    code or status) is a structural claim that this address failed: then only the bounce
+    sender (MAILER-DAEMON) and list-administration addresses are refused, so a message
+    sent to postmaster@ or to the sender's own address can still be reported. A role
+    address the returned original was itself sent to (``addressed``: its To / Cc) is a
+    recipient like any other - mail to postmaster@ bounces too.
+    """
+    if text and (code_in(text) or status_in(text)):
+        return bool(_LIST_ADMIN_RE.match(address))
+    low = address.lower()
+    return low in skip or (bool(_ROLE_RE.match(address)) and low not in addressed)
+
+
+class AddressedTo:
+    """The returned original's To / Cc addresses, read on the first ``in`` test: only a
+    role address needs them (:func:`not_a_recipient`), and most bounces name none."""
+
+    def __init__(self, msg: Message, text: str) -> None:
+        self._msg, self._text = msg, text
+        self._found: frozenset[str] | None = None
+
+    def __contains__(self, address: object) -> bool:
+        if self._found is None:
+            self._found = addressed_to(self._msg, self._text)
+        return address in self._found
+
+
+def addressed_to(msg: Message, text: str) -> frozenset[str]:
+    """The returned original's To / Cc addresses (lower case): the attached original, or
+    the header block quoted after the explanation ``text``."""
+    orig = original_message(msg)
+    if orig is not None:
+        values = header(orig, "To") + " " + header(orig, "Cc")
+    else:
+        m = _INLINE_TO_RE.search(first_text(msg)[:PART_TEXT_LIMIT], len(text))
+        values = m.group(1) if m else ""
+    return frozenset(a.lower() for a in ADDR_RE.findall(values)[:MAX_ANCHORS])
+
+
 def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
     """Failures for every recipient block in ``text``; when the explanation has no recipient
     lines, fall back (in order) to an SMTP transcript, X-Failed-Recipients, addresses named
-    in brackets, and the returned original's To."""
-    blocks = recipient_blocks(text)
+    in brackets, and the returned original's To.
+
+    Found by structure (an address line next to a reply or reason), never from the quoted
+    original message (cut off by :func:`bounce_text`), never the envelope sender, the
+    bounce's own addresses, postmaster / MAILER-DAEMON or list-administration addresses.
+    """
+    skip = skip_set(msg)
+    to = AddressedTo(msg, text)
+    blocks = [b for b in recipient_blocks_ex(text) if not not_a_recipient(b[0], skip, b[1], to)]
     if not blocks:
-        blocks = _transcript(text)
+        blocks = [(a, t, "") for a, t in _transcript(text) if not not_a_recipient(a, skip, t, to)]
     if not blocks:
         addrs = ADDR_RE.findall(header(msg, "X-Failed-Recipients"))
         if not addrs:
-            addrs = _mentioned(text, skip_set(msg))
+            addrs = _mentioned(text, skip, to)
         if not addrs:
             orig = original_message(msg)
             if orig is not None:
                 addrs = ADDR_RE.findall(header(orig, "To"))[:1]
             else:
-                m = _INLINE_TO_RE.search(first_text(msg), len(text))
+                m = _INLINE_TO_RE.search(first_text(msg)[:PART_TEXT_LIMIT], len(text))
                 if m:
                     addrs = [m.group(1)]
+        addrs = [a for a in addrs if not not_a_recipient(a, skip, addressed=to)]
         if not addrs:
             return []
-        blocks = [(a, "") for a in addrs[:MAX_ANCHORS]]
+        blocks = [(a, "", "") for a in addrs[:MAX_ANCHORS]]
     mid, sender, token = envelope_info(msg)
     head = text[:4000]
     delayed = any(w in head.lower() for w in _DELAYED_HINTS) and bool(_DELAYED_RE.search(head))
     out = []
     best = ""
-    everyone = {a.lower() for a, _ in blocks}
-    for addr, diag in blocks:
+    everyone = {a.lower() for a, _, _ in blocks}
+    once = Once() if len(blocks) > 1 else direct
+    for addr, diag, expanded in blocks:
         if not diag or not (code_in(diag) or status_in(diag)):
             best = best or collapse(best_paragraph(text))
             # The shared explanation, unless it is about another recipient of this bounce.
@@ -447,17 +604,25 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
                 diag = best if not diag else collapse(diag + " " + best)
         if not (code_in(diag) or status_in(diag)):
             diag = _forwarded_reply(msg, addr) or diag
-        f = Failure(recipient=addr, diagnostic=clean_diagnostic(diag), format=fmt)
+        f = Failure(
+            recipient=expanded or addr,
+            diagnostic=clean_diagnostic(diag),
+            format=fmt,
+            original_recipient=expanded,
+            final_recipient=addr,
+        )
         if not f.reply_code:
             m = _ERROR_CODE_RE.search(diag)  # Zoho: "ERROR_CODE :550, ERROR_CODE :5.1.1"
             f.reply_code = m.group(1) if m else ""
-        if delayed:
-            f.action = "delayed"
-        fill_codes(f)
+        # A bounce that is not a delay warning reports a failure the MTA has given up on
+        # (RFC 3464 2.3.3's "failed"), whatever reply it quotes.
+        f.action = "delayed" if delayed else "failed"
+        fill_codes(f, once)
         f.stage = transcript_stage(text, addr) or f.stage
-        if says_hostunknown(diag):
+        if once(says_hostunknown, diag):
             f.reason_hint = "hostunknown"
         f.message_id, f.envelope_sender, f.return_path_token = mid, sender, token
+        f.local_delivery = local_delivery(msg, text, f.diagnostic, once=once)
         out.append(f)
     return out
 

@@ -1,7 +1,9 @@
 """RFC 3464 delivery status notifications: ``multipart/report; report-type=delivery-status``.
 
 Most MTAs (Postfix, Sendmail, Exchange, Gmail, SES...) send these. One Failure per
-per-recipient block (RFC 3464 §2.3): Final-Recipient (else Original-Recipient), Action,
+per-recipient block (RFC 3464 §2.3): the recipient is Original-Recipient when it is an
+address (what the sender gave: the address to suppress), else Final-Recipient; both are kept
+on the Failure. Then Action,
 Status, Diagnostic-Code, Remote-MTA; the per-message block (§2.2) gives Reporting-MTA.
 The DSN part is also found when a broken MTA labels it ``text/plain`` or nests it, and
 RFC 6533 ``message/global-delivery-status`` is read the same way.
@@ -14,8 +16,10 @@ from email.message import Message
 
 from smtpguard.classify.formats._common import (
     ADDR_RE,
+    Once,
     clean_addr,
     collapse,
+    direct,
     envelope_info,
     fill_codes,
     first_text,
@@ -26,6 +30,7 @@ from smtpguard.classify.formats._common import (
     walk,
 )
 from smtpguard.classify.formats._fields import Fields, parse_blocks, part_blocks
+from smtpguard.classify.formats.local import local_delivery
 from smtpguard.classify.formats.plaintext import (
     best_paragraph,
     bounce_text,
@@ -36,6 +41,8 @@ from smtpguard.classify.formats.plaintext import (
 )
 from smtpguard.classify.verdict import Failure
 
+#: Recipients read from one report (RFC 3464 allows any number; a real DSN lists a few).
+MAX_RECIPIENTS = 100
 _DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 _TYPE_PREFIX_RE = re.compile(
     r"^\s*(?:smtp|x-[\w.-]+|x400|unknown|mail|dns|dsn|rfc822)\s*;\s*", re.I
@@ -72,15 +79,18 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
     """Per-recipient Failures from DSN field blocks (shared with detectors of DSN look-alikes)."""
     per_message: Fields = {}
     out: list[Failure] = []
+    remotes: list[str] = []  # each Failure's own Remote-MTA field ("" when none)
     for block in blocks:
         rcpt_field = next((block[k] for k in _RCPT_FIELDS if block.get(k)), "")
         if not rcpt_field:
             if not out and not per_message:
                 per_message = block
             continue
-        recipient = clean_addr(rcpt_field)
-        if not recipient:
-            recipient = clean_addr(block.get("original-recipient", ""))
+        final = clean_addr(block.get("final-recipient", "") or rcpt_field)
+        original = clean_addr(block.get("original-recipient", ""))
+        # RFC 3464 2.3.1: Original-Recipient is the address as the sender gave it (before
+        # aliasing or forwarding) - the address we sent to, so the one to suppress.
+        recipient = original or final
         if not recipient:
             # A local delivery ("Final-Recipient: rfc822;/var/mail/..." or "|program"):
             # the address is the one the MTA lists as failed, if it lists exactly one.
@@ -88,6 +98,8 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             recipient = failed[0] if len(failed) == 1 else ""
         if not recipient:
             continue
+        if len(out) >= MAX_RECIPIENTS:
+            break
         action = block.get("action", "").split()[0].lower() if block.get("action") else ""
         raw_diag = block.get("diagnostic-code", "")
         diag = _strip_type(raw_diag)
@@ -103,9 +115,8 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             if diag.lower().startswith("other or undefined"):
                 diag = ""  # RFC 3463's own name for x.y.0, not an explanation
         status = status_in(block.get("status", ""))
-        remote = _strip_type(block.get("remote-mta", "")) or _strip_type(
-            per_message.get("reporting-mta", "")
-        )
+        remote_mta = _strip_type(block.get("remote-mta", ""))
+        remote = remote_mta or _strip_type(per_message.get("reporting-mta", ""))
         dtype = _TYPE_PREFIX_RE.match(raw_diag)
         f = Failure(
             recipient=recipient,
@@ -115,20 +126,32 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             action=action,
             remote_host=collapse(remote, 255),
             format=fmt,
+            original_recipient=original,
+            final_recipient=final or recipient,
         )
         out.append(f)
+        remotes.append(remote_mta)
     if not out:
         return out
     # The human-readable part often says more than Diagnostic-Code (or all there is).
     text = bounce_text(msg)
-    by_rcpt = diagnostics_by_recipient(text) if text else {}
+    by_rcpt: dict[str, str] | None = None
     mid, sender, token = envelope_info(msg)
     # Only the part before the first recipient's own lines: in a report for several
     # recipients, another one's "Mailbox Full" must not speak for this one.
     explanation = collapse(preamble(text), 2000) if text else ""
-    for f in out:
-        extra = by_rcpt.get(f.recipient.lower(), "")
+    best = ""
+    once = Once() if len(out) > 1 else direct
+    for f, remote_mta in zip(out, remotes, strict=True):
         short = len(_strip_type(f.diagnostic)) < 8
+        extra = ""
+        if short or once(stage_in, f.diagnostic) == "unknown":
+            # The per-recipient text of the human-readable part, read only when needed.
+            if by_rcpt is None:
+                by_rcpt = diagnostics_by_recipient(text) if text else {}
+            extra = by_rcpt.get(f.final_recipient.lower(), "") or by_rcpt.get(
+                f.recipient.lower(), ""
+            )
         if extra and short:
             f.diagnostic = collapse(f"{f.diagnostic} {extra}")
             short = False
@@ -137,16 +160,17 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             # No real Diagnostic-Code and only a generic Status: the explanation part is
             # all there is (Gmail's "address couldn't be found", Exim's "pipe to |...",
             # Sendmail's "unknown mailer error 255" under "X-Unix; 255").
-            f.diagnostic = collapse(f"{f.diagnostic} {best_paragraph(bounce_text(msg))}")
-        fill_codes(f)
+            best = best or collapse(best_paragraph(text))
+            f.diagnostic = collapse(f"{f.diagnostic} {best}")
+        fill_codes(f, once)
         if f.stage == "unknown" and extra:
             # Postfix says "(in reply to RCPT TO command)" only in the human-readable part.
-            f.stage = stage_in(extra)
-        f.stage = transcript_stage(text, f.recipient) or f.stage
+            f.stage = once(stage_in, extra)
+        f.stage = transcript_stage(text, f.final_recipient or f.recipient) or f.stage
         # The remote server's own status in Diagnostic-Code is more precise than the
         # reporting MTA's summary in Status (often x.0.0, or 4.4.7 for any old deferral);
         # a generic x.0.0 in the text never replaces a specific Status (RFC 3463 §3.1).
-        diag_status = paired_status(f.diagnostic)
+        diag_status = once(paired_status, f.diagnostic)
         if (
             diag_status
             and diag_status != f.status
@@ -155,13 +179,19 @@ def failures_from_blocks(blocks: list[Fields], msg: Message, fmt: str) -> list[F
             f.status = diag_status
         if f.action == "delivered" or (f.status.startswith("2.") and f.action != "failed"):
             f.reason_hint = "delivered"
-        elif f.action in ("failed", "delayed") and not from_text and _says_expired(f.diagnostic):
+        elif (
+            f.action in ("failed", "delayed")
+            and not from_text
+            and once(_says_expired, f.diagnostic)
+        ):
             # The reporting MTA's own "gave up retrying" statement (not the remote reply).
             f.reason_hint = "expired"
-        elif says_hostunknown(f.diagnostic):
+        elif once(says_hostunknown, f.diagnostic):
             f.reason_hint = "hostunknown"
         f.message_id, f.envelope_sender, f.return_path_token = mid, sender, token
         f.explanation = explanation
+        if not remote_mta:
+            f.local_delivery = local_delivery(msg, text, f.diagnostic, once=once)
     return out
 
 
