@@ -41,6 +41,7 @@ bench: setup-test setup-bench
 	$(PY) benchmarks/logscan_bench.py
 	$(PY) benchmarks/smtpclient_bench.py
 	$(PY) benchmarks/maillog_bench.py
+	$(PY) benchmarks/inbound_memory.py
 
 # ---------------------------------------------------------------------------- install
 # `make install` (as root): a venv in $(PREFIX) with smtpguard and its dependencies,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import re
 import tomllib
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from smtpguard.display import json_text
 from smtpguard.errors import ConfigError
 from smtpguard.smtp.status import is_reply_with_status
 
@@ -71,6 +71,12 @@ class StoreConfig:
     busy_timeout: float = opt(
         5.0, "How long to wait for another process's write lock.", unit="s", check="positive"
     )
+    group: str = opt(
+        "",
+        "Group that may read the database (files 0640, directory 0750 when created);"
+        " empty: only the owner (0600 / 0700).",
+        check="group?",
+    )
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,60 @@ class RelayConfig:
     max_line_length: int = opt(
         4096, "Longest SMTP command or data line accepted.", unit="bytes", check="positive"
     )
-    idle_timeout: float = opt(300.0, "Drop a client idle this long.", unit="s", check="positive")
+    idle_timeout: float = opt(
+        300.0,
+        "Drop a client idle this long, and time limit for one command (Postfix smtpd_timeout);"
+        " in DATA the most time credit min_data_rate lets a client build up.",
+        unit="s",
+        check="positive",
+    )
+    min_data_rate: int = opt(
+        500,
+        "Slowest DATA transfer accepted: each octet received buys 1/min_data_rate seconds,"
+        " up to idle_timeout (Postfix 3.7 smtpd_min_data_rate); 421 4.4.2 when credit runs out.",
+        unit="bytes/s",
+        check="positive",
+    )
+    session_deadline: float = opt(
+        600.0,
+        "Longest inbound session, however busy (NOOP every few seconds included); past it the"
+        " session is closed with 421 4.4.2 between commands, a message in DATA finishing first.",
+        unit="s",
+        check="positive",
+    )
     max_sessions: int = opt(200, "Concurrent inbound SMTP sessions.", check="positive")
+    max_sessions_per_client: int = opt(
+        50,
+        "Concurrent sessions from one client address, 421 4.7.0 beyond; clients in"
+        " trusted_networks are exempt (Postfix smtpd_client_connection_count_limit).",
+        check="positive",
+    )
+    junk_command_limit: int = opt(
+        100,
+        "NOOP, RSET, VRFY and HELP commands a session may send without a message accepted in"
+        " between; 421 4.7.0 beyond (Postfix smtpd_junk_command_limit; 1 under stress).",
+        check="positive",
+    )
+    stress_threshold: float = opt(
+        0.8,
+        "Share of max_sessions open at which the relay is under stress: stress_idle_timeout"
+        " and a junk command limit of 1 apply, and a new session at max_sessions takes the"
+        " place of the longest-idle session without a transaction (Postfix STRESS_README).",
+        check="share",
+    )
+    stress_idle_timeout: float = opt(
+        10.0,
+        "idle_timeout under stress (Postfix: smtpd_timeout = ${stress?{10}:{300}}s).",
+        unit="s",
+        check="positive",
+    )
+    max_data_in_flight: int = opt(
+        134_217_728,
+        "Message data held in memory by all sessions together; a message beyond it gets"
+        " 451 4.3.2 (at MAIL for its SIZE=, at DATA, or after its data), unless it is alone.",
+        unit="bytes",
+        check="positive",
+    )
     suppressed_reply: str = opt(
         "550 5.1.1", "Reply code and enhanced status for a suppressed recipient.", check="reply"
     )
@@ -186,6 +244,13 @@ class DeliveryConfig:
     )
     drain_timeout: float = opt(
         30.0, "On SIGTERM, wait this long for deliveries under way.", unit="s", check="positive"
+    )
+    reclaim_after: float = opt(
+        3600.0,
+        "A recipient claimed by an attempt this long ago, with no attempt of this"
+        " process still working on it (its result could not be written), is queued again.",
+        unit="s",
+        check="positive",
     )
     keep_finished: float = opt(
         604_800.0,
@@ -749,6 +814,16 @@ def _dns_names(value: list[str]) -> None:
             raise ValueError(f"DNS names of letters, digits, '.', '-' and '_', not {name!r}")
 
 
+def _group(value: str) -> None:
+    import grp
+
+    if not value.isdigit():
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError("the name or number of an existing group") from None
+
+
 def _networks(value: list[str]) -> None:
     for net in value:
         try:
@@ -893,6 +968,7 @@ _CHECKS: dict[str, Any] = {
     "hostname": _hostname,
     "hostname?": _optional(_hostname),
     "dns_names": _dns_names,
+    "group?": _optional(_group),
     "networks": _networks,
     "nameservers": _nameservers,
     "routes": _routes,
@@ -1155,8 +1231,9 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        # A JSON string is a valid TOML basic string, control characters escaped included.
-        return json.dumps(value, ensure_ascii=False)
+        # A JSON string is a valid TOML basic string, control characters escaped included
+        # (C1 and bidi controls too: the printout may go to a terminal).
+        return json_text(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):

@@ -19,7 +19,16 @@ class ConfigError(UserError):
 
 
 class StoreError(UserError):
-    """The database is unreadable, corrupt, locked or of a newer schema."""
+    """The database is unreadable, corrupt, locked or of a newer schema.
+
+    ``transient`` marks a failure that goes away by itself (another process
+    holds the write lock, the disk is full, an I/O error): nothing was written,
+    and the same write may simply be tried again later.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class AddressError(UserError):

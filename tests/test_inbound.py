@@ -679,7 +679,8 @@ def test_idle_client_gets_421_4_4_2_and_is_disconnected(start: Callable[..., Run
 
 
 def test_slow_but_active_data_transfer_is_not_idle(start: Callable[..., Running]) -> None:
-    server = start(idle_timeout=0.4)
+    # 6 octets every 0.15 s: 40 bytes/s, above the minimum data rate configured here.
+    server = start(idle_timeout=0.4, min_data_rate=20)
     raw = server.raw()
     transaction(raw)
     raw.cmd("DATA")
@@ -691,15 +692,18 @@ def test_slow_but_active_data_transfer_is_not_idle(start: Callable[..., Running]
 
 
 def test_client_going_silent_during_data_gets_421_4_4_2(start: Callable[..., Running]) -> None:
-    server = start(idle_timeout=0.4)
+    server = start(idle_timeout=0.4, min_data_rate=20)
     raw = server.raw()
     transaction(raw)
     raw.cmd("DATA")
-    for _ in range(4):  # active for 0.6 s, then silent
+    for _ in range(4):  # active for 0.6 s (40 bytes/s), then silent
         time.sleep(0.15)
         raw.send(b"line\r\n")
     t0 = time.monotonic()
-    assert raw.reply() == "421 4.4.2 smtpguard.localdomain Error: timeout exceeded"
+    assert raw.reply() == (
+        "421 4.4.2 smtpguard.localdomain Error: timeout exceeded"
+        " (message data slower than 20 bytes/s)"
+    )
     assert 0.2 < time.monotonic() - t0 < 3
     assert raw.closed()
     assert server.messages == []
@@ -708,6 +712,8 @@ def test_client_going_silent_during_data_gets_421_4_4_2(start: Callable[..., Run
 def test_session_beyond_max_sessions_gets_421_4_7_0(start: Callable[..., Running]) -> None:
     server = start(max_sessions=2)
     first, second = server.raw(), server.raw()
+    transaction(first)  # both busy: none can make room
+    transaction(second)
     third = server.raw(greeting=False)
     assert third.reply() == "421 4.7.0 smtpguard.localdomain Error: too many connections"
     assert third.closed()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpguard.smtp import xtext
-from smtpguard.smtp.data import normalise_line_endings, unstuff, wire_data
+from smtpguard.smtp.data import DataReceiver, normalise_line_endings, unstuff, wire_data
 from smtpguard.smtp.status import is_reply_with_status, is_status, leading_status
 
 
@@ -69,3 +69,44 @@ def test_reply_with_status() -> None:
     assert is_reply_with_status("550 5.1.1")
     assert not is_reply_with_status("550 5.1")
     assert not is_reply_with_status("5.1.1 550")
+
+
+def _received_whole(raw: bytes) -> bytes:
+    return normalise_line_endings(unstuff(raw))
+
+
+def _fed_in_pieces(receiver: DataReceiver, raw: bytes, cuts: list[int]) -> DataReceiver:
+    """``raw`` fed to ``receiver`` cut at the offsets ``cuts``."""
+    last = 0
+    for cut in sorted(c for c in cuts if c <= len(raw)):
+        receiver.feed(raw[last:cut])
+        last = cut
+    receiver.feed(raw[last:])
+    return receiver
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"\r\n.", b".."]), max_size=40),
+    st.lists(st.integers(min_value=0, max_value=60), max_size=6),
+)
+def test_data_received_in_any_chunks_is_stored_as_if_received_whole(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    raw = b"".join(pieces) + b"\r\n"  # data ends with the CRLF of its end sequence
+    receiver = _fed_in_pieces(DataReceiver(max_line=1000), raw, cuts)
+    assert bytes(receiver.finish()) == _received_whole(raw)
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=8),
+    st.lists(st.integers(min_value=1, max_value=50), max_size=5),
+    st.sampled_from([b"x", b"\n", b"\r"]),
+)
+def test_a_line_is_too_long_exactly_when_it_has_more_octets_than_the_limit(
+    lengths: list[int], cuts: list[int], filler: bytes
+) -> None:
+    raw = b"".join(filler * n + b"\r\n" for n in lengths)
+    receiver = _fed_in_pieces(DataReceiver(max_line=20), raw, cuts)
+    longest = max(len(line) for line in raw.split(b"\r\n"))
+    assert receiver.line_too_long == (longest > 20)

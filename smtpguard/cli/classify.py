@@ -7,7 +7,6 @@ over hundreds of files and start-up time counts.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import click
 
 from smtpguard.classify.verdict import STAGES
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import console, plural
+from smtpguard.cli.output import add_row, cell, console, echo, json_line, plural
 from smtpguard.errors import UserError
 
 #: Fields every jsonl object starts with (the issue's contract), then the rest of the verdict.
@@ -146,10 +145,9 @@ def classify(
 
     if fmt == "jsonl":
         out = sys.stdout
-        dumps = json.dumps
         for name, v in verdicts():
             if v is not None:
-                out.write(dumps(_record(name, v), ensure_ascii=False) + "\n")
+                json_line(_record(name, v), out)
         out.flush()
         click.echo(_summary(classifier, len(inputs)), err=True)
     else:
@@ -187,10 +185,10 @@ def _table(rows: list[tuple[str, Any]], classifier: Any, files: int) -> None:
                 v.recipient, v.status, v.reply_code, v.reason, v.bounce,
                 "yes" if v.suppress else "no", v.diagnostic[:120],
             ]  # fmt: skip
-        table.add_row(*cells)
+        add_row(table, *cells)
     out = console()
     out.print(table)
-    out.print(_summary(classifier, files).removeprefix("smtpguard: "), highlight=False)
+    out.print(cell(_summary(classifier, files).removeprefix("smtpguard: ")))
 
 
 @click.group()
@@ -211,12 +209,12 @@ def rules_check(file: str | None) -> None:
     path = file or _rules_path(None)
     if path is None:
         ruleset = rules_mod.load(None)
-        click.echo(f"ok: {rules_mod.shipped_path()}: {ruleset.shipped_count} rules")
+        echo(f"ok: {rules_mod.shipped_path()}: {ruleset.shipped_count} rules")
         return
     if not Path(path).is_file():
         raise UserError(f"{path}: no such file")
     ruleset = rules_mod.check_file(path)
-    click.echo(
+    echo(
         f"ok: {path}: {ruleset.operator_count} rules "
         f"({len(ruleset.rules)} effective with {ruleset.shipped_count} shipped)"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from smtpguard.cli.main import State, common_options, get_config
+from smtpguard.cli.output import echo
 from smtpguard.config import Config, load, render
 from smtpguard.errors import UserError
 
@@ -42,10 +43,10 @@ def check(file: str | None) -> None:
         cfg = load(file, data_dir=state.data_dir if state else None)
     found = audit(cfg)
     for warning in found.warnings:
-        click.echo(f"smtpguard: warning: {warning}", err=True)
+        echo(f"smtpguard: warning: {warning}", err=True)
     if found.errors:
         for error in found.errors[:-1]:
-            click.echo(f"smtpguard: error: {error}", err=True)
+            echo(f"smtpguard: error: {error}", err=True)
         raise UserError(found.errors[-1])
     click.echo(f"# {cfg.source}: OK\n" + render(cfg), nl=False)
 

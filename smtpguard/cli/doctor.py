@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import console, emit_json, format_option
+from smtpguard.cli.output import cell, console, emit_json, format_option
 
 if TYPE_CHECKING:  # the checks load when the command runs, not when the CLI starts
     from smtpguard.ops.doctor import DoctorReport
@@ -98,16 +98,15 @@ def doctor(
 
 def _table(report: DoctorReport) -> None:
     from rich.table import Table
-    from rich.text import Text
 
     table = Table(show_edge=False, header_style="bold")
     for name in ("check", "status", "result", "fix"):
         table.add_column(name, no_wrap=name in ("check", "status"))
     for f in report.findings:
-        table.add_row(f.check, Text(f.status, style=STYLES[f.status]), f.summary, f.fix)
+        table.add_row(cell(f.check), cell(f.status, STYLES[f.status]), cell(f.summary), cell(f.fix))
     out = console()
     out.print(table)
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
-    out.print(f"{report.domain}: {counts} (exit {report.exit_code})", highlight=False)
+    out.print(cell(f"{report.domain}: {counts} (exit {report.exit_code})"))
     for note in report.skipped:
-        out.print(Text(f"not checked: {note}", style="dim"))
+        out.print(cell(f"not checked: {note}", "dim"))

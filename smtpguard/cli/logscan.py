@@ -10,7 +10,6 @@ interrupted by Ctrl-C (``--follow`` stops that way: 0).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -20,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import console, emit_json, format_option
+from smtpguard.cli.output import add_row, cell, console, emit_json, format_option, json_line
+from smtpguard.display import shown
 from smtpguard.errors import UserError
 
 if TYPE_CHECKING:
@@ -136,19 +136,18 @@ def _scan(scanner: Scanner, names: list[str]) -> Iterator[Scanned]:
         for name in names:
             yield from scanner.scan_input(name)
         return
-    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=console(stderr=True),
         transient=True,
     ) as progress:
         for name in names:
-            task = progress.add_task(name, total=None)
+            task = progress.add_task(shown(name), total=None)
             if name != "-":
                 progress.update(task, total=os.path.getsize(name))
             yield from scanner.scan_input(
@@ -175,15 +174,16 @@ def _emit(item: Scanned, fmt: str, follow: bool) -> None:
     elif fmt == "table" and follow:
         e, v = item.event, item.verdict
         text = " ".join(e.reply.split())[:160]
-        sys.stdout.write(
+        line = (
             f"{e.time or '-'} {e.mta} {e.status} {e.recipient} {v.reason}/{v.bounce}"
-            f" {e.dsn or '-'} {text}\n"
+            f" {e.dsn or '-'} {text}"
         )
+        sys.stdout.write(shown(line) + "\n")
         sys.stdout.flush()
 
 
 def _line(record: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    json_line(record, sys.stdout)
     sys.stdout.flush()
 
 
@@ -198,7 +198,7 @@ def _summary(summary: Summary, top: int, applied: dict[str, int] | None) -> None
         for name in ("reason", "bounce", "events", "share"):
             reasons.add_column(name, justify="right" if name in ("events", "share") else "left")
         for reason, bounce, n in summary.top_reasons():
-            reasons.add_row(reason, bounce, f"{n:,}", f"{100 * n / summary.events:.1f}%")
+            add_row(reasons, reason, bounce, f"{n:,}", f"{100 * n / summary.events:.1f}%")
         out.print(reasons)
         domains = Table(
             show_edge=False, header_style="bold", title="by recipient domain", title_justify="left"
@@ -211,12 +211,12 @@ def _summary(summary: Summary, top: int, applied: dict[str, int] | None) -> None
         for domain, c in summary.top_domains(top):
             top_reason = c.reasons.most_common(1)[0][0] if c.reasons else ""
             numbers = [f"{getattr(c, name):,}" for name in counted]
-            domains.add_row(domain, *numbers, top_reason)
+            add_row(domains, domain, *numbers, top_reason)
         out.print(domains)
-    out.print(_totals(summary), highlight=False)
+    out.print(cell(_totals(summary)))
     if applied is not None:
         done = ", ".join(f"{n:,} {outcome}" for outcome, n in sorted(applied.items())) or "nothing"
-        out.print(f"applied to the suppression list (evidence log): {done}", highlight=False)
+        out.print(cell(f"applied to the suppression list (evidence log): {done}"))
 
 
 def _totals(s: Summary) -> str:

@@ -19,6 +19,7 @@ import click
 
 from smtpguard import __version__
 from smtpguard.config import ENV_CONFIG, ENV_DATA_DIR, SYSTEM_CONFIG, Config, load
+from smtpguard.display import shown
 from smtpguard.errors import UserError
 
 # name -> "module:attribute"; each module owns one command (group).
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> Any:
         e.show()
         sys.exit(e.exit_code)
     except UserError as e:
-        click.echo(f"smtpguard: error: {e}", err=True)
+        click.echo(f"smtpguard: error: {shown(e)}", err=True)
         sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.exit(0)

@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import console, emit_json, format_option, limit_option
+from smtpguard.cli.output import add_row, console, echo, emit_json, format_option, limit_option
 from smtpguard.store.db import iso as _iso
 from smtpguard.store.queue import (
     MessageSummary,
@@ -38,7 +38,9 @@ FORMAT = format_option("table", "json", help="Output as a table or as JSON.")
 
 def _admin() -> QueueAdmin:
     cfg = get_config()
-    return QueueAdmin.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=False)
+    return QueueAdmin.open(
+        cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=False, group=cfg.store.group
+    )
 
 
 def _with_admin(fn: Callable[[QueueAdmin], Any]) -> Any:
@@ -125,8 +127,8 @@ def list_cmd(include_done: bool, limit: int, fmt: str) -> None:
         states = " ".join(f"{k}={v}" for k, v in sorted(s.states.items()))
         if m.held:
             states += " (held)"
-        table.add_row(
-            m.qid, _iso(m.received_at), f"<{m.mail_from}>", str(m.size), str(s.recipients),
+        add_row(
+            table, m.qid, _iso(m.received_at), f"<{m.mail_from}>", m.size, s.recipients,
             states, _iso(s.next_attempt), s.last_reason,
         )  # fmt: skip
     console().print(table)
@@ -149,18 +151,18 @@ def show(queue_id: str, fmt: str) -> None:
     out = console()
     info = _table(f"message {msg.qid}", ["field", "value"])
     for k, v in _message_dict(msg).items():
-        info.add_row(k, str(v))
+        add_row(info, k, v)
     out.print(info)
     rt = _table("recipients", ["address", "state", "attempts", "next attempt", "last reply",
                                "reason"])  # fmt: skip
     for r in rcpts:
         d = _recipient_dict(r)
-        rt.add_row(r.address, r.state, str(r.attempts), d["next_attempt"], r.last_diag,
-                   r.last_reason)  # fmt: skip
+        add_row(rt, r.address, r.state, r.attempts, d["next_attempt"], r.last_diag,
+                r.last_reason)  # fmt: skip
     out.print(rt)
     et = _table("history", ["time", "event", "recipient", "reason", "detail"])
     for e in events:
-        et.add_row(_iso(e.ts), e.event, e.recipient, e.reason, e.detail)
+        add_row(et, _iso(e.ts), e.event, e.recipient, e.reason, e.detail)
     out.print(et)
 
 
@@ -169,7 +171,7 @@ def _report(fmt: str, action: str, queue_id: str | None, count: int) -> None:
         emit_json({"action": action, "id": queue_id or "*", "recipients": count})
     else:
         target = f"message {queue_id}" if queue_id else "the whole queue"
-        click.echo(f"{action}: {count} recipient(s) of {target}")
+        echo(f"{action}: {count} recipient(s) of {target}")
 
 
 @queue.command()
@@ -222,11 +224,11 @@ def stats(fmt: str) -> None:
         emit_json(_stats_dict(s))
         return
     table = _table("queue", ["metric", "value"])
-    table.add_row("messages pending", str(s.messages_pending))
+    add_row(table, "messages pending", s.messages_pending)
     for state, n in s.recipients_by_state.items():
-        table.add_row(f"recipients {state}", str(n))
-    table.add_row("oldest pending", _iso(s.oldest_pending))
-    table.add_row("next due", _iso(s.next_due))
+        add_row(table, f"recipients {state}", n)
+    add_row(table, "oldest pending", _iso(s.oldest_pending))
+    add_row(table, "next due", _iso(s.next_due))
     for reason, n in s.deferred_reasons.items():
-        table.add_row(f"deferred: {reason or 'unknown'}", str(n))
+        add_row(table, f"deferred: {reason or 'unknown'}", n)
     console().print(table)

@@ -3,9 +3,9 @@
 Thin by design: read the numbers (:func:`smtpguard.ops.report.build`), render
 them as terminal tables with bars, as JSON (``--format json``), or as one
 self-contained HTML page (``--html FILE``, :mod:`smtpguard.ops.reporthtml`).
-Every value read from the database is shown as plain text (rich ``Text``
-cells; the console has markup off too): a domain or reason that looks like
-``[bold]`` markup prints as it is.
+Every value read from the database is shown as plain text (``cell``: rich
+``Text``, terminal controls escaped; the console has markup off too): a domain
+or reason that looks like ``[bold]`` markup prints as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import console, emit_json, format_option
+from smtpguard.cli.output import cell, console, emit_json, format_option
 from smtpguard.config import format_duration, parse_duration
 from smtpguard.errors import UserError
 
@@ -114,7 +114,9 @@ def report(since: str, top: int, html_file: str | None, fmt: str) -> None:
     if window <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--since")
     cfg = get_config()
-    conn = connect(cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=False)
+    conn = connect(
+        cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=False, group=cfg.store.group
+    )
     try:
         with explained(cfg.db_path):
             data = build(conn, since=window, top=top)
@@ -159,45 +161,37 @@ def _table(title: str, columns: list[str], right: tuple[str, ...] = ()) -> Table
     return table
 
 
-def _t(value: object) -> Text:
-    """A database value as a cell: plain text, never markup."""
-    from rich.text import Text
-
-    return Text(str(value))
-
-
 _COUNTED = ("sent", "deferred", "bounced", "expired", "suppressed", "complaints")
 
 
 def _numbers(c: Counts) -> list[Text]:
-    return [
-        _t(f"{n:,}") for n in (c.sent, c.deferred, c.bounced, c.expired, c.suppressed, c.complaints)
-    ]
+    counted = (c.sent, c.deferred, c.bounced, c.expired, c.suppressed, c.complaints)
+    return [cell(f"{n:,}") for n in counted]
 
 
 def _tables(r: Report) -> None:
     out = console()
     out.print(
-        _t(
+        cell(
             f"smtpguard report: {r.days[0]} .. {r.days[-1]} ({len(r.days)} days, UTC),"
             f" generated {iso_of(r.generated_at)}"
         )
     )
     for note in r.notes:
-        out.print(_t(f"note: {note}"), style="dim")
+        out.print(cell(f"note: {note}"), style="dim")
     top_rate = max((c.bounce_rate or 0.0 for c in r.by_day), default=0.0)
     days = _table(
         "Per day", ["day", *_COUNTED, "bounce rate", ""], right=(*_COUNTED, "bounce rate")
     )
     for day, c in zip(r.days, r.by_day, strict=True):
         days.add_row(
-            _t(day),
+            cell(day),
             *_numbers(c),
-            _t(percent(c.bounce_rate)),
-            _t(bar((c.bounce_rate or 0) / top_rate if top_rate else 0)),
+            cell(percent(c.bounce_rate)),
+            cell(bar((c.bounce_rate or 0) / top_rate if top_rate else 0)),
         )
     days.add_section()
-    days.add_row(_t("total"), *_numbers(r.total), _t(percent(r.total.bounce_rate)), _t(""))
+    days.add_row(cell("total"), *_numbers(r.total), cell(percent(r.total.bounce_rate)), cell(""))
     out.print(days)
 
     shown = f"top {len(r.domains)}" + (
@@ -233,16 +227,16 @@ def _tables(r: Report) -> None:
         t = d.total
         rates = [c.bounce_rate for c in d.by_day]
         domains.add_row(
-            _t(d.domain),
-            _t(f"{t.sent:,}"),
-            _t(f"{t.bounced:,}"),
-            _t(percent(t.bounce_rate)),
-            _t(bar((t.bounce_rate or 0) / top_domain_rate if top_domain_rate else 0, 12)),
-            _t(f"{t.complaints:,}"),
-            _t(percent(t.complaint_rate)),
-            _t(f"{t.deferred:,}"),
-            _t(f"{t.suppressed:,}"),
-            _t(sparkline(rates, max((x or 0) for x in rates))),
+            cell(d.domain),
+            cell(f"{t.sent:,}"),
+            cell(f"{t.bounced:,}"),
+            cell(percent(t.bounce_rate)),
+            cell(bar((t.bounce_rate or 0) / top_domain_rate if top_domain_rate else 0, 12)),
+            cell(f"{t.complaints:,}"),
+            cell(percent(t.complaint_rate)),
+            cell(f"{t.deferred:,}"),
+            cell(f"{t.suppressed:,}"),
+            cell(sparkline(rates, max((x or 0) for x in rates))),
         )
     out.print(domains)
 
@@ -254,27 +248,28 @@ def _tables(r: Report) -> None:
     failed = sum(x.count for x in r.reasons) or 1
     for x in r.reasons:
         reasons.add_row(
-            _t(x.status),
-            _t(x.reason),
-            _t(f"{x.count:,}"),
-            _t(f"{100 * x.count / failed:.1f}%"),
-            _t(bar(x.count / failed)),
+            cell(x.status),
+            cell(x.reason),
+            cell(f"{x.count:,}"),
+            cell(f"{100 * x.count / failed:.1f}%"),
+            cell(bar(x.count / failed)),
         )
     out.print(reasons)
 
     sup_cols = ["day", "added", "removed", "expired", "pending", "recorded"]
     sup = _table("Suppression list", sup_cols, right=tuple(sup_cols[1:]))
     for s in r.suppressions:
-        sup.add_row(_t(s.day), *(_t(f"{getattr(s, k):,}") for k in sup_cols[1:]))
+        sup.add_row(cell(s.day), *(cell(f"{getattr(s, k):,}") for k in sup_cols[1:]))
     out.print(sup)
     if r.added_by_evidence:
         kinds = ", ".join(f"{k} {n:,}" for k, n in r.added_by_evidence.items())
-        out.print(_t(f"added by evidence: {kinds}"))
+        out.print(cell(f"added by evidence: {kinds}"))
 
     q = r.queue
+    out.print()
     out.print(
-        _t(
-            f"\nQueue now: {q.messages:,} messages; recipients {q.recipients.get('queued', 0):,}"
+        cell(
+            f"Queue now: {q.messages:,} messages; recipients {q.recipients.get('queued', 0):,}"
             f" queued, {q.recipients.get('active', 0):,} active, {q.recipients.get('held', 0):,}"
             f" held; oldest {age(r.oldest_age)}"
         )
@@ -288,11 +283,11 @@ def _tables(r: Report) -> None:
         for w in r.waiting:
             nxt = age(w.next_attempt - r.generated_at) if w.next_attempt else "-"
             waiting.add_row(
-                _t(w.domain),
-                _t(f"{w.recipients:,}"),
-                _t(f"{w.held:,}"),
-                _t(w.reason or "-"),
-                _t(f"in {nxt}" if w.next_attempt else "-"),
+                cell(w.domain),
+                cell(f"{w.recipients:,}"),
+                cell(f"{w.held:,}"),
+                cell(w.reason or "-"),
+                cell(f"in {nxt}" if w.next_attempt else "-"),
             )
         out.print(waiting)
     if r.storms:
@@ -302,7 +297,7 @@ def _tables(r: Report) -> None:
             right=("pending",),
         )
         for s in r.storms:
-            storms.add_row(_t(s.destination), _t(f"{s.pending:,}"), _t(iso_of(s.since)))
+            storms.add_row(cell(s.destination), cell(f"{s.pending:,}"), cell(iso_of(s.since)))
         out.print(storms)
 
 

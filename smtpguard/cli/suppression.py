@@ -15,7 +15,6 @@ import contextlib
 import csv
 import getpass
 import io
-import json
 import os
 import shutil
 import sys
@@ -27,13 +26,22 @@ from typing import IO, Any
 
 import click
 from click.core import ParameterSource
-from rich.console import Console
 from rich.table import Table
 
 from smtpguard.address import normalize_target
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import console, emit_json, format_option, limit_option, plural
+from smtpguard.cli.output import (
+    add_row,
+    console,
+    echo,
+    emit_json,
+    format_option,
+    json_line,
+    limit_option,
+    plural,
+)
 from smtpguard.config import parse_duration
+from smtpguard.display import json_text
 from smtpguard.errors import UserError
 from smtpguard.policy.evidence import EVIDENCE_KINDS
 from smtpguard.store.importfile import (
@@ -41,6 +49,7 @@ from smtpguard.store.importfile import (
     SHOWN_PROBLEMS,
     Parser,
     Problem,
+    csv_cell,
     detect_format,
     line_numbers,
     parse_time,
@@ -71,7 +80,9 @@ EVIDENCE_CHOICE = click.Choice(EVIDENCE_KINDS)
 def _store(*, create: bool = False) -> SuppressionStore:
     """The store; only commands that add entries may create a missing database."""
     cfg = get_config()
-    return SuppressionStore.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=create)
+    return SuppressionStore.open(
+        cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=create, group=cfg.store.group
+    )
 
 
 def _actor() -> str:
@@ -173,22 +184,27 @@ def _entries_table(entries: list[SuppressionEntry]) -> Table:
     for e in entries:
         address = e.address if e.kind == "address" else f"{e.address} (domain)"
         code = " ".join(x for x in (e.reply_code, e.status) if x)
-        table.add_row(
+        add_row(
+            table,
             address,
             e.reason,
             code,
             e.evidence or e.source,
             iso(e.first_seen),
             iso(e.last_seen),
-            str(e.count),
+            e.count,
             iso(e.expires),
         )
     return table
 
 
 def _csv_row(e: SuppressionEntry) -> list[Any]:
+    """One CSV row; text cells never start like a spreadsheet formula (see csv_cell)."""
     d = e.to_dict()
-    return ["" if d[c] is None else d[c] for c in EXPORT_COLUMNS]
+    return [
+        "" if (v := d[c]) is None else csv_cell(v) if isinstance(v, str) else v
+        for c in EXPORT_COLUMNS
+    ]
 
 
 def _write_entries(entries: Any, fmt: str, out: IO[str]) -> int:
@@ -202,12 +218,12 @@ def _write_entries(entries: Any, fmt: str, out: IO[str]) -> int:
             n += 1
     elif fmt == "jsonl":
         for e in entries:
-            out.write(json.dumps(e.to_dict(), ensure_ascii=False) + "\n")
+            json_line(e.to_dict(), out)
             n += 1
     else:  # json: an array, written as it streams
         out.write("[")
         for e in entries:
-            out.write(("\n  " if n == 0 else ",\n  ") + json.dumps(e.to_dict(), ensure_ascii=False))
+            out.write(("\n  " if n == 0 else ",\n  ") + json_text(e.to_dict()))
             n += 1
         out.write("\n]\n" if n else "]\n")
     return n
@@ -294,7 +310,7 @@ def list_cmd(
     else:
         _write_entries(entries, fmt, sys.stdout)
     if limit and len(entries) == limit:
-        click.echo(f"more: add --after {entries[-1].address}", err=True)
+        echo(f"more: add --after {entries[-1].address}", err=True)
 
 
 @suppression.command("check")
@@ -320,7 +336,7 @@ def check(addresses: tuple[str, ...]) -> None:
             try:
                 entry = store.lookup(text)
             except UserError as e:
-                click.echo(f"smtpguard: error: {e}", err=True)
+                echo(f"smtpguard: error: {e}", err=True)
                 bad = True
                 continue
             if entry is None:
@@ -331,10 +347,10 @@ def check(addresses: tuple[str, ...]) -> None:
                         f" (pending since {iso(pending.entry.first_seen)}: "
                         f"{pending.entry.reason}, held back by a storm at {pending.destination})"
                     )
-                click.echo(f"{text}: not suppressed{held}")
+                echo(f"{text}: not suppressed{held}")
                 status = 1
             else:
-                click.echo(_describe(entry, text))
+                echo(_describe(entry, text))
     sys.exit(2 if bad else status)
 
 
@@ -369,7 +385,7 @@ def add(address: str, reason: str, expires: float | None, note: str) -> None:
     else:
         verb = "already listed, updated"
     what = " (whole domain)" if entry.kind == "domain" else ""
-    click.echo(
+    echo(
         f"{entry.address}{what}: {verb}: {entry.reason}"
         + (f", expires {iso(entry.expires)}" if entry.expires else "")
     )
@@ -392,9 +408,9 @@ def remove(addresses: tuple[str, ...], note: str) -> None:
     with _store() as store:
         for text in addresses:
             if store.remove(text, actor=_actor(), note=note):
-                click.echo(f"{text}: removed")
+                echo(f"{text}: removed")
             else:
-                click.echo(f"{text}: not on the list", err=True)
+                echo(f"{text}: not on the list", err=True)
                 status = 1
     sys.exit(status)
 
@@ -468,7 +484,7 @@ def pending_cmd(
         done = set(settled)
         for text in addresses:
             if normalize_target(text)[1] not in done:
-                click.echo(f"{text}: not pending", err=True)
+                echo(f"{text}: not pending", err=True)
         sys.exit(1)
 
 
@@ -479,8 +495,8 @@ def _pending_table(entries: list[PendingEntry]) -> Table:
     for p in entries:
         e = p.entry
         code = " ".join(x for x in (e.reply_code, e.status) if x)
-        table.add_row(
-            e.address, e.reason, code, p.destination, iso(e.first_seen), str(e.count),
+        add_row(
+            table, e.address, e.reason, code, p.destination, iso(e.first_seen), e.count,
             f"[{e.evidence}] {e.diagnostic}",
         )  # fmt: skip
     return table
@@ -502,7 +518,7 @@ def history(address: str, fmt: str) -> None:
         emit_json([r.to_dict() for r in records])
         return
     if not records:
-        click.echo(f"{address}: no recorded changes", err=True)
+        echo(f"{address}: no recorded changes", err=True)
         return
     console().print(_history_table(records))
 
@@ -518,7 +534,7 @@ def _history_table(records: list[HistoryRecord]) -> Table:
             reason = r.new_reason
         evidence = " ".join(x for x in (r.reply_code, r.status, r.diagnostic) if x)
         kind = r.evidence or r.source
-        table.add_row(iso(r.at), r.action, r.actor, reason, f"[{kind}] {evidence}", r.note)
+        add_row(table, iso(r.at), r.action, r.actor, reason, f"[{kind}] {evidence}", r.note)
     return table
 
 
@@ -618,9 +634,9 @@ def import_cmd(
         # the parser is a forked process and must inherit neither.
         parser = Parser(str(path), fmt, reason, expires, parse=parse_any, name=name)
         problems: list[Problem] = []
-        err = Console(stderr=True)
+        err = console(stderr=True)
         progress = Progress(
-            TextColumn("importing {task.fields[rows]:,} rows"),
+            TextColumn("importing {task.fields[rows]:,} rows", markup=False),
             BarColumn(),
             TaskProgressColumn(),
             TimeElapsedColumn(),
@@ -650,10 +666,10 @@ def import_cmd(
         )
         if problems:
             for p in problems[:SHOWN_PROBLEMS]:
-                click.echo(f"smtpguard: warning: {name}: {p}", err=True)
+                echo(f"smtpguard: warning: {name}: {p}", err=True)
             unit = problems[0].unit
             summary += f"; skipped {len(problems)} invalid {unit}(s): {line_numbers(problems)}"
-        click.echo(summary)
+        echo(summary)
 
 
 @contextlib.contextmanager
@@ -687,7 +703,7 @@ def _spooled(file: Path) -> Iterator[Path]:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to this file (atomically) instead of stdout.",
+    help="Write to this file (atomically, mode 0600) instead of stdout.",
 )
 @click.option("--include-expired", is_flag=True, help="Also export entries past their expiry.")
 @common_options
@@ -734,20 +750,26 @@ def export(fmt: str, output: Path | None, include_expired: bool) -> None:
         if output is None:
             write(store.iter_entries(filters), sys.stdout)
             return
-        tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+        tmp: Path | None = None
         try:
-            with open(tmp, "w", encoding="utf-8", newline="") as out:
+            # A new file of a name nobody can guess or plant (O_CREAT | O_EXCL,
+            # mode 0600: it holds addresses), renamed over the output when complete.
+            fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+            tmp = Path(name)
+            with open(fd, "w", encoding="utf-8", newline="") as out:
                 n = write(store.iter_entries(filters), out)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, output)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise UserError(f"{output}: cannot write: {e.strerror or e}") from None
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise
-    click.echo(f"exported {plural(n, 'entry', 'entries')} to {output}", err=True)
+    echo(f"exported {plural(n, 'entry', 'entries')} to {output}", err=True)
 
 
 @suppression.command("prune")
@@ -793,7 +815,7 @@ def stats(fmt: str) -> None:
         ("history records", "history_records"),
         ("pending (held back by a storm)", "pending"),
     ):
-        overview.add_row(label, f"{s[key]:,}")
+        add_row(overview, label, f"{s[key]:,}")
     out.print(overview)
     for title, key in (
         ("reason", "by_reason"),
@@ -805,6 +827,6 @@ def stats(fmt: str) -> None:
             t.add_column(title)
             t.add_column("entries", justify="right")
             for k, v in s[key].items():
-                t.add_row(k, f"{v:,}")
+                add_row(t, k, f"{v:,}")
             out.print()
             out.print(t)

@@ -44,7 +44,9 @@ def open_recipient_policy(cfg: Config) -> RecipientPolicy:
     from smtpguard.policy.recipient import SuppressionPolicy
     from smtpguard.store.suppression import SuppressionStore
 
-    store = SuppressionStore.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout)
+    store = SuppressionStore.open(
+        cfg.data_dir, busy_timeout=cfg.store.busy_timeout, group=cfg.store.group
+    )
     return SuppressionPolicy(store, reply=cfg.relay.suppressed_reply)
 
 

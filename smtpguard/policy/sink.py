@@ -276,7 +276,7 @@ class SuppressionSink:
         if writer is None:
             writer = owned = await open_thread(
                 cfg.data_dir, busy_timeout=cfg.store.busy_timeout, transactional=True,
-                name="writer",
+                name="writer", group=cfg.store.group,
             )  # fmt: skip
 
         def load(conn: sqlite3.Connection) -> tuple[set[str], set[str], set[str]]:

@@ -55,9 +55,34 @@ an accepted transaction into a queued message.
   read to its end and refused with the same ``500 5.5.2`` (RFC 5321 section
   4.5.3.1.10 names "500 Line too long" for exactly this; nothing is queued,
   because folding the line would change the content and break signatures).
-  Line lengths count the octets before CRLF. An idle client gets ``421
-  4.4.2`` and is disconnected; the session after ``relay.max_sessions`` gets
-  ``421 4.7.0`` at once.
+  Line lengths count the octets before CRLF.
+* **Bounded time per client** (Postfix's defaults, ``postconf -d`` of Postfix
+  3.7): ``relay.idle_timeout`` (300 s, ``smtpd_timeout``) for each command and
+  while idle, garbage and half lines not counting as activity; in DATA each
+  octet received buys ``1/relay.min_data_rate`` seconds (500 bytes/s,
+  ``smtpd_min_data_rate`` with ``smtpd_per_request_deadline``), never more than
+  ``idle_timeout`` ahead, so a byte every few seconds does not keep a message
+  open; ``relay.session_deadline`` (600 s; Postfix's client stops reusing a
+  connection after ``smtp_connection_reuse_time_limit`` = 300 s) ends any
+  session between commands, a message in DATA finishing first; at most
+  ``relay.junk_command_limit`` NOOP/RSET/VRFY/HELP between two messages (100,
+  ``smtpd_junk_command_limit``). Timeouts are ``421 4.4.2``.
+* **Bounded sessions**: ``relay.max_sessions`` in all, and
+  ``relay.max_sessions_per_client`` from one address (50,
+  ``smtpd_client_connection_count_limit``; trusted networks exempt, as
+  Postfix exempts ``$mynetworks``): ``421 4.7.0`` beyond. With
+  ``relay.stress_threshold`` of the sessions open the server is under stress
+  (Postfix's STRESS_README): idle timeout ``relay.stress_idle_timeout`` (10 s)
+  at once for every session, junk command limit 1, and a new connection at
+  ``max_sessions`` takes the place of the session idle longest that has no
+  transaction (untrusted clients first; an untrusted newcomer never displaces
+  a trusted client), which gets ``421 4.7.0``. So hundreds of idle sockets
+  cannot keep a real client out.
+* **Bounded memory**: message data is unstuffed and normalised chunk by chunk
+  into one buffer (not five copies), and all sessions together hold at most
+  ``relay.max_data_in_flight`` octets of it: a message that would exceed it
+  gets ``451 4.3.2`` (at MAIL when its SIZE= says so, at DATA, or after its
+  data, which is then only counted), unless it is the only one.
 * **Suppression at RCPT**: every recipient goes through the
   :class:`~smtpguard.policy.recipient.RecipientPolicy`; a suppressed one is
   refused with ``relay.suppressed_reply`` and a text saying why and since when,
@@ -85,6 +110,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import math
 import ssl
 import time
 from pathlib import Path
@@ -98,7 +124,6 @@ from smtpguard.policy.recipient import RecipientPolicy
 from smtpguard.relay.metrics import INBOUND_SESSIONS, REFUSED
 from smtpguard.relay.seams import Enqueue
 from smtpguard.relay.session import RelayEnvelope, RelaySMTP
-from smtpguard.smtp.data import normalise_line_endings
 from smtpguard.smtp.headers import HELO_SAFE, is_auto_submitted, received_header
 from smtpguard.smtp.text import printable
 from smtpguard.store.messages import InboundMessage
@@ -120,6 +145,15 @@ class InboundServer:
         self.users = load_users(relay.auth_users_file) if relay.auth_users_file else {}
         self.tls_context = _tls_context(relay.tls_cert, relay.tls_key)
         self.sessions: set[RelaySMTP] = set()
+        self.per_client: dict[str, int] = {}
+        self.in_flight = 0  # message data octets reserved by sessions
+        # Sessions from which on the server is under stress (Postfix STRESS_README).
+        self.stress_at = max(1, math.ceil(relay.stress_threshold * relay.max_sessions))
+        self._stress_logged = -math.inf
+        # What sessions read on every command; changed when stress begins or ends.
+        self.stressed = False
+        self.idle_timeout = relay.idle_timeout
+        self.junk_limit = relay.junk_command_limit
         self.stopping = False
         self._server: asyncio.base_events.Server | None = None
         self._idle = asyncio.Event()
@@ -175,21 +209,95 @@ class InboundServer:
 
     # -- session bookkeeping -------------------------------------------------------------
 
-    def register(self, proto: RelaySMTP) -> bool:
-        """Count a new session; False when over relay.max_sessions (or stopping)."""
-        if self.stopping or len(self.sessions) >= self.cfg.relay.max_sessions:
-            return False
+    def _update_stress(self) -> None:
+        """Under stress with ``relay.stress_threshold`` of ``max_sessions`` open: shorter
+        idle timeout (for every session at once) and junk command limit."""
+        stressed = len(self.sessions) >= self.stress_at
+        if stressed == self.stressed:
+            return
+        relay = self.settings
+        self.stressed = stressed
+        if not stressed:
+            self.idle_timeout = relay.idle_timeout
+            self.junk_limit = relay.junk_command_limit
+            return
+        self.idle_timeout = min(relay.idle_timeout, relay.stress_idle_timeout)
+        self.junk_limit = 1
+        now = time.monotonic()
+        if now >= self._stress_logged + 60:  # not once per connection of a flood
+            self._stress_logged = now
+            log.warning(
+                "inbound: %d sessions open: under stress, idle timeout %gs",
+                len(self.sessions), self.idle_timeout,
+            )  # fmt: skip
+        for session in self.sessions:
+            session.shorten_timeout()
+
+    def register(self, proto: RelaySMTP) -> str | None:
+        """Count a new session, or the 421 reply that refuses it (see the module doc)."""
+        relay = self.settings
+        host = relay.hostname
+        if self.stopping:
+            return f"421 4.3.2 {host} Service shutting down"
+        ip = proto.client_ip
+        if not proto.trusted and self.per_client.get(ip, 0) >= relay.max_sessions_per_client:
+            REFUSED["too_many_from_client"].inc()
+            log.info("%s: over %d sessions from this address, refused", ip,
+                     relay.max_sessions_per_client)  # fmt: skip
+            return f"421 4.7.0 {host} Error: too many connections from {ip}"
+        if len(self.sessions) >= relay.max_sessions:
+            idle = self._longest_idle(proto.trusted)
+            if idle is None:
+                REFUSED["too_many_sessions"].inc()
+                return f"421 4.7.0 {host} Error: too many connections"
+            idle.close_idle()
+            self.unregister(idle)
         self.sessions.add(proto)
+        self.per_client[ip] = self.per_client.get(ip, 0) + 1
         self._idle.clear()
         INBOUND_SESSIONS.inc()
-        return True
+        self._update_stress()
+        return None
+
+    def _longest_idle(self, trusted: bool) -> RelaySMTP | None:
+        """The session to close for a new one: no transaction, untrusted before
+        trusted (an untrusted newcomer never displaces a trusted client), idle
+        longest; None when no session qualifies."""
+        best: RelaySMTP | None = None
+        best_key: tuple[bool, float] | None = None
+        for s in self.sessions:
+            if s.in_transaction or s.in_data or s.committing or (s.trusted and not trusted):
+                continue
+            key = (s.trusted, s.last_activity)
+            if best_key is None or key < best_key:
+                best, best_key = s, key
+        return best
 
     def unregister(self, proto: RelaySMTP) -> None:
         if proto in self.sessions:
             self.sessions.discard(proto)
             INBOUND_SESSIONS.dec()
+            n = self.per_client.get(proto.client_ip, 0) - 1
+            if n > 0:
+                self.per_client[proto.client_ip] = n
+            else:
+                self.per_client.pop(proto.client_ip, None)
+            self._update_stress()
         if not self.sessions:
             self._idle.set()
+
+    def reserve(self, proto: RelaySMTP, octets: int) -> bool:
+        """Count message data against ``relay.max_data_in_flight``; a session holding
+        all of what is counted may always go on (one message never starves)."""
+        if self.in_flight + octets > self.settings.max_data_in_flight and (
+            self.in_flight > proto.reserved
+        ):
+            return False
+        self.in_flight += octets
+        return True
+
+    def unreserve(self, octets: int) -> None:
+        self.in_flight -= octets
 
     def classify_peer(self, ip: str) -> tuple[bool, bool]:
         """(trusted, loopback) for a client address."""
@@ -226,10 +334,11 @@ class InboundServer:
 
     async def accept(self, proto: RelaySMTP, session: Session, envelope: RelayEnvelope) -> str:
         """After the final dot: build the message, commit it, answer 250 or 451."""
-        content = envelope.original_content or b""
+        # Unstuffed and normalised to CRLF by the session as it arrived (one buffer).
+        content = envelope.original_content or bytearray()
         if content and not content.endswith(b"\r\n"):
             content += b"\r\n"
-        content = normalise_line_endings(content)
+        auto_submitted = is_auto_submitted(content)
         now = time.time()
         auth_user = str(session.auth_data) if session.authenticated else ""
         header = received_header(
@@ -241,10 +350,14 @@ class InboundServer:
             when=now,
         )
         helo = session.host_name or ""
+        if isinstance(content, bytearray):
+            content[:0] = header  # in place: a 30 MB message is not copied again
+        else:
+            content = header + content
         msg = InboundMessage(
             mail_from=envelope.mail_from or "",
             recipients=tuple(envelope.recipients),
-            data=header + content,
+            data=content,
             ret=envelope.ret,
             envid=envelope.envid,
             smtputf8=envelope.smtp_utf8,
@@ -253,7 +366,7 @@ class InboundServer:
             helo=helo if HELO_SAFE.match(helo) else printable(helo)[:255],
             auth_user=auth_user,
             received_at=now,
-            auto_submitted=is_auto_submitted(content),
+            auto_submitted=auto_submitted,
             arrived_at=envelope.started or now,
         )
         proto.committing = True

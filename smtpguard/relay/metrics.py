@@ -61,7 +61,8 @@ REFUSED = {
     reason: REFUSALS.labels(reason)
     for reason in (
         "relay_denied", "suppressed", "too_many_recipients", "lookup_failed",
-        "storage_failed", "too_many_sessions", "idle_timeout",
+        "storage_failed", "too_many_sessions", "idle_timeout", "session_deadline", "slow_data",
+        "too_many_from_client", "idle_closed_for_room", "junk_commands", "data_in_flight",
     )
 }  # fmt: skip
 

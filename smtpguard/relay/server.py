@@ -89,7 +89,10 @@ class Relay:
         self.daily: DailyCounts | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
         self._housekeeping_task: asyncio.Task[None] | None = None
+        self._reclaim_task: asyncio.Task[None] | None = None
         self._watch_tasks: list[asyncio.Task[None]] = []
+        #: Recipient ids an attempt of this process holds (claimed, result not settled).
+        self._live: set[int] = set()
         self._stopped = asyncio.Event()
 
     @property
@@ -110,7 +113,7 @@ class Relay:
         return_paths = SignedVerpCodec.from_config(cfg.intake)
         self.delivery_log = open_delivery_log(cfg.log)  # and on a log that cannot open
         self.observers.add(self.delivery_log)
-        self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy)
+        self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy, group=cfg.store.group)
         self.recovered = await self.queue.recover()
         if self.recovered:
             log.warning(
@@ -143,14 +146,17 @@ class Relay:
             shaper=self._shaper,
             return_paths=return_paths,
         )
-        scheduler, delivery = self.scheduler, self.delivery
+        scheduler, delivery, live = self.scheduler, self.delivery, self._live
 
         def dispatch(claim: Claim) -> None:
             metrics.INFLIGHT.inc()
-            delivery.submit(claim, _released(scheduler))
+            ids = [r.id for r in claim.recipients]
+            live.update(ids)
+            delivery.submit(claim, _released(scheduler, live, ids))
 
         self._scheduler_task = asyncio.create_task(scheduler.run(dispatch), name="scheduler")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        self._reclaim_task = asyncio.create_task(self._reclaim(), name="reclaim")
         self._watch_tasks.append(asyncio.create_task(self.daily.run(), name="daily-counts"))
         self.inbound = InboundServer(cfg, enqueue=self.enqueue, policy=self.policy)
         try:
@@ -214,6 +220,29 @@ class Relay:
             await self.sink.sweep(now)
             await asyncio.sleep(SWEEP_INTERVAL)
 
+    async def _reclaim(self) -> None:
+        """Queue again what an attempt claimed and never settled (see QueueStore.reclaim).
+
+        An attempt of this process keeps its recipients until its result is
+        written, however long a destination's line or a locked database makes
+        that; only rows no attempt here holds, claimed more than
+        ``delivery.reclaim_after`` ago, go back.
+        """
+        assert self.queue is not None
+        after = self.cfg.delivery.reclaim_after
+        while True:
+            await asyncio.sleep(min(max(after / 4, 0.2), SWEEP_INTERVAL))
+            try:
+                ids = await self.queue.reclaim(time.time() - after, self._live)
+            except Exception as e:
+                log.error("reclaiming stale claims failed: %s", e)
+                continue
+            if ids:  # due now: the scheduler's next refill finds them
+                log.warning(
+                    "%d recipients claimed over %.0fs ago with no attempt under way are "
+                    "queued again", len(ids), after,
+                )  # fmt: skip
+
     async def enqueue(self, msg: InboundMessage) -> str:
         """Inbound's hook: commit durably (raises on storage failure), then schedule."""
         assert self.queue is not None and self.scheduler is not None
@@ -247,10 +276,11 @@ class Relay:
         if self.webhooks is not None:
             with contextlib.suppress(Exception):
                 await self.webhooks.stop()
-        if self._housekeeping_task is not None:
-            self._housekeeping_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._housekeeping_task
+        for task in (self._housekeeping_task, self._reclaim_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._scheduler_task is not None:
@@ -280,16 +310,51 @@ class Relay:
         self._stopped.set()
 
 
-def _released(scheduler: Scheduler) -> Callable[[], None]:
+def _released(scheduler: Scheduler, live: set[int], ids: list[int]) -> Callable[[], None]:
     def done() -> None:
         metrics.INFLIGHT.dec()
+        live.difference_update(ids)
         scheduler.release()
 
     return done
 
 
+#: glibc's M_MMAP_THRESHOLD (mallopt parameter number -3).
+_M_MMAP_THRESHOLD = -3
+#: Allocations from this size on get their own memory mapping (see tune_process).
+MMAP_THRESHOLD = 1024 * 1024
+
+
+def tune_process() -> None:
+    """Process settings a relay facing floods and big messages needs.
+
+    * File descriptors: the soft limit (often 1024) is raised to the hard one, so
+      a flood of idle connections meets ``relay.max_sessions`` and the stress
+      mode, not EMFILE in ``accept()`` (which would keep everyone out).
+    * glibc malloc: its dynamic mmap threshold rises to the size of the largest
+      block freed (up to 32 MiB). After one big message, message buffers come
+      from the heap, where growing one copies it and freeing it returns nothing
+      to the system (measured: peak RSS 261 MB instead of 186 MB for twenty
+      30 MB messages, 205 MB instead of 72 MB after them). A fixed 1 MiB
+      threshold keeps each big buffer in a mapping of its own: grown by
+      mremap, given back by munmap.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None = None) -> int:
     """Run a relay until SIGTERM/SIGINT; returns the exit code (0 after a clean drain)."""
+    tune_process()
     relay = Relay(cfg)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

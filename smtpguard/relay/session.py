@@ -5,9 +5,17 @@ relay's rules (see :mod:`smtpguard.relay.inbound` for the behaviour as a
 whole): strict MAIL / RCPT syntax and ESMTP parameters
 (:mod:`smtpguard.smtp.params`), the recipient check at RCPT through a
 :class:`~smtpguard.policy.recipient.RecipientPolicy`, enhanced status codes on
-every reply, DATA read in one piece and dot-unstuffed
-(:mod:`smtpguard.smtp.data`), replies of one loop tick coalesced into one
-segment, an idle timer that moves a deadline.
+every reply, DATA read in big chunks and unstuffed and normalised into one
+buffer as it arrives (:class:`~smtpguard.smtp.data.DataReceiver`), replies of
+one loop tick coalesced into one segment, an idle timer that moves a deadline.
+
+Time and memory per client are bounded (Postfix's defences, see
+:mod:`smtpguard.relay.inbound`): ``relay.idle_timeout`` per command and while
+idle, in DATA a deadline that each octet received extends by
+``1/relay.min_data_rate`` seconds (up to ``idle_timeout`` ahead), a whole-session
+``relay.session_deadline``, ``relay.junk_command_limit`` NOOP/RSET/VRFY/HELP
+commands between messages, and message data held in memory counted against the
+server's ``relay.max_data_in_flight``.
 
 It knows its server only through :class:`SessionHost`: the settings, the TLS
 context, session bookkeeping, AUTH, the recipient policy, and ``accept`` for a
@@ -31,7 +39,7 @@ from smtpguard.config import RelayConfig
 from smtpguard.errors import AddressError
 from smtpguard.policy.recipient import LOOKUP_FAILED, Client, RecipientPolicy
 from smtpguard.relay.metrics import REFUSED
-from smtpguard.smtp.data import DATA_END, partial_end, unstuff
+from smtpguard.smtp.data import DATA_END, DataReceiver, partial_end
 from smtpguard.smtp.params import ParamError, parse_mail_params, parse_rcpt_params, split_path
 from smtpguard.smtp.status import leading_status
 from smtpguard.smtp.text import printable
@@ -45,6 +53,8 @@ MAX_AUTH_PER_CONNECTION = 5
 DATA_CHUNK = 256 * 1024
 #: Reply codes written at once (push): the connection may close right after them.
 _WRITE_AT_ONCE = frozenset({"220", "221", "421", "502"})
+#: Message data reserved against the server's budget at a time, beyond SIZE=.
+RESERVE_STEP = 64 * 1024
 
 
 class SessionHost(Protocol):
@@ -60,9 +70,22 @@ class SessionHost(Protocol):
         """True when AUTH can succeed at all (a users file is configured)."""
         ...
 
-    def register(self, session: RelaySMTP) -> bool:
-        """Count a new session; False refuses it (too many, or shutting down)."""
+    #: The idle timeout now: shorter while the server is under stress.
+    idle_timeout: float
+    #: NOOP/RSET/VRFY/HELP commands allowed between messages now.
+    junk_limit: int
+
+    def register(self, session: RelaySMTP) -> str | None:
+        """Count a new session; the 421 reply refusing it (too many sessions, too
+        many from its address, shutting down), or None."""
         ...
+
+    def reserve(self, session: RelaySMTP, octets: int) -> bool:
+        """Count ``octets`` more of the session's message data against the budget;
+        False (nothing counted) when that would exceed it."""
+        ...
+
+    def unreserve(self, octets: int) -> None: ...
 
     def unregister(self, session: RelaySMTP) -> None: ...
 
@@ -122,6 +145,7 @@ class RelayEnvelope(Envelope):
         self.envid = ""
         self.recipients: list[Recipient] = []
         self.seen: set[str] = set()
+        self.size = 0  # SIZE= of MAIL FROM (RFC 1870), 0 if not given
         self.started = 0.0  # unix time of MAIL FROM: the delivery log's time before the queue
 
 
@@ -148,14 +172,21 @@ class RelaySMTP(SMTP):
         self._out: list[bytes] = []  # replies not yet written (see push)
         self._flush_pending = False
         self.host = host
-        self.rejected = False
+        self.refusal: str | None = None
         self.trusted = False
         self.loopback = False
         self.client_ip = ""
         self.in_data = False
         self.committing = False
-        self._last_activity = loop.time()
+        now = loop.time()
+        self.last_activity = now
+        self._armed_at = now  # when the idle timer last started
         self._deadline = 0.0
+        self._data_deadline = 0.0  # in DATA: credit bought by the octets received
+        self._closing_reply: str | None = None  # close once the transaction ends
+        self._session_end = now + relay.session_deadline
+        self.junk = 0  # NOOP/RSET/VRFY/HELP since the last accepted message
+        self.reserved = 0  # message data counted against the server's budget
         super().__init__(
             _Hooks(host),
             hostname=relay.hostname,
@@ -186,50 +217,95 @@ class RelaySMTP(SMTP):
         self.trusted, self.loopback = self.host.classify_peer(self.client_ip)
         # AUTH in clear text only where there is no wire to sniff.
         self._auth_require_tls = not self.loopback
-        self.rejected = not self.host.register(self)
+        self.refusal = self.host.register(self)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.host.unregister(self)
+        self._unreserve()
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = self.loop.time()
+        now = self.last_activity = self.loop.time()
+        if self.in_data:
+            # Postfix's smtpd_min_data_rate: the octets buy time, never more than
+            # one idle timeout ahead; a byte now and then buys almost nothing.
+            credit = self._data_deadline + len(data) / self.host.settings.min_data_rate
+            self._data_deadline = min(credit, now + self.host.idle_timeout)
         super().data_received(data)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd calls this before each valid command (never for garbage or a
+        # line still arriving): the idle timeout is a time limit per command too.
+        # Never beyond the session deadline: the same timer enforces both.
+        now = self._armed_at = self.loop.time()
+        deadline = now + (duration or self.host.idle_timeout)
+        self._arm(deadline if deadline < self._session_end else self._session_end, now)
+
+    def _arm(self, deadline: float, now: float | None = None) -> None:
         # aiosmtpd cancels and re-creates a timer for every command; here the
         # deadline just moves, and a timer that fires early re-arms itself.
-        now = self.loop.time()
-        deadline = now + (duration or self._timeout_duration)
         self._deadline = deadline
         handle = self._timeout_handle
-        if handle is not None and not handle.cancelled() and now < handle.when() <= deadline:
-            return  # the pending timer fires first and re-arms itself
-        if handle is not None:
+        if handle is not None and not handle.cancelled():
+            if (self.loop.time() if now is None else now) < handle.when() <= deadline:
+                return  # the pending timer fires first and re-arms itself
             handle.cancel()
         self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
 
+    def shorten_timeout(self) -> None:
+        """The server came under stress: the shorter idle timeout applies now."""
+        if not self.in_data and not self.committing:
+            deadline = self._armed_at + self.host.idle_timeout
+            if deadline < self._deadline:
+                self._arm(deadline)
+
     def _timeout_cb(self) -> None:
-        # aiosmtpd restarts its timer only on valid commands. During DATA any
-        # received octet counts as activity too (a big message on a slow link), and
-        # a pending commit is our wait, not the client's. Garbage outside DATA does
-        # not keep a session alive.
+        # A pending commit is our wait, not the client's. In DATA the deadline is
+        # the credit the received octets bought (see data_received), and a message
+        # under way finishes before the session deadline closes the session.
         now = self.loop.time()
         if now < self._deadline:
             self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
             return
-        idle = now - self._last_activity
-        if self.committing or (self.in_data and idle < self._timeout_duration):
-            self._reset_timeout(max(self._timeout_duration - idle, 0.05))
+        expired = now >= self._session_end
+        if expired and self._closing_reply is None:
+            REFUSED["session_deadline"].inc()
+            log.info("%s: session deadline reached, disconnecting", self.client_ip)
+            self._closing_reply = f"421 4.4.2 {self.hostname} Error: session time limit exceeded"
+        if self.committing:
+            self._arm(now + 1.0)
+            return
+        if self.in_data:
+            if now < self._data_deadline:
+                self._arm(self._data_deadline)
+                return
+            rate = self.host.settings.min_data_rate
+            log.info("%s: message data slower than %d bytes/s, disconnecting", self.client_ip,
+                     rate)  # fmt: skip
+            REFUSED["slow_data"].inc()
+            self._goodbye(
+                f"421 4.4.2 {self.hostname} Error: timeout exceeded"
+                f" (message data slower than {rate} bytes/s)"
+            )
+            return
+        if expired and self._closing_reply is not None:
+            self._goodbye(self._closing_reply)
             return
         log.info("%s: idle timeout, disconnecting", self.client_ip)
         REFUSED["idle_timeout"].inc()
         self._goodbye(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
 
+    def close_idle(self) -> None:
+        """Make room under stress: this session has no transaction and was idle longest."""
+        REFUSED["idle_closed_for_room"].inc()
+        log.info("%s: idle session closed to make room for a new one", self.client_ip)
+        self._goodbye(
+            f"421 4.7.0 {self.hostname} Error: too many connections, closing idle session"
+        )
+
     async def _handle_client(self) -> None:
-        if self.rejected:
-            REFUSED["too_many_sessions"].inc()
-            await self.push(f"421 4.7.0 {self.hostname} Error: too many connections")
+        if self.refusal is not None:
+            await self.push(self.refusal)
             assert self.transport is not None
             self.transport.close()
             return
@@ -294,6 +370,8 @@ class RelaySMTP(SMTP):
         if self.host.stopping and not self.in_transaction:
             # Shutdown: a transaction just ended (RFC 5321 section 3.8: 421 may come any time).
             self.close_for_shutdown()
+        elif self._closing_reply is not None and not self.in_data and not self.committing:
+            self._goodbye(self._closing_reply)
 
     def _flush(self) -> None:
         """Write every queued reply in one segment."""
@@ -395,12 +473,17 @@ class RelaySMTP(SMTP):
             if not params.smtputf8 and not address.isascii():
                 await self.push("553 5.6.7 Non-ASCII sender address requires SMTPUTF8")
                 return
+        if params.size and not self._may_reserve(params.size):
+            REFUSED["data_in_flight"].inc()
+            await self.push(self._budget_reply())
+            return
         envelope.mail_from = address
         envelope.started = time.time()
         envelope.smtp_utf8 = params.smtputf8
         envelope.body = params.body
         envelope.ret = params.ret
         envelope.envid = params.envid
+        envelope.size = params.size
         await self.push("250 2.1.0 Ok")
 
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -463,40 +546,53 @@ class RelaySMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
             return
-        assert self.envelope is not None
-        if self.envelope.mail_from is None:
+        envelope = self.envelope
+        assert isinstance(envelope, RelayEnvelope)
+        if envelope.mail_from is None:
             await self.push("503 5.5.1 Error: need MAIL command")
             return
-        if not self.envelope.rcpt_tos:
+        if not envelope.rcpt_tos:
             # With PIPELINING the client sends DATA after all RCPTs were refused.
             await self.push("554 5.5.1 Error: no valid recipients")
             return
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        self.in_data = True
-        try:
-            raw, error = await self._read_data()
-        except asyncio.CancelledError:
-            # The connection went away during DATA (aiosmtpd cancels the handler).
-            self._writer.close()
-            raise
-        finally:
-            self.in_data = False
-        if error is not None:
-            self._set_post_data_state()
-            await self.push(error)
+        # Over the budget already (or for the SIZE= declared): refused before the data.
+        if not self._reserve(max(envelope.size, 1)):
+            REFUSED["data_in_flight"].inc()
+            await self.push(self._budget_reply())
             return
-        content = unstuff(raw)
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            self.in_data = True
+            self._data_deadline = self.loop.time() + self.host.idle_timeout
+            try:
+                content, error = await self._read_data()
+            except asyncio.CancelledError:
+                # The connection went away during DATA (aiosmtpd cancels the handler).
+                self._writer.close()
+                raise
+            finally:
+                self.in_data = False
+            if error is not None:
+                self._set_post_data_state()
+                self._reset_timeout()  # idle from now on, not since the DATA command
+                await self.push(error)
+                return
+            envelope.content = content
+            envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._unreserve()
+        self._reset_timeout()
         self._set_post_data_state()
+        if status.startswith("250"):
+            self.junk = 0
         await self.push(status)
 
-    async def _read_data(self) -> tuple[bytes, str | None]:
-        """Read message data up to ``<CRLF>.<CRLF>``: (raw, still dot-stuffed content, error).
+    async def _read_data(self) -> tuple[bytearray, str | None]:
+        """Read message data up to ``<CRLF>.<CRLF>``: (stored form, error).
 
         RFC 5321 section 4.1.1.4: only ``<CRLF>.<CRLF>`` ends the data, and the
         CRLF that ended the DATA command line counts as the first CRLF, so a
@@ -505,34 +601,49 @@ class RelaySMTP(SMTP):
         that ends its last line.
 
         Instead of one readuntil() per line (aiosmtpd), one readuntil() takes
-        the whole message when it fits in the stream limit, else chunks of it.
-        Only the start needs care: the command's CRLF was consumed already, so
-        while what was read so far (with that CRLF in front) ends in a proper
-        prefix of the end sequence, just enough to complete or refute it is
-        read (readexactly(), or through the next LF after a CR). From then on
-        readuntil() sees every possible end: a chunk it gives up on
-        (LimitOverrunError) never holds the start of one.
+        the whole message when it fits in the stream limit, else chunks of it;
+        each chunk goes straight into a :class:`DataReceiver` (unstuffed, line
+        endings normalised, one buffer). Only the start needs care: the
+        command's CRLF was consumed already, so while what was read so far
+        (with that CRLF in front) ends in a proper prefix of the end sequence,
+        just enough to complete or refute it is read (readexactly(), or through
+        the next LF after a CR). From then on readuntil() sees every possible
+        end: a chunk it gives up on (LimitOverrunError) never holds the start
+        of one.
 
-        Errors are decided after the end was read (RFC 5321 section 4.2.5: the
-        reply comes after the final dot): ``552 5.3.4`` once more than the size
-        limit arrived (data dropped from then on), ``500 5.5.2`` for a line over
-        ``relay.max_line_length`` octets (section 4.5.3.1.6; folding would break
-        signatures, so the message is refused, not altered).
+        Errors are decided as the data arrives and answered after the end was
+        read (RFC 5321 section 4.2.5: the reply comes after the final dot); the
+        first problem wins and from then on the data is only counted, never
+        kept: ``500 5.5.2`` for a line over ``relay.max_line_length`` octets
+        (section 4.5.3.1.6; folding would break signatures, so the message is
+        refused, not altered), ``552 5.3.4`` once more than the size limit
+        arrived, ``451 4.3.2`` once the server's ``relay.max_data_in_flight``
+        has no room for more of it.
         """
         reader = self._reader
         limit = self.data_size_limit or 0
-        parts: list[bytes] = []
+        receiver = DataReceiver(self.max_data_line)
         size = 0  # octets of content received so far
         error: str | None = None
 
         def take(chunk: bytes) -> None:
             nonlocal size, error
             size += len(chunk)
-            if error is None:
-                parts.append(chunk)
-                if limit and size > limit:  # from now on the data is only counted
-                    error = self._data_error(b"".join(parts), size, limit)
-                    parts.clear()
+            receiver.feed(chunk)
+            if error is not None:
+                return
+            if receiver.line_too_long:
+                error = "500 5.5.2 Line too long"
+            elif limit and size > limit:
+                error = "552 5.3.4 Message size exceeds fixed maximum message size"
+            elif len(receiver.buffer) > self.reserved and not self._reserve(
+                max(len(receiver.buffer) - self.reserved, RESERVE_STEP)
+            ):
+                REFUSED["data_in_flight"].inc()
+                error = self._budget_reply()
+            if error is not None:
+                receiver.drop()
+                self._unreserve()
 
         # Phase 1: piece by piece while the data so far (with the command's CRLF in
         # front) ends in a proper prefix of CRLF.CRLF. Only the last five octets
@@ -543,10 +654,9 @@ class RelaySMTP(SMTP):
             if end.endswith(DATA_END):
                 del got[-3:]  # ".CRLF"; the CRLF before it ends the last line
                 take(bytes(got))
-                return self._finish_data(parts, size, limit, error)
+                return receiver.finish(), error
             k = partial_end(end)
             if k == 0:
-                take(bytes(got))
                 break
             if k == 1:  # a CR: read through the next LF (the end sequence holds one)
                 try:
@@ -560,35 +670,79 @@ class RelaySMTP(SMTP):
                 take(bytes(got[:-5]))
                 del got[:-5]
         # Phase 2: readuntil() sees every end sequence from here on; a chunk it gives
-        # up on (LimitOverrunError) never holds the start of one.
+        # up on (LimitOverrunError) never holds the start of one. What phase 1 read
+        # goes in front of the first chunk (one piece: a typical message is fed once).
+        prefix = bytes(got)
         while True:
             try:
                 chunk = await reader.readuntil(DATA_END)
             except asyncio.LimitOverrunError as e:
-                take(await reader.read(e.consumed))
+                chunk = await reader.read(e.consumed)
+                take(prefix + chunk if prefix else chunk)
+                prefix = b""
                 continue
-            take(chunk[:-3])
-            return self._finish_data(parts, size, limit, error)
+            take(prefix + chunk[:-3] if prefix else chunk[:-3])
+            return receiver.finish(), error
 
-    def _finish_data(
-        self, parts: list[bytes], size: int, limit: int, error: str | None
-    ) -> tuple[bytes, str | None]:
-        if error is not None:
-            return b"", error
-        raw = b"".join(parts) if len(parts) != 1 else parts[0]
-        return raw, self._data_error(raw, size, limit)
+    # -- memory budget and junk commands ---------------------------------------------
 
-    def _data_error(self, raw: bytes, size: int, limit: int) -> str | None:
-        """The reply refusing this data, or None: the first problem in the data wins."""
-        longest = self.max_data_line
-        if len(raw) > longest and max(map(len, raw.split(b"\r\n"))) > longest:
-            return "500 5.5.2 Line too long"
-        if limit and size > limit:
-            return "552 5.3.4 Message size exceeds fixed maximum message size"
-        return None
+    def _may_reserve(self, octets: int) -> bool:
+        """Would the server take ``octets`` more now (the check at MAIL for SIZE=)?"""
+        if not self.host.reserve(self, octets):
+            return False
+        self.host.unreserve(octets)
+        return True
+
+    def _reserve(self, octets: int) -> bool:
+        if octets <= 0:
+            return True
+        if not self.host.reserve(self, octets):
+            return False
+        self.reserved += octets
+        return True
+
+    def _unreserve(self) -> None:
+        if self.reserved:
+            self.host.unreserve(self.reserved)
+            self.reserved = 0
+
+    def _budget_reply(self) -> str:
+        return (
+            f"451 4.3.2 {self.hostname} Error: too much message data in progress, try again later"
+        )
+
+    async def _junk(self) -> bool:
+        """Count a NOOP, RSET, VRFY or HELP; True (after 421) when over the limit.
+
+        Like Postfix's smtpd_junk_command_limit: a NOOP every few seconds must
+        not keep a session (and its slot) forever; a client that sends mail
+        starts counting again with each accepted message.
+        """
+        self.junk += 1
+        if self.junk <= self.host.junk_limit:
+            return False
+        REFUSED["junk_commands"].inc()
+        log.info("%s: too many NOOP/RSET/VRFY/HELP commands, disconnecting", self.client_ip)
+        self._goodbye(
+            f"421 4.7.0 {self.hostname} Error: too many NOOP, RSET, VRFY or HELP commands"
+        )
+        return True
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_RSET(arg)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_HELP(arg)
 
     async def smtp_VRFY(self, arg: str) -> None:
-        await self.push("252 2.0.0 Send some mail, I'll try my best")
+        if not await self._junk():
+            await self.push("252 2.0.0 Send some mail, I'll try my best")
 
     @staticmethod
     def _addresses(mailbox: str) -> tuple[str, str]:

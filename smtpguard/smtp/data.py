@@ -3,7 +3,8 @@
 Only ``<CRLF>.<CRLF>`` ends message data; a line starting with ``.`` travels
 with a second one (dot-stuffing). Both sides of the relay keep mail in one
 form, CRLF lines without stuffing: the inbound side unstuffs and normalises
-what it receives, the delivery side stuffs what it sends.
+what it receives (:class:`DataReceiver`, chunk by chunk, into one buffer), the
+delivery side stuffs what it sends.
 """
 
 from __future__ import annotations
@@ -35,6 +36,93 @@ def unstuff(raw: bytes) -> bytes:
     if b"\r\n." in raw:
         raw = raw.replace(b"\r\n.", b"\r\n")
     return raw
+
+
+class DataReceiver:
+    """Message data as received, chunk by chunk -> the stored form, in one pass.
+
+    Each chunk is dot-unstuffed (a line's leading ``.`` goes; lines are what
+    CRLF separates, a bare LF does not start one), its bare CRs and bare LFs
+    become CRLF, and it is appended to one ``bytearray``: the message exists
+    once, plus the chunk in hand, instead of as a list of parts, their join, the
+    unstuffed copy and the normalised copy. The result is byte for byte what
+    :func:`unstuff` then :func:`normalise_line_endings` make of the whole data.
+
+    It also checks line lengths (octets between CRLFs of the data as received,
+    RFC 5321 section 4.5.3.1.6) as it goes: :attr:`line_too_long`. A CR that
+    ends a chunk waits for the next one, so that a CRLF split between two
+    chunks is seen whole by all three steps.
+    """
+
+    __slots__ = ("_at_line_start", "_cr", "_line", "buffer", "keep", "line_too_long", "max_line")
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.buffer = bytearray()
+        #: False once the data is refused: chunks are then only checked, not kept.
+        self.keep = True
+        self.line_too_long = False
+        self._at_line_start = True  # the command's CRLF came just before the data
+        self._cr = False  # a CR held back from the end of the previous chunk
+        self._line = 0  # octets of the current line seen so far
+
+    def feed(self, chunk: bytes) -> None:
+        """One more piece of the data as received (still dot-stuffed)."""
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if chunk[-1:] == b"\r":
+            chunk = chunk[:-1]
+            self._cr = True
+        if chunk:
+            self._take(chunk)
+
+    def _take(self, chunk: bytes) -> None:
+        if not self.line_too_long:
+            self._check_lines(chunk)
+        if not self.keep:
+            return
+        start = 1 if self._at_line_start and chunk[:1] == b"." else 0
+        self._at_line_start = chunk[-2:] == b"\r\n"
+        if start:
+            chunk = chunk[1:]
+        if b"\r\n." in chunk:
+            chunk = chunk.replace(b"\r\n.", b"\r\n")
+        self.buffer += normalise_line_endings(chunk)
+
+    def finish(self) -> bytearray:
+        """The stored form of everything fed (a CR left over ends its line)."""
+        if self._cr:
+            self._cr = False
+            self._take(b"\r")
+        return self.buffer
+
+    def drop(self) -> None:
+        """Keep nothing from now on (the message is refused); free what was kept."""
+        self.keep = False
+        self.buffer = bytearray()
+
+    def _check_lines(self, chunk: bytes) -> None:
+        """Is there a line longer than ``max_line`` (the current one included so far)?
+
+        Jumps from line start to the last CRLF within ``max_line + 2`` octets of
+        it: lines skipped over are shorter, so a window without any CRLF is
+        exactly a line too long, and a chunk of short lines costs one ``rfind``
+        per ``max_line`` octets, not one step per line.
+        """
+        limit = self.max_line
+        start = -self._line  # where the current line began, relative to this chunk
+        n = len(chunk)
+        while start + limit + 2 <= n:
+            end = chunk.rfind(b"\r\n", max(start, 0), start + limit + 2)
+            if end < 0:
+                self.line_too_long = True
+                return
+            start = end + 2
+        tail = chunk.rfind(b"\r\n", max(start, 0))
+        self._line = n - (tail + 2 if tail >= 0 else start)
+        if self._line > limit:
+            self.line_too_long = True
 
 
 def wire_data(body: bytes) -> bytes:

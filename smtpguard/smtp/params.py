@@ -42,6 +42,7 @@ class MailParams:
     body: str = "7BIT"  # "7BIT" or "8BITMIME"
     ret: str = ""  # "FULL", "HDRS" or ""
     envid: str = ""  # xtext-decoded
+    size: int = 0  # RFC 1870 SIZE= (the client's estimate); 0 when not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +169,13 @@ def parse_mail_params(text: str, *, extended: bool, size_limit: int) -> MailPara
     body = (params.pop("BODY", None) or "7BIT").upper()
     if body not in ("7BIT", "8BITMIME"):
         raise ParamError("501 5.5.4 BODY must be 7BIT or 8BITMIME")
+    size = 0
     if "SIZE" in params:
-        size = params.pop("SIZE")
-        if not size or not size.isdigit() or len(size) > 20:
+        text = params.pop("SIZE")
+        if not text or not text.isdigit() or len(text) > 20:
             raise ParamError("501 5.5.4 SIZE requires a number")
-        if size_limit and int(size) > size_limit:
+        size = int(text)
+        if size_limit and size > size_limit:
             raise ParamError("552 5.3.4 Message size exceeds fixed maximum message size")
     ret = ""
     if "RET" in params:
@@ -191,7 +194,7 @@ def parse_mail_params(text: str, *, extended: bool, size_limit: int) -> MailPara
     params.pop("AUTH", None)  # RFC 4954 section 5: accepted, not trusted
     if params:
         raise ParamError(f"555 5.5.4 Unsupported MAIL parameter {printable(next(iter(params)))}")
-    return MailParams(smtputf8=smtputf8, body=body, ret=ret, envid=envid)
+    return MailParams(smtputf8=smtputf8, body=body, ret=ret, envid=envid, size=size)
 
 
 def parse_rcpt_params(text: str, *, extended: bool) -> RcptParams:

@@ -48,6 +48,34 @@ ADDRESS_ALIASES = ("email", "recipient")
 #: How many bad lines an import error names in full.
 SHOWN_PROBLEMS = 5
 
+# Spreadsheet formula injection (OWASP "CSV Injection"): a cell starting with one
+# of these is read as a formula by Excel, LibreOffice and Google Sheets, and a
+# diagnostic is remote text. Such a cell is written with a leading single quote.
+_FORMULA_START = frozenset("=+-@\t\r")
+_QUOTED_START = _FORMULA_START | {"'"}
+
+
+def csv_cell(value: str) -> str:
+    """A value as ``export`` writes it to CSV: never starting like a formula.
+
+    ``=1+2`` becomes ``'=1+2``. So that :func:`csv_value` can tell an added quote
+    from a quote of the value's own, a value starting with a quote followed by a
+    formula character or another quote gets one more quote too; any other value
+    (``'bob@example.com`` included) is written as it is.
+    """
+    first = value[:1]
+    if first in _FORMULA_START or (first == "'" and value[1:2] in _QUOTED_START):
+        return "'" + value
+    return value
+
+
+def csv_value(cell: str) -> str:
+    """The value of a CSV cell as :func:`csv_cell` wrote it (``import`` reads every
+    CSV cell this way: ``'=x`` is ``=x``, ``''x`` is ``'x``, ``'x`` stays ``'x``)."""
+    if cell[:1] == "'" and cell[1:2] in _QUOTED_START:
+        return cell[1:]
+    return cell
+
 
 def parse_time(text: str | float | int, *, what: str) -> float:
     """Epoch seconds from ``1796983200``, ``"2026-12-11"``, ``"2026-12-11T10:00:00Z"``.
@@ -217,7 +245,8 @@ def csv_rows(
     """(line number, {column: value} or Problem) for every data row of a CSV file.
 
     ``columns_of(header, path)`` names the columns (and raises UserError for a header
-    it refuses); a row's empty cells are left out of its dict, the others stripped.
+    it refuses); a row's empty cells are left out of its dict, the others stripped and unquoted
+    (:func:`csv_value`).
     """
     reader = csv.reader(lines, strict=True)
     try:
@@ -243,10 +272,12 @@ def csv_rows(
         elif _not_utf8(lines, "\x00".join(row)):
             yield line, Problem(line, "not UTF-8 text")
         else:
-            yield (
-                line,
-                {k: v.strip() for k, v in zip(columns, row, strict=True) if v and not v.isspace()},
-            )
+            # csv_value undoes the formula-injection quote our own export adds.
+            fields = {}
+            for k, cell in zip(columns, row, strict=True):
+                if cell and (value := csv_value(cell).strip()):
+                    fields[k] = value
+            yield line, fields
 
 
 def parse_import(

@@ -31,7 +31,9 @@ class InboundMessage:
 
     mail_from: str  # "" for the null reverse-path <>
     recipients: tuple[Recipient, ...]
-    data: bytes  # full message, CRLF line endings, dot-unstuffed, Received: prepended
+    # Full message, CRLF line endings, dot-unstuffed, Received: prepended; the inbound
+    # session's own buffer (a bytearray), so that a big message exists once in memory.
+    data: bytes | bytearray
     ret: str = ""  # RFC 3461 RET: "FULL", "HDRS" or ""
     envid: str = ""  # RFC 3461 ENVID, xtext-decoded
     smtputf8: bool = False

@@ -24,10 +24,14 @@ Why it looks like this:
   nothing rescans the queue.
 
 Recipient states: ``queued`` (waiting for its ``next_attempt``), ``active``
-(claimed by a delivery attempt), ``held`` (operator hold), and the final
-``delivered``, ``bounced``, ``expired``, ``deleted``. A crash can leave
-``active`` rows; :meth:`QueueStore.recover` puts them back to ``queued`` at
-start-up (at-least-once delivery).
+(claimed by a delivery attempt; ``next_attempt`` then holds when it was
+claimed), ``held`` (operator hold), and the final ``delivered``, ``bounced``,
+``expired``, ``deleted``. A crash can leave ``active`` rows;
+:meth:`QueueStore.recover` puts them back to ``queued`` at start-up
+(at-least-once delivery). While the relay runs, attempt results that meet a
+locked or full database are retried until written (:meth:`QueueStore.record`),
+and :meth:`QueueStore.reclaim` puts back ``active`` rows claimed long ago that
+no attempt of this process is working on, so none waits for a restart.
 
 SQL stays in this module; callers see records and methods only. The async
 :class:`QueueStore` serves the relay's event loop; the synchronous
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -65,6 +70,8 @@ from smtpguard.store.writer import DbThread
 
 T = TypeVar("T")
 
+log = logging.getLogger("smtpguard.queue")
+
 #: Recipient states that still have work to do.
 PENDING_STATES = ("queued", "active", "held")
 #: Recipient states that are final.
@@ -76,6 +83,11 @@ FINAL_STATES = ("delivered", "bounced", "expired", "deleted")
 #: (bounded in total, ids are never reused: AUTOINCREMENT); later reads use SQLite.
 FRESH_BODY_BYTES = 8 * 1024 * 1024
 FRESH_BODY_MAX = 256 * 1024  # larger bodies are never kept
+#: Bodies from this size on are written and read through SQLite's blob I/O.
+BLOB_STREAM_MIN = 1024 * 1024
+#: Pauses between tries of a write that must not be lost (seconds, doubling).
+RETRY_FIRST = 0.05
+RETRY_MAX = 5.0
 
 
 # --------------------------------------------------------------------------- SQL (sync)
@@ -151,9 +163,20 @@ def insert_message(
     )  # fmt: skip
     message_id = cur.lastrowid
     assert message_id is not None
-    conn.execute(
-        "INSERT INTO queue_bodies (message_id, data) VALUES (?, ?)", (message_id, msg.data)
-    )
+    if len(msg.data) < BLOB_STREAM_MIN:
+        conn.execute(
+            "INSERT INTO queue_bodies (message_id, data) VALUES (?, ?)", (message_id, msg.data)
+        )
+    else:
+        # Bound as a parameter, SQLite would copy the body twice (the bound value,
+        # then the record); written into a zeroblob of its size, it goes straight
+        # into the database pages.
+        conn.execute(
+            "INSERT INTO queue_bodies (message_id, data) VALUES (?, zeroblob(?))",
+            (message_id, len(msg.data)),
+        )
+        with conn.blobopen("queue_bodies", "data", message_id) as blob:
+            blob.write(msg.data)
     conn.executemany(
         "INSERT INTO queue_recipients (message_id, address, domain, notify, orcpt, next_attempt)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -191,12 +214,14 @@ def next_due(conn: sqlite3.Connection) -> float | None:
     return row[0] if row else None
 
 
-#: Claim one message's due recipients. INDEXED BY: left to itself SQLite picks the
-#: (state, next_attempt) index, which matches the whole due backlog, and every claim
-#: becomes a scan of the queue (40 claims/s instead of thousands with 100,000 queued).
+#: Claim one message's due recipients; an active row's next_attempt is its claim time.
+#: INDEXED BY: left to itself SQLite picks the (state, next_attempt) index, which
+#: matches the whole due backlog, and every claim becomes a scan of the queue (40
+#: claims/s instead of thousands with 100,000 queued).
 CLAIM_SQL = (
-    "UPDATE queue_recipients INDEXED BY queue_recipients_message SET state = 'active'"
-    " WHERE message_id = ? AND state = 'queued' AND next_attempt <= ?"
+    "UPDATE queue_recipients INDEXED BY queue_recipients_message"
+    " SET state = 'active', next_attempt = ?2"
+    " WHERE message_id = ?1 AND state = 'queued' AND next_attempt <= ?2"
     f" RETURNING {_RCPT_COLS}"
 )
 
@@ -307,6 +332,39 @@ def release_claims(conn: sqlite3.Connection, recipient_ids: Iterable[int], now: 
     return n
 
 
+def reclaim(
+    conn: sqlite3.Connection, claimed_before: float, live: Iterable[int], now: float
+) -> list[int]:
+    """Put ``active`` recipients claimed before ``claimed_before`` back in the queue,
+    except the ``live`` ones (an attempt of this process is still working on them).
+
+    Such a row was claimed by an attempt whose result never reached the database
+    (its writes kept failing, or the process that claimed it is gone); without this
+    it would wait for the next start's :func:`recover`. Served by the
+    ``(state, next_attempt)`` index. Returns the recipient ids put back.
+    """
+    keep = set(live)
+    rows = [
+        r
+        for r in conn.execute(
+            "SELECT id, message_id, address FROM queue_recipients"
+            " WHERE state = 'active' AND next_attempt < ?",
+            (claimed_before,),
+        ).fetchall()
+        if r[0] not in keep
+    ]
+    for rid, message_id, address in rows:
+        conn.execute(
+            "UPDATE queue_recipients SET state = CASE WHEN (SELECT held FROM queue_messages"
+            " WHERE id = message_id) THEN 'held' ELSE 'queued' END, next_attempt = ?"
+            " WHERE id = ? AND state = 'active'",
+            (now, rid),
+        )
+        _event(conn, now, message_id, "reclaimed", recipient=address,
+               detail="claimed long ago and no attempt under way; queued again")  # fmt: skip
+    return [r[0] for r in rows]
+
+
 def recover(conn: sqlite3.Connection, now: float) -> int:
     """After a crash: every ``active`` recipient goes back to ``queued``, due now."""
     rows = conn.execute(
@@ -340,12 +398,20 @@ def purge_finished(conn: sqlite3.Connection, before: float, limit: int = 500) ->
 
 
 def read_body(conn: sqlite3.Connection, message_id: int) -> bytes:
+    """A queued body; a big one read through blob I/O (one copy, not SQLite's and ours)."""
     row = conn.execute(
-        "SELECT data FROM queue_bodies WHERE message_id = ?", (message_id,)
+        "SELECT length(data) FROM queue_bodies WHERE message_id = ?", (message_id,)
     ).fetchone()
     if row is None:
         raise StoreError(f"queue message {format_qid(message_id)} has no body")
-    return bytes(row[0])
+    if row[0] >= BLOB_STREAM_MIN:
+        with conn.blobopen("queue_bodies", "data", message_id, readonly=True) as blob:
+            return blob.read()
+    return bytes(
+        conn.execute(
+            "SELECT data FROM queue_bodies WHERE message_id = ?", (message_id,)
+        ).fetchone()[0]
+    )
 
 
 def read_body_head(conn: sqlite3.Connection, message_id: int, limit: int) -> bytes:
@@ -455,11 +521,13 @@ class QueueStore:
         self._fresh_bytes = 0
 
     @classmethod
-    async def open(cls, data_dir: str | Path, *, busy_timeout: float = 5.0) -> QueueStore:
+    async def open(
+        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, group: str = ""
+    ) -> QueueStore:
         def _open() -> tuple[sqlite3.Connection, sqlite3.Connection]:
             return (
-                connect(data_dir, busy_timeout=busy_timeout),
-                connect(data_dir, busy_timeout=busy_timeout),
+                connect(data_dir, busy_timeout=busy_timeout, group=group),
+                connect(data_dir, busy_timeout=busy_timeout, group=group),
             )
 
         wconn, rconn = await asyncio.to_thread(_open)
@@ -493,11 +561,11 @@ class QueueStore:
         self._remember(message_id, msg.data)
         return message_id
 
-    def _remember(self, message_id: int, data: bytes) -> None:
+    def _remember(self, message_id: int, data: bytes | bytearray) -> None:
         """Keep a just-committed body for its first attempt (see :data:`FRESH_BODY_BYTES`)."""
         if len(data) > FRESH_BODY_MAX:
             return
-        self._fresh[message_id] = data
+        self._fresh[message_id] = bytes(data)
         self._fresh_bytes += len(data)
         while self._fresh_bytes > FRESH_BODY_BYTES:
             oldest = next(iter(self._fresh))
@@ -532,7 +600,37 @@ class QueueStore:
         # Durable when it queues a DSN (new mail); plain bookkeeping otherwise: a
         # power cut can then only lose the bounce and its suppression together, and
         # the recipient, still active, is tried again after the restart.
-        return await self._writer.call(run, durable=bool(dsns))
+        return await self._until_written(run, durable=bool(dsns), what="attempt results")
+
+    async def _until_written(
+        self, fn: Callable[[sqlite3.Connection], T], *, durable: bool, what: str
+    ) -> T:
+        """``fn`` through the writer, tried again while the failure is transient.
+
+        For writes that are idempotent once they fail (a failed transaction wrote
+        nothing): another process holding the write lock for a minute (a long
+        ``suppression import``) or a full disk delays them, it does not lose them.
+        Ends when written, on a permanent error, or when the store is closed.
+        """
+        pause = RETRY_FIRST
+        failures = 0
+        while True:
+            try:
+                return await self._writer.call(fn, durable=durable)
+            except StoreError as e:
+                if not e.transient or self._writer.closed:
+                    raise
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("writing %s failed (%s); trying again until written", what, e)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX)
+
+    async def reclaim(self, claimed_before: float, live: Iterable[int]) -> list[int]:
+        """See :func:`reclaim`: stale ``active`` recipients back to the queue."""
+        now = time.time()
+        ids = set(live)
+        return await self._writer.call(lambda c: reclaim(c, claimed_before, ids, now))
 
     async def release(self, recipient_ids: Sequence[int]) -> int:
         now = time.time()
@@ -615,9 +713,10 @@ class QueueAdmin:
 
     @classmethod
     def open(
-        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True
-    ) -> QueueAdmin:
-        return cls(connect(data_dir, busy_timeout=busy_timeout, create=create))
+        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True,
+        group: str = "",
+    ) -> QueueAdmin:  # fmt: skip
+        return cls(connect(data_dir, busy_timeout=busy_timeout, create=create, group=group))
 
     def close(self) -> None:
         self._conn.close()

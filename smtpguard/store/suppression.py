@@ -527,10 +527,11 @@ class SuppressionStore:
 
     @classmethod
     def open(
-        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True
-    ) -> SuppressionStore:
+        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True,
+        group: str = "",
+    ) -> SuppressionStore:  # fmt: skip
         """Open (creating and migrating if needed) the store under ``data_dir``."""
-        return cls(connect(data_dir, busy_timeout=busy_timeout, create=create))
+        return cls(connect(data_dir, busy_timeout=busy_timeout, create=create, group=group))
 
     @property
     def path(self) -> Path:
@@ -890,14 +891,16 @@ class AsyncSuppressionStore:
 
     @classmethod
     async def open(
-        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, writer: Writer | None = None
-    ) -> AsyncSuppressionStore:
-        conn = await connect_async(data_dir, busy_timeout=busy_timeout)
+        cls, data_dir: str | Path, *, busy_timeout: float = 5.0, writer: Writer | None = None,
+        group: str = "",
+    ) -> AsyncSuppressionStore:  # fmt: skip
+        conn = await connect_async(data_dir, busy_timeout=busy_timeout, group=group)
         owned = None
         if writer is None:
             writer = owned = await open_thread(
-                data_dir, busy_timeout=busy_timeout, transactional=True, name="writer"
-            )
+                data_dir, busy_timeout=busy_timeout, transactional=True, name="writer",
+                group=group,
+            )  # fmt: skip
         return cls(conn, db_path(data_dir), writer, owned)
 
     async def close(self) -> None:

@@ -52,10 +52,10 @@ class Writer(Protocol):
 
 
 async def open_thread(
-    data_dir: str | Path, *, busy_timeout: float, transactional: bool, name: str
+    data_dir: str | Path, *, busy_timeout: float, transactional: bool, name: str, group: str = ""
 ) -> DbThread:
     """A :class:`DbThread` on a new connection to the database under ``data_dir``."""
-    conn = await asyncio.to_thread(connect, data_dir, busy_timeout=busy_timeout)
+    conn = await asyncio.to_thread(connect, data_dir, busy_timeout=busy_timeout, group=group)
     return DbThread(conn, db_path(data_dir), transactional=transactional, name=name)
 
 
@@ -64,9 +64,12 @@ class DbThread:
 
     With ``transactional=True`` it is the group committer: it drains every
     pending operation, runs them in one ``BEGIN IMMEDIATE`` ... ``COMMIT``
-    (each inside a SAVEPOINT so a failing operation is rolled back alone), and
-    only after COMMIT returns resolves the callers' futures. If COMMIT fails,
-    every operation of the batch fails: nothing was written.
+    (again one SAVEPOINT each if one failed, so a failing operation is rolled
+    back alone), and only after COMMIT returns resolves the callers' futures.
+    Every caller's answer is what the database holds: if COMMIT fails, every
+    operation of that transaction fails (nothing was written); if SQLite rolls
+    a transaction back by itself (disk full, I/O error), the operations it had
+    done are run again in a new one, never outside a transaction.
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path, *, transactional: bool, name: str):
@@ -89,6 +92,10 @@ class DbThread:
         fut: asyncio.Future[T] = loop.create_future()
         self._ops.put((fn, fut, loop, durable))
         return await fut
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         if not self._closed:
@@ -194,50 +201,116 @@ class DbThread:
         # and the batch run again with each operation in its own SAVEPOINT, so the
         # failing one fails alone. Operations only touch this connection, so running
         # one again after a rollback is safe.
-        out = self._transaction(fns, durable, isolate=False)
-        if out is None:
-            out = self._transaction(fns, durable, isolate=True)
-        assert out is not None
-        return out
-
-    def _transaction(
-        self, fns: list[Callable[[sqlite3.Connection], Any]], durable: bool, *, isolate: bool
-    ) -> list[tuple[Any, Any]] | None:
-        """One transaction over ``fns``; None when an operation failed and ``isolate`` is off."""
-        conn = self._conn
         try:
             self._set_sync(durable)
-            conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             err = explain(self._path, e)
             return [(None, err) for _ in fns]
-        out: list[tuple[Any, Any]] = []
-        for fn in fns:
-            if not isolate:
-                try:
-                    out.append((fn(conn), None))
-                except Exception:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    return None
-                continue
-            try:
-                conn.execute("SAVEPOINT op")
-                result = fn(conn)
-                conn.execute("RELEASE op")
-                out.append((result, None))
-            except Exception as e:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                err = explain(self._path, e) if isinstance(e, sqlite3.Error) else e
-                out.append((None, err))
+        results: list[tuple[Any, Any] | None] = [None] * len(fns)
+        if self._optimistic(fns, results):
+            return results  # type: ignore[return-value]
+        todo = list(range(len(fns)))
+        while todo:
+            todo = self._isolated(fns, todo, results)
+        return results  # type: ignore[return-value]
+
+    def _begin(self, fns_left: list[int], results: list[tuple[Any, Any] | None]) -> bool:
+        """BEGIN IMMEDIATE; on failure every operation in ``fns_left`` fails with it."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            err = explain(self._path, e)
+            for i in fns_left:
+                results[i] = (None, err)
+            return False
+        return True
+
+    def _commit(self, done: list[int], results: list[tuple[Any, Any] | None]) -> bool:
+        """COMMIT; if it fails nothing of the transaction was written, and every
+        operation in ``done`` is reported failed."""
+        conn = self._conn
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+            self._rollback()
             err = explain(self._path, e)
             log.error("%s: commit failed: %s", self.name, err)
-            return [(None, err) for _ in fns]
-        return out
+            for i in done:
+                results[i] = (None, err)
+            return False
+        return True
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    def _optimistic(
+        self,
+        fns: list[Callable[[sqlite3.Connection], Any]],
+        results: list[tuple[Any, Any] | None],
+    ) -> bool:
+        """The first pass: every operation in one transaction, without savepoints.
+
+        True when it committed (``results`` filled in) or could not even begin
+        (every operation failed with that error); False when an operation failed
+        and everything was rolled back, to be run again one savepoint each.
+        """
+        conn = self._conn
+        todo = list(range(len(fns)))
+        if not self._begin(todo, results):
+            return True
+        for i in todo:
+            try:
+                results[i] = (fns[i](conn), None)
+            except Exception:
+                self._rollback()
+                return False
+        self._commit(todo, results)
+        return True
+
+    def _isolated(
+        self,
+        fns: list[Callable[[sqlite3.Connection], Any]],
+        todo: list[int],
+        results: list[tuple[Any, Any] | None],
+    ) -> list[int]:
+        """One transaction over ``todo``, each operation in its own SAVEPOINT.
+
+        Returns what is left to run. An operation that fails is rolled back to its
+        savepoint and fails alone, unless SQLite rolled the whole transaction back
+        by itself (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM...; ``in_transaction``
+        turns False): then the work done before it in this transaction is gone too
+        and is returned to be run again in a new one. A SAVEPOINT outside a
+        transaction would start (and RELEASE commit) one of its own, so nothing
+        runs after such a failure in this pass. Each pass settles at least one
+        operation, so the loop ends.
+        """
+        conn = self._conn
+        if not self._begin(todo, results):
+            return []
+        done: list[int] = []
+        for pos, i in enumerate(todo):
+            try:
+                conn.execute("SAVEPOINT op")
+                result = fns[i](conn)
+                conn.execute("RELEASE op")
+            except Exception as e:
+                results[i] = (None, explain(self._path, e) if isinstance(e, sqlite3.Error) else e)
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        continue
+                    except sqlite3.Error:
+                        self._rollback()
+                # The transaction is gone: redo what it had done, and the rest.
+                log.warning(
+                    "%s: the transaction was rolled back by SQLite (%s); running %d "
+                    "operations again", self.name, results[i][1], len(done) + len(todo) - pos - 1,
+                )  # fmt: skip
+                return done + todo[pos + 1 :]
+            results[i] = (result, None)
+            done.append(i)
+        self._commit(done, results)
+        return []
