@@ -394,6 +394,11 @@ class MilterConfig:
     bounce_header: bool = opt(
         True, "Add an X-Smtpguard-Bounce: header with the verdict to an incoming bounce."
     )
+    rewrite_sender: bool = opt(
+        False,
+        "Sign the envelope sender of outgoing single-recipient mail (b+TOKEN@ at"
+        " intake.bounce_domain, which it needs), so its bounces are tied to what was sent.",
+    )
     record_timeout: float = opt(
         5.0,
         "Longest wait at end of message for a bounce to be recorded (the message then"
@@ -1115,11 +1120,17 @@ def check_combinations(cfg: Config) -> None:
     Credentials go only over TLS that verifies the server (RFC 4954 section 4
     wants an encrypted channel; an unverified one gives the password to
     whoever answers): with ``smarthost_user`` set, ``smarthost_tls`` must be
-    ``required`` (its default then).
+    ``required`` (its default then). The milter signs return paths only at a
+    bounce domain: ``milter.rewrite_sender`` needs ``intake.bounce_domain``.
     """
     d = cfg.delivery
     mode = d.smarthost_tls_mode
     where = cfg.source
+    if cfg.milter.rewrite_sender and not cfg.intake.bounce_domain:
+        raise ConfigError(
+            f"{where}: milter.rewrite_sender needs intake.bounce_domain (and its secret_file):"
+            " the signed return paths are addresses at that domain"
+        )
     if d.smarthost_user and mode != "required":
         raise ConfigError(
             f"{where}: delivery.smarthost_tls: {mode!r} with delivery.smarthost_user set would"

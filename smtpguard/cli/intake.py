@@ -53,23 +53,23 @@ async def _run(cfg: Config, sources: tuple[str, ...], dry_run: bool) -> Counter[
     from smtpguard.intake.verp import SignedVerpCodec
     from smtpguard.policy import open_sink
     from smtpguard.relay.server import load_classifier
-    from smtpguard.store.queue import QueueAdmin
+    from smtpguard.store.sent import SentLookup
 
     classifier = load_classifier(cfg)
     codec = SignedVerpCodec.from_config(cfg.intake)
     sink = await open_sink(cfg)
-    queue = QueueAdmin.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout)
+    sent = SentLookup.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout)
     try:
         return await feed(
             sources,
             sink=sink,
             classifier=classifier,
             codec=codec,
-            sent=queue.was_sent,
+            sent=sent,
             dry_run=dry_run,
             emit=click.echo,
         )
     finally:
-        queue.close()
+        sent.close()
         with contextlib.suppress(Exception):
             await sink.close()

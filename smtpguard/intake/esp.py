@@ -26,6 +26,9 @@ from smtpguard.classify import Classifier, Failure, Verdict
 from smtpguard.classify.decide import decide
 from smtpguard.classify.verdict import NON_BOUNCE_REASONS
 
+#: The reason of a recipient's own opt-out (the suppression list's ``unsubscribe``).
+UNSUBSCRIBE = "unsubscribe"
+
 
 def explains_nothing(verdict: Verdict) -> bool:
     """The classifier found no rule, status or code for it (``undefined``, Sisimai's
@@ -58,3 +61,13 @@ def esp_verdict(
     if fallback and explains_nothing(verdict):
         verdict = decide(replace(failure, reason_hint=fallback), rules)
     return verdict
+
+
+def unsubscribe_verdict(recipient: str, *, message_id: str, what: str, format: str) -> Verdict:
+    """The recipient asked the ESP to send no more (an unsubscribe link, a one-click
+    List-Unsubscribe): not a bounce, nothing to classify. Only an ESP's signed event
+    carries it, and the policy takes it from nowhere else (evidence ``webhook``)."""
+    return Verdict(
+        recipient=recipient, reason=UNSUBSCRIBE, bounce="none", suppress=True, diagnostic=what,
+        message_id=message_id, rule=f"{format}:{UNSUBSCRIBE}", format=format,
+    )  # fmt: skip

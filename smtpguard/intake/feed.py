@@ -3,9 +3,10 @@
 Each message of the sources (:mod:`smtpguard.intake.sources`) is classified and weighed
 exactly as the listener does (:func:`smtpguard.intake.returned.judge`; the return path
 is read from ``Delivered-To`` / ``X-Original-To`` / ``To`` since stored mail has no
-envelope), checked against the queue, and handed to the policy's sink - or, with
-``dry_run``, only shown to the sink (:meth:`SuppressionSink.prepare`) so that what it
-*would* do is printed and nothing is written.
+envelope), checked against what was sent (the queue and the milter's messages), and
+handed to the policy's sink - or, with ``dry_run``, only shown to the sink
+(:meth:`SuppressionSink.prepare`) so that what it *would* do is printed and nothing is
+written.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import collections
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from smtpguard.intake.returned import Batch, judge
+from smtpguard.intake.returned import Batch, SentRecords, judge
 from smtpguard.intake.sources import messages
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ async def feed(
     sink: SuppressionSink,
     classifier: Classifier,
     codec: VerpCodec | None,
-    sent: Callable[[int, str], bool] | None,
+    sent: SentRecords | None,
     dry_run: bool,
     emit: Callable[[str], None],
     actor: str = "intake:feed",

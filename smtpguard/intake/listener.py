@@ -7,17 +7,19 @@ differences:
 
 * **any client may write to the bounce domain**, and only to it: this is final
   delivery, not relaying (``554 5.7.1`` for any other domain), with no AUTH;
-* **nothing is queued or relayed**: after the final dot the message is classified and
-  weighed (:mod:`smtpguard.intake.returned`: signed return path -> ``dsn-verified``,
-  anything else ``dsn-unverified``, ARF -> ``arf``, auto-replies change nothing),
-  checked against the queue (a token for a message that never went to that recipient
-  is ``unknown-message``), and handed to the policy's sink; ``250`` only once the sink
-  committed, ``451 4.3.0`` when it could not (the sender retries);
+* **nothing is queued or relayed**: after the final dot the message is judged
+  (:func:`smtpguard.intake.returned.judge`: signed return path -> ``dsn-verified``,
+  anything else ``dsn-unverified``, ARF -> ``arf`` or ``arf-unverified``, auto-replies
+  change nothing), checked against what was sent (:mod:`smtpguard.store.sent`: the
+  relay's queue and the milter's messages; a token for a message that never went to
+  that recipient is ``unknown-message``, a redacted complaint's recipient is recovered),
+  and handed to the policy's sink; ``250`` only once the sink committed, ``451 4.3.0``
+  when it could not (the sender retries);
 * **its own limits**: ``intake.max_message_size`` (a DSN is small; one returning a
   whole message is cut to what the classifier reads), ``intake.max_sessions``, and
   ``intake.rate_limit`` messages per client address per minute (``450 4.7.1`` beyond).
-  Classification runs in one worker thread, so hostile mail costs bounded time and
-  never stalls the relay's event loop.
+  Judging (classification and the look-ups of what was sent) runs in one worker
+  thread, so hostile mail costs bounded time and never stalls the relay's event loop.
 """
 
 from __future__ import annotations
@@ -29,18 +31,19 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from smtpguard.errors import UserError
-from smtpguard.intake.returned import assemble, weigh
+from smtpguard.intake.returned import judge
 from smtpguard.policy.recipient import ACCEPT, Client, Decision
 from smtpguard.relay.inbound import InboundServer
 from smtpguard.relay.metrics import REFUSED
 from smtpguard.smtp.data import normalise_line_endings
 from smtpguard.smtp.text import printable
+from smtpguard.store.sent import SentLookup
 
 if TYPE_CHECKING:
     from smtpguard.classify import Classifier
@@ -54,9 +57,6 @@ log = logging.getLogger("smtpguard.intake")
 #: Client addresses whose rate is tracked at once (oldest forgotten beyond).
 TRACKED_CLIENTS = 10_000
 _WINDOW = 60.0
-
-#: ``was_sent(message id, recipient)``: see :func:`smtpguard.store.queue.was_sent`.
-WasSent = Callable[[int, str], Awaitable[bool]]
 
 
 class BounceAddresses:
@@ -105,7 +105,6 @@ class BounceServer(InboundServer):
         sink: VerdictSink,
         classifier: Classifier,
         codec: VerpCodec,
-        was_sent: WasSent | None = None,
     ) -> None:
         intake = cfg.intake
         settings = dataclasses.replace(
@@ -120,10 +119,14 @@ class BounceServer(InboundServer):
             enqueue=_never_queued,
             policy=BounceAddresses(codec.domain, intake.rate_limit),
         )
+        self.foreign_domain = ""  # the bounce domain is exactly what this server takes
         self._sink = sink
         self._classifier = classifier
         self._codec = codec
-        self._was_sent = was_sent
+        # What was sent (queue and milter), asked from the worker thread only.
+        self._sent = SentLookup.open(
+            cfg.data_dir, busy_timeout=cfg.store.busy_timeout, group=cfg.store.group
+        )
         # One thread: classification is CPU work; one message at a time bounds it.
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="intake")
 
@@ -139,33 +142,29 @@ class BounceServer(InboundServer):
     async def stop(self, timeout: float = 30.0) -> None:
         await super().stop(timeout)
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self._sent.close()
 
     async def accept(self, proto: RelaySMTP, session: Session, envelope: RelayEnvelope) -> str:
-        """After the final dot: classify, weigh, hand to the sink; 250 once committed."""
+        """After the final dot: judge, hand to the sink; 250 once committed."""
         data = normalise_line_endings(envelope.original_content or b"")
         loop = asyncio.get_running_loop()
         try:
-            weighed, ignored = await loop.run_in_executor(
+            judgement = await loop.run_in_executor(
                 self._worker,
                 functools.partial(
-                    weigh,
+                    judge,
                     data,
                     list(envelope.rcpt_tos),
                     codec=self._codec,
                     classifier=self._classifier,
+                    actor="intake",
+                    sent=self._sent,
                     now=time.time(),
                 ),
             )
-            if self._was_sent is not None:
-                for i, w in enumerate(weighed):
-                    if w.message_id is not None and not await self._was_sent(
-                        w.message_id, w.verdict.recipient
-                    ):
-                        weighed[i] = w.never_sent()
-        except Exception:  # a classifier bug must cost this message a retry, not the server
-            log.exception("intake: classifying a message from %s failed", proto.client_ip)
+        except Exception:  # a classifier or store failure costs this message a retry
+            log.exception("intake: judging a message from %s failed", proto.client_ip)
             return "451 4.3.0 Temporary failure, try again"
-        judgement = assemble(weighed, ignored, actor="intake")
         proto.committing = True
         try:
             for batch in judgement.batches:

@@ -15,11 +15,23 @@ non-standard formats, ARF reports, auto-replies); then each verdict is weighed:
   the same way (the report came back to a signed return path, or the reported original
   still carries one in its Return-Path, made for the complaining recipient); anyone
   can mail an ARF report, so any other is ``arf-unverified`` and is only recorded;
+* a report that **redacts the complaining recipient** (RFC 6590: a feedback loop may
+  replace the local part, or leave the address out of the report and the original)
+  still names one through our token: its keyed tag is matched against the recipients
+  the message went to (:meth:`Weighed.recovered`), and the one that matches is the
+  complainer (``arf``). A report naming an address at another domain than the token's
+  recipient is no redaction (the message was forwarded and someone else complained):
+  it stays ``arf-unverified``;
 * **auto-replies** and challenge/response mail (``vacation``) change nothing and are
   not passed on.
 
+Everyone who takes returned mail weighs it here, with :func:`judge`: the intake
+listener, the offline feed and the milter. What was sent is asked of
+:class:`SentRecords` (:class:`smtpguard.store.sent.SentLookup`: the relay's queue and
+the milter's own messages).
+
 The address the bounce came back to is the SMTP envelope recipient when there is one
-(the listener); mail read from a mailbox has no envelope, so the headers that record
+(the listener, the milter); mail read from a mailbox has no envelope, so the headers that record
 it (``Delivered-To``, ``X-Original-To``, ``Envelope-To``, then ``To``) are used - only
 addresses at the bounce domain, and a header naming a token is no weaker than an
 envelope naming it: the token's signature is what counts.
@@ -31,12 +43,14 @@ import email.parser
 import email.policy
 import email.utils
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from smtpguard.classify import Classifier, Verdict
-from smtpguard.intake.verp import PREFIX, VerpCheck, VerpCodec
+from smtpguard.intake.verp import PREFIX, VerpCheck, VerpCodec, VerpToken
 from smtpguard.policy import Evidence, EvidenceKind
+from smtpguard.policy.rules import canonical
 
 #: Headers that record the envelope recipient of stored mail, most specific first.
 RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "To")
@@ -107,6 +121,15 @@ def _best(checks: list[tuple[str, VerpCheck]]) -> tuple[str, VerpCheck] | None:
     return min(checks, key=lambda c: _PRECEDENCE.index(c[1].reason))
 
 
+class SentRecords(Protocol):
+    """What was sent (:class:`smtpguard.store.sent.SentLookup`): the queue's messages
+    and the milter's, by the message id a token names."""
+
+    def was_sent(self, message_id: int, recipient: str) -> bool: ...
+
+    def recipients(self, message_id: int) -> Sequence[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Weighed:
     """One verdict and the evidence it deserves (before batching)."""
@@ -114,14 +137,45 @@ class Weighed:
     verdict: Verdict
     kind: EvidenceKind
     note: str
-    message_id: int | None = None  # dsn-verified: the queued message the token names
+    message_id: int | None = None  # verified (or redacted): the message the token names
+    #: A complaint whose report redacts the recipient, carrying a token we signed: the
+    #: recipient is still to be recovered from it (:meth:`recovered`).
+    redacted: VerpToken | None = None
 
     def never_sent(self) -> Weighed:
-        """The queue says that message never went to this recipient: a guessed id."""
+        """That message never went to this recipient: a guessed id."""
         return replace(
             self,
-            kind="dsn-unverified",
+            kind="arf-unverified" if self.verdict.reason == "feedback" else "dsn-unverified",
             note=f"unknown-message: message {self.message_id} never went to this recipient",
+        )
+
+    def recovered(self, sent_to: Sequence[str] | None) -> Weighed:
+        """The complainer of a redacted report: the one recipient of the message the token
+        names whose keyed tag it carries (``sent_to``: whom the message went to; None when
+        that cannot be asked here)."""
+        token, mid, named = self.redacted, self.message_id, self.verdict.recipient
+        assert token is not None
+        why = (
+            "other-recipient: the token was made for another recipient than the report names"
+            if named
+            else "no-recipient: the report redacts the recipient"
+        )
+        if sent_to is None:
+            return replace(self, note=f"{why}; message {mid} cannot be looked up here")
+        matches = {canonical(r) for r in sent_to if token.names(r)}
+        if len(matches) != 1:
+            known = "no recipient of it carries the token's tag" if sent_to else "not known"
+            return replace(self, note=f"{why}; message {mid}: {known}")
+        (complainer,) = matches
+        if named and canonical(named).rpartition("@")[2] != complainer.rpartition("@")[2]:
+            # Redaction keeps the domain: this is someone else (the message was forwarded).
+            return replace(self, note=f"{why}, at another domain (forwarded mail)")
+        return Weighed(
+            replace(self.verdict, recipient=complainer),
+            "arf",
+            f"return path of message {mid}; the report redacts the recipient: the token names it",
+            mid,
         )
 
 
@@ -153,14 +207,25 @@ def weigh(
             paths += [verdict.envelope_sender] if verdict.envelope_sender else []
             if verdict.return_path_token:
                 paths.append(f"{PREFIX}{verdict.return_path_token}@{codec.domain}")
-        kind, note, token, message_id = _weigh(verdict, paths, codec, now)
+        kind, note, token, message_id, redacted = _weigh(verdict, paths, codec, now)
         if token:
             verdict = replace(verdict, return_path_token=token)
         if verdict.reason == "feedback":
             # Anyone can mail an ARF report: only one tied to our send is enforced.
             kind = "arf" if kind == "dsn-verified" else "arf-unverified"
-        weighed.append(Weighed(verdict, kind, note, message_id))
+        weighed.append(Weighed(verdict, kind, note, message_id, redacted))
     return weighed, ignored
+
+
+def settle(weighed: Weighed, sent: SentRecords | None) -> Weighed:
+    """Ask what was sent: a verified token for a message that never went to that
+    recipient is a guessed id; a redacted complaint's recipient is recovered."""
+    mid = weighed.message_id
+    if weighed.redacted is not None and mid is not None:
+        return weighed.recovered(sent.recipients(mid) if sent is not None else None)
+    if sent is not None and mid is not None and not sent.was_sent(mid, weighed.verdict.recipient):
+        return weighed.never_sent()
+    return weighed
 
 
 def assemble(weighed: Sequence[Weighed], ignored: Sequence[Verdict], actor: str) -> Judgement:
@@ -182,21 +247,14 @@ def judge(
     codec: VerpCodec | None,
     classifier: Classifier,
     actor: str,
-    sent: Callable[[int, str], bool] | None = None,
+    sent: SentRecords | None = None,
     now: float | None = None,
 ) -> Judgement:
-    """:func:`weigh`, check verified ones against the queue (``sent(message id,
-    recipient)``, see :func:`smtpguard.store.queue.was_sent`; None: not checked),
+    """:func:`weigh`, :func:`settle` each verdict with what was sent (None: not known
+    here, so no guessed id is caught and no redacted complainer recovered),
     :func:`assemble`."""
     weighed, ignored = weigh(data, recipients, codec=codec, classifier=classifier, now=now)
-    if sent is not None:
-        weighed = [
-            w.never_sent()
-            if w.message_id is not None and not sent(w.message_id, w.verdict.recipient)
-            else w
-            for w in weighed
-        ]
-    return assemble(weighed, ignored, actor)
+    return assemble([settle(w, sent) for w in weighed], ignored, actor)
 
 
 def _weigh(
@@ -204,19 +262,28 @@ def _weigh(
     recipients: Sequence[str],
     codec: VerpCodec | None,
     now: float,
-) -> tuple[EvidenceKind, str, str, int | None]:
-    """(evidence kind, note, token, message id when verified) for one verdict."""
+) -> tuple[EvidenceKind, str, str, int | None, VerpToken | None]:
+    """(evidence kind, note, token, message id when verified, the token of a complaint
+    whose report redacts the recipient) for one verdict."""
     if codec is None:
-        return "dsn-unverified", "no-token: no bounce domain is configured", "", None
-    if not verdict.recipient:
+        return "dsn-unverified", "no-token: no bounce domain is configured", "", None, None
+    complaint = verdict.reason == "feedback"
+    if not verdict.recipient and not complaint:
         # A bounce that names nobody can condemn nobody, whatever its token says.
-        return "dsn-unverified", "no-recipient: the bounce names no recipient", "", None
-    best = _best([(r, codec.check(r, verdict.recipient, now=now)) for r in recipients])
+        return "dsn-unverified", "no-recipient: the bounce names no recipient", "", None, None
+    named = verdict.recipient or None
+    best = _best([(r, codec.check(r, named, now=now)) for r in recipients])
     if best is None:
-        return "dsn-unverified", "no-token: not sent to a return path", "", None
+        return "dsn-unverified", "no-token: not sent to a return path", "", None, None
     address, check = best
     token = address.partition("@")[0]
+    unnamed = check.verified and named is None
+    if complaint and check.token is not None and (unnamed or check.reason == "other-recipient"):
+        # Our signature, unexpired, but the report names nobody, or someone the token was
+        # not made for (redacted?): the message's recipients decide (settle).
+        mid = check.token.message_id
+        return "dsn-unverified", f"redacted: message {mid}", token, mid, check.token
     if not check.verified:
-        return "dsn-unverified", f"{check.reason}: {check.detail}", token, None
+        return "dsn-unverified", f"{check.reason}: {check.detail}", token, None, None
     mid = check.message_id
-    return "dsn-verified", f"return path of message {mid}", token, mid
+    return "dsn-verified", f"return path of message {mid}", token, mid, None

@@ -1,4 +1,9 @@
-"""Prometheus metrics of the suppression policy (the sink and the storm breaker)."""
+"""Prometheus metrics of the suppression policy (the sink, the storm breaker, the list's hits).
+
+The hits are counted by whoever asks the recipient policy - the relay, the milter and
+the policy service, each in its own process and on its own ``/metrics`` - under one
+name, so a dashboard adds them up (the scrape's ``job`` tells them apart).
+"""
 
 from __future__ import annotations
 
@@ -24,3 +29,8 @@ STORM = Gauge(
     ["destination"],
 )
 destination_label = BoundedLabels(1000)
+SUPPRESSION_HITS = Counter(
+    "smtpguard_suppression_hits_total",
+    "Recipients refused at RCPT because they are suppressed, by the entry's evidence kind.",
+    ["evidence"],
+)

@@ -6,7 +6,9 @@ is written, whatever the classifier's own ``suppress`` flag says. In order:
 1. an operator's decision (``manual``, ``import``) stands;
 2. a complaint (``arf``) is about the address by definition; one we cannot tie to
    our send (``arf-unverified``: no valid signed return path in the report) is
-   recorded, never enforced, since anyone can mail an ARF report;
+   recorded, never enforced, since anyone can mail an ARF report; an unsubscribe
+   (reason ``unsubscribe``) is about the address by definition too, and is taken
+   only from an ESP's signed event (``webhook``): the recipient asked the ESP;
 3. only a hard bounce can suppress;
 4. a DNS answer (``dns``) says something about a domain, never an address:
    NXDOMAIN and null MX (``hostunknown``, ``notaccept``) are domain candidates
@@ -101,6 +103,10 @@ def judge(verdict: Verdict, evidence: Evidence, recipient: str) -> Judgement:
                 "complaint",
             )  # fmt: skip
         return Judgement("address", "arf: the recipient complained", "complaint")
+    if verdict.reason == "unsubscribe":
+        if kind == "webhook":
+            return Judgement("address", "webhook: the recipient unsubscribed", "unsubscribe")
+        return Judgement("ignore", f"{kind}: an unsubscribe counts only from an ESP's event")
     if verdict.bounce != "hard":
         return Judgement("ignore", f"not a hard bounce ({verdict.bounce} {verdict.reason})")
     if kind == "dns":

@@ -15,7 +15,10 @@ webhooks, log scans and the milter later) hands its verdicts here with an
   broken answer suppresses nothing;
 * the storm breaker (:mod:`smtpguard.policy.storm`): while a destination is in
   a storm, new suppressions for it are *pending* - recorded (history
-  ``pending``, ``smtpguard suppression pending``), not enforced at RCPT;
+  ``pending``, ``smtpguard suppression pending``), not enforced at RCPT. A
+  person's own act (a complaint, an unsubscribe) is never held back: the breaker
+  guards against a provider calling good addresses dead, which those are not, and
+  an unsubscribe must be honoured at once;
 * the merge and escalation rule (:mod:`smtpguard.policy.merge`);
 * soft bounces: one about the recipient's mailbox (``policy.soft_bounce_reasons``)
   is counted, and the recipient is suppressed after ``policy.soft_bounce_limit`` of
@@ -68,6 +71,8 @@ from smtpguard.store.writer import DbThread, Writer, open_thread
 log = logging.getLogger("smtpguard.policy")
 
 Outcome = Literal["suppressed", "pending", "recorded", "ignored", "discarded"]
+#: Reasons that are a person's own act: never held back by the storm breaker.
+PERSONAL = frozenset({"complaint", "unsubscribe"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +356,7 @@ class SuppressionSink:
                 steps.append(_Step("record", rcpt, j.why, obs))
             elif j.ruling == "soft":
                 steps.append(_Step("soft", rcpt, j.why, obs, destination))
-            elif self.storm.suppressing(destination, now):
+            elif j.reason not in PERSONAL and self.storm.suppressing(destination, now):
                 op: Op = "record" if mode == "record" else "pending"
                 steps.append(_Step(op, rcpt, j.why, obs, destination))
             elif mode == "record":

@@ -22,7 +22,7 @@ Why the reply forms differ:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Verb = Literal["continue", "reject", "tempfail", "discard"]
@@ -49,7 +49,14 @@ class DecisionLike(Protocol):
     @property
     def text(self) -> str: ...
     @property
-    def entry(self) -> object | None: ...
+    def entry(self) -> EntryLike | None: ...
+
+
+class EntryLike(Protocol):
+    """The field of a suppression entry an answer counts (its evidence kind)."""
+
+    @property
+    def evidence(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,8 @@ class Answer:
 
     ``trouble``: smtpguard could not decide (a failed lookup, an exception) and
     ``on_error`` chose this answer; the services count and log it as an error.
+    ``hit``: the suppression entry's evidence kind when the list decided it (a hit,
+    counted in ``smtpguard_suppression_hits_total`` as the relay counts its own).
     """
 
     verb: Verb
@@ -65,6 +74,7 @@ class Answer:
     status: str = ""
     text: str = ""
     trouble: bool = False
+    hit: str | None = field(default=None, compare=False)
 
     @property
     def reply(self) -> str:
@@ -100,12 +110,13 @@ def rcpt_answer(decision: DecisionLike, on_suppressed: str, on_error: str) -> An
         return Answer("tempfail", decision.code, decision.status, decision.text)
     if action == "discard":
         return Answer("discard", decision.code, decision.status, decision.text)
-    if decision.entry is not None and on_suppressed != "reject":
+    hit = decision.entry.evidence if decision.entry is not None else None
+    if hit is not None and on_suppressed != "reject":
         if on_suppressed == "discard":
-            return Answer("discard", decision.code, decision.status, decision.text)
+            return Answer("discard", decision.code, decision.status, decision.text, hit=hit)
         status = "4" + decision.status[1:] if decision.status else ""
-        return Answer("tempfail", DRY_RUN_CODE, status, decision.text)
-    return Answer("reject", decision.code, decision.status, decision.text)
+        return Answer("tempfail", DRY_RUN_CODE, status, decision.text, hit=hit)
+    return Answer("reject", decision.code, decision.status, decision.text, hit=hit)
 
 
 def milter_reply(answer: Answer) -> tuple[str, str | None, str]:

@@ -1,26 +1,24 @@
-"""Incoming bounces seen by the milter: the message kept, the evidence chosen, the header written.
+"""Incoming bounces seen by the milter: the message kept, the header written.
 
 Pure parts of the milter's end-of-message step, so they can be tested without
 libmilter:
 
 * :class:`MessageCopy` rebuilds the message from the milter's header and body
   events, up to the classifier's own input limit (it reads no further);
-* :func:`evidence_kind` says what a verdict may prove: an ARF report is
-  ``arf``; a returned message is ``dsn-verified`` only when its envelope
-  recipient is a signed return path that names the reported recipient
-  (:class:`ReturnPathCheck`), else ``dsn-unverified``, which suppresses nobody
-  (the verdict sink's rule): anyone can send a bounce that names anyone;
 * :func:`bounce_header` is the ``X-Smtpguard-Bounce:`` value for one verdict.
+
+What a returned message proves (``dsn-verified`` only with a signed return path
+naming the reported recipient, ``arf`` only when tied to our send, else the
+``-unverified`` kinds that suppress nobody) is decided where the intake listener
+decides it: :func:`smtpguard.intake.returned.judge`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
 
 from smtpguard.classify.message import MAX_BYTES
 from smtpguard.classify.verdict import Verdict
-from smtpguard.policy.evidence import EvidenceKind
 
 #: The header the milter adds to an incoming bounce (and removes from one that arrives with it).
 HEADER = "X-Smtpguard-Bounce"
@@ -28,11 +26,6 @@ HEADER = "X-Smtpguard-Bounce"
 MAX_HEADERS = 10
 _FIELD = 100
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
-
-#: ``check(return_path, recipient) -> bool``: is ``return_path`` (where the bounce
-#: came back to) a valid signed return path of a message sent to ``recipient``?
-#: None until the VERP codec is available: every returned message is unverified.
-ReturnPathCheck = Callable[[str, str], bool]
 
 
 class MessageCopy:
@@ -74,27 +67,6 @@ class MessageCopy:
     def data(self) -> bytes:
         self._end_of_headers()
         return b"".join(self._parts)
-
-
-def evidence_kind(
-    verdict: Verdict, return_paths: Sequence[str], check: ReturnPathCheck | None
-) -> EvidenceKind:
-    """``arf``/``arf-unverified`` or ``dsn-verified``/``dsn-unverified`` for one verdict.
-
-    ``return_paths``: the envelope recipients of the returned message (where it
-    came back to). The check is the seam for the signed return-path codec.
-    """
-    complaint = verdict.format == "arf" or verdict.reason == "feedback"
-    if complaint and verdict.envelope_sender:
-        # The reported original keeps the Return-Path it was delivered with: ours.
-        return_paths = [*return_paths, verdict.envelope_sender]
-    verified = False
-    if check is not None and verdict.recipient:
-        verified = any(check(path, verdict.recipient) for path in return_paths)
-    if complaint:
-        # Anyone can mail an ARF report: only one tied to our send is enforced.
-        return "arf" if verified else "arf-unverified"
-    return "dsn-verified" if verified else "dsn-unverified"
 
 
 def bounce_header(verdict: Verdict, evidence: str, outcome: str = "") -> str:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from smtpguard.policy.metrics import SUPPRESSION_HITS
+from smtpguard.postfix.answers import Answer
+
 SERVICES = ("milter", "policy")
 #: Answers that refuse (or drop) a recipient.
 REFUSALS = ("reject", "tempfail", "discard")
 #: What can go wrong; ``lookup``: the recipient check failed; ``record``: a bounce
 #: could not be recorded in time; ``malformed`` / ``oversized``: a policy request;
 #: ``busy``: a policy connection over ``policy_service.max_connections``; ``non_smtp``: a
-#: refusal Postfix does not allow for locally submitted mail (the recipient passes).
-ERROR_KINDS = ("lookup", "record", "malformed", "oversized", "busy", "internal", "non_smtp")
+#: refusal Postfix does not allow for locally submitted mail (the recipient passes);
+#: ``rewrite``: the envelope sender could not be signed (the message left unsigned).
+ERROR_KINDS = (
+    "lookup", "record", "malformed", "oversized", "busy", "internal", "non_smtp", "rewrite",
+)  # fmt: skip
 
 _REQUESTS = Counter(
     "smtpguard_postfix_requests_total", "Recipient checks asked by Postfix.", ["service"]
@@ -43,6 +49,13 @@ BOUNCES = Counter(
     "Verdicts from incoming bounces handed to the verdict sink, by evidence and outcome.",
     ["evidence", "outcome"],
 )
+REWRITES = Counter(
+    "smtpguard_milter_rewrites_total",
+    "Outgoing messages whose envelope sender the milter signed (rewritten), or left alone"
+    " because they have several recipients (several_recipients) or it failed (failed).",
+    ["result"],
+)
+REWRITE_RESULTS = {r: REWRITES.labels(r) for r in ("rewritten", "several_recipients", "failed")}
 POLICY_CONNECTIONS = Gauge(
     "smtpguard_policy_connections", "Postfix connections to the policy service open now."
 )
@@ -57,6 +70,9 @@ class ServiceMetrics:
         self.errors = {k: _ERRORS.labels(service, k) for k in ERROR_KINDS}
         self.latency = _LATENCY.labels(service)
 
-    def answered(self, verb: str) -> None:
-        if verb in self.rejections:
-            self.rejections[verb].inc()
+    def answered(self, answer: Answer) -> None:
+        """Count one answer, and the suppression list's hit behind it."""
+        if answer.verb in self.rejections:
+            self.rejections[answer.verb].inc()
+        if answer.hit is not None:
+            SUPPRESSION_HITS.labels(answer.hit or "unknown").inc()

@@ -13,11 +13,27 @@ the settings).
   the message). Postfix forbids refusing recipients of locally submitted mail
   (``non_smtpd_milters``), so there a refusal is logged and the recipient passes.
 * **End of message**, for incoming mail (not from ``milter.internal_networks``,
-  not authenticated, not submitted locally): the message is classified
-  (``Classifier.message``); its verdicts go to ``VerdictSink.accept`` with the
-  evidence :func:`~smtpguard.postfix.bounces.evidence_kind` chooses; optionally an
+  not authenticated, not submitted locally) and for mail returned to the bounce
+  domain (every recipient a ``b+TOKEN@`` address, whoever sends it: Postfix's own
+  DSNs too): the message is judged exactly as the intake listener judges it
+  (:func:`smtpguard.intake.returned.judge`: ``dsn-verified`` / ``arf`` only with a
+  signed return path naming the reported recipient, checked against what was
+  sent); its verdicts go to ``VerdictSink.accept``; optionally an
   ``X-Smtpguard-Bounce:`` header per verdict (one that arrived with the message
-  is removed first: it is not ours).
+  is removed first: it is not ours). Mail for the bounce domain ends here once
+  recorded (discarded: this is its final delivery) unless ``intake.listen`` is set:
+  then Postfix routes it to the intake listener, which records it, and the milter
+  leaves it alone (one record per bounce, not two).
+* **Signed return paths** (``milter.rewrite_sender``): outgoing mail with exactly
+  one recipient leaves with the envelope sender ``b+TOKEN@<bounce domain>``
+  (SMFIR_CHGFROM). A token names one message and one recipient, and a milter sees
+  one envelope sender per message, so a message to several recipients keeps its
+  sender (its bounces prove nothing about any one of them); bulk mail is one
+  recipient per message anyway. The milter has no queue: each signed message is a
+  row of its own (:mod:`smtpguard.store.sent`: Postfix queue id, sender,
+  recipient) in an id space apart from the relay's, so returned mail to such a
+  path is checked as for the relay's. Failing to sign never holds mail back: the
+  message leaves with its own sender.
 * **Never blocks mail because of its own trouble**: an exception, a failed
   lookup or a record slower than ``milter.record_timeout`` answers
   ``milter.on_error`` (``accept`` or ``tempfail``); Postfix's own
@@ -36,9 +52,11 @@ import ipaddress
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import Milter
@@ -47,20 +65,18 @@ from smtpguard.classify import Classifier
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config, parse_milter_socket
 from smtpguard.errors import UserError
-from smtpguard.policy import Evidence, EvidenceKind, open_recipient_policy, open_sink
+from smtpguard.intake.returned import SentRecords, judge
+from smtpguard.intake.verp import SignedVerpCodec, VerpCodec
+from smtpguard.policy import open_recipient_policy, open_sink
 from smtpguard.policy.recipient import Client, RecipientPolicy
+from smtpguard.policy.rules import canonical
 from smtpguard.policy.sink import VerdictSink
 from smtpguard.postfix.answers import Answer, milter_reply, rcpt_answer, trouble_answer
 from smtpguard.postfix.background import MILTER_SIGNALS, BackgroundLoop
-from smtpguard.postfix.bounces import (
-    HEADER,
-    MAX_HEADERS,
-    MessageCopy,
-    ReturnPathCheck,
-    bounce_header,
-    evidence_kind,
-)
-from smtpguard.postfix.metrics import BOUNCES, ServiceMetrics
+from smtpguard.postfix.bounces import HEADER, MAX_HEADERS, MessageCopy, bounce_header
+from smtpguard.postfix.metrics import BOUNCES, REWRITE_RESULTS, ServiceMetrics
+from smtpguard.store.sent import SentLookup, note_milter_message, purge_milter_messages
+from smtpguard.store.writer import DbThread, Writer, open_thread
 
 log = logging.getLogger("smtpguard.milter")
 
@@ -73,6 +89,10 @@ OPEN_TIMEOUT = 60.0
 MAIL_MACROS = "{auth_authen} {client_addr} {client_name} {client_port}"
 #: (verdict, evidence kind, sink outcome or "" when unknown) for each recorded verdict.
 Recorded = tuple[Verdict, str, str]
+#: How often, at most, signed messages whose tokens have all expired are deleted.
+PURGE_INTERVAL = 3600.0
+#: Kept this long past the token lifetime (a token is valid to the end of its last day).
+PURGE_MARGIN = 2 * 86400.0
 
 
 class MilterApp:
@@ -85,14 +105,24 @@ class MilterApp:
         sink: VerdictSink,
         loop: BackgroundLoop,
         classifier: Classifier,
-        return_path_check: ReturnPathCheck | None = None,
+        *,
+        codec: VerpCodec | None = None,
+        sent: SentRecords | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.settings = cfg.milter
         self.policy = policy
         self.sink = sink
         self.loop = loop
         self.classifier = classifier
-        self.return_path_check = return_path_check
+        self.codec = codec  # signed return paths: None without intake.bounce_domain
+        self.sent = sent
+        self.writer = writer
+        #: Postfix routes the bounce domain to the intake listener: leave that mail to it.
+        self.intake_listens = bool(cfg.intake.listen)
+        self.rewrites = self.settings.rewrite_sender and codec is not None and writer is not None
+        self.token_lifetime = cfg.intake.token_lifetime
+        self._purged_at = 0.0
         self.metrics = ServiceMetrics("milter")
         self.internal = [
             ipaddress.ip_network(n, strict=False) for n in self.settings.internal_networks
@@ -101,6 +131,10 @@ class MilterApp:
         # The policy holds one SQLite connection; sessions take turns (a lookup is ~20 us).
         self._policy_lock = threading.Lock()
         self._classify_lock = threading.Lock()
+
+    def at_bounce_domain(self, address: str) -> bool:
+        """Is ``address`` (``<b+...@bounce.example>`` as Postfix gives it) at the bounce domain?"""
+        return self.codec is not None and canonical(address).rpartition("@")[2] == self.codec.domain
 
     def _is_internal(self, ip: str) -> bool:
         try:
@@ -125,36 +159,31 @@ class MilterApp:
         self.metrics.latency.observe(time.perf_counter() - started)
         if answer.trouble:
             self.metrics.errors["lookup"].inc()
-        self.metrics.answered(answer.verb)
+        self.metrics.answered(answer)
         return answer
 
-    def _evidence(self, kind: EvidenceKind, queue_id: str) -> Evidence:
-        """The evidence for one batch; an unverified DSN's note says why it is unverified."""
-        note = f"postfix queue id {queue_id or '?'}"
-        if kind == "dsn-unverified" and self.return_path_check is None:
-            note += "; no-token: return paths are not checked (no VERP codec)"
-        return Evidence(kind=kind, actor="milter", note=note)
-
     def record(self, raw: bytes, return_paths: Sequence[str], queue_id: str) -> list[Recorded]:
-        """Classify an incoming message and hand its verdicts to the sink, bounded in time.
+        """Judge an incoming message as the intake listener does and hand its verdicts to
+        the sink, bounded in time.
 
-        Returns what was recorded ([] for a message that is not a bounce). Raises
-        TimeoutError when the sink is slower than ``milter.record_timeout`` (the
-        record then completes in the background) and whatever the sink raised.
+        ``return_paths``: the message's envelope recipients (where it was sent back to).
+        Returns what was recorded ([] for a message that is not a bounce, or an
+        auto-reply). Raises TimeoutError when the sink is slower than
+        ``milter.record_timeout`` (the record then completes in the background) and
+        whatever the classifier, the look-up of what was sent or the sink raised.
         """
         with self._classify_lock:  # Classifier.stats is a shared Counter
-            verdicts = self.classifier.message(raw)
-        # An auto-reply says nothing about the address (bounce intake drops them too).
-        verdicts = [v for v in verdicts if v.reason != "vacation"]
-        if not verdicts:
-            return []
-        groups: dict[EvidenceKind, list[Verdict]] = {}
-        for v in verdicts:
-            groups.setdefault(evidence_kind(v, return_paths, self.return_path_check), []).append(v)
+            judgement = judge(
+                raw, return_paths, codec=self.codec, classifier=self.classifier, actor="milter",
+                sent=self.sent,
+            )  # fmt: skip
         pending = []
-        for kind, batch in groups.items():
-            evidence = self._evidence(kind, queue_id)
-            pending.append((kind, batch, self.loop.submit(self.sink.accept(batch, evidence))))
+        for batch in judgement.batches:
+            kind = batch.evidence.kind
+            note = f"postfix queue id {queue_id or '?'}; {batch.evidence.note}"
+            evidence = replace(batch.evidence, note=note)
+            future = self.loop.submit(self.sink.accept(batch.verdicts, evidence))
+            pending.append((kind, batch.verdicts, future))
         deadline = time.monotonic() + self.settings.record_timeout
         recorded: list[Recorded] = []
         failure: Exception | None = None
@@ -178,6 +207,26 @@ class MilterApp:
         if failure is not None:
             raise failure
         return recorded
+
+    def sign(self, queue_id: str, sender: str, recipient: str) -> str:
+        """A signed return path for a message to ``recipient``: the message is recorded
+        first (so returned mail can ask whether it was sent), within
+        ``milter.record_timeout`` (TimeoutError beyond; the message then keeps its sender)."""
+        codec, writer = self.codec, self.writer
+        assert codec is not None and writer is not None
+        now = time.time()
+        purge = now - self._purged_at >= PURGE_INTERVAL
+        expired = now - self.token_lifetime - PURGE_MARGIN
+
+        def write(conn: sqlite3.Connection) -> int:
+            if purge:
+                purge_milter_messages(conn, expired)
+            return note_milter_message(conn, queue_id, sender, recipient, now)
+
+        token_id = self.loop.run(writer.call(write), self.settings.record_timeout)
+        if purge:
+            self._purged_at = now
+        return codec.encode(token_id, recipient, now=now)
 
 
 def _late(future: Any, kind: str, queue_id: str) -> None:
@@ -216,6 +265,9 @@ class Session(Milter.Base):
         self.dropped: list[str] = []
         self.copy: MessageCopy | None = None
         self.foreign_headers = 0
+        self.keep = False  # judge this message at its end (a copy is kept)
+        self.final = False  # mail for the bounce domain: the milter is its final delivery
+        self.signs: str = ""  # the one recipient whose return path the sender becomes
 
     def negotiate(self, opts: list[int]) -> int:
         rc = super().negotiate(opts)
@@ -267,13 +319,39 @@ class Session(Milter.Base):
 
         Accepting at DATA tells Postfix to send none of the message's header,
         body and end-of-message events: outgoing mail (the bulk of a sender's
-        traffic) costs the milter two events, MAIL FROM and RCPT TO. Only an
-        incoming message (bounce recording) or one with a recipient to drop
-        goes on to end of message.
+        traffic) costs the milter two events, MAIL FROM and RCPT TO. Only a
+        message to judge (incoming, or returned to the bounce domain), one with
+        a recipient to drop or one whose sender is signed goes on to end of message.
         """
-        if self.dropped or (self.inbound and self.app.settings.record_bounces):
+        try:
+            self._plan()
+        except Exception:
+            log.exception("planning the end of message failed")
+        if self.dropped or self.keep or self.signs:
             return Milter.CONTINUE
         return Milter.ACCEPT
+
+    def _plan(self) -> None:
+        """What end of message does with this message (see the module doc)."""
+        app = self.app
+        if app.codec is None:
+            self.keep = self.inbound and app.settings.record_bounces
+            return
+        ours = [app.at_bounce_domain(r) for r in self.recipients]
+        returned = bool(ours) and all(ours)
+        if app.settings.record_bounces and not (app.intake_listens and any(ours)):
+            self.keep = self.inbound or returned
+            self.final = returned
+        if not app.rewrites or self.inbound or any(ours):
+            return
+        sender = self.sender.strip().strip("<>")
+        if not sender or app.at_bounce_domain(sender):
+            return  # a DSN keeps its null sender; a signed sender stays as it is
+        left = {canonical(r): r for r in self.recipients if r not in self.dropped}
+        if len(left) == 1:
+            self.signs = next(iter(left.values()))
+        elif left:
+            REWRITE_RESULTS["several_recipients"].inc()
 
     # -- end of message
 
@@ -286,6 +364,10 @@ class Session(Milter.Base):
                     self.delrcpt(recipient)
             if self.copy is not None:
                 self._bounce()
+            if self.final:
+                return Milter.DISCARD  # recorded: nothing to deliver (the bounce domain)
+            if self.signs:
+                self._sign(self.signs)
             return Milter.CONTINUE
         except Exception as e:
             if not isinstance(e, TimeoutError):
@@ -304,6 +386,22 @@ class Session(Milter.Base):
         if self.app.settings.bounce_header:
             for verdict, kind, outcome in recorded[:MAX_HEADERS]:
                 self.addheader(HEADER, bounce_header(verdict, kind, outcome))
+
+    def _sign(self, recipient: str) -> None:
+        """The envelope sender becomes the recipient's signed return path; on any failure
+        the message leaves with its own sender (logged, counted)."""
+        try:
+            return_path = self.app.sign(
+                self.getsymval("i") or "", self.sender.strip().strip("<>"),
+                recipient.strip().strip("<>"),
+            )  # fmt: skip
+            self.chgfrom(f"<{return_path}>")
+        except Exception as e:
+            log.error("signing the return path for <%s> failed: %r", recipient[:100], e)
+            self.app.metrics.errors["rewrite"].inc()
+            REWRITE_RESULTS["failed"].inc()
+            return
+        REWRITE_RESULTS["rewritten"].inc()
 
     def _trouble(self) -> int:
         answer = trouble_answer(self.app.settings.on_error)
@@ -325,7 +423,7 @@ class BounceSession(Session):
 
     @Milter.noreply
     def header(self, name: str, value: str) -> int:
-        if self.inbound:
+        if self.keep:
             if name.lower() == HEADER.lower():
                 self.foreign_headers += 1
             if self.copy is None:
@@ -351,7 +449,7 @@ def libmilter_socket(listen: str) -> str:
     return f"inet6:{port}@{host}" if ":" in host else f"inet:{port}@{host}"
 
 
-def _register(factory: Callable[[], Session], on_error: str) -> None:
+def _register(factory: Callable[[], Session], on_error: str, *, chgfrom: bool = False) -> None:
     """Wire libmilter's callbacks to sessions made by ``factory`` (what pymilter's
     ``runmilter`` does, split so that the socket is bound before ``main`` blocks)."""
     Milter.factory = factory
@@ -367,7 +465,9 @@ def _register(factory: Callable[[], Session], on_error: str) -> None:
     Milter.set_close_callback(Milter.close_callback)
     # An exception that escapes a callback anyway answers like any other trouble.
     Milter.set_exception_policy(Milter.CONTINUE if on_error == "accept" else Milter.TEMPFAIL)
-    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT)
+    Milter.set_flags(
+        Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT | (Milter.CHGFROM if chgfrom else 0)
+    )
     Milter.register(
         NAME,
         data=lambda ctx: ctx.getpriv().data(),
@@ -387,14 +487,25 @@ def run(cfg: Config, *, on_listening: Callable[[str], None] | None = None) -> in
     settings = cfg.milter
     spec = libmilter_socket(settings.listen)
     classifier = Classifier.load(cfg.classifier.rules_file or None)
+    codec = SignedVerpCodec.from_config(cfg.intake)  # a bad key file fails here
     policy = open_recipient_policy(cfg)
+    sent = SentLookup.open(cfg.data_dir, busy_timeout=cfg.store.busy_timeout, group=cfg.store.group)
     loop = BackgroundLoop("smtpguard-sink")
+    writer: DbThread | None = None
     sink: VerdictSink | None = None
     try:
-        sink = loop.run(open_sink(cfg), OPEN_TIMEOUT)
-        app = MilterApp(cfg, policy, sink, loop, classifier)
+        # The process's one writer: the sink's records and the signed messages.
+        writer = loop.run(
+            open_thread(
+                cfg.data_dir, busy_timeout=cfg.store.busy_timeout, transactional=True,
+                name="writer", group=cfg.store.group,
+            ),
+            OPEN_TIMEOUT,
+        )  # fmt: skip
+        sink = loop.run(open_sink(cfg, writer=writer), OPEN_TIMEOUT)
+        app = MilterApp(cfg, policy, sink, loop, classifier, codec=codec, sent=sent, writer=writer)
         session = BounceSession if settings.record_bounces else Session
-        _register(lambda: session(app), settings.on_error)
+        _register(lambda: session(app), settings.on_error, chgfrom=app.rewrites)
         if settings.metrics_listen:
             from smtpguard.metrics import serve as serve_metrics
 
@@ -411,7 +522,10 @@ def run(cfg: Config, *, on_listening: Callable[[str], None] | None = None) -> in
                 loop.run(sink.close(), OPEN_TIMEOUT)
             except Exception:
                 log.exception("closing the verdict sink failed")
+        if writer is not None:
+            writer.close()
         loop.stop()
+        sent.close()
         policy.close()
     return 0
 

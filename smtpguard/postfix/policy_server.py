@@ -92,7 +92,7 @@ class PolicyServer:
         started = time.perf_counter()
         answer = self._check(attrs, recipient)
         self.metrics.latency.observe(time.perf_counter() - started)
-        self.metrics.answered(answer.verb)
+        self.metrics.answered(answer)
         return policy_action(answer)
 
     def _check(self, attrs: dict[str, str], recipient: str) -> Answer:

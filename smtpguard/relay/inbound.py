@@ -83,6 +83,12 @@ an accepted transaction into a queued message.
   ``relay.max_data_in_flight`` octets of it: a message that would exceed it
   gets ``451 4.3.2`` (at MAIL when its SIZE= says so, at DATA, or after its
   data, which is then only counted), unless it is the only one.
+* **The bounce domain is not relayed.** Mail for ``intake.bounce_domain`` arriving
+  here is routed wrongly (Postfix's ``transport_maps`` must send it to
+  ``intake.listen``): relaying it would send a bounce back out towards its own
+  return path. Each such recipient gets ``451 4.3.5`` (a configuration problem, RFC
+  3463) saying where the domain belongs: the client keeps the message queued, so a
+  misrouted DSN is neither lost nor looped, and arrives once the route is fixed.
 * **Suppression at RCPT**: every recipient goes through the
   :class:`~smtpguard.policy.recipient.RecipientPolicy`; a suppressed one is
   refused with ``relay.suppressed_reply`` and a text saying why and since when,
@@ -118,6 +124,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from smtpguard.address import normalize_domain
 from smtpguard.config import Config, parse_hostport
 from smtpguard.errors import ConfigError
 from smtpguard.policy.recipient import RecipientPolicy
@@ -159,6 +166,22 @@ class InboundServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._peer_cache: dict[str, tuple[bool, bool]] = {}
+        #: Recipients at this domain are refused (see the module doc); "" for none.
+        self.foreign_domain = (
+            normalize_domain(cfg.intake.bounce_domain) if cfg.intake.bounce_domain else ""
+        )
+
+    def foreign_reply(self, recipient: str) -> str:
+        """What a recipient at :attr:`foreign_domain` is told."""
+        where = (
+            f"is received on intake.listen ({self.cfg.intake.listen})"
+            if self.cfg.intake.listen
+            else "is not relayed (intake.listen is not set)"
+        )
+        return (
+            f"451 4.3.5 <{recipient}>: the bounce domain {self.foreign_domain} {where},"
+            " not on the relay port: route it there (transport_maps)"
+        )
 
     @property
     def auth_offered(self) -> bool:

@@ -6,7 +6,8 @@ counts policy or reputation rejections per destination domain. What the
 suppression list gains is counted by the policy (``policy/metrics.py``:
 ``smtpguard_sink_verdicts_total{evidence, outcome="suppressed"}`` are the
 suppressions added per evidence kind); what it refuses at RCPT is
-``smtpguard_suppression_hits_total{evidence}`` here.
+``smtpguard_suppression_hits_total{evidence}`` (also declared in ``policy/metrics.py``:
+the milter and the policy service count their hits under the same name).
 
 Per-destination labels are bounded (:data:`domain_label`: the first
 :data:`MAX_DOMAIN_LABELS` domains, then ``other``). Per-site results and
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from prometheus_client import Counter, Gauge
 
 from smtpguard.metrics import BoundedLabels, KeyedCounter
+from smtpguard.policy.metrics import SUPPRESSION_HITS
 from smtpguard.relay.observe import AttemptRecord, DsnQueued, Received, Refused
 from smtpguard.store.messages import QueueDepth
 
@@ -60,9 +62,10 @@ REFUSALS = Counter(
 REFUSED = {
     reason: REFUSALS.labels(reason)
     for reason in (
-        "relay_denied", "suppressed", "too_many_recipients", "lookup_failed",
-        "storage_failed", "too_many_sessions", "idle_timeout", "session_deadline", "slow_data",
-        "too_many_from_client", "idle_closed_for_room", "junk_commands", "data_in_flight",
+        "relay_denied", "suppressed", "too_many_recipients", "lookup_failed", "bounce_domain",
+        "rate_limited", "policy", "storage_failed", "too_many_sessions", "idle_timeout",
+        "session_deadline", "slow_data", "too_many_from_client", "idle_closed_for_room",
+        "junk_commands", "data_in_flight",
     )
 }  # fmt: skip
 
@@ -76,11 +79,6 @@ DOMAIN_RESULTS = KeyedCounter(
     "domain",
     ["result"],
     keys=domain_label,
-)
-SUPPRESSION_HITS = Counter(
-    "smtpguard_suppression_hits_total",
-    "Recipients refused at RCPT because they are suppressed, by the entry's evidence kind.",
-    ["evidence"],
 )
 
 # --------------------------------------------------------------------------- the delivery log

@@ -167,9 +167,8 @@ class Relay:
             from smtpguard.intake.listener import BounceServer
 
             self.bounces = BounceServer(
-                cfg, sink=self.sink, classifier=classifier, codec=return_paths,
-                was_sent=self.queue.was_sent,
-            )  # fmt: skip
+                cfg, sink=self.sink, classifier=classifier, codec=return_paths
+            )
             try:
                 await self.bounces.start()
             except OSError as e:

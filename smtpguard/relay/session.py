@@ -37,7 +37,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from smtpguard.address import normalize_address, normalize_domain
 from smtpguard.config import RelayConfig
 from smtpguard.errors import AddressError
-from smtpguard.policy.recipient import LOOKUP_FAILED, Client, RecipientPolicy
+from smtpguard.policy.recipient import LOOKUP_FAILED, Client, Decision, RecipientPolicy
 from smtpguard.relay.metrics import REFUSED
 from smtpguard.smtp.data import DATA_END, DataReceiver, partial_end
 from smtpguard.smtp.params import ParamError, parse_mail_params, parse_rcpt_params, split_path
@@ -57,6 +57,17 @@ _WRITE_AT_ONCE = frozenset({"220", "221", "421", "502"})
 RESERVE_STEP = 64 * 1024
 
 
+#: Refusals by the recipient policy without a suppression entry, by enhanced status.
+_POLICY_REFUSALS = {"4.3.0": "lookup_failed", "5.7.1": "relay_denied", "4.7.1": "rate_limited"}
+
+
+def _refusal_label(decision: Decision) -> str:
+    """The ``smtpguard_inbound_refusals_total`` reason of a policy refusal."""
+    if decision.entry is not None:
+        return "suppressed"
+    return _POLICY_REFUSALS.get(decision.status, "policy")
+
+
 class SessionHost(Protocol):
     """What a session needs from the server it belongs to."""
 
@@ -74,6 +85,13 @@ class SessionHost(Protocol):
     idle_timeout: float
     #: NOOP/RSET/VRFY/HELP commands allowed between messages now.
     junk_limit: int
+    #: Recipients at this domain are refused here ("" for none): the bounce domain,
+    #: which belongs on the intake listener.
+    foreign_domain: str
+
+    def foreign_reply(self, recipient: str) -> str:
+        """The reply for a recipient at :attr:`foreign_domain`."""
+        ...
 
     def register(self, session: RelaySMTP) -> str | None:
         """Count a new session; the 421 reply refusing it (too many sessions, too
@@ -519,6 +537,11 @@ class RelaySMTP(SMTP):
             REFUSED["relay_denied"].inc()
             await self.push(f"554 5.7.1 <{shown}>: Relay access denied")
             return
+        if self.host.foreign_domain and key.rpartition("@")[2] == self.host.foreign_domain:
+            log.warning("%s: <%s> is for the bounce domain: misrouted", self.client_ip, shown)
+            REFUSED["bounce_domain"].inc()
+            await self.push(self.host.foreign_reply(shown))
+            return
         if len(envelope.recipients) >= self.host.settings.max_recipients:
             REFUSED["too_many_recipients"].inc()
             await self.push("452 4.5.3 Error: too many recipients")
@@ -532,7 +555,7 @@ class RelaySMTP(SMTP):
             log.exception("recipient policy failed for <%s>", shown)
             decision = LOOKUP_FAILED
         if decision.action != "accept":
-            REFUSED["suppressed" if decision.entry is not None else "lookup_failed"].inc()
+            REFUSED[_refusal_label(decision)].inc()
             await self.push(decision.reply)
             return
         if key not in envelope.seen:

@@ -10,6 +10,7 @@ storm breaker holds back (pending), and DNS answers waiting for a second sightin
 Step 4: per-day delivery counts for the report, and when each message's
 transaction began (its MAIL FROM), for the delivery log's delays.
 Step 5: soft bounces counted per address until they add up to a suppression.
+Step 6: messages the milter sent with a signed return path (their own token id space).
 """
 
 from __future__ import annotations
@@ -242,5 +243,21 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (domain, local)
         ) WITHOUT ROWID""",
         "CREATE INDEX soft_bounces_last_seen ON soft_bounces (last_seen)",
+    ],
+    # 6: milter-sent messages  (smtpguard/store/sent.py)
+    [
+        # One row per message whose envelope sender the milter rewrote to a signed
+        # return path: the token names this row (offset into an id space of its own,
+        # apart from the queue's), so returned mail can ask "was that message sent to
+        # that recipient?" as it does for the relay's queue. Deleted once every token
+        # that names it has expired.
+        """CREATE TABLE milter_messages (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            postfix_qid TEXT    NOT NULL DEFAULT '',
+            sender      TEXT    NOT NULL DEFAULT '',
+            recipient   TEXT    NOT NULL,
+            sent_at     REAL    NOT NULL
+        )""",
+        "CREATE INDEX milter_messages_sent_at ON milter_messages (sent_at)",
     ],
 ]

@@ -457,6 +457,17 @@ def was_sent(conn: sqlite3.Connection, message_id: int, recipient: str) -> bool:
     return False
 
 
+def message_recipients(conn: sqlite3.Connection, message_id: int) -> list[str]:
+    """The recipients message ``message_id`` was queued for, as the client gave them
+    ([] for a message never queued, or forgotten after ``delivery.keep_finished``)."""
+    return [
+        address
+        for (address,) in conn.execute(
+            "SELECT address FROM queue_recipients WHERE message_id = ? ORDER BY id", (message_id,)
+        )
+    ]
+
+
 def depth(conn: sqlite3.Connection) -> QueueDepth:
     """Messages and recipients with work left, and the oldest message's arrival.
 
@@ -678,10 +689,6 @@ class QueueStore:
     async def stats(self) -> QueueStats:
         return await self._reader.call(stats)
 
-    async def was_sent(self, message_id: int, recipient: str) -> bool:
-        """See :func:`was_sent`."""
-        return await self._reader.call(lambda c: was_sent(c, message_id, recipient))
-
     async def depth(self) -> QueueDepth:
         return await self._reader.call(depth)
 
@@ -728,10 +735,6 @@ class QueueAdmin:
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with explained(self._path):
             return fn(self._conn)
-
-    def was_sent(self, message_id: int, recipient: str) -> bool:
-        """See :func:`was_sent`."""
-        return self._read(lambda c: was_sent(c, message_id, recipient))
 
     def _require(self, conn: sqlite3.Connection, message_id: int) -> QueuedMessage:
         msg = read_message(conn, message_id)

@@ -6,7 +6,11 @@ nothing changes), parses it (400 when malformed) and turns its events into class
 verdicts; the verdicts go to the :class:`VerdictSink` with actor ``webhook:<provider>``
 and evidence ``webhook``, except spam complaints (``feedback`` verdicts): an ESP passes
 on a mailbox provider's feedback-loop report, so they are ``arf`` evidence, the kind
-the policy turns into ``complaint`` entries. A storage failure answers 503, so the ESP
+the policy turns into ``complaint`` entries. A recipient's unsubscribe (SendGrid's
+``unsubscribe`` and ``group_unsubscribe``, Postmark's ``SubscriptionChange`` from the
+recipient) is a verdict with reason ``unsubscribe`` under ``webhook`` evidence: the
+policy takes that reason from a signed ESP event only, and makes it an ``unsubscribe``
+entry. A storage failure answers 503, so the ESP
 delivers the event again later (all three retry on 5xx): an event is never lost (one
 delivered twice only counts its sightings twice).
 

@@ -1,4 +1,4 @@
-"""``POST /postmark``: Postmark's bounce and spam complaint webhooks.
+"""``POST /postmark``: Postmark's bounce, spam complaint and subscription change webhooks.
 
 Postmark signs nothing; its webhooks are protected by HTTP basic auth credentials put in
 the webhook URL (``https://user:password@host/postmark``). Both are compared in constant
@@ -12,6 +12,23 @@ https://postmarkapp.com/developer/api/bounce-api#bounce-types), ``Email``, ``Det
 (usually the remote server's reply). ``Details`` is classified; the type fills the gaps
 as :data:`BOUNCE_TYPES` says (other record types, and types absent from the table such
 as ``Unsubscribe``, ``Subscribe``, ``OpenRelayTest``, ``SMTPApiError``, give no verdict).
+
+A ``SubscriptionChange`` record ("Subscription change webhook",
+https://postmarkapp.com/developer/webhooks/subscription-change-webhook) says an address
+was put on (``SuppressSending: true``) or taken off a message stream's suppression
+list, with ``SuppressionReason`` and ``Origin`` (who acted: ``Recipient``, ``Customer``,
+``Admin``). :func:`subscription_verdict` reads it:
+
+* ``ManualSuppression`` from the ``Recipient`` (Postmark's unsubscribe link or
+  List-Unsubscribe): ``unsubscribe``;
+* ``HardBounce``: ``userunknown``, as the ``HardBounce`` bounce type (the bounce webhook
+  of the same bounce carries the server's reply; seeing both only counts it twice);
+* ``SpamComplaint``: ``feedback``, as the spam complaint webhook;
+* a ``ManualSuppression`` by the ``Customer`` or an ``Admin`` is the sender's own
+  decision on Postmark, not evidence about the address (bring such a list in with
+  ``suppression import --from postmark``, where it is ``manual``), and a reactivation
+  (``SuppressSending: false``) lifts nothing here (``suppression remove`` does): no
+  verdict.
 """
 
 from __future__ import annotations
@@ -22,7 +39,7 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from smtpguard.classify import Classifier, Failure, Verdict
-from smtpguard.intake.esp import esp_verdict
+from smtpguard.intake.esp import esp_verdict, unsubscribe_verdict
 from smtpguard.intake.webhooks.request import Refused, json_body
 
 if TYPE_CHECKING:
@@ -65,8 +82,38 @@ def check_basic_auth(header: str | None, user: str, password: bytes) -> None:
         raise Refused(401, "wrong or missing credentials", _WWW_AUTHENTICATE)
 
 
+def _text(record: dict[str, Any], key: str) -> str:
+    value = record.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def subscription_verdict(record: dict[str, Any], classifier: Classifier) -> Verdict | None:
+    """A ``SubscriptionChange`` record -> a verdict (see the module doc), or None."""
+    recipient = _text(record, "Recipient")
+    if not recipient or record.get("SuppressSending") is not True:
+        return None
+    reason, origin = _text(record, "SuppressionReason"), _text(record, "Origin")
+    message_id = _text(record, "MessageID")
+    if reason == "ManualSuppression" and origin == "Recipient":
+        stream = _text(record, "MessageStream")
+        what = "Postmark subscription change: the recipient unsubscribed" + (
+            f" from message stream {stream}" if stream else ""
+        )
+        return unsubscribe_verdict(recipient, message_id=message_id, what=what, format="postmark")
+    if reason not in ("HardBounce", "SpamComplaint"):
+        return None
+    fallback, address, soft = BOUNCE_TYPES[reason]
+    failure = Failure(
+        recipient=recipient, message_id=message_id, format="postmark",
+        feedback_type="abuse" if fallback == "feedback" else "",
+    )  # fmt: skip
+    return esp_verdict(classifier, failure, fallback=fallback, address=address, soft=soft)
+
+
 def record_verdict(record: dict[str, Any], classifier: Classifier) -> Verdict | None:
     """One Postmark record -> a verdict, or None when it is not about delivery."""
+    if record.get("RecordType") == "SubscriptionChange":
+        return subscription_verdict(record, classifier)
     kind = record.get("Type")
     email = record.get("Email")
     if record.get("RecordType") not in ("Bounce", "SpamComplaint") or not isinstance(email, str):
@@ -101,5 +148,6 @@ class PostmarkWebhook:
         check_basic_auth(request.headers.get("Authorization"), self.user, self.password)
         record = json_body(body, dict, "a JSON object")
         verdict = record_verdict(record, self.classifier)
-        note = f"postmark {record.get('RecordType')} {record.get('ID')}"
+        what = record.get("ID", record.get("MessageID"))
+        note = f"postmark {str(record.get('RecordType'))[:40]} {str(what)[:80]}"
         return ([verdict] if verdict is not None else []), note

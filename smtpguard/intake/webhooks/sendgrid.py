@@ -20,8 +20,13 @@ https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/event):
 ``dropped``        SendGrid did not send (its own suppression lists): ``suppressed``,
                    never suppresses here
 ``spamreport``     ``feedback`` (abuse)
+``unsubscribe``    ``unsubscribe``: the recipient used the unsubscribe link (or a
+                   one-click List-Unsubscribe); ``group_unsubscribe`` too (from one
+                   unsubscribe group, ``asm_group_id``: smtpguard's list has no groups,
+                   so the address is suppressed for all mail through smtpguard)
 ``delivered``      ``delivered``
-others             (opens, clicks, unsubscribes, processed) no verdict
+others             (opens, clicks, ``group_resubscribe``, processed) no verdict: a
+                   webhook never lifts a suppression (``suppression remove`` does)
 =================  ============================================================
 """
 
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from smtpguard.classify import Classifier, Failure, Verdict
 from smtpguard.classify.decide import decide
-from smtpguard.intake.esp import esp_verdict
+from smtpguard.intake.esp import esp_verdict, unsubscribe_verdict
 from smtpguard.intake.webhooks.app import Clock
 from smtpguard.intake.webhooks.request import Refused, json_body
 
@@ -109,6 +114,14 @@ def event_verdict(event: dict[str, Any], classifier: Classifier) -> Verdict | No
     if kind == "dropped":
         failure.diagnostic = _text(event, "reason")
         failure.reason_hint = "suppressed"
+    elif kind in ("unsubscribe", "group_unsubscribe"):
+        group = event.get("asm_group_id")
+        what = f"SendGrid {kind} event" + (
+            f" (unsubscribe group {group})" if isinstance(group, int) and group > 0 else ""
+        )
+        return unsubscribe_verdict(
+            failure.recipient, message_id=failure.message_id, what=what, format="sendgrid"
+        )
     elif kind == "spamreport":
         failure.reason_hint, failure.feedback_type = "feedback", "abuse"
     elif kind == "delivered":
