@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from smtpguard.classify import default_classifier
 from smtpguard.intake.returned import header_recipients, judge
 from smtpguard.intake.verp import SignedVerpCodec
 from smtpguard.relay.dsn import DsnRecipient, build_dsn
+from smtpguard.store.db import connect, db_path, transaction
+from smtpguard.store.messages import InboundMessage, Recipient
+from smtpguard.store.queue import insert_message
+from smtpguard.store.sent import SentLookup, note_milter_message
 
 DOMAIN = "bounce.example.com"
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -22,6 +27,42 @@ POSTFIX_RCPT = "kijitora@example.co.jp"
 @pytest.fixture
 def codec() -> SignedVerpCodec:
     return SignedVerpCodec(DOMAIN, KEY)
+
+
+class Sent:
+    """A real database of what was sent: messages queued by the relay, signed by the milter."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.lookup = SentLookup.open(data_dir)
+
+    def queued(self, *recipients: str) -> int:
+        msg = InboundMessage(
+            mail_from="news@sender.example",
+            recipients=tuple(Recipient(address=r) for r in recipients),
+            data=b"Subject: news\r\n\r\nhello\r\n",
+        )
+        conn = connect(self.data_dir)
+        try:
+            with transaction(conn, db_path(self.data_dir)):
+                return insert_message(conn, msg, now=NOW)
+        finally:
+            conn.close()
+
+    def milter_signed(self, recipient: str) -> int:
+        conn = connect(self.data_dir)
+        try:
+            with transaction(conn, db_path(self.data_dir)):
+                return note_milter_message(conn, "4XyZ1", "news@sender.example", recipient, NOW)
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def sent(tmp_path: Path) -> Iterator[Sent]:
+    records = Sent(tmp_path / "var")
+    yield records
+    records.lookup.close()
 
 
 def run(data: bytes, recipients: list[str], codec: SignedVerpCodec | None, **kw: object):  # type: ignore[no-untyped-def]
@@ -88,11 +129,36 @@ def test_same_dsn_without_a_valid_token_is_unverified(
     assert verdict.suppress  # the classifier's opinion stands; the evidence is what is weak
 
 
-def test_dsn_for_a_message_never_queued_is_unverified(codec: SignedVerpCodec) -> None:
+def test_dsn_for_a_message_never_queued_is_unverified(codec: SignedVerpCodec, sent: Sent) -> None:
+    sent.queued(POSTFIX_RCPT)
     rcpt = codec.encode(999_999, POSTFIX_RCPT, now=NOW)
-    evidence, _ = only(run(POSTFIX_DSN, [rcpt], codec, sent=lambda mid, r: mid < 5000))
+    evidence, _ = only(run(POSTFIX_DSN, [rcpt], codec, sent=sent.lookup))
     assert evidence.kind == "dsn-unverified"
     assert evidence.note == "unknown-message: message 999999 never went to this recipient"
+
+
+def test_dsn_for_a_message_queued_for_that_recipient_is_verified(
+    codec: SignedVerpCodec, sent: Sent
+) -> None:
+    mid = sent.queued("someone@example.co.jp", POSTFIX_RCPT)
+    evidence, _ = only(run(POSTFIX_DSN, [codec.encode(mid, POSTFIX_RCPT, now=NOW)], codec,
+                           sent=sent.lookup))  # fmt: skip
+    assert (evidence.kind, evidence.note) == ("dsn-verified", f"return path of message {mid}")
+
+
+def test_dsn_to_a_return_path_the_milter_signed_is_checked_against_its_messages(
+    codec: SignedVerpCodec, sent: Sent
+) -> None:
+    mid = sent.milter_signed(POSTFIX_RCPT)
+    assert mid >= 2**39  # the milter's own id space, apart from the queue's
+    evidence, _ = only(run(POSTFIX_DSN, [codec.encode(mid, POSTFIX_RCPT, now=NOW)], codec,
+                           sent=sent.lookup))  # fmt: skip
+    assert evidence.kind == "dsn-verified"
+    other = sent.milter_signed("someone@example.co.jp")
+    evidence, _ = only(run(POSTFIX_DSN, [codec.encode(other, POSTFIX_RCPT, now=NOW)], codec,
+                           sent=sent.lookup))  # fmt: skip
+    assert evidence.kind == "dsn-unverified"
+    assert evidence.note.startswith("unknown-message:")
 
 
 def test_dsn_without_a_bounce_domain_configured_is_unverified() -> None:
@@ -201,3 +267,152 @@ def test_header_recipients_prefer_delivered_to_and_stay_at_the_bounce_domain() -
     )
     assert header_recipients(data, DOMAIN) == ["b+abc@bounce.example.com"]
     assert header_recipients(b"To: a@example.org\r\n\r\n", DOMAIN) == []
+
+
+# --------------------------------------------------------------------------- redacted complaints
+
+
+def redacted_report(
+    return_path: str, *, rcpt_to: str = "", original_to: str = "redacted", mail_from: bool = True
+) -> bytes:
+    """A feedback loop's complaint (RFC 5965) whose recipient is redacted, as Yahoo's CFL
+    and others do: no Original-Rcpt-To, and the returned original's To replaced (RFC
+    6590 lets a report redact the local part, or leave the address out). Only our
+    signed return path still says whom the message went to."""
+    fields = ["Feedback-Type: abuse", "User-Agent: ExampleFBL/2.0", "Version: 1"]
+    if mail_from:
+        fields.append(f"Original-Mail-From: <{return_path}>")
+    if rcpt_to:
+        fields.append(f"Original-Rcpt-To: <{rcpt_to}>")
+    fields += [
+        "Arrival-Date: Thu, 10 Dec 2026 09:58:00 +0000",
+        "Reporting-MTA: dns; fbl.mail.example",
+        "Source-IP: 192.0.2.25",
+        "Reported-Domain: sender.example",
+    ]
+    lines = [
+        "From: Mail Abuse Feedback <feedback@fbl.mail.example>",
+        "To: fbl@sender.example",
+        "Subject: Complaint about a message from sender.example",
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="part"',
+        "",
+        "--part",
+        "Content-Type: text/plain",
+        "",
+        "A recipient marked a message from sender.example as spam. Their address is redacted.",
+        "",
+        "--part",
+        "Content-Type: message/feedback-report",
+        "",
+        *fields,
+        "",
+        "--part",
+        "Content-Type: text/rfc822-headers",
+        "",
+        f"Return-Path: <{return_path}>",
+        "From: News <news@sender.example>",
+        f"To: {original_to}",
+        "Subject: This week at sender.example",
+        "Message-ID: <n-42@sender.example>",
+        "",
+        "--part--",
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
+COMPLAINER = "carol@yahoo.com"
+
+
+def test_a_redacted_complaint_names_the_recipient_its_token_was_made_for(
+    codec: SignedVerpCodec, sent: Sent
+) -> None:
+    mid = sent.queued("alice@yahoo.com", "Carol@Yahoo.com", "dave@example.net")
+    report = redacted_report(codec.encode(mid, COMPLAINER, now=NOW))
+    evidence, verdict = only(run(report, ["fbl@sender.example"], codec, sent=sent.lookup))
+    assert (evidence.kind, verdict.recipient, verdict.reason) == ("arf", COMPLAINER, "feedback")
+    assert evidence.note == (
+        f"return path of message {mid}; the report redacts the recipient: the token names it"
+    )
+
+
+def test_a_redacted_local_part_at_the_same_domain_is_recovered(
+    codec: SignedVerpCodec, sent: Sent
+) -> None:
+    # RFC 6590 style: the local part replaced by an opaque string, the domain kept.
+    mid = sent.queued("alice@yahoo.com", COMPLAINER)
+    report = redacted_report(codec.encode(mid, COMPLAINER, now=NOW), rcpt_to="9c2a37f1d2@yahoo.com")
+    evidence, verdict = only(run(report, ["fbl@sender.example"], codec, sent=sent.lookup))
+    assert (evidence.kind, verdict.recipient) == ("arf", COMPLAINER)
+
+
+def test_only_the_originals_return_path_is_enough(codec: SignedVerpCodec, sent: Sent) -> None:
+    mid = sent.queued(COMPLAINER)
+    report = redacted_report(codec.encode(mid, COMPLAINER, now=NOW), mail_from=False)
+    evidence, verdict = only(run(report, ["fbl@sender.example"], codec, sent=sent.lookup))
+    assert (evidence.kind, verdict.recipient) == ("arf", COMPLAINER)
+
+
+def test_a_redacted_complaint_about_a_milter_signed_message_is_recovered(
+    codec: SignedVerpCodec, sent: Sent
+) -> None:
+    mid = sent.milter_signed(COMPLAINER)
+    report = redacted_report(codec.encode(mid, COMPLAINER, now=NOW))
+    evidence, verdict = only(run(report, ["fbl@sender.example"], codec, sent=sent.lookup))
+    assert (evidence.kind, verdict.recipient) == ("arf", COMPLAINER)
+
+
+def test_a_complaint_from_another_domain_than_the_tokens_recipient_is_not_recovered(
+    codec: SignedVerpCodec, sent: Sent
+) -> None:
+    # carol forwards to an address elsewhere, whose owner complains: not carol's complaint.
+    mid = sent.queued(COMPLAINER)
+    report = redacted_report(codec.encode(mid, COMPLAINER, now=NOW), rcpt_to="erin@mail.example")
+    evidence, verdict = only(run(report, ["fbl@sender.example"], codec, sent=sent.lookup))
+    assert (evidence.kind, verdict.recipient) == ("arf-unverified", "erin@mail.example")
+    assert evidence.note.endswith("at another domain (forwarded mail)")
+
+
+@pytest.mark.parametrize(
+    ("token_for", "expected_note"),
+    [
+        (lambda codec, mid: codec.encode(mid + 1, COMPLAINER, now=NOW), "not known"),
+        (lambda codec, mid: codec.encode(mid, "zoe@yahoo.com", now=NOW), "no recipient of it"),
+    ],
+    ids=["message-never-queued", "token-for-no-recipient-of-the-message"],
+)
+def test_a_redacted_complaint_is_recorded_only_when_the_token_names_no_recipient_sent_to(
+    codec: SignedVerpCodec,
+    sent: Sent,
+    token_for,
+    expected_note: str,  # type: ignore[no-untyped-def]
+) -> None:
+    mid = sent.queued(COMPLAINER)
+    report = redacted_report(token_for(codec, mid))
+    evidence, verdict = only(run(report, ["fbl@sender.example"], codec, sent=sent.lookup))
+    assert (evidence.kind, verdict.recipient) == ("arf-unverified", "")
+    assert evidence.note.startswith("no-recipient: the report redacts the recipient; message ")
+    assert expected_note in evidence.note
+
+
+def test_a_redacted_complaint_with_an_expired_or_forged_token_is_not_recovered(
+    codec: SignedVerpCodec, sent: Sent
+) -> None:
+    mid = sent.queued(COMPLAINER)
+    expired = codec.encode(mid, COMPLAINER, now=NOW - 30 * 86400)
+    forged = SignedVerpCodec(DOMAIN, b"a guessed key of 32 bytes.......").encode(mid, COMPLAINER)
+    for return_path in (expired, forged):
+        evidence, verdict = only(
+            run(redacted_report(return_path), ["fbl@sender.example"], codec, sent=sent.lookup)
+        )
+        assert (evidence.kind, verdict.recipient) == ("arf-unverified", "")
+
+
+def test_without_a_record_of_what_was_sent_a_redacted_complaint_stays_unverified(
+    codec: SignedVerpCodec,
+) -> None:
+    report = redacted_report(codec.encode(7, COMPLAINER, now=NOW))
+    evidence, _ = only(run(report, ["fbl@sender.example"], codec))
+    assert evidence.kind == "arf-unverified"
+    assert evidence.note.endswith("message 7 cannot be looked up here")

@@ -1,10 +1,32 @@
-"""The milter's end-of-message parts that need no libmilter: the copy, the evidence, the header."""
+"""The milter's end-of-message parts: the copy, the evidence (the intake's), the header.
+
+What a returned message proves is decided by the intake's judgement
+(:func:`smtpguard.intake.returned.judge`); here the milter's own ``record`` is
+driven with a real verdict sink on a real SQLite store, without libmilter.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from smtpguard.classify import default_classifier
 from smtpguard.classify.verdict import Verdict
-from smtpguard.postfix.bounces import MessageCopy, bounce_header, evidence_kind
+from smtpguard.config import Config
+from smtpguard.intake.verp import SignedVerpCodec
+from smtpguard.policy import open_recipient_policy, open_sink
+from smtpguard.postfix.background import BackgroundLoop
+from smtpguard.postfix.bounces import MessageCopy, bounce_header
+from smtpguard.relay.dsn import DsnRecipient, build_dsn
+from smtpguard.store.sent import SentLookup
+from smtpguard.store.writer import open_thread
+
+DOMAIN = "bounce.example.org"
+SECRET = "a milter test key of 32 bytes..."
+CORPUS = Path(__file__).parent / "corpus" / "sisimai-dev"
 
 HARD = Verdict(
     recipient="kijitora@example.net", status="5.1.1", reply_code="550", reason="userunknown",
@@ -55,24 +77,88 @@ def test_the_copy_is_what_the_classifier_reads() -> None:
     )  # fmt: skip
 
 
-def test_a_bounce_without_a_return_path_check_is_unverified() -> None:
-    assert evidence_kind(HARD, ["alice@sender.test"], None) == "dsn-unverified"
+# --------------------------------------------------------------------------- the evidence
 
 
-def test_a_bounce_to_a_signed_return_path_naming_the_recipient_is_verified() -> None:
-    def check(return_path: str, recipient: str) -> bool:
-        return return_path == "b+token@bounce.test" and recipient == HARD.recipient
+def dsn(failed: str, return_path: str) -> bytes:
+    report = DsnRecipient(
+        address=failed, orcpt="", action="failed", status="5.1.1",
+        diagnostic=f"smtp; 550 5.1.1 <{failed}>: User unknown", remote_mta="mx.example.net",
+        last_attempt=0,
+    )  # fmt: skip
+    return build_dsn(
+        original=f"From: alice@sender.test\r\nTo: {failed}\r\n\r\nhi\r\n".encode(),
+        mail_from=return_path, envid="", ret="HDRS", recipients=[report],
+        reporting_mta="mx.example.net", arrival_date=0,
+    )  # fmt: skip
 
-    assert evidence_kind(HARD, ["other@x.test", "b+token@bounce.test"], check) == "dsn-verified"
-    assert evidence_kind(HARD, ["alice@sender.test"], check) == "dsn-unverified"
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``make_app(bounce_domain=True)``: the milter's shared part over a real store."""
+    from smtpguard.postfix.milter_app import MilterApp
+
+    closers: list[Callable[[], None]] = []
+
+    def make(*, bounce_domain: bool = True) -> MilterApp:
+        intake = {"bounce_domain": DOMAIN, "secret": SECRET} if bounce_domain else {}
+        cfg = Config().with_overrides(store={"data_dir": str(tmp_path / "var")}, intake=intake)
+        loop = BackgroundLoop("test-sink")
+        writer = loop.run(
+            open_thread(cfg.data_dir, busy_timeout=5, transactional=True, name="writer"), 30
+        )
+        sink = loop.run(open_sink(cfg, writer=writer), 30)
+        policy, sent = open_recipient_policy(cfg), SentLookup.open(cfg.data_dir)
+        closers.extend([policy.close, sent.close, loop.stop, writer.close])
+        return MilterApp(
+            cfg, policy, sink, loop, default_classifier(), sent=sent, writer=writer,
+            codec=SignedVerpCodec.from_config(cfg.intake),
+        )  # fmt: skip
+
+    yield make
+    for close in reversed(closers):
+        close()
 
 
-def test_a_feedback_report_is_arf_evidence() -> None:
-    report = Verdict(recipient="a@b.example", reason="feedback", bounce="none", format="arf")
-    assert evidence_kind(report, ["b+token@bounce.example"], lambda rp, r: True) == "arf"
+def test_a_bounce_without_a_bounce_domain_is_unverified(make_app: Callable[..., Any]) -> None:
+    app = make_app(bounce_domain=False)
+    [(verdict, kind, outcome)] = app.record(dsn(HARD.recipient, ""), ["alice@sender.test"], "Q1")
+    assert (verdict.recipient, kind, outcome) == (HARD.recipient, "dsn-unverified", "recorded")
+
+
+def test_a_bounce_to_a_signed_return_path_naming_the_recipient_is_verified(
+    make_app: Callable[..., Any],
+) -> None:
+    app = make_app()
+    return_path = app.sign("Q1", "alice@sender.test", HARD.recipient)
+    data = dsn(HARD.recipient, return_path)
+    [(_, kind, outcome)] = app.record(data, ["other@x.test", return_path], "Q2")
+    assert (kind, outcome) == ("dsn-verified", "suppressed")
+    [(_, kind, outcome)] = app.record(dsn("someone@example.net", return_path), [return_path], "Q3")
+    assert (kind, outcome) == ("dsn-unverified", "recorded")  # not the token's recipient
+    [(_, kind, _)] = app.record(data, ["alice@sender.test"], "Q4")
+    assert kind == "dsn-unverified"  # not returned to a signed return path
+
+
+def test_a_feedback_report_is_arf_evidence_only_when_tied_to_our_send(
+    make_app: Callable[..., Any],
+) -> None:
+    app = make_app()
+    report = (CORPUS / "arf-02.eml").read_bytes()
+    [(verdict, kind, _)] = app.record(report, ["fbl@sender.test"], "Q1")
     # Anyone can mail an ARF report: one not tied to our send is only recorded.
-    assert evidence_kind(report, ["b+token@bounce.example"], None) == "arf-unverified"
-    assert evidence_kind(report, [], lambda rp, r: False) == "arf-unverified"
+    assert (verdict.reason, kind) == ("feedback", "arf-unverified")
+    return_path = app.sign("Q2", "alice@sender.test", verdict.recipient)
+    signed = report.replace(
+        b"Return-Path: <shironeko@example.com>", f"Return-Path: <{return_path}>".encode()
+    )
+    [(verdict, kind, outcome)] = app.record(signed, ["fbl@sender.test"], "Q3")
+    assert (kind, outcome) == ("arf", "suppressed")
+
+
+def test_an_auto_reply_records_nothing(make_app: Callable[..., Any]) -> None:
+    app = make_app()
+    assert app.record((CORPUS / "rfc3834-01.eml").read_bytes(), ["a@sender.test"], "Q1") == []
 
 
 def test_the_header_describes_the_verdict() -> None:

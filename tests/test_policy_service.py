@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -262,3 +263,21 @@ def test_a_listen_address_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.startswith(f"smtpguard: error: policy_service.listen 127.0.0.1:{port}: ")
     assert "Traceback" not in out.stderr
+
+
+def test_a_suppressed_recipient_counts_as_a_hit_of_the_list_by_its_evidence(
+    start_service: StartService, store: SuppressionStore
+) -> None:
+    # The relay counts smtpguard_suppression_hits_total{evidence}; so does the service.
+    metrics = f"127.0.0.1:{free_port()}"
+    policy = start_service(
+        "policy",
+        policy_service={"listen": f"127.0.0.1:{free_port()}", "metrics_listen": metrics},
+    )
+    client = PolicyClient(policy.port)
+    assert client.ask(request(SUPPRESSED)).startswith("550 5.1.1 ")
+    assert client.ask(request("carol@example.com")) == "DUNNO"
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert 'smtpguard_suppression_hits_total{evidence="rcpt-reply"} 1.0' in text
+    assert 'smtpguard_postfix_rejections_total{answer="reject",service="policy"} 1.0' in text

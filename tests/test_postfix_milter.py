@@ -4,7 +4,9 @@
 
 Clients on 127.0.0.1 are this host's own users (``milter.internal_networks``
 is ``127.0.0.1/32`` here); a client on 127.0.0.2 stands for a server elsewhere
-on the Internet sending mail in, such as a bounce.
+on the Internet sending mail in, such as a bounce. With a bounce domain and
+``milter.rewrite_sender``, outgoing mail leaves with a signed return path, and what
+comes back to it (from outside, or Postfix's own DSN) is judged as the intake does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from smtpguard.intake.verp import SignedVerpCodec
+from smtpguard.store.sent import MILTER_IDS, SentLookup
 from smtpguard.store.suppression import SuppressionStore
 from tests.fixtures.mx import TestMx
 from tests.fixtures.net import free_port
@@ -33,6 +38,8 @@ GOOD = "carol@example.com"
 SENDER = "alice@sender.test"
 OUTSIDE = "127.0.0.2"  # a client elsewhere on the Internet
 CORPUS = Path(__file__).parent / "corpus" / "sisimai-dev"
+BOUNCE_DOMAIN = "bounce.example.org"
+KEY = b"a milter return path key, 32 b.."
 
 
 def message(subject: str, extra_headers: str = "") -> bytes:
@@ -66,6 +73,7 @@ class Stack:
     milter: RelayProcess
     mx: TestMx
     store: SuppressionStore
+    codec: SignedVerpCodec | None = None
 
     def expected_refusal(self, address: str) -> str:
         """What the relay answers at RCPT for ``address`` (its exact text)."""
@@ -86,16 +94,33 @@ def make_stack(
     start_service: Callable[..., RelayProcess],
     test_mx: TestMx,
     store: SuppressionStore,
+    tmp_path: Path,
 ) -> Callable[..., Stack]:
-    def make(listen: str = "", **milter: Any) -> Stack:
+    """``make(listen="", intake=None, main=None, **milter)``; ``intake``: the bounce
+    domain's settings (signed with :data:`KEY`), ``main``: more main.cf lines."""
+
+    def make(
+        listen: str = "",
+        intake: dict[str, Any] | None = None,
+        main: dict[str, str] | None = None,
+        **milter: Any,
+    ) -> Stack:
         settings = {
             "listen": listen or f"inet:127.0.0.1:{free_port()}",
             "internal_networks": ["127.0.0.1/32"],
             **milter,
         }
-        proc = start_service("milter", milter=settings)
-        postfix = postfix_factory(test_mx.port, milter=proc.where)
-        return Stack(postfix, proc, test_mx, store)
+        sections: dict[str, dict[str, Any]] = {"milter": settings}
+        codec = None
+        if intake is not None:
+            key = tmp_path / "verp.key"
+            key.write_bytes(KEY)
+            key.chmod(0o600)
+            sections["intake"] = {"bounce_domain": BOUNCE_DOMAIN, "secret_file": str(key), **intake}
+            codec = SignedVerpCodec(BOUNCE_DOMAIN, KEY)
+        proc = start_service("milter", **sections)
+        postfix = postfix_factory(test_mx.port, milter=proc.where, main=main)
+        return Stack(postfix, proc, test_mx, store, codec)
 
     return make
 
@@ -221,6 +246,112 @@ def test_no_header_when_bounce_header_is_off(make_stack: Callable[..., Stack]) -
     [received] = stack.delivered(1)
     assert received.message()["X-Smtpguard-Bounce"] is None
     assert "dsn-unverified" in stack.milter.log()
+
+
+# --------------------------------------------------------------------------- signed return paths
+
+
+@pytest.fixture
+def signed(make_stack: Callable[..., Stack]) -> Stack:
+    """Bounce domain, sender rewriting, and Postfix's own DSNs through the milter too."""
+    return make_stack(
+        intake={}, rewrite_sender=True, main={"internal_mail_filter_classes": "bounce"}
+    )
+
+
+def sent_return_path(stack: Stack, recipient: str) -> str:
+    """Send through Postfix as a local user; the envelope sender the MX saw."""
+    assert stack.postfix.send(SENDER, recipient, message(f"to {recipient}")).code == 250
+    [received] = stack.delivered(1)
+    return received.mail_from
+
+
+def recorded(stack: Stack, address: str, timeout: float = 30.0) -> list[Any]:
+    """The history of ``address`` once something is recorded for it (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while not (rows := stack.store.history(address)):
+        assert time.monotonic() < deadline, f"nothing recorded for {address}:\n{stack.milter.log()}"
+        time.sleep(0.1)
+    return rows
+
+
+def test_outgoing_mail_leaves_postfix_with_a_signed_return_path(signed: Stack) -> None:
+    return_path = sent_return_path(signed, GOOD)
+    assert return_path.startswith("b+") and return_path.endswith("@" + BOUNCE_DOMAIN)
+    assert signed.codec is not None
+    check = signed.codec.check(return_path, GOOD)
+    assert check.verified, check
+    # The milter's own id space, and the message is on record for what comes back.
+    assert check.message_id is not None and check.message_id >= MILTER_IDS
+    lookup = SentLookup.open(signed.store.path.parent)
+    try:
+        assert lookup.was_sent(check.message_id, GOOD)
+        assert not lookup.was_sent(check.message_id, "dave@example.com")
+    finally:
+        lookup.close()
+
+
+def test_a_message_to_several_recipients_keeps_its_sender(signed: Stack) -> None:
+    # A token names one recipient; a bounce of this message could not say whose it is.
+    reply = signed.postfix.send(SENDER, [GOOD, "dave@example.com"], message("to two"))
+    assert reply.code == 250
+    [received] = signed.delivered(1)
+    assert received.mail_from == SENDER
+
+
+def test_a_dsn_to_a_signed_return_path_is_verified_and_suppresses(signed: Stack) -> None:
+    return_path = sent_return_path(signed, GOOD)
+    reply = signed.postfix.send("", return_path, dsn(GOOD), source=OUTSIDE)
+    assert reply.code == 250
+    entry = signed.store.lookup(GOOD)  # recorded before Postfix answered the final dot
+    assert entry is not None
+    assert (entry.reason, entry.evidence) == ("userunknown", "dsn-verified")
+    [history] = signed.store.history(GOOD)
+    assert (history.action, history.actor) == ("added", "milter")
+    assert history.note.startswith("postfix queue id ")
+    # Mail for the bounce domain ends at the milter: recorded, not delivered on.
+    signed.postfix.wait_log(r"milter-discard: END-OF-MESSAGE")
+    assert len(signed.mx.messages) == 1
+
+
+def test_a_forged_return_path_is_unverified_and_suppresses_nobody(signed: Stack) -> None:
+    forged = f"b+{'b' * 32}@{BOUNCE_DOMAIN}"
+    assert signed.postfix.send("", forged, dsn(GOOD), source=OUTSIDE).code == 250
+    assert signed.store.lookup(GOOD) is None
+    [history] = signed.store.history(GOOD)
+    assert (history.action, history.evidence, history.actor) == (
+        "recorded", "dsn-unverified", "milter",
+    )  # fmt: skip
+
+
+def test_postfixs_own_dsn_to_a_signed_return_path_suppresses(signed: Stack) -> None:
+    # The MX refuses the recipient; Postfix mails its DSN to the signed return path,
+    # and with internal_mail_filter_classes = bounce that DSN passes the milter too.
+    dead = "dave@example.com"
+    signed.mx.script(dead, f"550 5.1.1 <{dead}>: Recipient address rejected: User unknown")
+    assert signed.postfix.send(SENDER, dead, message("to dave")).code == 250
+    history = recorded(signed, dead)
+    assert [(h.action, h.evidence, h.actor) for h in history] == [
+        ("added", "dsn-verified", "milter")
+    ]
+    entry = signed.store.lookup(dead)
+    assert entry is not None and entry.reason == "userunknown"
+    signed.postfix.wait_log(r"milter-discard: END-OF-MESSAGE")
+    assert signed.mx.messages == []
+
+
+def test_with_an_intake_listener_the_bounce_domain_is_left_to_it(
+    make_stack: Callable[..., Stack],
+) -> None:
+    # Postfix routes the bounce domain to intake.listen, which records it: not twice.
+    stack = make_stack(intake={"listen": f"127.0.0.1:{free_port()}"})
+    assert stack.codec is not None
+    return_path = stack.codec.encode(MILTER_IDS + 1, GOOD)
+    assert stack.postfix.send("", return_path, dsn(GOOD), source=OUTSIDE).code == 250
+    [received] = stack.delivered(1)
+    assert received.rcpt_tos == [return_path]
+    assert received.message()["X-Smtpguard-Bounce"] is None
+    assert stack.store.history(GOOD) == []
 
 
 # --------------------------------------------------------------------------- trouble
