@@ -215,3 +215,65 @@ def test_one_client_is_held_to_the_rate_limit(relay: Any) -> None:
     codes = [returned(relay, f"x{i}@{DOMAIN}", b"Subject: x\r\n\r\nx\r\n")[0] for i in range(25)]
     assert codes[:20] == [250] * 20
     assert codes[20:] == [450] * 5
+
+
+def test_a_redacted_complaint_about_our_send_is_a_complaint_about_its_recipient(
+    relay: Any, test_mx: Any
+) -> None:
+    from tests.test_intake_returned import redacted_report
+
+    complainer = "carol@yahoo.com"
+    return_path = sent_return_path(relay, test_mx, complainer)
+    code, _ = returned(relay, f"fbl@{DOMAIN}", redacted_report(return_path))
+    assert code == 250
+    e = entry(relay, complainer)
+    assert e is not None and (e.reason, e.evidence) == ("complaint", "arf")
+    assert "the report redacts the recipient" in history(relay, complainer)[-1].note
+
+
+# --------------------------------------------------------------------------- the relay port
+
+
+def relay_port_reply(relay: Any, rcpt: str) -> tuple[int, bytes]:
+    with smtplib.SMTP(relay.host, relay.port, local_hostname="postfix.test", timeout=30) as s:
+        s.ehlo()
+        assert s.mail("")[0] == 250
+        return s.rcpt(rcpt)
+
+
+def test_bounce_domain_mail_on_the_relay_port_is_refused_with_where_it_belongs(
+    relay: Any, test_mx: Any
+) -> None:
+    return_path = CODEC.encode(1, "bob@example.com")
+    code, text = relay_port_reply(relay, return_path)
+    assert (code, text.decode()) == (
+        451,
+        f"4.3.5 <{return_path}>: the bounce domain {DOMAIN} is received on intake.listen"
+        f" (127.0.0.1:{relay.intake_port}), not on the relay port: route it there"
+        " (transport_maps)",
+    )
+    # Kept by the client (a 4xx), never queued, so never relayed back out.
+    assert relay_port_reply(relay, "someone@example.com")[0] == 250
+    assert test_mx.messages == []
+    assert "is for the bounce domain: misrouted" in relay.log()
+
+
+def test_without_an_intake_listener_bounce_domain_mail_is_still_not_relayed(
+    start_relay: Any, tmp_path: Path
+) -> None:
+    key = tmp_path / "verp.key"
+    key.write_bytes(KEY)
+    key.chmod(0o600)
+    from tests.test_relay_metrics import scrape, value
+
+    metrics = free_port()
+    relay = start_relay(
+        intake={"bounce_domain": DOMAIN, "secret_file": str(key)},
+        metrics={"listen": f"127.0.0.1:{metrics}"},
+    )
+    code, text = relay_port_reply(relay, f"b+anything@{DOMAIN.upper()}")
+    assert code == 451
+    assert b"is not relayed (intake.listen is not set)" in text
+    _, samples = scrape(metrics)
+    assert value(samples, "smtpguard_inbound_refusals_total", reason="bounce_domain") == 1
+    assert value(samples, "smtpguard_inbound_refusals_total", reason="lookup_failed") == 0

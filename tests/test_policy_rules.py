@@ -101,6 +101,18 @@ def test_a_complaint_suppresses_as_complaint() -> None:
     assert (j.ruling, j.reason) == ("address", "complaint")
 
 
+def test_an_esps_unsubscribe_event_suppresses_as_unsubscribe() -> None:
+    v = verdict("SendGrid unsubscribe event", "unknown", reason="unsubscribe", bounce="none")
+    j = judge(v, Evidence("webhook", "webhook:sendgrid"), RCPT)
+    assert (j.ruling, j.reason) == ("address", "unsubscribe")
+
+
+@pytest.mark.parametrize("kind", ["dsn-verified", "dsn-unverified", "arf", "rcpt-reply", "log"])
+def test_an_unsubscribe_counts_only_from_an_esps_event(kind: EvidenceKind) -> None:
+    v = verdict("unsubscribe", "unknown", reason="unsubscribe", bounce="none")
+    assert ruling(v, kind) == "ignore"
+
+
 def test_named_addresses_are_suppression_keys() -> None:
     text = "550 5.1.1 <Bob@Bücher.DE>: unknown; see postmaster@example.com."
     assert named_addresses(text) == ["bob@xn--bcher-kva.de", "postmaster@example.com"]

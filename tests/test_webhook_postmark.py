@@ -114,3 +114,69 @@ async def test_other_record_types_change_nothing(postmark: Any) -> None:
 
 async def test_malformed_json_is_400(postmark: Any) -> None:
     assert (await postmark.post("/postmark", "{", auth()))[0] == 400
+
+
+# --------------------------------------------------------------------------- subscription changes
+
+SUBSCRIPTION = (SAMPLES / "postmark-subscription-change-webhook.json").read_text()
+
+
+def subscription(**changes: object) -> str:
+    return json.dumps({**json.loads(SUBSCRIPTION), **changes})
+
+
+async def test_a_recipients_own_suppression_is_an_unsubscribe(postmark: Any) -> None:
+    body = subscription(SuppressionReason="ManualSuppression", Origin="Recipient")
+    status, payload, _ = await postmark.post("/postmark", body, auth())
+    assert (status, payload["verdicts"]) == (200, 1)
+    ((verdicts, evidence),) = postmark.sink.calls
+    (v,) = verdicts
+    assert (v.recipient, v.reason, v.bounce) == (
+        "bounced-address@wildbit.com",
+        "unsubscribe",
+        "none",
+    )
+    assert v.message_id == "883953f4-6105-42a2-a16a-77a8eac79483"
+    assert "unsubscribed from message stream outbound" in v.diagnostic
+    assert (evidence.kind, evidence.actor) == ("webhook", "webhook:postmark")
+    assert evidence.note == "postmark SubscriptionChange 883953f4-6105-42a2-a16a-77a8eac79483"
+
+
+async def test_the_documented_hard_bounce_suppression_is_a_hard_bounce(postmark: Any) -> None:
+    assert (await postmark.post("/postmark", SUBSCRIPTION, auth()))[0] == 200
+    (v,) = postmark.sink.verdicts
+    assert (v.reason, v.bounce, v.suppress) == ("userunknown", "hard", True)
+
+
+async def test_a_spam_complaint_suppression_is_feedback(postmark: Any) -> None:
+    body = subscription(SuppressionReason="SpamComplaint")
+    assert (await postmark.post("/postmark", body, auth()))[0] == 200
+    ((verdicts, evidence),) = postmark.sink.calls
+    assert [(v.reason, v.feedback_type) for v in verdicts] == [("feedback", "abuse")]
+    assert evidence.kind == "arf"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # the sender's own decision on Postmark: no evidence about the address
+        {"SuppressionReason": "ManualSuppression", "Origin": "Customer"},
+        {"SuppressionReason": "ManualSuppression", "Origin": "Admin"},
+        # a reactivation lifts nothing here (suppression remove does)
+        {"SuppressSending": False, "SuppressionReason": None},
+        {"SuppressSending": "true", "SuppressionReason": "ManualSuppression"},
+        {"Recipient": None, "SuppressionReason": "ManualSuppression"},
+    ],
+)
+async def test_other_subscription_changes_give_no_verdict(
+    postmark: Any, changes: dict[str, object]
+) -> None:
+    status, payload, _ = await postmark.post("/postmark", subscription(**changes), auth())
+    assert (status, payload["verdicts"]) == (200, 0)
+    assert postmark.sink.calls == []
+
+
+async def test_an_unauthenticated_subscription_change_is_401(postmark: Any) -> None:
+    body = subscription(SuppressionReason="ManualSuppression", Origin="Recipient")
+    assert (await postmark.post("/postmark", body, auth(password="wrong")))[0] == 401
+    assert postmark.sink.calls == []

@@ -164,3 +164,34 @@ def test_signature_check_costs_bounded_time() -> None:
     with pytest.raises(Refused):
         verify_signature(key, "A" * 1_000_000, str(NOW), b"[]", now=NOW, max_age=60)
     assert time.perf_counter() - start < 0.5
+
+
+UNSUBSCRIBES = (Path(__file__).parent / "esp" / "sendgrid-unsubscribe-events.json").read_bytes()
+
+
+async def test_documented_unsubscribe_events_are_unsubscribes(
+    sendgrid: Any, private_key: Any
+) -> None:
+    status, payload, _ = await sendgrid.post(
+        "/sendgrid", UNSUBSCRIBES, signed(private_key, UNSUBSCRIBES)
+    )
+    assert (status, payload["verdicts"]) == (200, 2)
+    ((verdicts, evidence),) = sendgrid.sink.calls
+    assert [(v.recipient, v.reason, v.bounce, v.diagnostic) for v in verdicts] == [
+        ("unsubscribed@test.com", "unsubscribe", "none", "SendGrid unsubscribe event"),
+        (
+            "group-unsubscribed@test.com", "unsubscribe", "none",
+            "SendGrid group_unsubscribe event (unsubscribe group 10)",
+        ),
+    ]  # fmt: skip
+    # A resubscribe lifts nothing: a webhook never removes a suppression.
+    assert (evidence.kind, evidence.actor) == ("webhook", "webhook:sendgrid")
+
+
+async def test_a_forged_unsubscribe_is_403_and_changes_nothing(
+    sendgrid: Any, private_key: Any
+) -> None:
+    forged = UNSUBSCRIBES.replace(b"unsubscribed@test.com", b"victim@test.com")
+    status, _, _ = await sendgrid.post("/sendgrid", forged, signed(private_key, UNSUBSCRIBES))
+    assert status == 403
+    assert sendgrid.sink.calls == []

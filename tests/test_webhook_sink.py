@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 import time
@@ -84,6 +85,71 @@ async def test_sendgrid_events_end_on_the_list_by_the_evidence_rules(
             assert store.lookup(address) is None, address
         (added,) = store.history("example@test.com")
         assert added.actor == "webhook:sendgrid"
+
+
+async def test_unsubscribes_end_on_the_list_with_webhook_evidence(
+    tmp_path: Path, listen: Any
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    secret = tmp_path / "postmark.pw"
+    secret.write_text(PASSWORD)
+    secret.chmod(0o600)
+    cfg = Config().with_overrides(
+        store={"data_dir": str(tmp_path / "var")},
+        webhooks={"sendgrid_public_key": public_key(key), "postmark_user": "pm",
+                  "postmark_password_file": str(secret)},
+    )  # fmt: skip
+    unsubscribes = (SAMPLES / "sendgrid-unsubscribe-events.json").read_bytes()
+    change = json.loads((SAMPLES / "postmark-subscription-change-webhook.json").read_text())
+    change.update(SuppressionReason="ManualSuppression", Origin="Recipient")
+    sink = await open_sink(cfg)
+    try:
+        listener = await listen(make_app(cfg.webhooks, sink))
+        now = int(time.time())
+        signature = signed(key, unsubscribes, now)
+        assert (await listener.post("/sendgrid", unsubscribes, signature))[0] == 200
+        assert (await listener.post("/postmark", json.dumps(change), basic()))[0] == 200
+    finally:
+        await sink.close()
+    with SuppressionStore.open(tmp_path / "var") as store:
+        for address, actor in (
+            ("unsubscribed@test.com", "webhook:sendgrid"),
+            ("group-unsubscribed@test.com", "webhook:sendgrid"),
+            ("bounced-address@wildbit.com", "webhook:postmark"),
+        ):
+            entry = store.lookup(address)
+            assert entry is not None, address
+            assert (entry.reason, entry.evidence, entry.source) == (
+                "unsubscribe", "webhook", "webhook",
+            )  # fmt: skip
+            (added,) = store.history(address)
+            assert (added.action, added.actor) == ("added", actor)
+        assert store.lookup("resubscribed@test.com") is None
+
+
+async def test_a_burst_of_unsubscribes_is_never_held_back_as_a_storm(
+    tmp_path: Path, listen: Any
+) -> None:
+    # The storm breaker guards against a provider calling good addresses dead; an
+    # unsubscribe is the recipient's own act and must be honoured at once.
+    key = ec.generate_private_key(ec.SECP256R1())
+    cfg = Config().with_overrides(
+        store={"data_dir": str(tmp_path / "var")}, webhooks={"sendgrid_public_key": public_key(key)}
+    )
+    events = [
+        {"email": f"reader{i}@gmail.example", "event": "unsubscribe", "timestamp": 1513299569}
+        for i in range(40)
+    ]
+    body = json.dumps(events).encode()
+    sink = await open_sink(cfg)
+    try:
+        listener = await listen(make_app(cfg.webhooks, sink))
+        status, payload, _ = await listener.post(
+            "/sendgrid", body, signed(key, body, int(time.time()))
+        )
+    finally:
+        await sink.close()
+    assert (status, payload["outcomes"]) == (200, {"suppressed": 40})
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
