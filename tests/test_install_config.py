@@ -202,3 +202,33 @@ def test_example_with_a_data_dir_uncomments_only_that_key(cli: Cli) -> None:
         line for line in r.stdout.splitlines() if line and not line.startswith(("#", "["))
     ]
     assert uncommented == ['data_dir = "/var/lib/smtpguard"']
+
+
+def test_check_fails_on_a_return_path_key_it_cannot_use(cli: Cli, tmp_path: Path) -> None:
+    key = tmp_path / "verp.key"
+    text = f'[intake]\nbounce_domain = "bounce.example.com"\nsecret_file = "{key}"\n'
+    r = cli("config", "check", str(write(tmp_path, text)))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"smtpguard: error: intake.secret_file: cannot read {key}")
+    key.write_bytes(b"0123456789abcdef0123456789abcdef")
+    key.chmod(0o644)
+    r = cli("config", "check", str(write(tmp_path, text)))
+    assert r.returncode == 2
+    assert f"intake.secret_file: {key} is readable by everyone" in r.stderr
+    key.chmod(0o600)
+    assert cli("config", "check", str(write(tmp_path, text))).returncode == 0
+
+
+def test_check_fails_on_a_postmark_password_file_it_cannot_read(cli: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "postmark.pw"
+    text = f'[webhooks]\npostmark_user = "pm"\npostmark_password_file = "{missing}"\n'
+    r = cli("config", "check", str(write(tmp_path, text)))
+    assert r.returncode == 2
+    assert "webhooks.postmark_password_file: cannot read" in r.stderr
+
+
+def test_the_milters_sender_rewrite_needs_a_bounce_domain(cli: Cli, tmp_path: Path) -> None:
+    r = cli("config", "check", str(write(tmp_path, "[milter]\nrewrite_sender = true\n")))
+    assert r.returncode == 2
+    assert "milter.rewrite_sender needs intake.bounce_domain" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

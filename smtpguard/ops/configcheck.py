@@ -6,7 +6,10 @@ and impossible values. What it cannot see from the file alone:
 * errors: a ``classifier.rules_file`` that cannot be read or does not load (the
   relay would refuse to start), and the same for the TLS and AUTH files; a
   delivery log to a file (``log.destination = "file"``) without ``log.file`` or
-  in a directory that does not exist;
+  in a directory that does not exist; the key files of the signed return paths
+  (``intake.secret_file``, ``intake.previous_secret_file``: missing, empty, too
+  short, readable by everyone) and of the webhooks (``webhooks.postmark_password_file``),
+  which the relay, the milter and the webhook listener read at start;
 * warnings: a ``relay.trusted_networks`` entry wider than loopback and private
   address space - every client there relays without AUTH, which on a reachable
   port is an open relay; a file holding a secret (``smarthost_password``...)
@@ -65,6 +68,7 @@ def _files(cfg: Config, result: Audit) -> None:
         except TLSPolicyError as e:
             result.errors.append(f"delivery.smarthost_tls_ca_file: {e}")
     _log_file(cfg, result)
+    _secret_files(cfg, result)
     rules = cfg.classifier.rules_file
     if rules:
         from smtpguard.classify import Classifier
@@ -86,6 +90,25 @@ def _log_file(cfg: Config, result: Audit) -> None:
     directory = os.path.dirname(os.path.abspath(cfg.log.file))
     if not os.path.isdir(directory):
         result.errors.append(f"log.file: cannot write {cfg.log.file}: no such directory")
+
+
+def _secret_files(cfg: Config, result: Audit) -> None:
+    """The keys a process reads at start, read the same way (each error names its key)."""
+    from smtpguard.errors import ConfigError
+    from smtpguard.intake.keys import secret_setting
+    from smtpguard.intake.verp import SignedVerpCodec
+
+    w = cfg.webhooks
+    for check in (
+        lambda: SignedVerpCodec.from_config(cfg.intake),
+        lambda: secret_setting(
+            w.postmark_password, w.postmark_password_file, "webhooks.postmark_password"
+        ),
+    ):
+        try:
+            check()
+        except ConfigError as e:
+            result.errors.append(str(e))
 
 
 def _trusted_networks(cfg: Config, result: Audit) -> None:
