@@ -67,7 +67,7 @@ async def feed(
 
 async def _apply(sink: SuppressionSink, batch: Batch, dry_run: bool) -> list[tuple[str, str]]:
     kind = batch.evidence.kind
-    detail = f" - {batch.evidence.note}" if kind == "dsn-unverified" else ""
+    detail = f" - {batch.evidence.note}" if kind.endswith("-unverified") else ""
     if dry_run:
         plan = sink.prepare(batch.verdicts, batch.evidence)
         return [

@@ -87,7 +87,7 @@ class Judgement:
         """One line: ``dsn-verified bob@example.org userunknown; arf ...``."""
         parts = [
             f"{b.evidence.kind} {v.recipient} {v.reason}"
-            + (f" ({b.evidence.note})" if b.evidence.kind == "dsn-unverified" else "")
+            + (f" ({b.evidence.note})" if b.evidence.kind.endswith("-unverified") else "")
             for b in self.batches
             for v in b.verdicts
         ]

@@ -12,7 +12,8 @@ case-insensitively in practice, so decoding ignores case)::
 
     offset size
     0      1    version (high 3 bits, 1) and key id (low 5 bits)
-    1      5    queue message id, big-endian (up to 2**40 - 1)
+    1      5    message id, big-endian (up to 2**40 - 1): the relay's queue id, or from
+                2**39 up a message the milter signed (:mod:`smtpguard.store.sent`)
     6      2    last valid day, days since 1970-01-01 UTC
     8      4    recipient tag: HMAC-SHA256(key, "smtpguard-verp-rcpt" 0x00 recipient)[:4]
     12     8    MAC: HMAC-SHA256(key, "smtpguard-verp-mac" 0x00 bytes 0..11)[:8]
