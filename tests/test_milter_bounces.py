@@ -20,9 +20,9 @@ from smtpguard.intake.verp import SignedVerpCodec
 from smtpguard.policy import open_recipient_policy, open_sink
 from smtpguard.postfix.background import BackgroundLoop
 from smtpguard.postfix.bounces import MessageCopy, bounce_header
-from smtpguard.relay.dsn import DsnRecipient, build_dsn
 from smtpguard.store.sent import SentLookup
 from smtpguard.store.writer import open_thread
+from tests.test_intake_feed import dsn_to
 
 DOMAIN = "bounce.example.org"
 SECRET = "a milter test key of 32 bytes..."
@@ -80,19 +80,6 @@ def test_the_copy_is_what_the_classifier_reads() -> None:
 # --------------------------------------------------------------------------- the evidence
 
 
-def dsn(failed: str, return_path: str) -> bytes:
-    report = DsnRecipient(
-        address=failed, orcpt="", action="failed", status="5.1.1",
-        diagnostic=f"smtp; 550 5.1.1 <{failed}>: User unknown", remote_mta="mx.example.net",
-        last_attempt=0,
-    )  # fmt: skip
-    return build_dsn(
-        original=f"From: alice@sender.test\r\nTo: {failed}\r\n\r\nhi\r\n".encode(),
-        mail_from=return_path, envid="", ret="HDRS", recipients=[report],
-        reporting_mta="mx.example.net", arrival_date=0,
-    )  # fmt: skip
-
-
 @pytest.fixture
 def make_app(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """``make_app(bounce_domain=True)``: the milter's shared part over a real store."""
@@ -122,7 +109,7 @@ def make_app(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
 def test_a_bounce_without_a_bounce_domain_is_unverified(make_app: Callable[..., Any]) -> None:
     app = make_app(bounce_domain=False)
-    [(verdict, kind, outcome)] = app.record(dsn(HARD.recipient, ""), ["alice@sender.test"], "Q1")
+    [(verdict, kind, outcome)] = app.record(dsn_to("", HARD.recipient), ["alice@sender.test"], "Q1")
     assert (verdict.recipient, kind, outcome) == (HARD.recipient, "dsn-unverified", "recorded")
 
 
@@ -131,10 +118,12 @@ def test_a_bounce_to_a_signed_return_path_naming_the_recipient_is_verified(
 ) -> None:
     app = make_app()
     return_path = app.sign("Q1", "alice@sender.test", HARD.recipient)
-    data = dsn(HARD.recipient, return_path)
+    data = dsn_to(return_path, HARD.recipient)
     [(_, kind, outcome)] = app.record(data, ["other@x.test", return_path], "Q2")
     assert (kind, outcome) == ("dsn-verified", "suppressed")
-    [(_, kind, outcome)] = app.record(dsn("someone@example.net", return_path), [return_path], "Q3")
+    [(_, kind, outcome)] = app.record(
+        dsn_to(return_path, "someone@example.net"), [return_path], "Q3"
+    )
     assert (kind, outcome) == ("dsn-unverified", "recorded")  # not the token's recipient
     [(_, kind, _)] = app.record(data, ["alice@sender.test"], "Q4")
     assert kind == "dsn-unverified"  # not returned to a signed return path
