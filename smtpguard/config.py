@@ -635,6 +635,20 @@ class DoctorConfig:
 
 
 @dataclass(frozen=True)
+class ShapingConfig:
+    """Per-site delivery limits (connections, message rate) and where budgets live."""
+
+    file: str = opt(
+        "",
+        "Operator's shaping file (TOML), overlaid on the shipped provider defaults.",
+    )
+    shared: str = opt(
+        "",
+        "redis://HOST:PORT/DB to share site rate budgets with a fleet; empty: this node only.",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per TOML table."""
 
@@ -652,6 +666,7 @@ class Config:
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
     source: str = field(default="(embedded defaults)", compare=False)
     #: Durations as the operator wrote them ("5d"), by "table.key", for printing.
     written: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
