@@ -12,15 +12,31 @@ anything):
 A run counts messages AT THE SINK (``smtp-sink -c`` prints running counters) until
 every message has arrived: a relay that answers 250 fast but delivers late gets no
 credit. smtp-source sends one message per connection, 20 sessions in parallel,
-5 KB bodies. smtpguard runs with its defaults (durable commits on), started with
-its one-line start. Goals: smtpguard >= 1.0x Postfix, the chain >= 0.7x.
+5 KB bodies, each to a recipient of its own (``-N``, tagged with the run); the
+sink dumps what it takes (``-D``, on tmpfs), so every round reports the messages
+lost and duplicated, not just a count. smtpguard runs with its defaults (durable
+commits on), started with its one-line start. Everything talks over 127.0.0.1.
+
+Each round prints, per configuration, messages/s and the ratio to Postfix alone in
+the same round; for the smtpguard legs also the relay's CPU per message (utime +
+stime of the relay process from ``/proc/<pid>/stat``, the delta over the run
+divided by its messages: robust to other load on the machine, unlike the rate)
+and its peak RSS (VmHWM). Then the table, the medians, and issue 15's goals:
+the chain >= 0.8x Postfix alone, smtpguard alone >= 2.0x, smtpguard's CPU in the
+chain <= 1.0 ms per message, nothing lost or duplicated in any round.
+``--event-loop asyncio --event-loop uvloop`` runs the smtpguard legs once per
+loop (``relay.event_loop``), interleaved in the same rounds.
 
 ``--rss-messages N`` then queues N messages in a smtpguard whose smarthost is a
 closed port (nothing can leave) and reads VmRSS/VmHWM from /proc (goal < 200 MB
-for 100,000). ``--profile`` samples every thread of a smtpguard under load with a
-stdlib-only sampler and prints where the time goes.
+for 100,000). ``--profile`` samples a smtpguard under load alone and behind
+Postfix (py-spy when installed: ``pip install py-spy``; else a stdlib sampler)
+and runs cProfile on its event-loop thread, and prints where the time goes.
 
-Run as root (smtp-sink then needs ``-u postfix``): ``python benchmarks/relay_throughput.py``.
+Run as root (smtp-sink then needs ``-u postfix``)::
+
+    python benchmarks/relay_throughput.py --rss-messages 0
+
 Does not depend on pytest.
 """
 
@@ -75,11 +91,18 @@ class Sink:
     """One ``smtp-sink`` for the whole run; ``count`` is its running message counter.
 
     Deltas of the counter measure each run, so the sink never restarts between runs.
+    With ``dump`` it also appends every message it takes to that file (``-D``, on
+    tmpfs): each run's recipients are unique (``smtp-source -N`` numbers them, the
+    run's tag is in the address), so reading the file back says which messages of
+    a run arrived, which never did and which arrived twice.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, dump: Path | None = None) -> None:
         self.port = port
+        self.dump = dump
         argv = [SMTP_SINK, "-c", f"127.0.0.1:{port}", "512"]
+        if dump is not None:
+            argv[1:1] = ["-D", str(dump)]
         if os.geteuid() == 0:
             argv[1:1] = ["-u", "postfix"]  # smtp-sink refuses to run as root without -u
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -108,9 +131,19 @@ class Sink:
         with self._changed:
             return self._changed.wait_for(lambda: self.count >= target, timeout)
 
+    def arrivals(self) -> collections.Counter[str]:
+        """How often each recipient arrived so far (from the dump file)."""
+        if self.dump is None or not self.dump.exists():
+            return collections.Counter()
+        return collections.Counter(_RCPT_LINE.findall(self.dump.read_bytes()))
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+#: smtp-sink's dump record of a recipient: "X-Rcpt-Args: <17r3@sink.test>".
+_RCPT_LINE = re.compile(rb"^X-Rcpt-Args: <([^>]*)>", re.MULTILINE)
 
 
 # --------------------------------------------------------------------------- smtpguard
@@ -124,20 +157,27 @@ class Smtpguard:
     data_dir: Path
     port: int = field(default_factory=free_port)
     wrapper: list[str] = field(default_factory=list)
+    event_loop: str = ""  # relay.event_loop ("": the default, auto)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def argv(self) -> list[str]:
+        extra = ["--config", str(self.data_dir / "bench.toml")] if self.event_loop else []
         return [
             *(self.wrapper or SMTPGUARD),
             "serve",
             "--listen", f"127.0.0.1:{self.port}",
             "--smarthost", f"127.0.0.1:{self.smarthost_port}",
             "--data-dir", str(self.data_dir),
+            *extra,
         ]  # fmt: skip
 
     def start(self) -> Smtpguard:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.event_loop:
+            (self.data_dir / "bench.toml").write_text(
+                f'[relay]\nevent_loop = "{self.event_loop}"\n'
+            )
         log = open(self.data_dir / "serve.log", "wb")  # noqa: SIM115 (lives with the process)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPGUARD_")}
         self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -146,6 +186,12 @@ class Smtpguard:
             tail = (self.data_dir / "serve.log").read_text(errors="replace")[-2000:]
             raise SystemExit(f"smtpguard did not listen on {self.port}:\n{tail}")
         return self
+
+    def loop_name(self) -> str:
+        """The event loop the relay says it runs on (its start-up log line)."""
+        text = (self.data_dir / "serve.log").read_text(errors="replace")
+        m = re.search(r"relay running on the (\w+) event loop", text)
+        return m.group(1) if m else "?"
 
     def status(self) -> dict[str, int]:
         """VmRSS / VmHWM (peak) of the relay process, in kB."""
@@ -178,31 +224,64 @@ class Smtpguard:
 # --------------------------------------------------------------------------- one run
 
 
-def smtp_source(port: int, messages: int, sessions: int, size: int) -> list[str]:
+def smtp_source(
+    port: int, messages: int, sessions: int, size: int, recipient: str = RECIPIENT
+) -> list[str]:
+    """smtp-source's command line; ``-N`` numbers the recipients (``17<recipient>``)."""
     return [
-        SMTP_SOURCE, "-s", str(sessions), "-m", str(messages), "-l", str(size),
-        "-f", SENDER, "-t", RECIPIENT, "-M", "source.test", f"127.0.0.1:{port}",
+        SMTP_SOURCE, "-s", str(sessions), "-m", str(messages), "-l", str(size), "-N",
+        "-f", SENDER, "-t", recipient, "-M", "source.test", f"127.0.0.1:{port}",
     ]  # fmt: skip
 
 
-def measure(sink: Sink, port: int, args: argparse.Namespace) -> float:
-    """Messages per second from smtp-source's start until the last one is AT THE SINK."""
+_runs = iter(range(1, 1 << 30))
+
+
+def measure(sink: Sink, port: int, args: argparse.Namespace) -> tuple[float, str]:
+    """(messages per second from smtp-source's start until the last one is AT THE SINK,
+    the run's recipient domain tag). With a dump, "the last one" means every recipient
+    of the run, not just as many messages (a duplicate must not stand in for a loss)."""
+    tag = f"r{next(_runs)}"
     target = sink.count + args.messages
     started = time.monotonic()
     src = subprocess.run(
-        smtp_source(port, args.messages, args.sessions, args.size),
+        smtp_source(port, args.messages, args.sessions, args.size, f"{tag}@sink.test"),
         capture_output=True,
         text=True,
         timeout=args.timeout,
     )
     if src.returncode != 0:
         raise SystemExit(f"smtp-source to port {port} failed: {src.stdout}{src.stderr}")
-    if not sink.wait_for(target, args.timeout):
-        raise SystemExit(
-            f"only {sink.count - target + args.messages} of {args.messages} messages reached "
-            f"the sink within {args.timeout}s (via port {port})"
-        )
-    return args.messages / (time.monotonic() - started)
+    deadline = started + args.timeout
+    while True:
+        if not sink.wait_for(target, max(deadline - time.monotonic(), 0)):
+            print(
+                f"only {sink.count - target + args.messages} of {args.messages} messages reached"
+                f" the sink within {args.timeout}s (via port {port})",
+                flush=True,
+            )
+            break
+        if sink.dump is None or len(run_arrivals(sink.arrivals(), tag)) >= args.messages:
+            break
+        target = sink.count + 1  # duplicates made up the count: wait for the missing ones
+    return args.messages / (time.monotonic() - started), tag
+
+
+def run_arrivals(arrivals: collections.Counter[str], tag: str) -> dict[str, int]:
+    """The recipients of run ``tag`` that arrived, with how often."""
+    suffix = f"{tag}@sink.test".encode()
+    return {k.decode(): n for k, n in arrivals.items() if k.endswith(suffix)}
+
+
+def lost_and_duplicated(
+    arrivals: collections.Counter[str], tag: str, messages: int
+) -> tuple[int, int]:
+    """(messages of run ``tag`` that never arrived, extra copies that did)."""
+    got = run_arrivals(arrivals, tag)
+    expected = {f"{i}{tag}@sink.test" for i in range(1, messages + 1)}
+    lost = len(expected - got.keys())
+    duplicated = sum(n - 1 for n in got.values()) + sum(got[k] for k in got.keys() - expected)
+    return lost, duplicated
 
 
 def tree_cpu_seconds(root_pid: int) -> float:
@@ -245,10 +324,27 @@ class Results:
     cpu_ms: dict[str, list[tuple[float, float]]]  # smtpguard's (user, sys) CPU ms per message
     busy: dict[str, list[float]]  # share of the machine's CPUs busy during each run
     postfix_ms: dict[str, list[float]]  # Postfix's CPU ms per message (all its daemons)
+    peak_kb: dict[str, list[int]]  # the relay's VmHWM after each round
+    tags: dict[str, list[str]]  # each run's recipient tag (for lost/duplicated)
+    lost: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (lost, duplicated)
+    loops: dict[str, str] = field(default_factory=dict)  # event loop each variant ran on
+
+
+def variant_names(loops: list[str]) -> dict[str, tuple[str, str]]:
+    """Configuration name -> (leg, event loop) for the smtpguard legs."""
+    out = {}
+    for loop in loops:
+        suffix = f"[{loop}]" if len(loops) > 1 else ""
+        out[f"smtpguard{suffix}"] = ("alone", loop)
+        out[f"postfix+smtpguard{suffix}"] = ("chain", loop)
+    return out
 
 
 def throughput(args: argparse.Namespace, work: Path) -> Results:
-    sink = Sink(free_port())
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else work
+    dump_dir = Path(tempfile.mkdtemp(prefix="smtpguard-bench-sink-", dir=shm))
+    dump_dir.chmod(0o777)  # smtp-sink writes as user postfix
+    sink = Sink(free_port(), dump_dir / "dump")
     postfix = PostfixInstance(
         work / "postfix",
         name="bench-pf",
@@ -256,31 +352,41 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
         fast_retry=False,
         main=args.postfix_main,
     )
-    guard = Smtpguard(sink.port, work / "smtpguard")
-    guard_behind = Smtpguard(sink.port, work / "smtpguard-chain")
-    chain = PostfixInstance(
-        work / "postfix-chain",
-        name="bench-chain",
-        relayhost="",
-        fast_retry=False,
-        main=args.postfix_main,
-    )
-    rates: dict[str, list[float]] = {c: [] for c in CONFIGS}
-    cpu_ms: dict[str, list[tuple[float, float]]] = {"smtpguard": [], "postfix+smtpguard": []}
-    busy: dict[str, list[float]] = {c: [] for c in CONFIGS}
-    postfix_ms: dict[str, list[float]] = {"postfix": [], "postfix+smtpguard": []}
-    relay_of = {"smtpguard": guard, "postfix+smtpguard": guard_behind}
-    postfix_of = {"postfix": postfix, "postfix+smtpguard": chain}
+    legs = {} if args.postfix_only else variant_names(args.event_loop)
+    relay_of: dict[str, Smtpguard] = {}
+    postfix_of: dict[str, PostfixInstance] = {"postfix": postfix}
+    for i, (name, (leg, loop)) in enumerate(legs.items()):
+        relay_of[name] = Smtpguard(sink.port, work / f"smtpguard-{i}", event_loop=loop)
+        if leg == "chain":
+            postfix_of[name] = PostfixInstance(
+                work / f"postfix-chain-{i}",
+                name=f"bench-chain{i}",
+                relayhost="",
+                fast_retry=False,
+                main=args.postfix_main,
+            )
+    configs = ["sink", "postfix", *legs]
+    rates: dict[str, list[float]] = {c: [] for c in configs}
+    cpu_ms: dict[str, list[tuple[float, float]]] = {c: [] for c in relay_of}
+    busy: dict[str, list[float]] = {c: [] for c in configs}
+    postfix_ms: dict[str, list[float]] = {c: [] for c in postfix_of}
+    peak_kb: dict[str, list[int]] = {c: [] for c in relay_of}
+    tags: dict[str, list[str]] = {c: [] for c in configs}
+    results = Results(rates, cpu_ms, busy, postfix_ms, peak_kb, tags)
     try:
         postfix.start()
         targets = {"sink": sink.port, "postfix": postfix.port}
-        if not args.postfix_only:
-            guard.start()
-            guard_behind.start()
-            chain.relayhost = f"127.0.0.1:{guard_behind.port}"
-            chain.start()
-            targets.update({"smtpguard": guard.port, "postfix+smtpguard": chain.port})
-        # One unmeasured warm-up message per path (process start-up, first connections).
+        for name, relay in relay_of.items():
+            relay.start()
+            results.loops[name] = relay.loop_name()
+            if name in postfix_of:
+                front = postfix_of[name]
+                front.relayhost = f"127.0.0.1:{relay.port}"
+                front.start()
+                targets[name] = front.port
+            else:
+                targets[name] = relay.port
+        # One unmeasured warm-up per path (process start-up, first connections).
         warm = argparse.Namespace(**{**vars(args), "messages": 20, "sessions": 4})
         for port in targets.values():
             measure(sink, port, warm)
@@ -288,7 +394,6 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
             order = list(targets)
             # Rotate the order each round so no configuration always runs first.
             order = order[(rnd - 1) % len(order) :] + order[: (rnd - 1) % len(order)]
-            line = []
             for name in order:
                 relay = relay_of.get(name)
                 cpu_before = relay.cpu_seconds() if relay else (0.0, 0.0)
@@ -296,56 +401,98 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
                 front_pid = front.master_pid if front else None
                 front_before = tree_cpu_seconds(front_pid) if front_pid else 0.0
                 jiffies = cpu_busy_jiffies()
-                rate = measure(sink, targets[name], args)
+                rate, tag = measure(sink, targets[name], args)
                 now = cpu_busy_jiffies()
                 if front_pid:
                     used = tree_cpu_seconds(front_pid) - front_before
                     postfix_ms[name].append(used * 1000 / args.messages)
                 busy[name].append((now[0] - jiffies[0]) / max(now[1] - jiffies[1], 1))
                 rates[name].append(rate)
-                line.append(f"{name}={rate:.0f}/s")
+                tags[name].append(tag)
                 if relay:
                     after = relay.cpu_seconds()
                     n = args.messages / 1000
                     cpu_ms[name].append(
                         ((after[0] - cpu_before[0]) / n, (after[1] - cpu_before[1]) / n)
                     )
-            print(f"round {rnd}: " + "  ".join(line), flush=True)
+                    peak_kb[name].append(relay.status()["VmHWM"])
+            print_round(results, rnd, args.messages, sink.arrivals())
+        time.sleep(2)  # a late duplicate still counts
+        arrivals = sink.arrivals()
+        results.lost = {
+            c: [lost_and_duplicated(arrivals, t, args.messages) for t in tags[c]] for c in configs
+        }
     finally:
-        chain.stop()
-        guard_behind.stop()
-        guard.stop()
-        postfix.stop()
+        for front in postfix_of.values():
+            front.stop()
+        for relay in relay_of.values():
+            relay.stop()
         sink.stop()
-    return Results(
-        {k: v for k, v in rates.items() if v},
-        {k: v for k, v in cpu_ms.items() if v},
-        {k: v for k, v in busy.items() if v},
-        {k: v for k, v in postfix_ms.items() if v},
-    )
+        shutil.rmtree(dump_dir, ignore_errors=True)
+    return results
 
 
-def report(results: Results) -> None:
+def print_round(
+    results: Results, rnd: int, messages: int, arrivals: collections.Counter[str]
+) -> None:
+    """One line per round: each configuration's rate, ratio to Postfix, and the relay's
+    CPU per message, peak RSS and lost/duplicated messages."""
+    i = rnd - 1
+    base = results.rates["postfix"][i]
+    cells = []
+    for name, rates in results.rates.items():
+        lost, dup = lost_and_duplicated(arrivals, results.tags[name][i], messages)
+        cell = f"{name}={rates[i]:.0f}/s ({rates[i] / base:.2f}x"
+        if name in results.cpu_ms:
+            user, system = results.cpu_ms[name][i]
+            cell += f", {user + system:.2f} ms/msg, peak {results.peak_kb[name][i] / 1024:.0f} MB"
+        cell += f", lost {lost} dup {dup})"
+        cells.append(cell)
+    print(f"round {rnd}: " + "  ".join(cells), flush=True)
+
+
+def report(results: Results, args: argparse.Namespace) -> bool:
+    """The table, the medians and the goals; True when every goal was met."""
     rates = results.rates
     base = rates["postfix"]
-    print("\nmessages/s at the sink, and ratio to Postfix alone in the same round")
-    header = f"{'round':>5}  " + "  ".join(f"{c:>24}" for c in rates)
-    print(header)
-    for i in range(len(base)):
-        cells = [f"{rates[c][i]:8.0f} ({rates[c][i] / base[i]:5.2f}x)" for c in rates]
-        print(f"{i + 1:>5}  " + "  ".join(f"{c:>24}" for c in cells))
-    med = [
-        f"{statistics.median(v):8.0f} "
-        f"({statistics.median(r / b for r, b in zip(v, base, strict=True)):5.2f}x)"
-        for v in rates.values()
-    ]
-    print(f"{'median':>6} " + "  ".join(f"{c:>24}" for c in med))
-    goals = {"smtpguard": 1.0, "postfix+smtpguard": 0.7}
-    for name, goal in goals.items():
-        if name in rates:
-            ratio = statistics.median(r / b for r, b in zip(rates[name], base, strict=True))
-            verdict = "met" if ratio >= goal else "NOT met"
-            print(f"goal {name} >= {goal:.1f}x Postfix: median {ratio:.2f}x -> {verdict}")
+    rounds = range(len(base))
+
+    def ratio(name: str, i: int) -> float:
+        return rates[name][i] / base[i]
+
+    print("\nper round: messages/s at the sink (ratio to Postfix alone in the same round);")
+    print("smtpguard's CPU ms per message (utime+stime of the relay process / messages),")
+    print("its peak RSS (VmHWM), and messages lost / duplicated at the sink")
+    for name, loop in results.loops.items():
+        print(f"  {name}: relay on the {loop} event loop")
+    header = ["round", *(f"{c}" for c in rates)]
+    rows = []
+    for i in rounds:
+        row = [str(i + 1)]
+        for c in rates:
+            cell = f"{rates[c][i]:.0f} ({ratio(c, i):.2f}x)"
+            if c in results.cpu_ms:
+                u, k = results.cpu_ms[c][i]
+                cell += f" {u + k:.2f}ms {results.peak_kb[c][i] / 1024:.0f}MB"
+            lost, dup = results.lost[c][i]
+            cell += f" L{lost}/D{dup}"
+            row.append(cell)
+        rows.append(row)
+    med = ["median"]
+    for c in rates:
+        r = statistics.median(ratio(c, i) for i in rounds)
+        cell = f"{statistics.median(rates[c]):.0f} ({r:.2f}x)"
+        if c in results.cpu_ms:
+            ms = statistics.median(u + k for u, k in results.cpu_ms[c])
+            cell += f" {ms:.2f}ms {max(results.peak_kb[c]) / 1024:.0f}MB"
+        lost = sum(x for x, _ in results.lost[c])
+        dup = sum(y for _, y in results.lost[c])
+        cell += f" L{lost}/D{dup}"
+        med.append(cell)
+    rows.append(med)
+    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
     print(
         "machine CPU busy during the runs (median; other load on the machine counts too): "
         + ", ".join(f"{k} {100 * statistics.median(v):.0f}%" for k, v in results.busy.items())
@@ -360,6 +507,34 @@ def report(results: Results) -> None:
             f"smtpguard CPU per message in {name}: median {total:.2f} ms "
             f"(user {user:.2f} + system {system:.2f})"
         )
+    met = True
+    for name, (leg, _) in variant_names(args.event_loop).items():
+        if name not in rates:
+            continue
+        r = statistics.median(ratio(name, i) for i in rounds)
+        goal = GOALS[leg]
+        checks = [(f"{name} >= {goal:.1f}x Postfix alone", r >= goal, f"median {r:.2f}x")]
+        if leg == "chain":
+            ms = statistics.median(u + k for u, k in results.cpu_ms[name])
+            checks.append(
+                (f"{name}: smtpguard CPU <= {CPU_GOAL_MS:.1f} ms/msg", ms <= CPU_GOAL_MS,
+                 f"median {ms:.2f} ms")
+            )  # fmt: skip
+        bad = [i + 1 for i in rounds if results.lost[name][i] != (0, 0)]
+        checks.append(
+            (f"{name}: nothing lost or duplicated", not bad,
+             f"rounds with losses/duplicates: {bad}" if bad else "every round")
+        )  # fmt: skip
+        for what, ok, detail in checks:
+            met &= ok
+            print(f"goal {what}: {detail} -> {'met' if ok else 'NOT met'}")
+    return met
+
+
+#: Issue 15's goals: the chain at least 0.8x Postfix alone, smtpguard alone at least
+#: 2.0x, and at most 1.0 ms of smtpguard's CPU per message in the chain.
+GOALS = {"alone": 2.0, "chain": 0.8}
+CPU_GOAL_MS = 1.0
 
 
 # --------------------------------------------------------------------------- memory
@@ -530,17 +705,67 @@ def cprofile_child(out: Path, argv: list[str]) -> None:
     main()
 
 
+def py_spy() -> str | None:
+    """py-spy (``pip install py-spy``, a dev tool) beside this Python, or on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def pyspy_summary(raw: Path, top: int = 30) -> str:
+    """Top functions by self and inclusive samples from ``py-spy record --format raw``.
+
+    py-spy samples every thread that is running (not idle) from outside the
+    process, without the GIL: a thread in a system call (send, fsync) counts,
+    one blocked waiting does not.
+    """
+    self_n: collections.Counter[str] = collections.Counter()
+    incl_n: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [
+            re.sub(r"/\S*/(site-packages|python3\.\d+|" + re.escape(REPO.name) + r")/", "", f)
+            for f in stack.split(";")
+        ]
+        total += n
+        threads[re.sub(r"\(\d+\)", "", frames[0])] += n
+        if len(frames) > 1:
+            self_n[frames[-1]] += n
+        for f in set(frames[1:]):
+            incl_n[f] += n
+    total = total or 1
+    lines = [f"samples: {total} (py-spy, running threads only)", "-- by thread --"]
+    lines += [f"{100 * n / total:6.1f}%  {k}" for k, n in threads.most_common()]
+    for title, counter in (("self", self_n), ("inclusive", incl_n)):
+        lines.append(f"-- top {top} by {title} samples --")
+        lines += [f"{100 * n / total:6.1f}%  {k}" for k, n in counter.most_common(top)]
+    return "\n".join(lines) + "\n"
+
+
 def profile(args: argparse.Namespace, work: Path) -> None:
-    """Load a sampled smtpguard alone and behind Postfix; print where its CPU goes."""
+    """Load a profiled smtpguard alone and behind Postfix; print where its CPU goes.
+
+    With py-spy installed it samples the relay from outside (no change to the
+    process); else the stdlib sampler runs inside it. cProfile always runs too
+    (deterministic counts of the event-loop thread).
+    """
     sink = Sink(free_port())
+    spy = py_spy()
+    modes = ["py-spy" if spy else "_sample", "_cprofile"]
+    titles = {**MODES, "py-spy": "py-spy samples, all threads"}
     try:
-        legs = [(leg, mode) for leg in ("smtpguard", "postfix+smtpguard") for mode in MODES]
+        legs = [(leg, mode) for leg in ("smtpguard", "postfix+smtpguard") for mode in modes]
         for leg, mode in legs:
             out = work / f"profile-{leg}.{mode}.txt"
-            wrapper = [sys.executable, __file__, mode, str(out), "--"]
+            wrapper = [] if mode == "py-spy" else [sys.executable, __file__, mode, str(out), "--"]
             data_dir = work / f"profile-{leg}-{mode}"
             guard = Smtpguard(sink.port, data_dir, wrapper=wrapper).start()
             front: PostfixInstance | None = None
+            sampler: subprocess.Popen[bytes] | None = None
             try:
                 port = guard.port
                 if leg == "postfix+smtpguard":
@@ -553,19 +778,32 @@ def profile(args: argparse.Namespace, work: Path) -> None:
                     ).start()
                     port = front.port
                 measure(sink, port, argparse.Namespace(**{**vars(args), "messages": 20}))
-                out.with_suffix(".start").touch()  # the sampler starts counting
                 assert guard.proc is not None
-                guard.proc.send_signal(signal.SIGUSR2)  # cProfile starts
-                time.sleep(0.2)
-                rate = measure(sink, port, args)
+                if mode == "py-spy":
+                    assert spy is not None
+                    sampler = subprocess.Popen(
+                        [spy, "record", "-p", str(guard.proc.pid), "-r", "200", "-f", "raw",
+                         "-o", str(out.with_suffix(".raw")), "--nonblocking"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                    time.sleep(1.0)  # attached
+                else:
+                    out.with_suffix(".start").touch()  # the sampler starts counting
+                    guard.proc.send_signal(signal.SIGUSR2)  # cProfile starts
+                    time.sleep(0.2)
+                rate, _ = measure(sink, port, args)
             finally:
+                if sampler is not None:
+                    sampler.send_signal(signal.SIGINT)
+                    sampler.wait(60)
                 if front is not None:
                     front.stop()
                 guard.stop()
             time.sleep(0.5)
-            print(
-                f"\n== {MODES[mode]} of smtpguard in {leg}: {rate:.0f} messages/s while profiled =="
-            )
+            if mode == "py-spy" and out.with_suffix(".raw").exists():
+                out.write_text(pyspy_summary(out.with_suffix(".raw")))
+            title = f"{titles[mode]} of smtpguard in {leg}"
+            print(f"\n== {title}: {rate:.0f} messages/s while profiled ==")
             print(out.read_text() if out.exists() else "(no profile written)")
     finally:
         sink.stop()
@@ -629,9 +867,17 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="main.cf setting for every Postfix instance (repeatable)",
     )
+    p.add_argument(
+        "--event-loop",
+        action="append",
+        choices=("auto", "uvloop", "asyncio"),
+        help="relay.event_loop of the smtpguard legs; repeat to compare loops interleaved"
+        " (default: auto)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
     args.postfix_main = dict(kv.split("=", 1) for kv in args.postfix_set)
+    args.event_loop = list(dict.fromkeys(args.event_loop or ["auto"]))
     check_tools()
 
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
@@ -642,7 +888,8 @@ def main() -> None:
         flush=True,
     )
     with work_directory("smtpguard-bench-", keep=args.keep) as work:
-        report(throughput(args, work))
+        met = report(throughput(args, work), args)
+        print("every goal met" if met else "some goals NOT met", flush=True)
         if args.profile and not args.postfix_only:
             profile(args, work)
         if args.rss_messages and not args.postfix_only:

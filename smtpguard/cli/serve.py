@@ -14,7 +14,6 @@ sees only JSON.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
@@ -53,7 +52,9 @@ def serve(
     if log_format:
         cfg = cfg.with_overrides(log={"format": log_format}, origin="--log-format")
     setup_logging(log_level, cfg.log.format)
-    from smtpguard.relay.server import serve as run
+    from smtpguard.eventloop import run
+    from smtpguard.relay.server import serve as relay
 
-    code = asyncio.run(run(cfg, on_listening=lambda host, port: announce(hostport(host, port))))
+    on_listening = lambda host, port: announce(hostport(host, port))  # noqa: E731
+    code = run(relay(cfg, on_listening=on_listening), cfg.relay.event_loop)
     sys.exit(code)

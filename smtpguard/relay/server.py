@@ -364,6 +364,9 @@ async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None 
     except BaseException:
         await relay.stop(timeout=5.0)
         raise
+    from smtpguard.eventloop import current_loop_name
+
+    log.info("relay running on the %s event loop", current_loop_name())
     if on_listening is not None:
         assert relay.inbound is not None
         on_listening(relay.inbound.host, relay.port)
