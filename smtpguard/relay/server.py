@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -366,6 +367,9 @@ async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None 
         raise
     from smtpguard.eventloop import current_loop_name
 
+    # What start-up built (rules, config, modules) lives as long as the process:
+    # out of the collector's sight, a full collection no longer walks all of it.
+    gc.freeze()
     log.info("relay running on the %s event loop", current_loop_name())
     if on_listening is not None:
         assert relay.inbound is not None

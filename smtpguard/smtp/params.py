@@ -24,6 +24,8 @@ NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+#: What a decoded ORCPT must not hold: controls, DEL, lone surrogates.
+_ORCPT_UNSAFE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class ParamError(ValueError):
@@ -141,7 +143,7 @@ def parse_orcpt(value: str | None) -> str:
             raise ParamError("501 5.5.4 Malformed utf-8-addr-xtext in ORCPT") from None
     else:
         decoded = xtext_decode(encoded)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in decoded):
+    if _ORCPT_UNSAFE.search(decoded):
         raise ParamError("501 5.5.4 ORCPT contains control characters")
     return f"{addr_type};{decoded}"
 
