@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,28 @@ async def test_due_work_comes_from_the_index_in_due_order(store):
         .fetchall()
     )
     assert "queue_recipients_due" in " ".join(str(r) for r in plan)
+
+
+async def test_message_claimed_as_it_is_queued_is_what_a_claim_would_have_returned(store):
+    msg = message("a@example.com", "b@example.net", mail_from="s@example.org", envid="E1")
+    at_enqueue = await store.enqueue_claimed(msg)
+    await store.enqueue(msg)
+    claimed_later = (await store.claim([2], at_enqueue.recipients[0].next_attempt + 1))[0]
+    assert at_enqueue.message == replace(claimed_later.message, id=1)
+    ids = {"id": 0, "message_id": 0, "next_attempt": 0.0}
+    assert [replace(r, **ids) for r in at_enqueue.recipients] == [
+        replace(r, **ids) for r in claimed_later.recipients
+    ]
+    assert [r.state for r in at_enqueue.recipients] == ["active", "active"]
+
+
+async def test_message_claimed_as_it_is_queued_goes_back_to_the_queue_after_a_crash(
+    store, data_dir
+):
+    await store.enqueue_claimed(message("a@example.com"))
+    assert await store.claim([1]) == []  # claimed already: nobody else takes it
+    assert await store.recover() == 1
+    assert [c.message.id for c in await store.claim([1])] == [1]
 
 
 async def test_claim_marks_recipients_active_once(store):
@@ -292,3 +315,13 @@ async def test_bookkeeping_waits_to_share_the_next_enqueue_commit(store, monkeyp
     assert await bookkeeping == "done"
     assert time.monotonic() - t0 < 2.5
     assert store.commit_batches == (1, 2)
+
+
+async def test_scheduler_slots_taken_at_enqueue_count_against_max_inflight(store):
+    from smtpguard.relay.scheduler import Scheduler
+
+    scheduler = Scheduler(store, max_inflight=2)
+    assert scheduler.take_slot() and scheduler.take_slot()
+    assert not scheduler.take_slot()  # full: the message is queued, claimed in turn
+    scheduler.release()
+    assert scheduler.take_slot()

@@ -122,6 +122,15 @@ class Scheduler:
         self._due[message_id] = due
         return True
 
+    def take_slot(self) -> bool:
+        """Count a claim made outside :meth:`run` (a message claimed as it is
+        queued), if a slot is free; False at ``max_inflight``."""
+        if self.inflight >= self._max_inflight:
+            return False
+        self.inflight += 1
+        self.claimed_total += 1
+        return True
+
     def release(self, n: int = 1) -> None:
         """``n`` dispatched claims have finished; their slots are free again."""
         self.inflight -= n

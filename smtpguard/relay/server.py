@@ -147,15 +147,9 @@ class Relay:
             shaper=self._shaper,
             return_paths=return_paths,
         )
-        scheduler, delivery, live = self.scheduler, self.delivery, self._live
-
-        def dispatch(claim: Claim) -> None:
-            metrics.INFLIGHT.inc()
-            ids = [r.id for r in claim.recipients]
-            live.update(ids)
-            delivery.submit(claim, _released(scheduler, live, ids))
-
-        self._scheduler_task = asyncio.create_task(scheduler.run(dispatch), name="scheduler")
+        self._scheduler_task = asyncio.create_task(
+            self.scheduler.run(self._dispatch), name="scheduler"
+        )
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
         self._reclaim_task = asyncio.create_task(self._reclaim(), name="reclaim")
         self._watch_tasks.append(asyncio.create_task(self.daily.run(), name="daily-counts"))
@@ -243,12 +237,37 @@ class Relay:
                     "queued again", len(ids), after,
                 )  # fmt: skip
 
+    def _dispatch(self, claim: Claim) -> None:
+        """Hand a claim (its scheduler slot taken) to delivery."""
+        assert self.delivery is not None and self.scheduler is not None
+        metrics.INFLIGHT.inc()
+        ids = [r.id for r in claim.recipients]
+        self._live.update(ids)
+        self.delivery.submit(claim, _released(self.scheduler, self._live, ids))
+
     async def enqueue(self, msg: InboundMessage) -> str:
-        """Inbound's hook: commit durably (raises on storage failure), then schedule."""
+        """Inbound's hook: commit durably (raises on storage failure), then deliver.
+
+        With a scheduler slot free, the message is committed with its recipients
+        claimed and goes straight to delivery (one write, no claim afterwards);
+        otherwise it is committed queued and the scheduler claims it in turn.
+        """
         assert self.queue is not None and self.scheduler is not None
-        message_id = await self.queue.enqueue_id(msg)
+        claim: Claim | None = None
+        if self.scheduler.take_slot():
+            try:
+                claim = await self.queue.enqueue_claimed(msg)
+            except BaseException:
+                self.scheduler.release()
+                raise
+            message_id = claim.message.id
+        else:
+            message_id = await self.queue.enqueue_id(msg)
         metrics.RECEIVED.inc()
-        self.scheduler.notify(message_id, time.time())
+        if claim is not None:
+            self._dispatch(claim)
+        else:
+            self.scheduler.notify(message_id, time.time())
         qid = format_qid(message_id)
         self.observers.received(
             Received(

@@ -143,10 +143,13 @@ def insert_message(
     kind: str = "mail",
     parent_id: int | None = None,
     now: float | None = None,
+    state: str = "queued",
 ) -> int:
     """Insert one message with its body, recipients and a ``received`` event.
 
-    Runs inside the caller's transaction; returns the new row id.
+    Runs inside the caller's transaction; returns the new row id. The recipients
+    start ``queued`` and due ``now``, or ``active`` as if claimed ``now`` (see
+    :func:`insert_claimed`).
     """
     now = time.time() if now is None else now
     if not msg.recipients:
@@ -178,10 +181,10 @@ def insert_message(
         with conn.blobopen("queue_bodies", "data", message_id) as blob:
             blob.write(msg.data)
     conn.executemany(
-        "INSERT INTO queue_recipients (message_id, address, domain, notify, orcpt, next_attempt)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO queue_recipients (message_id, address, domain, notify, orcpt, state,"
+        " next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
-            (message_id, r.address, _domain(r.address), ",".join(r.notify), r.orcpt, now)
+            (message_id, r.address, _domain(r.address), ",".join(r.notify), r.orcpt, state, now)
             for r in msg.recipients
         ],
     )
@@ -190,6 +193,38 @@ def insert_message(
         detail += f" client={msg.client_address}"
     _event(conn, now, message_id, "dsn-created" if kind == "dsn" else "received", detail=detail)
     return message_id
+
+
+def insert_claimed(conn: sqlite3.Connection, msg: InboundMessage, now: float) -> Claim:
+    """Insert a message with its recipients claimed at once: the :class:`Claim` a
+    delivery attempt needs, built from what was just written, not read back.
+
+    The relay's usual path: a message is due the moment it is committed, so
+    committing it ``queued`` and claiming it a moment later (a second write,
+    a read of the message row) is work that changes nothing. The rows are
+    exactly what :func:`claim` would leave (``active``, ``next_attempt`` the
+    claim time), so a crash after the COMMIT is recovered as any claim is.
+    """
+    message_id = insert_message(conn, msg, now=now, state="active")
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM queue_recipients WHERE message_id = ? ORDER BY id", (message_id,)
+        )
+    ]
+    message = QueuedMessage(
+        id=message_id, kind="mail", mail_from=msg.mail_from, envid=msg.envid, ret=msg.ret,
+        smtputf8=msg.smtputf8, body_type=msg.body, size=len(msg.data),
+        received_at=msg.received_at or now, auto_submitted=msg.auto_submitted,
+        client=msg.client_address, held=False, arrived_at=msg.arrived_at,
+    )  # fmt: skip
+    recipients = []
+    for rid, r in zip(ids, msg.recipients, strict=True):
+        domain, notify = _domain(r.address), tuple(r.notify)
+        recipients.append(
+            QueuedRecipient(rid, message_id, r.address, domain, notify, r.orcpt, "active", 0, now)
+        )
+    return Claim(message, tuple(recipients))
 
 
 def due_messages(conn: sqlite3.Connection, until: float, limit: int) -> list[tuple[float, int]]:
@@ -571,6 +606,14 @@ class QueueStore:
         message_id: int = await self._writer.call(lambda c: insert_message(c, msg, kind=kind))
         self._remember(message_id, msg.data)
         return message_id
+
+    async def enqueue_claimed(self, msg: InboundMessage) -> Claim:
+        """Commit one accepted message with its recipients claimed (see
+        :func:`insert_claimed`); returns the claim once durable."""
+        now = time.time()
+        claimed: Claim = await self._writer.call(lambda c: insert_claimed(c, msg, now))
+        self._remember(claimed.message.id, msg.data)
+        return claimed
 
     def _remember(self, message_id: int, data: bytes | bytearray) -> None:
         """Keep a just-committed body for its first attempt (see :data:`FRESH_BODY_BYTES`)."""
