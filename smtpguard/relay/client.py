@@ -168,7 +168,7 @@ class Connection:
             msg.mail_from,
             tuple(Recipient(r.address, r.notify, r.orcpt) for r in recipients),
             size=msg.size, body_8bit=msg.body_type == "8BITMIME", smtputf8=msg.smtputf8,
-            ret=msg.ret, envid=msg.envid,
+            ret=msg.ret, envid=msg.envid, crlf_body=True,  # the queue's stored form
         )  # fmt: skip
         if not self.client.usable and inspect.iscoroutine(body):
             body.close()  # never awaited: the client refuses before it reads the body

@@ -418,7 +418,8 @@ class Delivery:
                 ev = self._arrivals.setdefault(dest, asyncio.Event())
                 ev.clear()
                 try:
-                    await asyncio.wait_for(ev.wait(), IDLE_LINGER)
+                    async with asyncio.timeout(IDLE_LINGER):  # no extra task (wait_for's)
+                        await ev.wait()
                 except TimeoutError:
                     return
                 continue

@@ -338,6 +338,9 @@ def _released(scheduler: Scheduler, live: set[int], ids: list[int]) -> Callable[
     return done
 
 
+#: Allocations between young-generation collections (Python's default is 700).
+GC_YOUNG = 10_000
+
 #: glibc's M_MMAP_THRESHOLD (mallopt parameter number -3).
 _M_MMAP_THRESHOLD = -3
 #: Allocations from this size on get their own memory mapping (see tune_process).
@@ -388,7 +391,11 @@ async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None 
 
     # What start-up built (rules, config, modules) lives as long as the process:
     # out of the collector's sight, a full collection no longer walks all of it.
+    # Each message allocates a few hundred objects, nearly all freed by their
+    # reference counts; a young collection every GC_YOUNG allocations instead of
+    # 700 scans far fewer of them while they still live.
     gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     log.info("relay running on the %s event loop", current_loop_name())
     if on_listening is not None:
         assert relay.inbound is not None

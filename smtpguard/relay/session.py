@@ -32,6 +32,7 @@ import ssl
 import time
 from typing import Any, Protocol
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from smtpguard.address import normalize_address, normalize_domain
@@ -66,6 +67,28 @@ def _refusal_label(decision: Decision) -> str:
     if decision.entry is not None:
         return "suppressed"
     return _POLICY_REFUSALS.get(decision.status, "policy")
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_sanitized_log = aiosmtpd.smtp.sanitized_log
+
+
+def _sanitized_log_if_enabled(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's ``sanitized_log``, skipped when its logger drops the line anyway.
+
+    aiosmtpd logs every command line at DEBUG and INFO on "mail.log" through
+    this helper, which sanitizes the arguments before the logger looks at its
+    level: two list builds and regex matches per command, for lines the relay
+    (mail.log at WARNING unless configured) never writes.
+    """
+    logger = getattr(func, "__self__", None)
+    level = _LEVELS.get(getattr(func, "__name__", ""))
+    unknown = level is None or not isinstance(logger, logging.Logger)
+    if unknown or logger.isEnabledFor(level):  # type: ignore[union-attr,arg-type]
+        _sanitized_log(func, msg, *args, **kwargs)
+
+
+aiosmtpd.smtp.sanitized_log = _sanitized_log_if_enabled  # type: ignore[assignment]
 
 
 class SessionHost(Protocol):

@@ -253,6 +253,9 @@ class Envelope:
     smtputf8: bool = False  # SMTPUTF8 when offered (RFC 6531); needed for non-ASCII addresses
     ret: str = ""  # RET=FULL|HDRS when the server offers DSN (RFC 3461)
     envid: str = ""  # ENVID, xtext-encoded on the wire
+    #: The body is in the queue's stored form already (CRLF lines, each bare CR and LF
+    #: made CRLF when it was queued): sending only dot-stuffs it, no second scan.
+    crlf_body: bool = False
 
     def __post_init__(self) -> None:
         _check_address("sender", self.mail_from)
@@ -520,6 +523,7 @@ class _Tx:
     mail: Reply | None = None
     rcpt: list[Reply | None] = field(default_factory=list)
     data: Reply | None = None  # the refusal of DATA, or the reply to the final dot
+    crlf_body: bool = False  # the envelope's crlf_body: the body needs dot-stuffing only
 
 
 class SMTPClient:
@@ -783,7 +787,7 @@ class SMTPClient:
                 body.close()  # never needed
             return self._result(envelope, _Tx(mail=local), pipelined=False)
         mail, rcpts = self._commands(envelope)
-        tx = _Tx(rcpt=[None] * len(rcpts))
+        tx = _Tx(rcpt=[None] * len(rcpts), crlf_body=envelope.crlf_body)
         pipelined = self.pipelining
         task = None
         if not isinstance(body, bytes | asyncio.Future):
@@ -929,7 +933,7 @@ class SMTPClient:
                 # without delivering a truncated message.
                 raise _BodyUnavailable(f"message body unavailable: {e}") from None
         proto = self._live()
-        proto.write(wire_data(body))
+        proto.write(wire_data(body, normalised=tx.crlf_body))
         await proto.drain(self.timeouts.command, "the message body")
         tx.data = await proto.read(self.timeouts.data, "end of data")
 

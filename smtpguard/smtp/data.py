@@ -125,14 +125,16 @@ class DataReceiver:
             self.line_too_long = True
 
 
-def wire_data(body: bytes) -> bytes:
+def wire_data(body: bytes, *, normalised: bool = False) -> bytes:
     """The DATA payload for a message: CRLF lines, dot-stuffed, ending in ``.CRLF``.
 
-    Queued bodies are CRLF-only already (the inbound side normalises), so the
-    cheap counts in :func:`normalise_line_endings` usually skip the regex, and
-    the stuffing is one ``bytes.replace``.
+    ``normalised``: the body is in the stored form already (what
+    :class:`DataReceiver` and the DSN builder produce: CRLF lines only), so the
+    line endings are not scanned again; the stuffing is one ``bytes.replace``.
+    Otherwise bare CRs and LFs become CRLF first (:func:`normalise_line_endings`).
     """
-    body = normalise_line_endings(body)
+    if not normalised:
+        body = normalise_line_endings(body)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     if body[:1] == b".":

@@ -147,7 +147,10 @@ def insert_message(
 ) -> int:
     """Insert one message with its body, recipients and a ``received`` event.
 
-    Runs inside the caller's transaction; returns the new row id. The recipients
+    ``msg.data`` is in the stored form, CRLF lines only (both producers, the
+    inbound session and the DSN builder, normalise): delivery sends it as it is,
+    dot-stuffed, without scanning its line endings again. Runs inside the
+    caller's transaction; returns the new row id. The recipients
     start ``queued`` and due ``now``, or ``active`` as if claimed ``now`` (see
     :func:`insert_claimed`).
     """
