@@ -356,7 +356,9 @@ def throughput(args: argparse.Namespace, work: Path) -> Results:
     relay_of: dict[str, Smtpguard] = {}
     postfix_of: dict[str, PostfixInstance] = {"postfix": postfix}
     for i, (name, (leg, loop)) in enumerate(legs.items()):
-        relay_of[name] = Smtpguard(sink.port, work / f"smtpguard-{i}", event_loop=loop)
+        # "auto" is the default: no config file, so the benchmark also runs older trees.
+        setting = "" if loop == "auto" else loop
+        relay_of[name] = Smtpguard(sink.port, work / f"smtpguard-{i}", event_loop=setting)
         if leg == "chain":
             postfix_of[name] = PostfixInstance(
                 work / f"postfix-chain-{i}",
