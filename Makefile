@@ -124,6 +124,8 @@ setup-bench:
 	@missing=""; \
 	for p in $(BENCH_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then $(call APT_INSTALL,$$missing); fi
+	@# py-spy (a dev tool, not a dependency): relay_throughput.py --profile samples with it.
+	$(PY) -m pip install -q py-spy
 
 # Debian packages, installed only when missing. "No configuration" leaves the
 # system Postfix unconfigured and stopped: tests start their own instances.

@@ -317,6 +317,32 @@ async def test_bookkeeping_waits_to_share_the_next_enqueue_commit(store, monkeyp
     assert store.commit_batches == (1, 2)
 
 
+async def test_bookkeeping_and_enqueues_sharing_a_batch_run_in_the_order_submitted(store):
+    ran: list[str] = []
+
+    def op(name: str):  # type: ignore[no-untyped-def]
+        return lambda conn: ran.append(name)
+
+    w = store._writer
+    calls = [
+        w.call(op("claim 1"), durable=False),
+        w.call(op("enqueue 2")),
+        w.call(op("result 3"), durable=False),
+        w.call(op("enqueue 4")),
+    ]
+    await asyncio.gather(*calls)
+    assert ran == ["claim 1", "enqueue 2", "result 3", "enqueue 4"]
+
+
+async def test_bookkeeping_left_when_the_writer_closes_is_still_written(data_dir):
+    s = await QueueStore.open(data_dir)
+    await s.enqueue(message("a@example.com"))
+    pending = asyncio.ensure_future(s.claim([1]))
+    await asyncio.sleep(0)  # submitted, not yet nudged
+    await s.close()
+    assert [c.message.id for c in await pending] == [1]
+
+
 async def test_scheduler_slots_taken_at_enqueue_count_against_max_inflight(store):
     from smtpguard.relay.scheduler import Scheduler
 

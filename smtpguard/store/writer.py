@@ -11,9 +11,11 @@ one SAVEPOINT per operation, so the failing one fails alone and nothing of it
 stays half-written.
 
 Batches holding only bookkeeping (``durable=False``: claims, attempt results)
-commit without an fsync (``synchronous=NORMAL``, see :meth:`DbThread._set_sync`)
-and first wait up to :data:`BOOKKEEPING_WAIT` for company, so they mostly ride
-along in the next durable transaction instead of costing one of their own.
+commit without an fsync (``synchronous=NORMAL``, see :meth:`DbThread._set_sync`).
+Bookkeeping does not even wake the thread: it waits on the loop side for the
+next operation that does (an enqueue, whose transaction and fsync it then
+shares), or for a nudge :data:`BOOKKEEPING_WAIT` later. A thread wake-up costs
+the relay about as much CPU as the write itself.
 
 With ``transactional=False`` the same class is a reader thread: functions run
 one by one on its own connection (WAL: readers never wait for the writer).
@@ -22,12 +24,14 @@ one by one on its own connection (WAL: readers never wait for the writer).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
+import operator
 import queue as _stdqueue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -40,6 +44,9 @@ log = logging.getLogger("smtpguard.store")
 T = TypeVar("T")
 
 MAX_BATCH = 500  # operations per group-commit transaction
+#: Put on the thread's queue to wake it for waiting bookkeeping (see DbThread.call).
+_NUDGE = object()
+_SUBMITTED = operator.itemgetter(4)
 #: How long a batch of only bookkeeping (claims, attempt results) waits for more
 #: operations before committing (seconds); see :meth:`DbThread._run`.
 BOOKKEEPING_WAIT = 0.005
@@ -83,6 +90,12 @@ class DbThread:
         self._durable = True  # store.db.connect() sets synchronous = FULL
         self.batches = 0
         self.operations = 0
+        # Bookkeeping waiting for a batch to join (see call); appended on the loop,
+        # taken by the thread. Each operation carries a sequence number, so a batch
+        # runs them in the order they were submitted, whichever way they came.
+        self._lazy: collections.deque[Any] = collections.deque()
+        self._nudging = False
+        self._seq = itertools.count()
         self._thread.start()
 
     async def call(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
@@ -90,8 +103,23 @@ class DbThread:
             raise StoreError(f"{self._path}: {self.name} is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._ops.put((fn, fut, loop, durable))
+        op = (fn, fut, loop, durable, next(self._seq))
+        if durable or not self._transactional:
+            self._ops.put(op)  # wakes the thread
+        else:
+            # Bookkeeping: no wake-up of its own. It rides along with the next
+            # operation that wakes the thread, or a nudge BOOKKEEPING_WAIT from now.
+            self._lazy.append(op)
+            if not self._nudging:
+                self._nudging = True
+                loop.call_later(BOOKKEEPING_WAIT, self._nudge)
         return await fut
+
+    def _nudge(self) -> None:
+        """Bookkeeping waited long enough for company: wake the thread for it."""
+        self._nudging = False
+        if self._lazy:
+            self._ops.put(_NUDGE)
 
     @property
     def closed(self) -> bool:
@@ -134,52 +162,52 @@ class DbThread:
 
     def _run(self) -> None:
         stop = False
-        while not stop:
-            first = self._ops.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = self._gather(batch, 0.0)
-            if not stop and self._transactional and not any(op[3] for op in batch):
-                # Only bookkeeping so far: it need not commit at once, so it waits a
-                # moment for company (ideally an enqueue, whose fsync it then shares).
-                # Alone, each record or claim would cost a commit of its own.
-                stop = self._gather(batch, BOOKKEEPING_WAIT)
-            outcomes = self._run_batch([op[0] for op in batch], any(op[3] for op in batch))
-            self.batches += 1
-            self.operations += len(batch)
-            # One wake-up per event loop for the whole batch, not one per operation.
-            by_loop: dict[Any, list[tuple[Any, Any, Any]]] = {}
-            for (_, fut, loop, _durable), (result, exc) in zip(batch, outcomes, strict=True):
-                by_loop.setdefault(loop, []).append((fut, result, exc))
-            for loop, items in by_loop.items():
-                # A closed loop (RuntimeError) means nobody is waiting any more.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._resolve_all, items)
+        while True:
+            if stop:
+                if not self._lazy:
+                    return
+                batch: list[Any] = []  # closing: what bookkeeping is left still runs
+            else:
+                first = self._ops.get()
+                stop = first is None
+                batch = [] if stop or first is _NUDGE else [first]
+                if not stop:
+                    stop = self._gather(batch)
+            while self._lazy and len(batch) < MAX_BATCH:
+                batch.append(self._lazy.popleft())
+            if not batch:
+                continue
+            if len(batch) > 1:
+                batch.sort(key=_SUBMITTED)
+            self._execute(batch)
+            if self._lazy and not stop:
+                self._ops.put(_NUDGE)  # more bookkeeping than one batch takes
 
-    def _gather(self, batch: list[Any], wait: float) -> bool:
-        """Add pending operations to ``batch``; True when ``close()`` asked to stop.
+    def _execute(self, batch: list[Any]) -> None:
+        """Run one batch (one transaction when transactional) and resolve its futures."""
+        outcomes = self._run_batch([op[0] for op in batch], any(op[3] for op in batch))
+        self.batches += 1
+        self.operations += len(batch)
+        # One wake-up per event loop for the whole batch, not one per operation.
+        by_loop: dict[Any, list[tuple[Any, Any, Any]]] = {}
+        for op, (result, exc) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(op[2], []).append((op[1], result, exc))
+        for loop, items in by_loop.items():
+            # A closed loop (RuntimeError) means nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._resolve_all, items)
 
-        With ``wait`` > 0, keeps waiting up to that long for more, but no longer
-        than until a durable operation arrives (someone awaits a 250 on it).
-        """
-        deadline = time.monotonic() + wait
+    def _gather(self, batch: list[Any]) -> bool:
+        """Add the operations pending now to ``batch``; True when ``close()`` asked to stop."""
         while len(batch) < MAX_BATCH:
             try:
                 op = self._ops.get_nowait()
             except _stdqueue.Empty:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                try:
-                    op = self._ops.get(timeout=left)
-                except _stdqueue.Empty:
-                    return False
+                return False
             if op is None:
                 return True
-            batch.append(op)
-            if op[3]:
-                deadline = 0.0  # take what is pending already, wait no more
+            if op is not _NUDGE:  # a nudge only announces bookkeeping, taken anyway
+                batch.append(op)
         return False
 
     def _run_batch(
