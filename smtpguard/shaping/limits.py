@@ -53,10 +53,15 @@ def format_rate(per_second: float | None) -> str:
     """A rate for people: ``20/s``, ``100/min``, ``5000/h``; ``-`` for none."""
     if per_second is None:
         return "-"
-    for unit, secs in (("s", 1), ("min", 60), ("h", 3600)):
+    units = (("s", 1), ("min", 60), ("h", 3600), ("d", 86400))
+    for unit, secs in units:  # the unit that makes it a whole number, as it was written
+        n = per_second * secs
+        if n >= 1 and abs(n - round(n)) < 1e-6 * n:
+            return f"{round(n)}/{unit}"
+    for unit, secs in units:
         n = per_second * secs
         if n >= 1:
-            return f"{n:.3g}/{unit}" if abs(n - round(n)) > 1e-6 else f"{round(n)}/{unit}"
+            return f"{n:.3g}/{unit}"
     return f"{per_second * 86400:.3g}/d"
 
 
