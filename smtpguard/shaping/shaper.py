@@ -49,6 +49,8 @@ THROTTLE_REASONS = frozenset({"ratelimited", "badreputation"})
 _RATE_WORDS = re.compile(
     r"rate|too (?:many|fast|much)|volume|throttl|slow down|try (?:again )?later|limit", re.I
 )
+#: How long a full line of a site without a rate and without successes yet takes to drain.
+UNKNOWN_DRAIN = 10.0
 #: Sites idle (nothing sent, nothing waiting, not suspended) this long are forgotten.
 FORGET_AFTER = 3600.0
 
@@ -167,8 +169,10 @@ class SiteShaper:
         if queued < backlog(rate, st.current_connections(now)):
             return 0.0
         # Back when about half the line has gone (spread over that span), so the
-        # line neither runs dry nor takes them all back at once.
-        drain = queued / rate if rate else 2.0
+        # line neither runs dry nor takes them all back at once. Without a rate, the
+        # pace the site has been accepting at; none yet (new, or unresponsive): 10 s.
+        speed = rate or st.accepted_rate(now)
+        drain = queued / speed if speed else UNKNOWN_DRAIN
         return max(1.0, drain * self._rng.uniform(0.5, 1.0))
 
     def backoff(self, site: str) -> float:
