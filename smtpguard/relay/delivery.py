@@ -4,8 +4,8 @@ A :class:`~smtpguard.store.queue.Claim` (one message, its due recipients) is
 split into :class:`Job`\\ s, one per *destination*: the recipient domain for MX
 and route delivery, ``"smarthost"`` when everything goes to the smarthost (one
 transaction carries all recipients), ``"dsn"`` for the DSNs we generate (sent
-to ``dsn.next_hop``). Each destination is routed first (answers cached for
-:data:`ROUTE_CACHE_TTL`), then the :class:`~smtpguard.relay.seams.Shaper`
+to ``dsn.next_hop``). Each destination is routed first (answers reused for their
+DNS TTL, at most :data:`ROUTE_CACHE_TTL`), then the :class:`~smtpguard.relay.seams.Shaper`
 names its *site* (a provider, an MX host set, the smarthost): jobs wait in a
 per-site line, so domains sharing a provider share its connections and rate.
 A job with more recipients than the site takes per transaction is split.
@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -65,7 +66,7 @@ log = logging.getLogger("smtpguard.delivery")
 IDLE_LINGER = 0.5
 #: Longest wait for a rate token with the connection kept open; longer: close, come back.
 MAX_PACING_WAIT = 5.0
-#: How long a routing answer is reused (DNS TTLs are honoured below this by the resolver).
+#: Longest a routing answer is reused (shorter when its DNS answers' TTL is).
 ROUTE_CACHE_TTL = 60.0
 #: Routing answers kept.
 ROUTE_CACHE_SIZE = 10_000
@@ -262,7 +263,8 @@ class Delivery:
     async def _resolve(self, key: str, dest: str, domain: str) -> None:
         started, t0 = time.time(), time.monotonic()
         try:
-            hops = tuple(await self._hops(dest, domain))
+            found, expires = await self._hops(dest, domain)
+            hops = tuple(found)
         except RoutingError as e:
             log.info("routing %s failed: %s", domain, e.text)
             for job in self._resolving.pop(key, []):
@@ -279,7 +281,9 @@ class Delivery:
         site = self._shaper.site(dest, hops)
         if len(self._routes) >= ROUTE_CACHE_SIZE:
             self._routes.pop(next(iter(self._routes)))
-        self._routes[key] = (time.monotonic() + ROUTE_CACHE_TTL, hops, site)
+        ttl = min(ROUTE_CACHE_TTL, max(expires - time.time(), 0.0))
+        if ttl > 0:
+            self._routes[key] = (time.monotonic() + ttl, hops, site)
         for job in self._resolving.pop(key, []):
             self._place(job, hops, site)
 
@@ -537,12 +541,14 @@ class Delivery:
 
     # -- a connection ---------------------------------------------------------
 
-    async def _hops(self, dest: str, domain: str) -> list[NextHop]:
+    async def _hops(self, dest: str, domain: str) -> tuple[list[NextHop], float]:
+        """The hops for a destination and until when (unix time) they may be reused."""
         if dest == "dsn":
             host, port = parse_hostport(self._cfg.dsn.next_hop)
             return [NextHop(host=host, address=host, port=port, preference=0, source="route",
-                            tls="opportunistic")]  # fmt: skip
-        return list(await self._router.route(domain))
+                            tls="opportunistic")], math.inf  # fmt: skip
+        hops, expires = await self._router.route_expiring(domain)
+        return list(hops), expires
 
     async def _connection(self, site: str) -> None:
         line = self._pending[site]

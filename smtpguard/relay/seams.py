@@ -43,6 +43,10 @@ class Router(Protocol):
 
     async def route(self, domain: str) -> Sequence[NextHop]: ...
 
+    async def route_expiring(self, domain: str) -> tuple[Sequence[NextHop], float]:
+        """The route and the unix time until which it holds (its DNS answers' TTL)."""
+        ...
+
 
 class Shaper(Protocol):
     """Per-site traffic shaping: connections, pacing, and what came of it.
