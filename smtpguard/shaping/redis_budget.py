@@ -31,7 +31,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -39,6 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from smtpguard.config import redact_url
 from smtpguard.shaping.budget import LocalBudget
 
 log = logging.getLogger("smtpguard.shaping")
@@ -97,19 +97,6 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return string.format('%.17g', wait)
 """
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (``redis://:secret@h`` -> ``redis://:***@h``), for logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(unparseable URL)"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class RedisBudget:
