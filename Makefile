@@ -42,6 +42,7 @@ bench: setup-test setup-bench
 	$(PY) benchmarks/smtpclient_bench.py
 	$(PY) benchmarks/maillog_bench.py
 	$(PY) benchmarks/inbound_memory.py
+	$(PY) benchmarks/budget_bench.py
 
 # ---------------------------------------------------------------------------- install
 # `make install` (as root): a venv in $(PREFIX) with smtpguard and its dependencies,

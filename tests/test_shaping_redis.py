@@ -286,3 +286,22 @@ async def test_local_fallback_takes_its_share_of_the_rate(
     # Half of a burst of 4 is 2; half of 10/s is a token every 0.2 s.
     assert grants[:2] == [0.0, 0.0]
     assert 0.15 < grants[2] <= 0.2
+
+
+async def test_one_slow_answer_is_taken_locally_without_leaving_redis(
+    make_redis_server: Callable[[], RedisServer], budgets: Callable[..., RedisBudget]
+) -> None:
+    server = make_redis_server()
+    budget = budgets(server.url())
+    await budget.acquire("site", 10.0, 5)
+    server.pause()
+    try:
+        fallbacks = metric("smtpguard_shaping_shared_fallbacks_total")
+        assert await budget.acquire("site", 10.0, 5) == 0.0  # the local bucket answered
+    finally:
+        server.resume()
+    assert budget.shared
+    assert metric("smtpguard_shaping_shared_fallbacks_total") == fallbacks + 1
+    await budget.acquire("site", 10.0, 5)
+    with server.client() as client:
+        assert float(client.hget(f"{KEY_PREFIX}site", "tokens") or 0) < 4.0  # shared again

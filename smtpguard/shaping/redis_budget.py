@@ -8,11 +8,14 @@ atomically, whatever the number of nodes, and the clock is Redis's own
 ``TIME``, so nodes whose clocks disagree still agree on the bucket.
 
 Redis is a helper, never a dependency of delivery. Every call is bounded
-(``timeout``, 100 ms by default: connect, send and read together). When Redis
-does not answer in time, refuses the connection or answers an error, the
-budget says so once (a warning, then a reminder at most every
-:data:`REMINDER_INTERVAL`) and answers from a :class:`LocalBudget` with the
-same limits (times ``fallback_share``): delivery goes on at local limits. It
+(``timeout``, 100 ms by default: connect, send and read together); a call
+that fails is answered from a :class:`LocalBudget` with the same limits (times
+``fallback_share``). When Redis refuses the connection, drops it or answers
+an error, or :data:`STRIKES` calls in a row get no answer in time (one slow
+answer on a busy machine is not an outage), the node goes local: it says so
+once (a warning, then a reminder at most every :data:`REMINDER_INTERVAL`),
+counts it (``smtpguard_shaping_shared_*`` metrics) and delivery goes on at
+local limits. It
 does not try Redis again for every message (no connect storm against a server
 that is down): the next message after a backoff delay (1 s doubling to 30 s,
 jittered so a fleet does not probe in step) is the probe; while it is in
@@ -37,6 +40,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from smtpguard.config import redact_url
 from smtpguard.shaping.budget import LocalBudget
@@ -50,6 +54,8 @@ DEFAULT_TIMEOUT = 0.1
 #: First and longest wait before Redis is tried again after a failure.
 PROBE_INITIAL = 1.0
 PROBE_MAX = 30.0
+#: Slow answers in a row (each answered locally) that make an outage.
+STRIKES = 3
 #: While Redis stays unreachable, the warning is repeated at most this often.
 REMINDER_INTERVAL = 300.0
 
@@ -116,7 +122,7 @@ class RedisBudget:
         timeout: float = DEFAULT_TIMEOUT,
         fallback_share: float = 1.0,
         prefix: str = KEY_PREFIX,
-        max_connections: int = 16,
+        max_connections: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
@@ -145,6 +151,7 @@ class RedisBudget:
         self._down_since = 0.0
         self._reminded_at = 0.0
         self._local_answers = 0
+        self._strikes = 0
         SHARED_UP.set(1)
 
     async def acquire(self, site: str, rate: float, burst: float) -> float:
@@ -153,16 +160,19 @@ class RedisBudget:
         if not self.shared:
             now = self._clock()
             if self._probing or now < self._retry_at:
-                return self._local(site, rate, burst, now)
+                self._remind(now)
+                return self._local(site, rate, burst)
             probe = self._probing = True
         try:
-            wait = await asyncio.wait_for(self._shared(site, rate, burst), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                wait = await self._shared(site, rate, burst)
         except (OSError, RedisError) as e:  # TimeoutError is an OSError
-            self._went_down(e, probe=probe)
-            return self._local(site, rate, burst, self._clock())
+            self._failed(e, probe=probe)
+            return self._local(site, rate, burst)
         finally:
             if probe:
                 self._probing = False
+        self._strikes = 0
         if probe:
             self._came_back()
         return wait
@@ -171,9 +181,13 @@ class RedisBudget:
         answer = await self._script(keys=[self.prefix + site], args=[repr(rate), repr(burst)])
         return float(answer)
 
-    def _local(self, site: str, rate: float, burst: float, now: float) -> float:
+    def _local(self, site: str, rate: float, burst: float) -> float:
         FALLBACKS.inc()
         self._local_answers += 1
+        share = self.fallback_share
+        return self.local.take(site, rate * share, max(1.0, burst * share))
+
+    def _remind(self, now: float) -> None:
         if now - self._reminded_at >= REMINDER_INTERVAL:
             self._reminded_at = now
             log.warning(
@@ -181,8 +195,16 @@ class RedisBudget:
                 " taken locally so far",
                 self.where, now - self._down_since, self._local_answers,
             )  # fmt: skip
-        share = self.fallback_share
-        return self.local.take(site, rate * share, max(1.0, burst * share))
+
+    def _failed(self, error: BaseException, *, probe: bool) -> None:
+        """A refused or broken connection is an outage at once; a slow answer is one only
+        when :data:`STRIKES` calls in a row are slow (a busy event loop is not an outage)."""
+        slow = isinstance(error, (TimeoutError, RedisTimeoutError))
+        if self.shared and slow:
+            self._strikes += 1
+            if self._strikes < STRIKES:
+                return
+        self._went_down(error, probe=probe)
 
     def _went_down(self, error: BaseException, *, probe: bool) -> None:
         """The first failure warns and goes local; a failed probe doubles the wait."""
