@@ -28,7 +28,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from smtpguard.display import json_text
 from smtpguard.errors import ConfigError
@@ -855,11 +855,18 @@ def redact_url(value: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
 
 
+#: What a Redis URL's query may set: the database, and for rediss:// the CA that
+#: verifies the server and a client certificate. Nothing turns verification off.
+_REDIS_QUERY = {"redis": {"db"}, "rediss": {"db", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"},
+                "unix": {"db"}}  # fmt: skip
+
+
 def _redis_url(value: str) -> None:
     expected = "a Redis URL: redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///path/redis.sock"
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         raise ValueError(expected) from None
     if parts.scheme in ("redis", "rediss"):
@@ -868,6 +875,26 @@ def _redis_url(value: str) -> None:
             raise ValueError(expected)
     elif parts.scheme != "unix" or not parts.path.startswith("/") or parts.netloc:
         raise ValueError(expected)
+    allowed = _REDIS_QUERY[parts.scheme]
+    for key, values in query.items():
+        if key not in allowed:
+            raise ValueError(f"{expected}, with only {', '.join(sorted(allowed))} after '?'")
+        if key == "db" and not all(v.isdigit() for v in values):
+            raise ValueError(f"{expected} (db=N, a number)")
+    if parts.password and parts.scheme == "redis" and not _is_loopback(parts.hostname or ""):
+        raise ValueError(
+            "rediss:// (TLS that verifies the server) or a unix socket for a URL with a"
+            " password: redis:// would send it in clear text"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _hostname(value: str) -> None:

@@ -28,6 +28,8 @@ def load(tmp_path: Path, shaping: str) -> config.Config:
         "redis://[::1]:6380/1",
         "unix:///run/redis/redis.sock",
         "unix:///run/redis/redis.sock?db=3",
+        "rediss://redis.internal:6380/0?ssl_ca_certs=/etc/ssl/redis-ca.pem",
+        "redis://:pw@127.0.0.1:6380/0",
     ],
 )
 def test_redis_urls_are_accepted(tmp_path: Path, url: str) -> None:
@@ -43,6 +45,9 @@ def test_redis_urls_are_accepted(tmp_path: Path, url: str) -> None:
         "redis://host:99999/0",
         "redis://host:6379/zero",
         "unix://relative/path",
+        "unix:///run/redis/redis.sock?db=x",
+        "rediss://redis.internal/0?ssl_cert_reqs=none",
+        "redis://redis.internal/0?ssl_ca_certs=/etc/ssl/redis-ca.pem",
     ],
 )
 def test_anything_else_is_a_one_line_error_naming_the_key(tmp_path: Path, url: str) -> None:
@@ -59,16 +64,16 @@ def test_the_error_does_not_print_the_password(tmp_path: Path) -> None:
 
 def test_config_check_masks_the_password(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     p = tmp_path / "smtpguard.toml"
-    p.write_text('[shaping]\nshared = "redis://:hunter2hunter2@redis.internal:6379/0"\n')
+    p.write_text('[shaping]\nshared = "rediss://:hunter2hunter2@redis.internal:6379/0"\n')
     p.chmod(0o600)
     r = cli("--config", str(p), "config", "check")
     assert r.returncode == 0, r.stderr
-    assert 'shared = "redis://:********@redis.internal:6379/0"' in r.stdout
+    assert 'shared = "rediss://:********@redis.internal:6379/0"' in r.stdout
     assert "hunter2" not in r.stdout + r.stderr
 
 
 def test_a_url_with_a_password_in_a_world_readable_file_is_warned_about(tmp_path: Path) -> None:
-    cfg = load(tmp_path, 'shared = "redis://:hunter2hunter2@redis.internal:6379/0"')
+    cfg = load(tmp_path, 'shared = "rediss://:hunter2hunter2@redis.internal:6379/0"')
     Path(cfg.source).chmod(0o644)
     (warning,) = config.secret_file_warnings(cfg)
     assert "shaping.shared" in warning and "readable by everyone" in warning
@@ -97,3 +102,8 @@ async def test_the_redis_budget_is_chosen_with_shared_and_its_settings(tmp_path:
 def test_fallback_share_is_a_share_of_at_most_one(tmp_path: Path, share: str) -> None:
     with pytest.raises(ConfigError, match=r"shaping.fallback_share: expected a share"):
         load(tmp_path, f"fallback_share = {share}")
+
+
+def test_a_password_is_not_sent_in_clear_text_to_another_host(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"shaping.shared: expected rediss:// .* clear text"):
+        load(tmp_path, 'shared = "redis://:hunter2hunter2@10.0.0.5:6379/0"')

@@ -153,6 +153,7 @@ class RedisBudget:
         self._local_answers = 0
         self._strikes = 0
         SHARED_UP.set(1)
+        log.info("shaping: site rate budgets shared through Redis at %s", self.where)
 
     async def acquire(self, site: str, rate: float, burst: float) -> float:
         """The shared bucket's answer, or this node's when Redis cannot give one in time."""
