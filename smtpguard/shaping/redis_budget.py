@@ -8,19 +8,21 @@ atomically, whatever the number of nodes, and the clock is Redis's own
 ``TIME``, so nodes whose clocks disagree still agree on the bucket.
 
 Redis is a helper, never a dependency of delivery. Every call is bounded
-(``timeout``, 100 ms by default: connect, send and read together); a call
-that fails is answered from a :class:`LocalBudget` with the same limits (times
-``fallback_share``). When Redis refuses the connection, drops it or answers
-an error, or :data:`STRIKES` calls in a row get no answer in time (one slow
-answer on a busy machine is not an outage), the node goes local: it says so
-once (a warning, then a reminder at most every :data:`REMINDER_INTERVAL`),
-counts it (``smtpguard_shaping_shared_*`` metrics) and delivery goes on at
-local limits. It
-does not try Redis again for every message (no connect storm against a server
-that is down): the next message after a backoff delay (1 s doubling to 30 s,
-jittered so a fleet does not probe in step) is the probe; while it is in
-flight, other messages stay local. The first answer from Redis switches the
-node back.
+(``timeout``, 100 ms by default: connect, send and read together). When Redis
+refuses the connection, drops it or answers an error, or no call has been
+answered for :data:`STRIKES` timeouts (and as many calls), the node goes local: its decisions come
+from a :class:`LocalBudget` with the same limits (times ``fallback_share``).
+It says so once (a warning, then a reminder at most every
+:data:`REMINDER_INTERVAL`) and counts it (``smtpguard_shaping_shared_*``).
+A single slow answer is not an outage (a busy machine has them): that message
+is told to ask again after ``timeout``, and no token is granted locally beside
+the shared bucket.
+
+While Redis is out, messages do not each try it again (no connect storm
+against a server that is down): the first message after a backoff (1 s
+doubling to 30 s, jittered so a fleet does not probe in step) is the probe;
+while it is in flight, the others stay local. The probe's first answer
+switches the node back.
 
 Keys are ``smtpguard:budget:<site>`` (a hash: ``tokens``, ``stamp``) with a
 time to live of one full refill: a bucket left alone that long is full, which
@@ -54,7 +56,7 @@ DEFAULT_TIMEOUT = 0.1
 #: First and longest wait before Redis is tried again after a failure.
 PROBE_INITIAL = 1.0
 PROBE_MAX = 30.0
-#: Slow answers in a row (each answered locally) that make an outage.
+#: Slow answers in a row, and timeouts without any answer, that make an outage.
 STRIKES = 3
 #: While Redis stays unreachable, the warning is repeated at most this often.
 REMINDER_INTERVAL = 300.0
@@ -66,6 +68,11 @@ FALLBACKS = Counter(
 OUTAGES = Counter(
     "smtpguard_shaping_shared_outages_total",
     "Times the shared (Redis) rate budget became unreachable and this node went local.",
+)
+SLOW = Counter(
+    "smtpguard_shaping_shared_slow_total",
+    "Redis budget calls that got no answer within shaping.shared_timeout (the message asks"
+    " again shortly; several in a row make an outage).",
 )
 SHARED_UP = Gauge(
     "smtpguard_shaping_shared_up",
@@ -152,6 +159,7 @@ class RedisBudget:
         self._reminded_at = 0.0
         self._local_answers = 0
         self._strikes = 0
+        self._last_answer = clock()
         SHARED_UP.set(1)
         log.info("shaping: site rate budgets shared through Redis at %s", self.where)
 
@@ -168,12 +176,17 @@ class RedisBudget:
             async with asyncio.timeout(self.timeout):
                 wait = await self._shared(site, rate, burst)
         except (OSError, RedisError) as e:  # TimeoutError is an OSError
-            self._failed(e, probe=probe)
-            return self._local(site, rate, burst)
+            if self._failed(e, probe=probe):
+                return self._local(site, rate, burst)
+            # One slow answer: the token may or may not have been taken; ask again
+            # shortly rather than grant one locally beside the shared bucket.
+            SLOW.inc()
+            return self.timeout
         finally:
             if probe:
                 self._probing = False
         self._strikes = 0
+        self._last_answer = self._clock()
         if probe:
             self._came_back()
         return wait
@@ -197,15 +210,20 @@ class RedisBudget:
                 self.where, now - self._down_since, self._local_answers,
             )  # fmt: skip
 
-    def _failed(self, error: BaseException, *, probe: bool) -> None:
-        """A refused or broken connection is an outage at once; a slow answer is one only
-        when :data:`STRIKES` calls in a row are slow (a busy event loop is not an outage)."""
+    def _failed(self, error: BaseException, *, probe: bool) -> bool:
+        """True when this failure means Redis is out (answer locally). A refused or
+        broken connection is an outage at once; slow answers are one only when
+        :data:`STRIKES` calls in a row are slow and Redis has not answered for
+        :data:`STRIKES` timeouts (a stalled process times out all its calls at once:
+        that is not an outage)."""
         slow = isinstance(error, (TimeoutError, RedisTimeoutError))
         if self.shared and slow:
             self._strikes += 1
-            if self._strikes < STRIKES:
-                return
+            silent = self._clock() - self._last_answer
+            if self._strikes < STRIKES or silent < STRIKES * self.timeout:
+                return False
         self._went_down(error, probe=probe)
+        return True
 
     def _went_down(self, error: BaseException, *, probe: bool) -> None:
         """The first failure warns and goes local; a failed probe doubles the wait."""
