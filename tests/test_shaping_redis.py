@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from smtpguard.shaping.redis_budget import KEY_PREFIX, RedisBudget
+from tests.fixtures.net import free_port
 from tests.fixtures.redisd import RedisServer
 
 #: Generous bound of one acquire while Redis is down or hung (the budget's timeout is 0.1 s).
@@ -312,3 +313,16 @@ async def test_one_slow_answer_asks_again_shortly_without_leaving_redis(
     assert budget.shared
     assert metric("smtpguard_shaping_shared_fallbacks_total") == fallbacks
     assert await budget.acquire("site", 10.0, 5) == 0.0
+
+
+async def test_a_node_started_while_redis_is_down_paces_locally_at_once(
+    budgets: Callable[..., RedisBudget], caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = budgets(f"redis://127.0.0.1:{free_port()}/0", timeout=0.1)
+    with caplog.at_level(logging.WARNING, logger="smtpguard.shaping"):
+        started = time.monotonic()
+        grants = [await budget.acquire("site", 2.0, 2) for _ in range(3)]
+    assert time.monotonic() - started < FALLBACK_BOUND
+    assert grants[:2] == [0.0, 0.0] and 0.4 < grants[2] <= 0.5
+    assert not budget.shared
+    assert "Connection refused" in caplog.text or "connecting to" in caplog.text

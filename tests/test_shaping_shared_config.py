@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,14 @@ def test_fallback_share_is_a_share_of_at_most_one(tmp_path: Path, share: str) ->
 def test_a_password_is_not_sent_in_clear_text_to_another_host(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"shaping.shared: expected rediss:// .* clear text"):
         load(tmp_path, 'shared = "redis://:hunter2hunter2@10.0.0.5:6379/0"')
+
+
+def test_without_the_fleet_extra_shared_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load(tmp_path, 'shared = "redis://127.0.0.1:6380/0"')
+    for name in [m for m in sys.modules if m.partition(".")[0] == "redis"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if redis-py were not installed
+    monkeypatch.delitem(sys.modules, "smtpguard.shaping.redis_budget")
+    with pytest.raises(ConfigError, match=r"shaping.shared needs the redis package .*\[fleet\]"):
+        make_budget(cfg)
