@@ -273,7 +273,7 @@ async def test_shared_budget_returns_once_redis_answers_again(
     assert not budget.shared
     server.start()
     deadline = time.monotonic() + 5.0  # first probe after 0.8-1.2 s
-    with caplog.at_level(logging.WARNING, logger="smtpguard.shaping"):
+    with caplog.at_level(logging.INFO, logger="smtpguard.shaping"):
         while not budget.shared and time.monotonic() < deadline:
             await budget.acquire("site", 10.0, 5)
             await asyncio.sleep(0.05)

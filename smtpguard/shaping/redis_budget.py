@@ -161,7 +161,7 @@ class RedisBudget:
         self._strikes = 0
         self._last_answer = clock()
         SHARED_UP.set(1)
-        log.info("shaping: site rate budgets shared through Redis at %s", self.where)
+        log.info("site rate budgets shared through Redis at %s", self.where)
 
     async def acquire(self, site: str, rate: float, burst: float) -> float:
         """The shared bucket's answer, or this node's when Redis cannot give one in time."""
@@ -205,7 +205,7 @@ class RedisBudget:
         if now - self._reminded_at >= REMINDER_INTERVAL:
             self._reminded_at = now
             log.warning(
-                "shaping: Redis at %s still unreachable after %.0fs: %d budget decisions"
+                "Redis at %s still unreachable after %.0fs: %d budget decisions"
                 " taken locally so far",
                 self.where, now - self._down_since, self._local_answers,
             )  # fmt: skip
@@ -236,7 +236,7 @@ class RedisBudget:
             OUTAGES.inc()
             SHARED_UP.set(0)
             log.warning(
-                "shaping: Redis at %s unreachable (%s); site rate budgets are local to this"
+                "Redis at %s unreachable (%s); site rate budgets are local to this"
                 " node until it answers again",
                 self.where, _describe(error),
             )  # fmt: skip
@@ -250,8 +250,8 @@ class RedisBudget:
     def _came_back(self) -> None:
         self.shared = True
         SHARED_UP.set(1)
-        log.warning(
-            "shaping: Redis at %s answers again after %.1fs; site rate budgets are shared again"
+        log.info(
+            "Redis at %s answers again after %.1fs; site rate budgets are shared again"
             " (%d decisions were taken locally)",
             self.where, self._clock() - self._down_since, self._local_answers,
         )  # fmt: skip
