@@ -326,3 +326,14 @@ async def test_a_node_started_while_redis_is_down_paces_locally_at_once(
     assert grants[:2] == [0.0, 0.0] and 0.4 < grants[2] <= 0.5
     assert not budget.shared
     assert "Connection refused" in caplog.text or "connecting to" in caplog.text
+
+
+async def test_a_local_key_is_this_nodes_own_bucket(
+    redis_server: RedisServer, redis_url: str, budgets: Callable[..., RedisBudget]
+) -> None:
+    a = budgets(redis_url, local_keys=("*global*",))
+    b = budgets(redis_url, local_keys=("*global*",))
+    assert await a.acquire("*global*", 1.0, 1) == 0.0
+    assert await b.acquire("*global*", 1.0, 1) == 0.0  # b's own cap, not a's
+    with redis_server.client(int(redis_url.rsplit("/", 1)[1])) as client:
+        assert client.keys("*") == []

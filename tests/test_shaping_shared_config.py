@@ -119,3 +119,10 @@ def test_without_the_fleet_extra_shared_is_a_one_line_error(
     monkeypatch.delitem(sys.modules, "smtpguard.shaping.redis_budget")
     with pytest.raises(ConfigError, match=r"shaping.shared needs the redis package .*\[fleet\]"):
         make_budget(cfg)
+
+
+async def test_the_global_cap_and_dsns_stay_this_nodes_own(tmp_path: Path) -> None:
+    budget = make_budget(load(tmp_path, 'shared = "redis://127.0.0.1:6380/3"'))
+    assert isinstance(budget, RedisBudget)
+    assert budget.local_keys == {"*global*", "dsn"}
+    await budget.aclose()

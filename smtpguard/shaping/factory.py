@@ -29,6 +29,11 @@ def make_budget(cfg: Config) -> RateBudget:
             f"shaping.shared needs the redis package ({e.name} not found):"
             " pip install 'smtpguard[fleet]' (make install EXTRAS=fleet)"
         ) from None
+    from smtpguard.shaping.shaper import GLOBAL
+
+    # The global cap is what this node's own sending IPs are warmed up for, and DSNs
+    # go to this node's own Postfix: those budgets stay local, the sites are shared.
     return RedisBudget(
-        shaping.shared, timeout=shaping.shared_timeout, fallback_share=shaping.fallback_share
-    )
+        shaping.shared, timeout=shaping.shared_timeout, fallback_share=shaping.fallback_share,
+        local_keys=(GLOBAL, "dsn"),
+    )  # fmt: skip

@@ -35,7 +35,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -120,6 +120,8 @@ class RedisBudget:
     burst while Redis is unreachable (1/nodes keeps the fleet within the
     budget at the cost of speed; 1.0, the default, gives each node the full
     limit). ``prefix`` is the key prefix (tests give each their own).
+    ``local_keys`` are budgets that belong to this node, never shared (the
+    global cap of this node's sending IPs, the DSNs to its own Postfix).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class RedisBudget:
         timeout: float = DEFAULT_TIMEOUT,
         fallback_share: float = 1.0,
         prefix: str = KEY_PREFIX,
+        local_keys: Collection[str] = (),
         max_connections: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -137,6 +140,7 @@ class RedisBudget:
         self.timeout = timeout
         self.fallback_share = fallback_share
         self.prefix = prefix
+        self.local_keys = frozenset(local_keys)
         self.local = LocalBudget(clock=clock)
         self._clock = clock
         # No retries inside the client: one bounded attempt, then the local answer.
@@ -165,6 +169,8 @@ class RedisBudget:
 
     async def acquire(self, site: str, rate: float, burst: float) -> float:
         """The shared bucket's answer, or this node's when Redis cannot give one in time."""
+        if site in self.local_keys:
+            return self.local.take(site, rate, burst)
         probe = False
         if not self.shared:
             now = self._clock()
