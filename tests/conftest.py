@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.maillogs",
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
+    "tests.fixtures.ratemx",
     "tests.fixtures.rawsmtp",
     "tests.fixtures.redisd",
     "tests.fixtures.relay",

@@ -62,6 +62,9 @@ class SiteState:
     _accepted: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=20_000), repr=False
     )
+    _attempted: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=20_000), repr=False
+    )
 
     # -- what applies now -----------------------------------------------------
 
@@ -103,14 +106,31 @@ class SiteState:
         span = max(now - q[0], 1.0)
         return len(q) / span
 
+    def attempted_rate(self, now: float) -> float:
+        """Messages per second tried at the site (any result) over the last window."""
+        q = self._attempted
+        while q and q[0] < now - WINDOW:
+            q.popleft()
+        if len(q) < 2:
+            return 0.0
+        return len(q) / max(now - q[0], 1.0)
+
     # -- feedback -------------------------------------------------------------
+
+    def attempted(self, now: float) -> None:
+        """Any result of a message at the site (counted before success/throttle/failure)."""
+        self._attempted.append(now)
 
     def success(self, now: float) -> None:
         self.successes += 1
         self.in_a_row = 0
         self._accepted.append(now)
         if self.rate is not None:
-            step = self.cut_from * (1 - self.adaptive.decrease) / self.adaptive.recover
+            # Per second of steady sending (``rate`` successes) the rate grows by the
+            # size of the last cut / recover, or by its own (1 - decrease) / recover if
+            # that is more (a site cut from nothing known climbs back in finite time).
+            base = max(self.cut_from, self.rate)
+            step = base * (1 - self.adaptive.decrease) / self.adaptive.recover
             self.rate += max(step, 1e-6) / max(self.rate, 1e-3)
             ceiling = self.limits.rate if self.limits.rate is not None else UNLIMITED_ABOVE
             if self.rate >= ceiling:
@@ -129,7 +149,7 @@ class SiteState:
             return False
         a = self.adaptive
         current = self.current_rate(now)
-        accepted = self.accepted_rate(now)
+        accepted = self.accepted_rate(now) or self.attempted_rate(now)
         base = min(x for x in (current, accepted or None, math.inf) if x is not None)
         if math.isinf(base):
             base = 1.0  # nothing accepted yet and no limit: start from one a second

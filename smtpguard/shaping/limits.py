@@ -73,11 +73,11 @@ class SiteLimits:
     @property
     def backlog(self) -> int:
         """How many claimed jobs may wait in the site's line before more are postponed:
-        ten seconds of sending at the rate, at least what the connections can take."""
+        thirty seconds of sending at the rate, at least what the connections can take."""
         floor = max(20, 10 * self.connections)
         if self.rate is None:
             return min(floor, 1000)
-        return min(max(2 * self.connections, math.ceil(self.rate * 10)), max(floor, 1000))
+        return min(max(2 * self.connections, math.ceil(self.rate * 30)), max(floor, 1000))
 
 
 @dataclass(frozen=True)

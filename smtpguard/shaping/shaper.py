@@ -163,8 +163,10 @@ class SiteShaper:
         bound = replace(st.limits, rate=rate, connections=st.current_connections(now)).backlog
         if queued < bound:
             return 0.0
-        delay = queued / rate if rate else 2.0
-        return max(1.0, delay) * jitter
+        # Back when about half the line has gone (spread over that span), so the
+        # line neither runs dry nor takes them all back at once.
+        drain = queued / rate if rate else 2.0
+        return max(1.0, drain * self._rng.uniform(0.5, 1.0))
 
     def backoff(self, site: str) -> float:
         """After a failed connection: how long the site's other waiting jobs go back to
@@ -204,8 +206,9 @@ class SiteShaper:
             return
         now = self._clock()
         st = self.state(site)
+        st.attempted(now)
         throttle = failure = ""
-        answered = False
+        answered = automated = False
         for a in attempts:
             if a.verdict is None:
                 answered = True
@@ -214,8 +217,12 @@ class SiteShaper:
             failure = failure or connection_failure(a)
             if not connection_failure(a):
                 answered = True
-            self._automate(st, a, now)
-        if throttle:
+            automated = automated or self._automate(st, a, now)
+        if automated:
+            # The provider's documented words said what to do; the rule did it.
+            metrics.THROTTLES.inc(site)
+            st.throttles += 1
+        elif throttle:
             metrics.THROTTLES.inc(site)
             if st.throttled(now, log_safe(throttle[:300])):
                 log.info("site %s throttled us (%s): rate %s, connections %d", site,
@@ -232,15 +239,16 @@ class SiteShaper:
                         st.suspended_why)  # fmt: skip
             self._suspension_noted[site] = st.suspended_until
 
-    def _automate(self, st: SiteState, a: Attempt, now: float) -> None:
+    def _automate(self, st: SiteState, a: Attempt, now: float) -> bool:
+        """Apply the first automation rule matching this reply; True if one did."""
         if not len(self._automation):
-            return
+            return False
         v = a.verdict
         assert v is not None
         reply = f"{a.code} {a.text}" if a.code else v.diagnostic
         rule = self._automation.match(st.key, reply)
         if rule is None:
-            return
+            return False
         why = f"automation {rule.id}: {log_safe(reply[:200])}"
         st.last_throttle, st.last_throttle_at = log_safe(reply[:300]), now
         if rule.action == "suspend":
@@ -253,6 +261,7 @@ class SiteShaper:
             st.override_connections(now, rule.connections, rule.duration)
             log.info("site %s: %d connections for %.0fs (%s)", st.key, rule.connections,
                      rule.duration, why)  # fmt: skip
+        return True
 
     # -- what it looks like ---------------------------------------------------
 
