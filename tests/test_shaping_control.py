@@ -245,3 +245,16 @@ def test_a_full_line_postpones_with_jitter_not_in_lockstep(tmp_path):
     delays = {round(s.hold("mx:a", 40), 3) for _ in range(10)}
     assert len(delays) > 1
     assert all(delays) and s.hold("mx:a", 5) == 0.0
+
+
+class BrokenBudget:
+    async def acquire(self, site: str, rate: float, burst: float) -> float:
+        raise ConnectionError("budget store unreachable")
+
+
+def test_a_failing_budget_falls_back_to_local_buckets(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[defaults]\nrate = "1/s"\n')
+    s = SiteShaper(limits.load(path), BrokenBudget())
+    assert asyncio.run(s.admit("mx:a")) == 0.0
+    assert asyncio.run(s.admit("mx:a")) > 0.0

@@ -131,7 +131,7 @@ def test_automation_rule_suspends_the_site_and_resumes_after_the_duration(
     mx.wait_for(5, timeout=15)
     throttled_at = mx.mail_attempts[0]
     assert min(mx.mail_attempts[1:]) >= throttled_at + 3.0
-    assert max(mx.times()) < throttled_at + 3.0 + 4.0
+    assert max(mx.times()) < throttled_at + 3.0 + 5.0
 
 
 def test_queue_sites_shows_each_site_as_json(start_relay, dns_server, make_rate_mx, tmp_path):
@@ -188,3 +188,32 @@ def test_blackhole_port_is_free(make_rate_mx):
         with pytest.raises(TimeoutError):
             s.recv(10)
     assert free_port() != hole.port
+
+
+def test_site_metrics_show_throttles_and_limits(start_relay, dns_server, make_rate_mx, tmp_path):
+    from tests.test_relay_metrics import scrape, value
+
+    mx = make_rate_mx(mail_replies=["421 4.7.0 Too many messages, slow down"])
+    mx_for(dns_server, "example.com", "mx.example.com")
+    port = free_port()
+    relay = start_shaped(start_relay, mx, tmp_path, '[defaults]\nrate = "20/s"\n',
+                         metrics={"listen": f"127.0.0.1:{port}"})  # fmt: skip
+    send_many(relay, ["a@example.com", "b@example.com"])
+    mx.wait_for(2, timeout=15)
+    site = "mx:mx.example.com"
+    deadline = time.monotonic() + 10
+    while True:
+        _, samples = scrape(port)
+        limit = value(samples, "smtpguard_site_rate", site=site, kind="configured")
+        if limit or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert limit == 20.0
+    assert value(samples, "smtpguard_site_throttles_total", site=site) == 1
+    assert value(samples, "smtpguard_site_rate", site=site, kind="current") < 20.0
+
+
+def test_queue_sites_without_a_relay_snapshot_is_a_one_line_error(cli):
+    result = cli("queue", "sites")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "no shaping state" in result.stderr

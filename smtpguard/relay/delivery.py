@@ -182,6 +182,7 @@ class Delivery:
         self._arrivals: dict[str, asyncio.Event] = {}
         self._active: collections.Counter[str] = collections.Counter()
         self._waiting: dict[str, None] = {}  # sites waiting for a connection slot
+        self._lingering: set[asyncio.Event] = set()  # idle connections' wake-up events
         self._connections = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs_in_progress: dict[int, Job] = {}
@@ -370,6 +371,9 @@ class Delivery:
             return  # the rate, not the connections, is what limits this site
         if self._connections >= self._d.concurrency:
             self._waiting[site] = None
+            # Idle connections lingering for more mail to their site give their slot up.
+            for ev in self._lingering:
+                ev.set()
             return
         self._waiting.pop(site, None)
         self._active[site] += 1
@@ -599,10 +603,13 @@ class Delivery:
                     return
                 ev = self._arrivals.setdefault(site, asyncio.Event())
                 ev.clear()
+                self._lingering.add(ev)
                 try:
                     await asyncio.wait_for(ev.wait(), IDLE_LINGER)
                 except TimeoutError:
                     return
+                finally:
+                    self._lingering.discard(ev)
                 continue
             if self._stopping:
                 return

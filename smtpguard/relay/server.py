@@ -139,9 +139,10 @@ class Relay:
         self.scheduler = Scheduler(
             self.queue, max_inflight=max(d.concurrency * 20, 200), refill_interval=1.0
         )
+        jitter = self._site_shaper.rules.adaptive.jitter if self._site_shaper else 0.0
         self.outcome = OutcomeHandler(
             cfg, self.queue, sink=self.sink, on_deferred=self.scheduler.notify,
-            observer=self.observers,
+            observer=self.observers, jitter=jitter,
         )  # fmt: skip
         self.delivery = Delivery(
             cfg,

@@ -53,10 +53,15 @@ def format_rate(per_second: float | None) -> str:
     """A rate for people: ``20/s``, ``100/min``, ``5000/h``; ``-`` for none."""
     if per_second is None:
         return "-"
-    for unit, secs in (("s", 1), ("min", 60), ("h", 3600)):
+    units = (("s", 1), ("min", 60), ("h", 3600), ("d", 86400))
+    for unit, secs in units:  # the unit that makes it a whole number, as it was written
+        n = per_second * secs
+        if n >= 1 and abs(n - round(n)) < 1e-6 * n:
+            return f"{round(n)}/{unit}"
+    for unit, secs in units:
         n = per_second * secs
         if n >= 1:
-            return f"{n:.3g}/{unit}" if abs(n - round(n)) > 1e-6 else f"{round(n)}/{unit}"
+            return f"{n:.3g}/{unit}"
     return f"{per_second * 86400:.3g}/d"
 
 
@@ -72,12 +77,16 @@ class SiteLimits:
 
     @property
     def backlog(self) -> int:
-        """How many claimed jobs may wait in the site's line before more are postponed:
-        thirty seconds of sending at the rate, at least what the connections can take."""
-        floor = max(20, 10 * self.connections)
-        if self.rate is None:
-            return min(floor, 1000)
-        return min(max(2 * self.connections, math.ceil(self.rate * 30)), max(floor, 1000))
+        return backlog(self.rate, self.connections)
+
+
+def backlog(rate: float | None, connections: int) -> int:
+    """How many claimed jobs may wait in a site's line before more are postponed:
+    thirty seconds of sending at the rate, at least what the connections can take."""
+    floor = max(20, 10 * connections)
+    if rate is None:
+        return min(floor, 1000)
+    return min(max(2 * connections, math.ceil(rate * 30)), max(floor, 1000))
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,14 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from smtpguard.shaping import metrics
 from smtpguard.shaping.automation import Automation
-from smtpguard.shaping.budget import RateBudget
+from smtpguard.shaping.budget import LocalBudget, RateBudget
 from smtpguard.shaping.controller import SiteState
-from smtpguard.shaping.limits import ShapingRules, SiteLimits, format_rate
+from smtpguard.shaping.limits import ShapingRules, SiteLimits, backlog, format_rate
 from smtpguard.shaping.sites import SiteMap
 from smtpguard.smtp.text import log_safe
 
@@ -113,6 +113,8 @@ class SiteShaper:
         self._seen: dict[str, float] = {}  # site -> last time anything happened there
         self._prepaid: set[str] = set()  # sites holding a site token, waiting for a global one
         self._suspension_noted: dict[str, float] = {}  # site -> suspension end already logged
+        self._fallback = LocalBudget()
+        self._budget_warned = float("-inf")
 
     # -- sites ----------------------------------------------------------------
 
@@ -156,12 +158,13 @@ class SiteShaper:
         the seconds to postpone it by (with jitter, so postponed mail comes back spread)."""
         now = self._clock()
         st = self.state(site)
-        jitter = 1.0 + self._rng.uniform(0, st.adaptive.jitter)
         if st.suspended(now):
+            jitter = 1.0 + self._rng.uniform(0, st.adaptive.jitter)
             return (st.suspended_until - now) * jitter + self._rng.uniform(0, 1.0)
+        if queued < 20:  # below any line's bound
+            return 0.0
         rate = st.current_rate(now)
-        bound = replace(st.limits, rate=rate, connections=st.current_connections(now)).backlog
-        if queued < bound:
+        if queued < backlog(rate, st.current_connections(now)):
             return 0.0
         # Back when about half the line has gone (spread over that span), so the
         # line neither runs dry nor takes them all back at once.
@@ -187,18 +190,30 @@ class SiteShaper:
             return st.suspended_until - now
         rate = st.current_rate(now)
         if rate is not None and site not in self._prepaid:
-            wait = await self.budget.acquire(site, rate, st.current_burst(rate))
+            wait = await self._acquire(site, rate, st.current_burst(rate))
             if wait > 0:
                 return wait
         self._prepaid.discard(site)
         g = self.rules.global_rate
         if g is not None:
-            wait = await self.budget.acquire(GLOBAL, g, float(self.rules.global_burst))
+            wait = await self._acquire(GLOBAL, g, float(self.rules.global_burst))
             if wait > 0:
                 if rate is not None:
                     self._prepaid.add(site)  # keep the site's token for the next try
                 return wait
         return 0.0
+
+    async def _acquire(self, key: str, rate: float, burst: float) -> float:
+        """A token from the budget; if the budget itself fails (a bug, an outage the
+        backend did not absorb), from this process's buckets: never a crashed delivery."""
+        try:
+            return await self.budget.acquire(key, rate, burst)
+        except Exception as e:
+            now = self._clock()
+            if now - self._budget_warned > 60:
+                self._budget_warned = now
+                log.warning("rate budget failed (%r); pacing with local buckets", e)
+            return self._fallback.take(key, rate, burst)
 
     def feedback(self, site: str, attempts: Sequence[Attempt]) -> None:
         """One message's results at ``site``: success, throttle or connection failure."""
