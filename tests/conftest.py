@@ -1,4 +1,4 @@
-"""Fixtures live in tests/fixtures/, one module per real part (CLI, DNS, MX, Postfix, relay)."""
+"""Fixtures live in tests/fixtures/, one module per real part (CLI, DNS, MX, Postfix, Redis...)."""
 
 pytest_plugins = [
     "tests.fixtures.cli",
@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.postfix",
     "tests.fixtures.ratemx",
     "tests.fixtures.rawsmtp",
+    "tests.fixtures.redisd",
     "tests.fixtures.relay",
     "tests.fixtures.sink",
     "tests.fixtures.webhooks",

@@ -17,9 +17,23 @@ from smtpguard.shaping.budget import LocalBudget, RateBudget
 
 def make_budget(cfg: Config) -> RateBudget:
     """The budget ``cfg`` asks for: local unless ``shaping.shared`` names a fleet store."""
-    shared = cfg.shaping.shared
-    if not shared:
+    shaping = cfg.shaping
+    if not shaping.shared:
         return LocalBudget()
-    raise ConfigError(
-        f"shaping.shared = {shared!r}: no shared budget backend is available in this build"
-    )
+    try:
+        from smtpguard.shaping.redis_budget import RedisBudget
+    except ImportError as e:  # the ``fleet`` extra is not installed
+        if (e.name or "").partition(".")[0] != "redis":
+            raise
+        raise ConfigError(
+            f"shaping.shared needs the redis package ({e.name} not found):"
+            " pip install 'smtpguard[fleet]' (make install EXTRAS=fleet)"
+        ) from None
+    from smtpguard.shaping.shaper import GLOBAL
+
+    # The global cap is what this node's own sending IPs are warmed up for, and DSNs
+    # go to this node's own Postfix: those budgets stay local, the sites are shared.
+    return RedisBudget(
+        shaping.shared, timeout=shaping.shared_timeout, fallback_share=shaping.fallback_share,
+        local_keys=(GLOBAL, "dsn"),
+    )  # fmt: skip
