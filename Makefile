@@ -4,7 +4,7 @@
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
-APT_PKGS := postfix libmilter-dev openssl
+APT_PKGS := postfix libmilter-dev openssl postgresql
 STAMP_RUN  := $(VENV)/.stamp-run
 STAMP_TEST := $(VENV)/.stamp-test
 
@@ -136,6 +136,8 @@ setup-python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { $(call APT_INSTALL,python3 python3-venv); }
 
 # Tests also need Postfix and its load tools, libmilter-dev, openssl (test certificates),
+# PostgreSQL's server binaries (the fleet tests start their own server; the package may
+# start a system cluster too, which the tests never use),
 # a C compiler with the Python headers to build pymilter, and systemd's tools (the
 # install test verifies the unit with systemd-analyze).
 setup-apt: setup-python
@@ -156,7 +158,7 @@ $(STAMP_RUN): pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[dev,milter]'
+	$(PY) -m pip install -q -e '.[dev,milter,fleet]'
 	touch $@ $(STAMP_RUN)
 
 setup-run: $(STAMP_RUN)

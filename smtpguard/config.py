@@ -77,6 +77,39 @@ class StoreConfig:
         " empty: only the owner (0600 / 0700).",
         check="group?",
     )
+    backend: str = opt(
+        "sqlite",
+        "Where the suppression list is shared: sqlite (this host only) or postgresql (a"
+        " fleet: the list, its history, pending entries and soft-bounce counts in PostgreSQL,"
+        " read through this host's SQLite cache; the queue stays local).",
+        check="store_backend",
+    )
+    dsn: str = opt(
+        "",
+        "PostgreSQL connection string for backend = postgresql, e.g."
+        " 'postgresql://smtpguard@db.example.net/smtpguard?sslmode=verify-full'"
+        " (a password is better kept in ~/.pgpass or PGPASSFILE).",
+        secret=True,
+    )
+    node: str = opt(
+        "",
+        "This node's name in the fleet's history (empty: the host name).",
+    )
+    unknown: str = opt(
+        "accept",
+        "What a recipient not in the cache gets while this node is out of sync with"
+        " PostgreSQL for longer than max_staleness: accept, or tempfail (451 4.3.0).",
+        check="accept_tempfail",
+    )
+    max_staleness: float = opt(
+        60.0,
+        "How long this node's cache may go without a sync before `unknown` applies.",
+        unit="s",
+        check="positive",
+    )
+    pool_size: int = opt(
+        4, "Most PostgreSQL connections one process opens (plus one listening).", check="positive"
+    )
 
 
 @dataclass(frozen=True)
@@ -1004,6 +1037,7 @@ _CHECKS: dict[str, Any] = {
     "milter_action": _choice("reject", "tempfail", "discard"),
     "policy_action": _choice("reject", "tempfail"),
     "accept_tempfail": _choice("accept", "tempfail"),
+    "store_backend": _choice("sqlite", "postgresql"),
     "dunno_defer": _choice("dunno", "defer"),
     "log_destination": _is(
         lambda v: v in ("stderr", "syslog", "file"), "one of stderr, syslog, file"
@@ -1141,6 +1175,10 @@ def check_combinations(cfg: Config) -> None:
     d = cfg.delivery
     mode = d.smarthost_tls_mode
     where = cfg.source
+    if cfg.store.backend == "postgresql" and not cfg.store.dsn:
+        raise ConfigError(
+            f"{where}: store.backend = \"postgresql\" needs store.dsn (the fleet's database)"
+        )
     if cfg.milter.rewrite_sender and not cfg.intake.bounce_domain:
         raise ConfigError(
             f"{where}: milter.rewrite_sender needs intake.bounce_domain (and its secret_file):"

@@ -1,0 +1,29 @@
+"""Joining a node to the fleet (``store.backend = "postgresql"``): one call per process.
+
+:func:`prepare` marks the data directory's database as a fleet node's cache
+(:func:`smtpguard.store.outbox.attach`) before the process opens its own
+connections, so every change it makes leaves an outbox row. It checks that the
+PostgreSQL driver is installed, but does not contact PostgreSQL: a node starts,
+and answers from its cache, while PostgreSQL is down.
+"""
+
+from __future__ import annotations
+
+from smtpguard.config import Config
+from smtpguard.store.outbox import NodeIdentity, attach
+
+
+def enabled(cfg: Config) -> bool:
+    return cfg.store.backend == "postgresql"
+
+
+def prepare(cfg: Config) -> NodeIdentity | None:
+    """Attach this node's database to the fleet; None on the SQLite backend."""
+    if not enabled(cfg):
+        return None
+    from smtpguard.store.pg.connect import driver, node_name
+
+    driver()
+    return attach(
+        cfg.data_dir, node_name(cfg), busy_timeout=cfg.store.busy_timeout, group=cfg.store.group
+    )
