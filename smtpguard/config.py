@@ -1177,7 +1177,7 @@ def check_combinations(cfg: Config) -> None:
     where = cfg.source
     if cfg.store.backend == "postgresql" and not cfg.store.dsn:
         raise ConfigError(
-            f"{where}: store.backend = \"postgresql\" needs store.dsn (the fleet's database)"
+            f'{where}: store.backend = "postgresql" needs store.dsn (the fleet\'s database)'
         )
     if cfg.milter.rewrite_sender and not cfg.intake.bounce_domain:
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""Fixtures live in tests/fixtures/, one module per real part (CLI, DNS, MX, Postfix, relay)."""
+"""Fixtures live in tests/fixtures/, one module per real part (CLI, DNS, MX, Postfix,
+PostgreSQL, relay)."""
 
 pytest_plugins = [
     "tests.fixtures.cli",
@@ -6,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.maillogs",
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
+    "tests.fixtures.postgres",
     "tests.fixtures.rawsmtp",
     "tests.fixtures.relay",
     "tests.fixtures.sink",

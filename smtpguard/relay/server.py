@@ -45,12 +45,14 @@ from smtpguard.relay.outcome import OutcomeHandler
 from smtpguard.relay.scheduler import Scheduler
 from smtpguard.relay.seams import Shaper
 from smtpguard.smtp.headers import message_id as message_id_of
+from smtpguard.store import fleet
 from smtpguard.store.messages import Claim, InboundMessage
 from smtpguard.store.queue import QueueStore, format_qid
 
 if TYPE_CHECKING:
     from smtpguard.intake.listener import BounceServer
     from smtpguard.intake.webhooks.server import WebhookServer
+    from smtpguard.store.pg.replicator import Replicator
 
 log = logging.getLogger("smtpguard.relay")
 
@@ -76,6 +78,7 @@ class Relay:
         self.queue: QueueStore | None = None
         self.policy: RecipientPolicy | None = None
         self.sink: SuppressionSink | None = None
+        self.replicator: Replicator | None = None
         self.inbound: InboundServer | None = None
         self.scheduler: Scheduler | None = None
         self.delivery: Delivery | None = None
@@ -113,6 +116,7 @@ class Relay:
         return_paths = SignedVerpCodec.from_config(cfg.intake)
         self.delivery_log = open_delivery_log(cfg.log)  # and on a log that cannot open
         self.observers.add(self.delivery_log)
+        node = fleet.prepare(cfg)  # store.backend = "postgresql": before any connection opens
         self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy, group=cfg.store.group)
         self.recovered = await self.queue.recover()
         if self.recovered:
@@ -123,6 +127,8 @@ class Relay:
         # One write path: the sink writes through the queue's writer thread, so a
         # bounce, its DSN and the suppression it causes are one transaction.
         self.sink = await open_sink(cfg, writer=self.queue.writer)
+        if node is not None:
+            self.replicator = await fleet.start_replicator(cfg, node, self.queue.writer)
         # The RCPT check reads synchronously on the loop: one indexed read (tens of
         # microseconds; WAL readers never wait for the writer) costs less than a
         # hop to another thread and back, which would be on every RCPT's latency.
@@ -302,6 +308,9 @@ class Relay:
         if self.sink is not None:
             with contextlib.suppress(Exception):
                 await self.sink.close()
+        if self.replicator is not None:
+            with contextlib.suppress(Exception):
+                await self.replicator.stop()
         if self.queue is not None:
             await self.queue.close()
         if self.delivery_log is not None:

@@ -9,8 +9,14 @@ and answers from its cache, while PostgreSQL is down.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from smtpguard.config import Config
 from smtpguard.store.outbox import NodeIdentity, attach
+
+if TYPE_CHECKING:
+    from smtpguard.store.pg.replicator import Replicator
+    from smtpguard.store.writer import Writer
 
 
 def enabled(cfg: Config) -> bool:
@@ -27,3 +33,12 @@ def prepare(cfg: Config) -> NodeIdentity | None:
     return attach(
         cfg.data_dir, node_name(cfg), busy_timeout=cfg.store.busy_timeout, group=cfg.store.group
     )
+
+
+async def start_replicator(cfg: Config, node: NodeIdentity, writer: Writer) -> Replicator:
+    """The relay's replicator (push, listen, pull), running; ``await r.stop()`` at the end."""
+    from smtpguard.store.pg.replicator import Replicator
+
+    replicator = Replicator(cfg, node, writer)
+    await replicator.start()
+    return replicator
