@@ -107,9 +107,6 @@ class StoreConfig:
         unit="s",
         check="positive",
     )
-    pool_size: int = opt(
-        4, "Most PostgreSQL connections one process opens (plus one listening).", check="positive"
-    )
 
 
 @dataclass(frozen=True)

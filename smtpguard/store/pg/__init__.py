@@ -1,7 +1,7 @@
 """The fleet's shared store in PostgreSQL (``store.backend = "postgresql"``).
 
 One module per job: :mod:`.schema` (tables and their migrations), :mod:`.connect`
-(the driver, connections and the pool), :mod:`.apply` (an outbox operation
+(the driver and its connections), :mod:`.apply` (an outbox operation
 applied to PostgreSQL's state under the fleet lock), :mod:`.pull` (changes since
 a sequence number written into a node's SQLite cache), :mod:`.replicator` (the
 task that pushes, listens and pulls), :mod:`.read` (what operators read straight

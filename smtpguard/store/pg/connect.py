@@ -10,12 +10,21 @@ from smtpguard.errors import StoreError, UserError
 
 if TYPE_CHECKING:
     import psycopg
-    import psycopg_pool
 
     from smtpguard.config import Config
 
 #: Seconds to wait for a TCP connection to PostgreSQL.
 CONNECT_TIMEOUT = 5
+#: libpq settings that make a dead server or network an error within seconds, not a
+#: query that hangs for the kernel's two hours (a connection string cannot loosen them).
+LIVENESS = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,  # ms: unacknowledged data on a dead link
+}
 #: The channel every node LISTENs on; the payload is the newest change's sequence number.
 CHANNEL = "smtpguard_suppression"
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@|(password\s*=\s*)\S+")
@@ -48,32 +57,13 @@ def redact(dsn: str) -> str:
 def explain(dsn: str, exc: BaseException) -> StoreError:
     """A psycopg error as a one-line, transient StoreError naming the server."""
     msg = " ".join(str(exc).split()) or type(exc).__name__
-    return StoreError(f"PostgreSQL {redact(dsn)}: {msg}", transient=True)
+    return StoreError(f"{redact(dsn)}: {msg}", transient=True)
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     """One connection (CLI commands, the listener); StoreError when unreachable."""
     pg = driver()
     try:
-        return pg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT)
+        return pg.connect(dsn, autocommit=autocommit, **LIVENESS)
     except pg.Error as e:
         raise explain(dsn, e) from None
-
-
-def pool(dsn: str, size: int, name: str) -> psycopg_pool.ConnectionPool[Any]:
-    """A pool opened in the background: a PostgreSQL that is down at start-up delays
-    nothing (the relay answers from its cache and queues its changes meanwhile)."""
-    driver()
-    import psycopg_pool
-
-    p = psycopg_pool.ConnectionPool(
-        dsn,
-        min_size=1,
-        max_size=size,
-        open=False,
-        name=name,
-        kwargs={"connect_timeout": CONNECT_TIMEOUT},
-        check=psycopg_pool.ConnectionPool.check_connection,
-    )
-    p.open(wait=False)
-    return p

@@ -8,7 +8,8 @@ PostgreSQL before it asks what changed:
 1. push: outbox rows (oldest first, up to :data:`PUSH_BATCH`) -> PostgreSQL
    (:func:`smtpguard.store.pg.apply.push`), then deleted locally;
 2. pull: when a ``NOTIFY smtpguard_suppression`` arrived, after a push, and at
-   least every :data:`HEARTBEAT` seconds (which also proves the node in sync).
+   least every :data:`HEARTBEAT` seconds (a third of ``store.max_staleness`` if
+   that is shorter), which also proves the node in sync.
 
 A listener thread holds one connection with ``LISTEN smtpguard_suppression``
 and wakes the loop on each notification; the outbox is looked at every
@@ -38,7 +39,7 @@ from smtpguard.store.db import connect
 from smtpguard.store.outbox import NodeIdentity
 from smtpguard.store.pg import apply, pull, schema
 from smtpguard.store.pg import metrics as m
-from smtpguard.store.pg.connect import CHANNEL, explain, pool, redact
+from smtpguard.store.pg.connect import CHANNEL, driver, explain, redact
 from smtpguard.store.pg.connect import connect as pg_connect
 from smtpguard.store.writer import Writer
 
@@ -105,12 +106,14 @@ class Replicator:
         self.ident = ident
         self._writer = writer
         self._dsn = cfg.store.dsn
-        self._pool: Any = None
+        self._pg: Any = None  # the one connection pushes and pulls use (see _with_pg)
         self._reader: sqlite3.Connection | None = None
         self._wake = asyncio.Event()
         self._listener: Listener | None = None
         self._task: asyncio.Task[None] | None = None
         self._migrated = False
+        # A node must prove itself in sync well within store.max_staleness.
+        self._heartbeat = min(HEARTBEAT, cfg.store.max_staleness / 3)
         self.up: bool | None = None  # None until the first attempt
         self.synced_at: float | None = None
         self.pushed = 0
@@ -123,7 +126,6 @@ class Replicator:
             group=self.cfg.store.group,
         )  # fmt: skip
         self.synced_at = pull.synced_at(self._reader)
-        self._pool = pool(self._dsn, self.cfg.store.pool_size, f"smtpguard-{self.ident.node}")
         self._listener = Listener(self._dsn, lambda: loop.call_soon_threadsafe(self._wake.set))
         self._listener.start()
         self._task = asyncio.create_task(self._run(), name="fleet-replicator")
@@ -142,8 +144,9 @@ class Replicator:
                 await asyncio.wait_for(self._push_all(), 5.0)
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
-        if self._pool is not None:
-            await asyncio.to_thread(self._pool.close, 5.0)
+        if self._pg is not None:
+            with contextlib.suppress(Exception):
+                self._pg.close()
         if self._reader is not None:
             self._reader.close()
 
@@ -160,7 +163,7 @@ class Replicator:
             try:
                 pushed = await self._push_all()
                 now = time.monotonic()
-                if woken or pushed or now - last_pull >= HEARTBEAT:
+                if woken or pushed or now - last_pull >= self._heartbeat:
                     await self._pull_all()
                     last_pull = now
             except StoreError as e:
@@ -184,8 +187,8 @@ class Replicator:
                 )  # fmt: skip
             else:
                 log.warning(
-                    "fleet: PostgreSQL unreachable (%s); RCPT checks answer from the cache,"
-                    " changes wait in the outbox (%d now)", why, waiting,
+                    "fleet: PostgreSQL unreachable: %s; RCPT checks answer from this node's"
+                    " cache, changes wait in its outbox (%d now)", why, waiting,
                 )  # fmt: skip
             self.up = up
         m.CONNECTED.set(1 if up else 0)
@@ -203,17 +206,24 @@ class Replicator:
     # -- push and pull
 
     def _with_pg(self, fn: Any) -> Any:
-        """Run ``fn(conn)`` on a pooled connection (in a worker thread)."""
-        import psycopg
-        import psycopg_pool
+        """Run ``fn(conn)`` on the replicator's connection (in a worker thread).
 
+        One connection, not a pool: pushes and pulls run one at a time, and a
+        connection of its own gives the operator PostgreSQL's own words when it
+        fails. A broken connection is dropped and made again on the next round.
+        """
+        pg = driver()
         try:
-            with self._pool.connection(timeout=5.0) as conn:
-                if not self._migrated:
-                    schema.migrate(conn)
-                    self._migrated = True
-                return fn(conn)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+            if self._pg is None or self._pg.closed:
+                self._pg = pg_connect(self._dsn)
+            if not self._migrated:
+                schema.migrate(self._pg)
+                self._migrated = True
+            return fn(self._pg)
+        except pg.Error as e:
+            with contextlib.suppress(Exception):
+                self._pg.close()
+            self._pg = None
             raise explain(self._dsn, e) from None
 
     async def _push_all(self) -> int:
