@@ -10,8 +10,8 @@ default, as a lone host would) or ``tempfail`` (``451 4.3.0``: the client
 retries later, by when the node is likely back in sync).
 
 The last sync time is read from the cache (the replicator writes it), at most
-once a second, so the relay, the milter and the policy service of one node
-agree and the RCPT path stays one indexed read.
+once a second while it is recent, so the relay, the milter and the policy
+service of one node agree and the RCPT path stays one indexed read.
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ class StaleCacheGuard:
         """Seconds since the cache was last in sync (None: never)."""
         now = time.time() if now is None else now
         mono = time.monotonic()
-        if mono - self._checked >= RECHECK:
+        fresh = self._synced is not None and now - self._synced <= self._max
+        # A fresh answer is kept for RECHECK; a stale one is read again at every check
+        # (the unusual case), so a node that has just caught up says so at once.
+        if mono - self._checked >= RECHECK or not fresh:
             try:
                 value = outbox.get_state(self._conn, "synced_at")
             except sqlite3.Error:
