@@ -110,3 +110,26 @@ def test_a_manual_add_on_one_node_is_refused_on_the_other_within_a_second(
     assert added.returncode == 0, added.stderr
     waited = wait_rcpt(b, "eve@example.net", 550, timeout=5)
     assert waited < 1.0, f"node b refused only after {waited:.2f}s"
+
+
+def test_a_policy_service_without_a_relay_keeps_its_node_in_sync(
+    start_relay, start_service, tmp_path, pg_dsn
+):
+    from tests.fixtures.net import free_port
+    from tests.test_policy_service import PolicyClient, request
+
+    a = start_relay(data_dir=tmp_path / "a", store=fleet(pg_dsn, "node-a"))
+    policy = start_service(
+        "policy",
+        store=fleet(pg_dsn, "node-p", data_dir=str(tmp_path / "p")),
+        policy_service={"listen": f"127.0.0.1:{free_port()}"},
+    )
+    client = PolicyClient(policy.port)
+    assert client.ask(request("eve@example.net")) == "DUNNO"
+    added = smtpguard(a, "suppression", "add", "eve@example.net", "--reason", "complaint")
+    assert added.returncode == 0, added.stderr
+    deadline = time.monotonic() + 1.0
+    while (action := client.ask(request("eve@example.net"))) == "DUNNO":
+        assert time.monotonic() < deadline, "the policy service still answers DUNNO after 1s"
+        time.sleep(0.02)
+    assert action.startswith("550 5.1.1")

@@ -35,10 +35,26 @@ def prepare(cfg: Config) -> NodeIdentity | None:
     )
 
 
-async def start_replicator(cfg: Config, node: NodeIdentity, writer: Writer) -> Replicator:
-    """The relay's replicator (push, listen, pull), running; ``await r.stop()`` at the end."""
-    from smtpguard.store.pg.replicator import Replicator
+async def start_replicator(
+    cfg: Config, node: NodeIdentity, writer: Writer | None = None
+) -> Replicator:
+    """A replicator (push, listen, pull), running; ``await r.stop()`` at the end.
 
-    replicator = Replicator(cfg, node, writer)
+    ``writer``: the process's one writer (the relay's queue writer, the milter's); a
+    process without one (the policy service) gets a writer thread of the replicator's own.
+    Every long-running smtpguard process of a node runs one, so a node keeps in sync
+    whichever of them it runs; two on one node are harmless (a push is applied once,
+    a pull writes the same rows).
+    """
+    from smtpguard.store.pg.replicator import Replicator
+    from smtpguard.store.writer import open_thread
+
+    owned = None
+    if writer is None:
+        writer = owned = await open_thread(
+            cfg.data_dir, busy_timeout=cfg.store.busy_timeout, transactional=True,
+            name="fleet-writer", group=cfg.store.group,
+        )  # fmt: skip
+    replicator = Replicator(cfg, node, writer, owned=owned)
     await replicator.start()
     return replicator

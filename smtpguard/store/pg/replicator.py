@@ -41,7 +41,7 @@ from smtpguard.store.pg import apply, pull, schema
 from smtpguard.store.pg import metrics as m
 from smtpguard.store.pg.connect import CHANNEL, driver, explain, redact
 from smtpguard.store.pg.connect import connect as pg_connect
-from smtpguard.store.writer import Writer
+from smtpguard.store.writer import DbThread, Writer
 
 log = logging.getLogger("smtpguard.fleet")
 
@@ -101,8 +101,11 @@ class Listener:
 class Replicator:
     """Push, listen, pull (see the module doc). ``await start()``, ``await stop()``."""
 
-    def __init__(self, cfg: Config, ident: NodeIdentity, writer: Writer) -> None:
+    def __init__(
+        self, cfg: Config, ident: NodeIdentity, writer: Writer, *, owned: DbThread | None = None
+    ) -> None:
         self.cfg = cfg
+        self._owned = owned  # a writer thread of its own, closed at stop
         self.ident = ident
         self._writer = writer
         self._dsn = cfg.store.dsn
@@ -149,6 +152,8 @@ class Replicator:
                 self._pg.close()
         if self._reader is not None:
             self._reader.close()
+        if self._owned is not None:
+            self._owned.close()
 
     # -- the loop
 
