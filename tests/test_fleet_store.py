@@ -246,3 +246,19 @@ def test_an_unreachable_postgresql_is_a_one_line_store_error(tmp_path: Path) -> 
         node.sync()
     assert "\n" not in str(e.value)
     assert node.outbox() == 1  # kept for later
+
+
+def test_a_node_away_longer_than_the_change_log_resyncs_from_a_snapshot(a: Node, b: Node) -> None:
+    a.record(address="x@example.com")
+    a.record(address="y@example.com")
+    a.sync()
+    b.sync()
+    with a.store() as s:
+        s.remove("x@example.com", actor="cli:root")
+    a.record(address="z@example.com")
+    a.sync()
+    with open_pg(a.cfg) as pg:
+        assert apply.prune_changes(pg, before=2e9) > 0  # b's place in the log is gone
+    b.sync()
+    assert b.lookup("x@example.com") is None
+    assert b.lookup("y@example.com") is not None and b.lookup("z@example.com") is not None

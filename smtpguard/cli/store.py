@@ -197,20 +197,33 @@ def status(fmt: str) -> None:
         "reachable": False,
         "error": "",
     }
+    nodes: list[dict[str, Any]] = []
     try:
+        from smtpguard.store.pg import apply
+
         with _pg(cfg.store.dsn) as conn:
             info["head"] = int(conn.execute("SELECT seq FROM fleet_meta").fetchone()[0])
             info["reachable"] = True
+            nodes = apply.nodes(conn)
     except StoreError as e:
         info["error"] = str(e)
     if fmt == "json":
-        emit_json(info)
+        emit_json({**info, "fleet": nodes})
     else:
         for key, value in info.items():
             if key != "error" or value:
                 echo(f"{key}: {'-' if value is None else value}")
+        for n in nodes:
+            echo(
+                f"fleet node {n['node']}: at change {n['last_seq']}, pulled"
+                f" {_ago(n['last_pull_age'])}, pushed {_ago(n['last_push_age'])}"
+            )
     in_sync = info["reachable"] and not waiting
     raise SystemExit(0 if in_sync else 1)
+
+
+def _ago(age: float | None) -> str:
+    return "never" if age is None else f"{age:.0f}s ago"
 
 
 @store.command("detach")

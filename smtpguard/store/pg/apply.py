@@ -335,3 +335,49 @@ def push(conn: Any, ident: NodeIdentity, ops: list[OutboxRow]) -> PushResult:
             (ident.instance, ident.node, last_id, time.time()),
         )
     return PushResult(len(todo), last_id, seq)
+
+
+def prune_changes(conn: Any, before: float) -> int:
+    """Forget changes older than ``before`` (epoch seconds), keeping the newest.
+
+    A node whose last change number is older than the oldest kept takes a snapshot
+    of the list at its next pull instead of the changes it missed.
+    """
+    with conn.transaction():
+        return int(
+            conn.execute(
+                "DELETE FROM suppression_changes WHERE at < %s "
+                "AND seq < (SELECT seq FROM fleet_meta WHERE id = 1)",
+                (before,),
+            ).rowcount
+        )
+
+
+def note_pulled(conn: Any, ident: NodeIdentity, seq: int) -> None:
+    """Tell the fleet how far this node's cache is (``smtpguard store status`` shows it)."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO fleet_nodes (instance, node, last_seq, last_pull) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (instance) DO UPDATE SET node = excluded.node, "
+            "last_seq = excluded.last_seq, last_pull = excluded.last_pull",
+            (ident.instance, ident.node, seq, time.time()),
+        )
+
+
+def nodes(conn: Any) -> list[dict[str, Any]]:
+    """Every node database the fleet has heard from, most recently seen first."""
+    now = time.time()
+    rows = conn.execute(
+        "SELECT node, instance, last_push, last_seq, last_pull FROM fleet_nodes "
+        "ORDER BY greatest(coalesce(last_push, 0), coalesce(last_pull, 0)) DESC"
+    ).fetchall()
+    return [
+        {
+            "node": r[0],
+            "instance": r[1],
+            "last_push_age": None if r[2] is None else round(now - r[2], 1),
+            "last_seq": r[3],
+            "last_pull_age": None if r[4] is None else round(now - r[4], 1),
+        }
+        for r in rows
+    ]

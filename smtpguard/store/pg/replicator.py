@@ -51,6 +51,8 @@ POLL = 0.1
 HEARTBEAT = 5.0
 #: Outbox operations per push transaction.
 PUSH_BATCH = 1000
+#: How long the fleet keeps its change log (seconds); a node away longer resyncs whole.
+CHANGES_KEEP = 7 * 86400.0
 #: Longest wait between attempts while PostgreSQL is unreachable (seconds).
 MAX_BACKOFF = 5.0
 
@@ -160,6 +162,7 @@ class Replicator:
     async def _run(self) -> None:
         backoff = POLL
         last_pull = 0.0
+        next_prune = time.monotonic() + 60
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
@@ -171,6 +174,10 @@ class Replicator:
                 if woken or pushed or now - last_pull >= self._heartbeat:
                     await self._pull_all()
                     last_pull = now
+                if now >= next_prune:
+                    before = time.time() - CHANGES_KEEP
+                    await asyncio.to_thread(self._with_pg, _pruner(before))
+                    next_prune = now + 3600
             except StoreError as e:
                 self._state(False, str(e))
                 backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF)
@@ -257,6 +264,7 @@ class Replicator:
             self.pulled += n
             m.PULLED.inc(n)
             if page.seq >= page.head:
+                await asyncio.to_thread(self._with_pg, _noter(self.ident, page.seq))
                 return
 
 
@@ -274,3 +282,11 @@ def _fetcher(since: int) -> Any:
 
 def _applier(page: pull.Pulled, now: float) -> Any:
     return lambda conn: pull.apply_local(conn, page, now=now)
+
+
+def _noter(ident: NodeIdentity, seq: int) -> Any:
+    return lambda conn: apply.note_pulled(conn, ident, seq)
+
+
+def _pruner(before: float) -> Any:
+    return lambda conn: apply.prune_changes(conn, before)
