@@ -144,9 +144,11 @@ class Replicator:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-            # A last push, so a clean stop leaves nothing behind that PostgreSQL can take.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._push_all(), 5.0)
+            # A last push, so a clean stop leaves nothing behind that PostgreSQL can take
+            # (not when it is away: the outbox keeps it for the next start).
+            if self.up:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._push_all(), 5.0)
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
         if self._pg is not None:
