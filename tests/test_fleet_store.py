@@ -262,3 +262,39 @@ def test_a_node_away_longer_than_the_change_log_resyncs_from_a_snapshot(a: Node,
     b.sync()
     assert b.lookup("x@example.com") is None
     assert b.lookup("y@example.com") is not None and b.lookup("z@example.com") is not None
+
+
+def delivered(address: str = BOB) -> Verdict:
+    return Verdict(recipient=address, reason="delivered", bounce="none", stage="data")
+
+
+async def wait_until(check: object, timeout: float = 3.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_delivery_on_one_node_clears_soft_bounces_counted_on_another(
+    a: Node, b: Node, pg_dsn: str
+) -> None:
+    rcpt = Evidence("rcpt-reply", "relay")
+    sink_a, sink_b = await open_sink(a.cfg), await open_sink(b.cfg)  # each runs a replicator
+    try:
+        for day in (0, 1):
+            await sink_a.accept([full()], rcpt, now=T0 + day * DAY)
+        await wait_until(lambda: BOB in sink_b.soft_addresses)
+        report = await sink_b.accept([delivered()], rcpt, now=T0 + 2 * DAY)
+        assert report.applied[0].outcome == "ignored"  # a delivery; the count goes
+        await wait_until(lambda: soft_counts(pg_dsn) == 0)
+    finally:
+        await sink_a.close()
+        await sink_b.close()
+
+
+def soft_counts(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM soft_bounces").fetchone()[0]

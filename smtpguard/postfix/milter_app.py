@@ -510,7 +510,10 @@ def run(cfg: Config, *, on_listening: Callable[[str], None] | None = None) -> in
         sink = loop.run(open_sink(cfg, writer=writer), OPEN_TIMEOUT)
         node = fleet.prepare(cfg)  # a fleet node keeps its cache in sync (store.backend)
         if node is not None:
-            replicator = loop.run(fleet.start_replicator(cfg, node, writer), OPEN_TIMEOUT)
+            replicator = loop.run(
+                fleet.start_replicator(cfg, node, writer, on_pulled=sink.note_fleet_rows),
+                OPEN_TIMEOUT,
+            )
         app = MilterApp(cfg, policy, sink, loop, classifier, codec=codec, sent=sent, writer=writer)
         session = BounceSession if settings.record_bounces else Session
         _register(lambda: session(app), settings.on_error, chgfrom=app.rewrites)

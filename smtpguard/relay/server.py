@@ -128,7 +128,9 @@ class Relay:
         # bounce, its DSN and the suppression it causes are one transaction.
         self.sink = await open_sink(cfg, writer=self.queue.writer)
         if node is not None:
-            self.replicator = await fleet.start_replicator(cfg, node, self.queue.writer)
+            self.replicator = await fleet.start_replicator(
+                cfg, node, self.queue.writer, on_pulled=self.sink.note_fleet_rows
+            )
         # The RCPT check reads synchronously on the loop: one indexed read (tens of
         # microseconds; WAL readers never wait for the writer) costs less than a
         # hop to another thread and back, which would be on every RCPT's latency.

@@ -9,6 +9,7 @@ and answers from its cache, while PostgreSQL is down.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from smtpguard.config import Config
@@ -36,7 +37,11 @@ def prepare(cfg: Config) -> NodeIdentity | None:
 
 
 async def start_replicator(
-    cfg: Config, node: NodeIdentity, writer: Writer | None = None
+    cfg: Config,
+    node: NodeIdentity,
+    writer: Writer | None = None,
+    *,
+    on_pulled: Callable[[set[str], set[str]], None] | None = None,
 ) -> Replicator:
     """A replicator (push, listen, pull), running; ``await r.stop()`` at the end.
 
@@ -44,7 +49,8 @@ async def start_replicator(
     process without one (the policy service) gets a writer thread of the replicator's own.
     Every long-running smtpguard process of a node runs one, so a node keeps in sync
     whichever of them it runs; two on one node are harmless (a push is applied once,
-    a pull writes the same rows).
+    a pull writes the same rows). ``on_pulled(destinations, soft_addresses)`` hears of
+    other nodes' pending entries and soft-bounce counts as they arrive (the sink's hints).
     """
     from smtpguard.store.pg.replicator import Replicator
     from smtpguard.store.writer import open_thread
@@ -55,6 +61,6 @@ async def start_replicator(
             cfg.data_dir, busy_timeout=cfg.store.busy_timeout, transactional=True,
             name="fleet-writer", group=cfg.store.group,
         )  # fmt: skip
-    replicator = Replicator(cfg, node, writer, owned=owned)
+    replicator = Replicator(cfg, node, writer, owned=owned, on_pulled=on_pulled)
     await replicator.start()
     return replicator

@@ -154,3 +154,10 @@ def last_seq(conn: sqlite3.Connection) -> int:
 def synced_at(conn: sqlite3.Connection) -> float | None:
     value = outbox.get_state(conn, "synced_at")
     return None if value is None else float(value)
+
+
+def hints(pulled: Pulled) -> tuple[set[str], set[str]]:
+    """(destinations with pending entries, addresses with soft bounces) in a page."""
+    destinations = {row[12] for row in pulled.rows["pending"].values() if row is not None}
+    soft = {f"{k[1]}@{k[0]}" for k, row in pulled.rows["soft"].items() if row is not None}
+    return destinations, soft

@@ -30,6 +30,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from smtpguard.config import Config
@@ -104,9 +105,16 @@ class Replicator:
     """Push, listen, pull (see the module doc). ``await start()``, ``await stop()``."""
 
     def __init__(
-        self, cfg: Config, ident: NodeIdentity, writer: Writer, *, owned: DbThread | None = None
+        self,
+        cfg: Config,
+        ident: NodeIdentity,
+        writer: Writer,
+        *,
+        owned: DbThread | None = None,
+        on_pulled: Callable[[set[str], set[str]], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._on_pulled = on_pulled
         self._owned = owned  # a writer thread of its own, closed at stop
         self.ident = ident
         self._writer = writer
@@ -145,8 +153,8 @@ class Replicator:
             with contextlib.suppress(BaseException):
                 await self._task
             # A last push, so a clean stop leaves nothing behind that PostgreSQL can take
-            # (not when it is away: the outbox keeps it for the next start).
-            if self.up:
+            # (not when it is known away: the outbox keeps it for the next start).
+            if self.up is not False:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._push_all(), 5.0)
         if self._listener is not None:
@@ -262,6 +270,10 @@ class Replicator:
             page = await asyncio.to_thread(self._with_pg, _fetcher(since))
             now = time.time()
             n = await self._writer.call(_applier(page, now), durable=False)
+            if self._on_pulled is not None and n:
+                destinations, soft = pull.hints(page)
+                if destinations or soft:
+                    self._on_pulled(destinations, soft)
             self.synced_at = now
             self.pulled += n
             m.PULLED.inc(n)
