@@ -36,6 +36,7 @@ bench: setup-test setup-bench
 	$(PY) benchmarks/classify_bench.py --instructions
 	$(PY) benchmarks/classify_hostile.py
 	$(PY) benchmarks/suppression_bench.py
+	$(PY) benchmarks/fleet_bench.py
 	$(PY) benchmarks/relay_throughput.py
 	$(PY) benchmarks/milter_bench.py
 	$(PY) benchmarks/logscan_bench.py
