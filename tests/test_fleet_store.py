@@ -298,3 +298,24 @@ async def test_a_delivery_on_one_node_clears_soft_bounces_counted_on_another(
 def soft_counts(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT count(*) FROM soft_bounces").fetchone()[0]
+
+
+def test_a_change_skipped_while_its_push_was_unfinished_is_pulled_after_it(
+    a: Node, b: Node
+) -> None:
+    from smtpguard.store.pg.sync import pull_all
+
+    a.record("userunknown")
+    a.sync()
+    b.record("complaint")  # b's cache: complaint, seen once (it had not heard of a's)
+    local = connect(b.cfg.data_dir)
+    ops = outbox.read(local, 100)
+    with open_pg(b.cfg) as pg:
+        apply.push(pg, b.ident, ops)  # one process of node b pushed...
+        pull_all(local, pg)  # ...another pulled before the pusher deleted its outbox rows
+        with transaction(local, b.cfg.data_dir / "smtpguard.db"):
+            outbox.delete_through(local, ops[-1].id)
+        pull_all(local, pg)
+    local.close()
+    entry = b.lookup()
+    assert entry is not None and (entry.reason, entry.count) == ("complaint", 2)

@@ -5,8 +5,10 @@ and asks PostgreSQL for the entries changed since, as they are *now*
 (an entry deleted since is a change without a row: deleted here too). It
 writes PostgreSQL's rows as they are, without merging again, so every node
 converges on PostgreSQL's state. An entry with an operation of this node still
-waiting in the outbox is left alone: its push will change it in PostgreSQL
-and the next pull brings the merged result.
+waiting in the outbox is left alone, and the node's place in the change log
+stays before that change: the push changes the entry in PostgreSQL, and the
+next pull brings the merged result (whichever process of the node pushes and
+whichever pulls).
 
 A node that has never synced, or that was away longer than the change log is
 kept, takes a snapshot of the whole list instead. A first snapshot only adds
@@ -64,6 +66,8 @@ class Pulled:
     rows: dict[str, dict[Key, tuple[Any, ...] | None]] = field(
         default_factory=lambda: {t: {} for t in _COLUMNS}
     )
+    #: Per table and key, the first change number of the key in this page.
+    seqs: dict[str, dict[Key, int]] = field(default_factory=lambda: {t: {} for t in _COLUMNS})
     snapshot: bool = False
 
     @property
@@ -88,8 +92,9 @@ def fetch(conn: Any, since: int, *, page: int = PAGE) -> Pulled:
         ).fetchall()
         out = Pulled(changes[-1][0] if len(changes) == page else head, head)
         keys: dict[str, set[Key]] = {t: set() for t in _COLUMNS}
-        for _, tbl, domain, local in changes:
+        for seq, tbl, domain, local in changes:
             keys[tbl].add((domain, local))
+            out.seqs[tbl].setdefault((domain, local), seq)
         for tbl, wanted in keys.items():
             if not wanted:
                 continue
@@ -109,12 +114,14 @@ def fetch(conn: Any, since: int, *, page: int = PAGE) -> Pulled:
 def _snapshot(conn: Any, head: int) -> Pulled:
     out = Pulled(head, head, snapshot=True)
     for tbl, (table, columns) in _COLUMNS.items():
-        rows = out.rows[tbl]
+        rows, seqs = out.rows[tbl], out.seqs[tbl]
         with conn.cursor(name=f"smtpguard_snapshot_{tbl}") as cur:
             cur.itersize = 20_000
-            cur.execute(f"SELECT {columns} FROM {table} ORDER BY domain, local")
+            cur.execute(f"SELECT {columns}, seq FROM {table} ORDER BY domain, local")
             for row in cur:
-                rows[(row[0], row[1])] = tuple(row)
+                key = (row[0], row[1])
+                rows[key] = tuple(row[:-1])
+                seqs[key] = row[-1]
     return out
 
 
@@ -127,7 +134,13 @@ def apply_local(conn: sqlite3.Connection, pulled: Pulled, *, now: float | None =
     waiting = outbox.waiting_keys(conn)
     synced_before = outbox.get_state(conn, "last_seq") is not None
     written = 0
+    upto = pulled.seq
     for tbl, rows in pulled.rows.items():
+        # A change skipped for a waiting operation is fetched again next time: the
+        # cache only moves past a change it has applied.
+        for key in waiting.intersection(rows):
+            if key in pulled.seqs[tbl]:
+                upto = min(upto, pulled.seqs[tbl][key] - 1)
         upsert, delete = _LOCAL[tbl]
         if pulled.snapshot and synced_before:
             table = _LOCAL_TABLE[tbl]
@@ -141,7 +154,7 @@ def apply_local(conn: sqlite3.Connection, pulled: Pulled, *, now: float | None =
         conn.executemany(upsert, ups)
         conn.executemany(delete, dels)
         written += len(ups) + len(dels)
-    outbox.set_state(conn, "last_seq", pulled.seq)
+    outbox.set_state(conn, "last_seq", max(upto, 0))
     outbox.set_state(conn, "synced_at", repr(time.time() if now is None else now))
     return written
 

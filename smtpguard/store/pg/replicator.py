@@ -277,7 +277,7 @@ class Replicator:
             self.synced_at = now
             self.pulled += n
             m.PULLED.inc(n)
-            if page.seq >= page.head:
+            if page.seq >= page.head or pull.last_seq(self._reader) <= since:
                 await asyncio.to_thread(self._with_pg, _noter(self.ident, page.seq))
                 return
 

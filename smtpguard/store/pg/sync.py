@@ -51,11 +51,13 @@ def pull_all(local: sqlite3.Connection, pg: Any) -> tuple[int, int]:
     path = local_path(local)
     written = 0
     while True:
-        page = pull.fetch(pg, pull.last_seq(local))
+        since = pull.last_seq(local)
+        page = pull.fetch(pg, since)
         with transaction(local, path):
             written += pull.apply_local(local, page, now=time.time())
-        if page.seq >= page.head:
-            return written, page.seq
+        now_at = pull.last_seq(local)
+        if page.seq >= page.head or now_at <= since:  # done, or held at a waiting change
+            return written, now_at
 
 
 def local_path(conn: sqlite3.Connection) -> Any:
