@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import smtplib
 import statistics
@@ -130,7 +131,9 @@ def cache_lookups(work: Path, dsn: str, args: argparse.Namespace) -> None:
     print(f"store copy -> PostgreSQL:     {took:6.1f} s  ({out})")
     config = node_config(work / "node-b.toml", work / "node-b", dsn, "node-b")
     took, out = smtpguard("--config", str(config), "store", "sync")
-    print(f"fresh node's first store sync:{took:6.1f} s  ({out})")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"fresh node's first store sync:{took:6.1f} s  ({out}; peak RSS of the CLI processes"
+          f" so far {peak:.0f} MB)")  # fmt: skip
     code = READER.format(
         bench_dir=str(REPO / "benchmarks"), rows=args.rows, lookups=args.lookups,
         domains=args.domains, config=str(config),
