@@ -83,6 +83,35 @@ def test_store_status_exits_1_while_postgresql_is_unreachable(tmp_path: Path) ->
 def test_store_migrate_creates_the_postgresql_schema(tmp_path: Path, pg_dsn: str) -> None:
     migrated = smtpguard("--data-dir", str(tmp_path / "v"), "store", "migrate", "--dsn", pg_dsn)
     assert migrated.returncode == 0, migrated.stderr
-    assert "schema version 0 -> 1" in migrated.stdout
+    assert "schema version 0 -> 2" in migrated.stdout
     again = smtpguard("--data-dir", str(tmp_path / "v"), "store", "migrate", "--dsn", pg_dsn)
-    assert "schema version 1" in again.stdout
+    assert "schema version 2" in again.stdout
+
+
+def test_the_report_on_a_fleet_node_adds_up_every_node_s_deliveries(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    import time
+
+    from smtpguard.config import load
+    from smtpguard.store import daily, fleet
+    from smtpguard.store.db import connect, transaction
+    from smtpguard.store.pg.sync import sync_once
+
+    today = daily.day_of(time.time())
+    for name, sent in (("node-a", 3), ("node-b", 4)):
+        cfg = load(node_config(tmp_path, name, pg_dsn))
+        node = fleet.prepare(cfg)
+        assert node is not None
+        conn = connect(cfg.data_dir)
+        with transaction(conn, cfg.db_path):
+            daily.add(conn, {(today, "example.com"): [sent, 1, 0, 0, 0]}, {}, 500)
+        conn.close()
+        sync_once(cfg, node)
+    shown = smtpguard(
+        "--config", str(tmp_path / "node-a.toml"), "report", "--since", "1d", "--format", "json"
+    )
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert (data["total"]["sent"], data["total"]["deferred"]) == (7, 2)
+    assert any("node-a, node-b" in note for note in data["notes"])

@@ -35,8 +35,10 @@ from smtpguard.store.entries import Observation, SuppressionEntry
 #: Operations the outbox carries (see :mod:`smtpguard.store.pg.apply`).
 OPS = (
     "observe", "remove", "history", "pending", "confirm", "discard",
-    "soft", "soft-clear", "soft-forget", "prune",
+    "soft", "soft-clear", "soft-forget", "prune", "daily",
 )  # fmt: skip
+#: Operations about no entry of the list.
+KEYLESS = ("history", "prune", "daily")
 
 _OBS_FIELDS = (
     "address", "kind", "reason", "source", "status", "reply_code", "diagnostic", "expires",
@@ -129,7 +131,10 @@ def depth(conn: sqlite3.Connection) -> tuple[int, float | None]:
 
 def waiting_keys(conn: sqlite3.Connection) -> set[tuple[str, str]]:
     """Entries with operations not yet pushed: a pull must not overwrite them."""
-    sql = "SELECT DISTINCT domain, local FROM fleet_outbox WHERE op <> 'history'"
+    sql = (
+        "SELECT DISTINCT domain, local FROM fleet_outbox "
+        "WHERE op NOT IN ('history', 'prune', 'daily')"
+    )
     return {(r[0], r[1]) for r in conn.execute(sql)}
 
 

@@ -32,7 +32,7 @@ from smtpguard.store.entries import (
     history_row,
     observation_of,
 )
-from smtpguard.store.outbox import NodeIdentity, OutboxRow, entry_from, obs_from
+from smtpguard.store.outbox import KEYLESS, NodeIdentity, OutboxRow, entry_from, obs_from
 from smtpguard.store.pg.connect import CHANNEL
 
 Key = tuple[str, str]
@@ -80,6 +80,22 @@ _CHANGE = (
 )
 
 
+_DAILY = (
+    "INSERT INTO daily_deliveries (day, domain, sent, deferred, bounced, expired, suppressed, "
+    "node) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (day, domain, node) DO UPDATE "
+    "SET sent = daily_deliveries.sent + excluded.sent, "
+    "deferred = daily_deliveries.deferred + excluded.deferred, "
+    "bounced = daily_deliveries.bounced + excluded.bounced, "
+    "expired = daily_deliveries.expired + excluded.expired, "
+    "suppressed = daily_deliveries.suppressed + excluded.suppressed"
+)
+_DAILY_REASON = (
+    "INSERT INTO daily_reasons (day, status, reason, count, node) VALUES (%s, %s, %s, %s, %s) "
+    "ON CONFLICT (day, status, reason, node) DO UPDATE "
+    "SET count = daily_reasons.count + excluded.count"
+)
+
+
 def key_of(address: str, kind: str) -> Key:
     if kind == "domain":
         return address, ""
@@ -111,6 +127,8 @@ class _State:
     soft: dict[Key, SoftCount | None] = field(default_factory=dict)
     touched: dict[tuple[str, Key], None] = field(default_factory=dict)  # ordered set
     history: list[HistoryRow] = field(default_factory=list)
+    daily: list[list[Any]] = field(default_factory=list)  # [day, domain, 5 counts]
+    daily_reasons: list[list[Any]] = field(default_factory=list)  # [day, status, reason, n]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +192,9 @@ def _apply(conn: Any, st: _State, op: OutboxRow) -> None:
         _soft(st, key, kind, p)
     elif kind == "prune":
         _prune(conn, st, p)
+    elif kind == "daily":
+        st.daily.extend(p["deliveries"])
+        st.daily_reasons.extend(p["reasons"])
     else:
         raise ValueError(f"unknown outbox operation {kind!r}")
 
@@ -301,6 +322,10 @@ def _write(conn: Any, st: _State, seq: int, hseq: int, node: str) -> tuple[int, 
             cur.executemany(_HISTORY, rows)
         if changes:
             cur.executemany(_CHANGE, changes)
+        if st.daily:
+            cur.executemany(_DAILY, [(*row, node) for row in st.daily])
+        if st.daily_reasons:
+            cur.executemany(_DAILY_REASON, [(*row, node) for row in st.daily_reasons])
     return seq, hseq
 
 
@@ -317,7 +342,7 @@ def push(conn: Any, ident: NodeIdentity, ops: list[OutboxRow]) -> PushResult:
         todo = [op for op in ops if op.id > done]
         last_id = max([done, *(op.id for op in ops)])
         if todo:
-            st = _load(conn, {(op.domain, op.local) for op in todo if op.op != "history"})
+            st = _load(conn, {(op.domain, op.local) for op in todo if op.op not in KEYLESS})
             for op in todo:
                 _apply(conn, st, op)
             new_seq, new_hseq = _write(conn, st, seq, hseq, ident.node)
@@ -381,3 +406,15 @@ def nodes(conn: Any) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def prune_days(conn: Any, node: str, before_day: str) -> int:
+    """Forget this node's per-day counts before ``before_day`` (its report.keep)."""
+    with conn.transaction():
+        n = conn.execute(
+            "DELETE FROM daily_deliveries WHERE node = %s AND day < %s", (node, before_day)
+        ).rowcount
+        n += conn.execute(
+            "DELETE FROM daily_reasons WHERE node = %s AND day < %s", (node, before_day)
+        ).rowcount
+    return int(n)

@@ -35,7 +35,7 @@ from typing import Any
 
 from smtpguard.config import Config
 from smtpguard.errors import StoreError
-from smtpguard.store import outbox
+from smtpguard.store import daily, outbox
 from smtpguard.store.db import connect
 from smtpguard.store.outbox import NodeIdentity
 from smtpguard.store.pg import apply, pull, schema
@@ -187,6 +187,8 @@ class Replicator:
                 if now >= next_prune:
                     before = time.time() - CHANGES_KEEP
                     await asyncio.to_thread(self._with_pg, _pruner(before))
+                    keep_day = daily.day_of(time.time() - self.cfg.report.keep)
+                    await asyncio.to_thread(self._with_pg, _day_pruner(self.ident.node, keep_day))
                     next_prune = now + 3600
             except StoreError as e:
                 self._state(False, str(e))
@@ -304,3 +306,7 @@ def _noter(ident: NodeIdentity, seq: int) -> Any:
 
 def _pruner(before: float) -> Any:
     return lambda conn: apply.prune_changes(conn, before)
+
+
+def _day_pruner(node: str, before_day: str) -> Any:
+    return lambda conn: apply.prune_days(conn, node, before_day)

@@ -17,7 +17,8 @@ The tables mirror SQLite's (same columns, same keys), plus:
   every change before it;
 * ``fleet_nodes``: per node database (instance), the last outbox id applied,
   which makes a replayed push harmless;
-* ``node`` on history rows: which node of the fleet made the change.
+* ``node`` on history rows: which node of the fleet made the change;
+* (step 2) each node's per-day delivery counts, which ``smtpguard report`` adds up.
 """
 
 from __future__ import annotations
@@ -104,6 +105,28 @@ MIGRATIONS: list[list[str]] = [
             last_push      DOUBLE PRECISION,
             last_seq       BIGINT  NOT NULL DEFAULT 0,
             last_pull      DOUBLE PRECISION
+        )""",
+    ],
+    # 2: per-day delivery counts of every node, for `smtpguard report`
+    [
+        """CREATE TABLE daily_deliveries (
+            day        TEXT    NOT NULL,
+            domain     TEXT    NOT NULL,
+            node       TEXT    NOT NULL,
+            sent       BIGINT  NOT NULL DEFAULT 0,
+            deferred   BIGINT  NOT NULL DEFAULT 0,
+            bounced    BIGINT  NOT NULL DEFAULT 0,
+            expired    BIGINT  NOT NULL DEFAULT 0,
+            suppressed BIGINT  NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, domain, node)
+        )""",
+        """CREATE TABLE daily_reasons (
+            day    TEXT   NOT NULL,
+            status TEXT   NOT NULL,
+            reason TEXT   NOT NULL,
+            node   TEXT   NOT NULL,
+            count  BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, status, reason, node)
         )""",
     ],
 ]
