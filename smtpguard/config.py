@@ -87,7 +87,8 @@ class StoreConfig:
     dsn: str = opt(
         "",
         "PostgreSQL connection string for backend = postgresql, e.g."
-        " 'postgresql://smtpguard@db.example.net/smtpguard?sslmode=verify-full'"
+        " 'postgresql://smtpguard@db.example.net/smtpguard?sslmode=verify-full'; a host"
+        " other than loopback or a unix socket needs sslmode=verify-full (or verify-ca)"
         " (a password is better kept in ~/.pgpass or PGPASSFILE).",
         secret=True,
     )
@@ -1176,6 +1177,14 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(
             f'{where}: store.backend = "postgresql" needs store.dsn (the fleet\'s database)'
         )
+    if cfg.store.dsn:
+        remote = _unverified_remote_hosts(cfg.store.dsn)
+        if remote:
+            raise ConfigError(
+                f"{where}: store.dsn: PostgreSQL at {', '.join(remote)} without verified TLS"
+                " would send its credentials and the list to whoever answers: add"
+                " sslmode=verify-full (with sslrootcert=FILE for a private CA)"
+            )
     if cfg.milter.rewrite_sender and not cfg.intake.bounce_domain:
         raise ConfigError(
             f"{where}: milter.rewrite_sender needs intake.bounce_domain (and its secret_file):"
@@ -1199,6 +1208,40 @@ def check_combinations(cfg: Config) -> None:
             f"{where}: delivery.smarthost_tls_fingerprints: choose a CA file or fingerprints,"
             " not both (a fingerprint replaces the chain check)"
         )
+
+
+_DSN_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _unverified_remote_hosts(dsn: str) -> list[str]:
+    """Hosts of a libpq connection string reached over the network without a verified
+    certificate (sslmode other than verify-ca / verify-full). Loopback and unix-socket
+    hosts need none: nothing crosses the network."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    hosts: list[str] = []
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(dsn)
+        for item in parts.netloc.rpartition("@")[2].split(","):
+            host = item[1 : item.find("]")] if item.startswith("[") else item.partition(":")[0]
+            hosts.append(unquote(host))
+        params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    else:
+        params = {k: v.strip("'") for k, v in _DSN_PAIR.findall(dsn)}
+    if "host" in params:
+        hosts = params["host"].split(",")
+    if params.get("sslmode", "") in ("verify-ca", "verify-full"):
+        return []
+
+    def local(host: str) -> bool:
+        if host in ("", "localhost") or host.startswith("/"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    return [h for h in hosts if not local(h)]
 
 
 # id(field) -> its declared type, resolved once (``from __future__ import

@@ -319,3 +319,11 @@ def test_a_change_skipped_while_its_push_was_unfinished_is_pulled_after_it(
     local.close()
     entry = b.lookup()
     assert entry is not None and (entry.reason, entry.count) == ("complaint", 2)
+
+
+def test_a_remote_postgresql_without_verified_tls_is_a_config_error() -> None:
+    dsn = "postgresql://smtpguard:secret@db.example.net/smtpguard"
+    with pytest.raises(ConfigError, match=r"db\.example\.net without verified TLS") as e:
+        Config().with_overrides(store={"backend": "postgresql", "dsn": dsn})
+    assert "secret" not in str(e.value)
+    Config().with_overrides(store={"backend": "postgresql", "dsn": dsn + "?sslmode=verify-full"})

@@ -38,6 +38,8 @@ def _dsn(given: str | None) -> str:
     dsn = given or cfg.store.dsn
     if not dsn:
         raise UserError("no PostgreSQL: set store.dsn in the configuration or give --dsn")
+    if given:
+        cfg.with_overrides(store={"dsn": given}, origin="--dsn")  # the same checks (TLS)
     return dsn
 
 
