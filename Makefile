@@ -4,7 +4,7 @@
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
-APT_PKGS := postfix libmilter-dev openssl redis-server
+APT_PKGS := postfix libmilter-dev openssl redis-server postgresql
 STAMP_RUN  := $(VENV)/.stamp-run
 STAMP_TEST := $(VENV)/.stamp-test
 
@@ -36,6 +36,7 @@ bench: setup-test setup-bench
 	$(PY) benchmarks/classify_bench.py --instructions
 	$(PY) benchmarks/classify_hostile.py
 	$(PY) benchmarks/suppression_bench.py
+	$(PY) benchmarks/fleet_bench.py
 	$(PY) benchmarks/relay_throughput.py
 	$(PY) benchmarks/milter_bench.py
 	$(PY) benchmarks/logscan_bench.py
@@ -138,6 +139,8 @@ setup-python:
 
 # Tests also need Postfix and its load tools, libmilter-dev, openssl (test certificates),
 # redis-server (the fleet's shared budgets; tests start their own on a free port),
+# PostgreSQL's server binaries (the fleet tests start their own server; the package may
+# start a system cluster too, which the tests never use),
 # a C compiler with the Python headers to build pymilter, and systemd's tools (the
 # install test verifies the unit with systemd-analyze).
 setup-apt: setup-python

@@ -66,7 +66,8 @@ def opt(default: Any, doc: str, *, unit: str = "", check: str = "", secret: bool
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where the SQLite database lives; shared by the relay, the milter and the CLI."""
+    """Where the SQLite database lives (shared by the relay, the milter and the CLI), and
+    whether its suppression list is this host's alone or a fleet's (PostgreSQL)."""
 
     data_dir: str = opt("./var", "Directory holding smtpguard.db (created if missing).")
     busy_timeout: float = opt(
@@ -77,6 +78,37 @@ class StoreConfig:
         "Group that may read the database (files 0640, directory 0750 when created);"
         " empty: only the owner (0600 / 0700).",
         check="group?",
+    )
+    backend: str = opt(
+        "sqlite",
+        "Where the suppression list is shared: sqlite (this host only) or postgresql (a"
+        " fleet: the list, its history, pending entries and soft-bounce counts in PostgreSQL,"
+        " read through this host's SQLite cache; the queue stays local).",
+        check="store_backend",
+    )
+    dsn: str = opt(
+        "",
+        "PostgreSQL connection string for backend = postgresql, e.g."
+        " 'postgresql://smtpguard@db.example.net/smtpguard?sslmode=verify-full'; a host"
+        " other than loopback or a unix socket needs sslmode=verify-full (or verify-ca)"
+        " (a password is better kept in ~/.pgpass or PGPASSFILE).",
+        secret=True,
+    )
+    node: str = opt(
+        "",
+        "This node's name in the fleet's history (empty: the host name).",
+    )
+    unknown: str = opt(
+        "accept",
+        "What a recipient not in the cache gets while this node is out of sync with"
+        " PostgreSQL for longer than max_staleness: accept, or tempfail (451 4.3.0).",
+        check="accept_tempfail",
+    )
+    max_staleness: float = opt(
+        60.0,
+        "How long this node's cache may go without a sync before `unknown` applies.",
+        unit="s",
+        check="positive",
     )
 
 
@@ -1083,6 +1115,7 @@ _CHECKS: dict[str, Any] = {
     "milter_action": _choice("reject", "tempfail", "discard"),
     "policy_action": _choice("reject", "tempfail"),
     "accept_tempfail": _choice("accept", "tempfail"),
+    "store_backend": _choice("sqlite", "postgresql"),
     "dunno_defer": _choice("dunno", "defer"),
     "log_destination": _is(
         lambda v: v in ("stderr", "syslog", "file"), "one of stderr, syslog, file"
@@ -1226,6 +1259,18 @@ def check_combinations(cfg: Config) -> None:
     d = cfg.delivery
     mode = d.smarthost_tls_mode
     where = cfg.source
+    if cfg.store.backend == "postgresql" and not cfg.store.dsn:
+        raise ConfigError(
+            f'{where}: store.backend = "postgresql" needs store.dsn (the fleet\'s database)'
+        )
+    if cfg.store.dsn:
+        remote = _unverified_remote_hosts(cfg.store.dsn)
+        if remote:
+            raise ConfigError(
+                f"{where}: store.dsn: PostgreSQL at {', '.join(remote)} without verified TLS"
+                " would send its credentials and the list to whoever answers: add"
+                " sslmode=verify-full (with sslrootcert=FILE for a private CA)"
+            )
     if cfg.milter.rewrite_sender and not cfg.intake.bounce_domain:
         raise ConfigError(
             f"{where}: milter.rewrite_sender needs intake.bounce_domain (and its secret_file):"
@@ -1249,6 +1294,40 @@ def check_combinations(cfg: Config) -> None:
             f"{where}: delivery.smarthost_tls_fingerprints: choose a CA file or fingerprints,"
             " not both (a fingerprint replaces the chain check)"
         )
+
+
+_DSN_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _unverified_remote_hosts(dsn: str) -> list[str]:
+    """Hosts of a libpq connection string reached over the network without a verified
+    certificate (sslmode other than verify-ca / verify-full). Loopback and unix-socket
+    hosts need none: nothing crosses the network."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    hosts: list[str] = []
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(dsn)
+        for item in parts.netloc.rpartition("@")[2].split(","):
+            host = item[1 : item.find("]")] if item.startswith("[") else item.partition(":")[0]
+            hosts.append(unquote(host))
+        params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    else:
+        params = {k: v.strip("'") for k, v in _DSN_PAIR.findall(dsn)}
+    if "host" in params:
+        hosts = params["host"].split(",")
+    if params.get("sslmode", "") in ("verify-ca", "verify-full"):
+        return []
+
+    def local(host: str) -> bool:
+        if host in ("", "localhost") or host.startswith("/"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    return [h for h in hosts if not local(h)]
 
 
 # id(field) -> its declared type, resolved once (``from __future__ import

@@ -1,4 +1,5 @@
-"""Fixtures live in tests/fixtures/, one module per real part (CLI, DNS, MX, Postfix, Redis...)."""
+"""Fixtures live in tests/fixtures/, one module per real part (CLI, DNS, MX, Postfix,
+PostgreSQL, Redis, relay)."""
 
 pytest_plugins = [
     "tests.fixtures.cli",
@@ -7,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
     "tests.fixtures.ratemx",
+    "tests.fixtures.postgres",
     "tests.fixtures.rawsmtp",
     "tests.fixtures.redisd",
     "tests.fixtures.relay",

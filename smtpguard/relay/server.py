@@ -47,6 +47,7 @@ from smtpguard.relay.scheduler import Scheduler
 from smtpguard.relay.seams import Shaper
 from smtpguard.shaping.shaper import SiteShaper
 from smtpguard.smtp.headers import message_id as message_id_of
+from smtpguard.store import fleet
 from smtpguard.store.messages import Claim, InboundMessage
 from smtpguard.store.queue import QueueStore, format_qid
 
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from smtpguard.intake.listener import BounceServer
     from smtpguard.intake.webhooks.server import WebhookServer
     from smtpguard.shaping.state import SiteRow
+    from smtpguard.store.pg.replicator import Replicator
 
 log = logging.getLogger("smtpguard.relay")
 
@@ -80,6 +82,7 @@ class Relay:
         self.queue: QueueStore | None = None
         self.policy: RecipientPolicy | None = None
         self.sink: SuppressionSink | None = None
+        self.replicator: Replicator | None = None
         self.inbound: InboundServer | None = None
         self.scheduler: Scheduler | None = None
         self.delivery: Delivery | None = None
@@ -119,6 +122,7 @@ class Relay:
         return_paths = SignedVerpCodec.from_config(cfg.intake)
         self.delivery_log = open_delivery_log(cfg.log)  # and on a log that cannot open
         self.observers.add(self.delivery_log)
+        node = fleet.prepare(cfg)  # store.backend = "postgresql": before any connection opens
         self.queue = await QueueStore.open(cfg.data_dir, busy_timeout=busy, group=cfg.store.group)
         self.recovered = await self.queue.recover()
         if self.recovered:
@@ -129,6 +133,10 @@ class Relay:
         # One write path: the sink writes through the queue's writer thread, so a
         # bounce, its DSN and the suppression it causes are one transaction.
         self.sink = await open_sink(cfg, writer=self.queue.writer)
+        if node is not None:
+            self.replicator = await fleet.start_replicator(
+                cfg, node, self.queue.writer, on_pulled=self.sink.note_fleet_rows
+            )
         # The RCPT check reads synchronously on the loop: one indexed read (tens of
         # microseconds; WAL readers never wait for the writer) costs less than a
         # hop to another thread and back, which would be on every RCPT's latency.
@@ -328,6 +336,9 @@ class Relay:
         if self.sink is not None:
             with contextlib.suppress(Exception):
                 await self.sink.close()
+        if self.replicator is not None:
+            with contextlib.suppress(Exception):
+                await self.replicator.stop()
         if self.queue is not None:
             await self.queue.close()
         budget = getattr(self._site_shaper, "budget", None)
