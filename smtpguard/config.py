@@ -1450,7 +1450,7 @@ def render(cfg: Config, *, commented: bool = False) -> str:
         ]
     defaults = Config()
     for table, cls in SECTIONS.items():
-        out.append(f"# {cls.__doc__.strip()}" if commented else "")
+        out.append(f"# {' '.join(cls.__doc__.split())}" if commented else "")
         out.append(f"[{table}]")
         for f in fields(cls):
             line = f"{f.name} = {toml_value(display_value(cfg, table, f))}"
