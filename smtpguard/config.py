@@ -28,6 +28,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from smtpguard.display import json_text
 from smtpguard.errors import ConfigError
@@ -65,7 +66,8 @@ def opt(default: Any, doc: str, *, unit: str = "", check: str = "", secret: bool
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where the SQLite database lives; shared by the relay, the milter and the CLI."""
+    """Where the SQLite database lives (shared by the relay, the milter and the CLI), and
+    whether its suppression list is this host's alone or a fleet's (PostgreSQL)."""
 
     data_dir: str = opt("./var", "Directory holding smtpguard.db (created if missing).")
     busy_timeout: float = opt(
@@ -76,6 +78,37 @@ class StoreConfig:
         "Group that may read the database (files 0640, directory 0750 when created);"
         " empty: only the owner (0600 / 0700).",
         check="group?",
+    )
+    backend: str = opt(
+        "sqlite",
+        "Where the suppression list is shared: sqlite (this host only) or postgresql (a"
+        " fleet: the list, its history, pending entries and soft-bounce counts in PostgreSQL,"
+        " read through this host's SQLite cache; the queue stays local).",
+        check="store_backend",
+    )
+    dsn: str = opt(
+        "",
+        "PostgreSQL connection string for backend = postgresql, e.g."
+        " 'postgresql://smtpguard@db.example.net/smtpguard?sslmode=verify-full'; a host"
+        " other than loopback or a unix socket needs sslmode=verify-full (or verify-ca)"
+        " (a password is better kept in ~/.pgpass or PGPASSFILE).",
+        secret=True,
+    )
+    node: str = opt(
+        "",
+        "This node's name in the fleet's history (empty: the host name).",
+    )
+    unknown: str = opt(
+        "accept",
+        "What a recipient not in the cache gets while this node is out of sync with"
+        " PostgreSQL for longer than max_staleness: accept, or tempfail (451 4.3.0).",
+        check="accept_tempfail",
+    )
+    max_staleness: float = opt(
+        60.0,
+        "How long this node's cache may go without a sync before `unknown` applies.",
+        unit="s",
+        check="positive",
     )
 
 
@@ -650,7 +683,22 @@ class ShapingConfig:
     )
     shared: str = opt(
         "",
-        "redis://HOST:PORT/DB to share site rate budgets with a fleet; empty: this node only.",
+        "redis://HOST:PORT/DB (rediss:// for TLS, unix:///path/redis.sock) to share site rate"
+        " budgets with a fleet; empty: this node only.",
+        check="redis_url?",
+    )
+    shared_timeout: float = opt(
+        0.1,
+        "Longest wait for Redis per message (connect included); beyond it the message is paced"
+        " by this node's own buckets.",
+        unit="s",
+        check="positive",
+    )
+    fallback_share: float = opt(
+        1.0,
+        "Share of each site's rate and burst this node takes alone while Redis is unreachable"
+        " (1/nodes keeps the fleet within the budget; 1: each node the full limit).",
+        check="fraction",
     )
 
 
@@ -826,6 +874,67 @@ _milter_socket = _parsed_by(
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 
 
+def url_password(value: str) -> str | None:
+    """The password in a URL such as ``redis://:PASSWORD@host/0``, else None."""
+    if "://" not in value:
+        return None
+    try:
+        return urlsplit(value).password
+    except ValueError:
+        return None
+
+
+def redact_url(value: str) -> str:
+    """``value`` with a URL's password masked (``redis://:********@host/0``), for printing."""
+    if url_password(value) is None:
+        return value
+    parts = urlsplit(value)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
+
+
+#: What a Redis URL's query may set: the database, and for rediss:// the CA that
+#: verifies the server and a client certificate. Nothing turns verification off.
+_REDIS_QUERY = {"redis": {"db"}, "rediss": {"db", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"},
+                "unix": {"db"}}  # fmt: skip
+
+
+def _redis_url(value: str) -> None:
+    expected = "a Redis URL: redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///path/redis.sock"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError(expected) from None
+    if parts.scheme in ("redis", "rediss"):
+        db = parts.path.removeprefix("/")
+        if not parts.hostname or not (db == "" or db.isdigit()):
+            raise ValueError(expected)
+    elif parts.scheme != "unix" or not parts.path.startswith("/") or parts.netloc:
+        raise ValueError(expected)
+    allowed = _REDIS_QUERY[parts.scheme]
+    for key, values in query.items():
+        if key not in allowed:
+            raise ValueError(f"{expected}, with only {', '.join(sorted(allowed))} after '?'")
+        if key == "db" and not all(v.isdigit() for v in values):
+            raise ValueError(f"{expected} (db=N, a number)")
+    if parts.password and parts.scheme == "redis" and not _is_loopback(parts.hostname or ""):
+        raise ValueError(
+            "rediss:// (TLS that verifies the server) or a unix socket for a URL with a"
+            " password: redis:// would send it in clear text"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _hostname(value: str) -> None:
     if not _HOSTNAME.fullmatch(value):
         raise ValueError("a host name of letters, digits, dots and hyphens")
@@ -983,6 +1092,8 @@ _CHECKS: dict[str, Any] = {
     "positive": _is(lambda v: v > 0, "a number greater than 0"),
     "factor": _is(lambda v: v >= 1, "a factor of at least 1 (retries must not get shorter)"),
     "share": _is(lambda v: 0 < v < 1, "a share between 0 and 1, like 0.2"),
+    "fraction": _is(lambda v: 0 < v <= 1, "a share greater than 0 and at most 1, like 0.5"),
+    "redis_url?": _optional(_redis_url),
     "modes": _modes,
     "count": _is(lambda v: v >= 0, "a whole number, 0 or more"),
     "reasons": _reasons,
@@ -1010,6 +1121,7 @@ _CHECKS: dict[str, Any] = {
     "milter_action": _choice("reject", "tempfail", "discard"),
     "policy_action": _choice("reject", "tempfail"),
     "accept_tempfail": _choice("accept", "tempfail"),
+    "store_backend": _choice("sqlite", "postgresql"),
     "dunno_defer": _choice("dunno", "defer"),
     "event_loop": _choice("auto", "uvloop", "asyncio"),
     "log_destination": _is(
@@ -1070,12 +1182,17 @@ def _coerce(source: str, key: str, value: Any, f: dataclasses.Field[Any]) -> Any
         if f.metadata.get("check"):
             _CHECKS[f.metadata["check"]](value)
     except ValueError as e:
-        shown = "(hidden)" if is_secret(f) else repr(value)
+        shown = "(hidden)" if is_secret(f) else repr(_unmasked(value))
         raise ConfigError(f"{source}: {key}: expected {e}, got {shown}") from None
     return value
 
 
 _SECRET_NAME = re.compile(r"password|secret|token|passphrase|credential|api_key")
+
+
+def _unmasked(value: Any) -> Any:
+    """``value`` safe to print: a URL's password masked."""
+    return redact_url(value) if isinstance(value, str) else value
 
 
 def is_secret(f: dataclasses.Field[Any]) -> bool:
@@ -1089,12 +1206,13 @@ def is_secret(f: dataclasses.Field[Any]) -> bool:
 
 
 def secrets_set(cfg: Config) -> list[str]:
-    """``table.key`` of every secret setting that holds a value."""
+    """``table.key`` of every secret setting that holds a value (a URL with a password too)."""
     return [
         f"{table}.{f.name}"
         for table, cls in SECTIONS.items()
         for f in fields(cls)
-        if is_secret(f) and getattr(getattr(cfg, table), f.name)
+        if (value := getattr(getattr(cfg, table), f.name))
+        and (is_secret(f) or (isinstance(value, str) and url_password(value)))
     ]
 
 
@@ -1148,6 +1266,18 @@ def check_combinations(cfg: Config) -> None:
     d = cfg.delivery
     mode = d.smarthost_tls_mode
     where = cfg.source
+    if cfg.store.backend == "postgresql" and not cfg.store.dsn:
+        raise ConfigError(
+            f'{where}: store.backend = "postgresql" needs store.dsn (the fleet\'s database)'
+        )
+    if cfg.store.dsn:
+        remote = _unverified_remote_hosts(cfg.store.dsn)
+        if remote:
+            raise ConfigError(
+                f"{where}: store.dsn: PostgreSQL at {', '.join(remote)} without verified TLS"
+                " would send its credentials and the list to whoever answers: add"
+                " sslmode=verify-full (with sslrootcert=FILE for a private CA)"
+            )
     if cfg.milter.rewrite_sender and not cfg.intake.bounce_domain:
         raise ConfigError(
             f"{where}: milter.rewrite_sender needs intake.bounce_domain (and its secret_file):"
@@ -1171,6 +1301,40 @@ def check_combinations(cfg: Config) -> None:
             f"{where}: delivery.smarthost_tls_fingerprints: choose a CA file or fingerprints,"
             " not both (a fingerprint replaces the chain check)"
         )
+
+
+_DSN_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _unverified_remote_hosts(dsn: str) -> list[str]:
+    """Hosts of a libpq connection string reached over the network without a verified
+    certificate (sslmode other than verify-ca / verify-full). Loopback and unix-socket
+    hosts need none: nothing crosses the network."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    hosts: list[str] = []
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(dsn)
+        for item in parts.netloc.rpartition("@")[2].split(","):
+            host = item[1 : item.find("]")] if item.startswith("[") else item.partition(":")[0]
+            hosts.append(unquote(host))
+        params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    else:
+        params = {k: v.strip("'") for k, v in _DSN_PAIR.findall(dsn)}
+    if "host" in params:
+        hosts = params["host"].split(",")
+    if params.get("sslmode", "") in ("verify-ca", "verify-full"):
+        return []
+
+    def local(host: str) -> bool:
+        if host in ("", "localhost") or host.startswith("/"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    return [h for h in hosts if not local(h)]
 
 
 # id(field) -> its declared type, resolved once (``from __future__ import
@@ -1293,7 +1457,7 @@ def render(cfg: Config, *, commented: bool = False) -> str:
         ]
     defaults = Config()
     for table, cls in SECTIONS.items():
-        out.append(f"# {cls.__doc__.strip()}" if commented else "")
+        out.append(f"# {' '.join(cls.__doc__.split())}" if commented else "")
         out.append(f"[{table}]")
         for f in fields(cls):
             line = f"{f.name} = {toml_value(display_value(cfg, table, f))}"
@@ -1322,7 +1486,7 @@ def display_value(cfg: Config, table: str, f: dataclasses.Field[Any]) -> Any:
     if value and is_secret(f):
         return MASK
     if f.metadata.get("unit") != "s":
-        return value
+        return _unmasked(value)
     written = cfg.written.get(f"{table}.{f.name}")
     return written if written is not None else format_duration(value)
 

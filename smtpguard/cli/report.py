@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from smtpguard.cli.main import common_options, get_config
-from smtpguard.cli.output import cell, console, emit_json, format_option
+from smtpguard.cli.output import cell, console, echo, emit_json, format_option
 from smtpguard.config import format_duration, parse_duration
-from smtpguard.errors import UserError
+from smtpguard.errors import StoreError, UserError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -117,11 +117,19 @@ def report(since: str, top: int, html_file: str | None, fmt: str) -> None:
     conn = connect(
         cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=False, group=cfg.store.group
     )
+    pg = _fleet_connection(cfg)
     try:
+        source = None
+        if pg is not None:
+            from smtpguard.store.pg.report import FleetReportSource
+
+            source = FleetReportSource(pg)
         with explained(cfg.db_path):
-            data = build(conn, since=window, top=top)
+            data = build(conn, since=window, top=top, fleet=source)
     finally:
         conn.close()
+        if pg is not None:
+            pg.close()
     if window > cfg.report.keep:
         data.notes.append(
             f"per-day counts are kept for report.keep ({format_duration(cfg.report.keep)}):"
@@ -133,6 +141,22 @@ def report(since: str, top: int, html_file: str | None, fmt: str) -> None:
         emit_json(data.to_dict())
     else:
         _tables(data)
+
+
+def _fleet_connection(cfg: Any) -> Any:
+    """PostgreSQL on a fleet node (the report is then the fleet's); None on SQLite, or
+    when PostgreSQL is unreachable (this node's numbers, with a warning)."""
+    from smtpguard.store import fleet
+
+    if not fleet.enabled(cfg):
+        return None
+    from smtpguard.store.pg.sync import open_pg
+
+    try:
+        return open_pg(cfg)
+    except StoreError as e:
+        echo(f"smtpguard: warning: {e}: this node's own numbers only", err=True)
+        return None
 
 
 def _write_html(data: Report, target: str) -> None:

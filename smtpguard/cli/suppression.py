@@ -42,8 +42,10 @@ from smtpguard.cli.output import (
 )
 from smtpguard.config import parse_duration
 from smtpguard.display import json_text
-from smtpguard.errors import UserError
+from smtpguard.errors import StoreError, UserError
 from smtpguard.policy.evidence import EVIDENCE_KINDS
+from smtpguard.store import fleet
+from smtpguard.store.db import db_path
 from smtpguard.store.importfile import (
     EXPORT_COLUMNS,
     SHOWN_PROBLEMS,
@@ -78,11 +80,58 @@ EVIDENCE_CHOICE = click.Choice(EVIDENCE_KINDS)
 
 
 def _store(*, create: bool = False) -> SuppressionStore:
-    """The store; only commands that add entries may create a missing database."""
+    """The store; only commands that add entries may create a missing database.
+
+    On a fleet node (store.backend = "postgresql") this is the node's cache: what
+    the node's RCPT check answers. Changes made through it are queued in its
+    outbox and pushed by :func:`_push` (or by the relay).
+    """
     cfg = get_config()
+    if fleet.enabled(cfg) and (create or db_path(cfg.data_dir).exists()):
+        fleet.prepare(cfg)
     return SuppressionStore.open(
         cfg.data_dir, busy_timeout=cfg.store.busy_timeout, create=create, group=cfg.store.group
     )
+
+
+def _push() -> None:
+    """On a fleet node, push this command's changes to PostgreSQL now.
+
+    When PostgreSQL is unreachable the change stays in the node's outbox (it is
+    already in force on this node) and the relay pushes it once PostgreSQL is back.
+    """
+    cfg = get_config()
+    node = fleet.prepare(cfg)
+    if node is None:
+        return
+    from smtpguard.store.pg.sync import sync_once
+
+    try:
+        sync_once(cfg, node, pull_too=False)
+    except StoreError as e:
+        echo(
+            f"smtpguard: warning: {e}: the change is in force on this node and waits in its"
+            " outbox for PostgreSQL",
+            err=True,
+        )
+
+
+def _fleet_history(key: str) -> list[tuple[HistoryRecord, str]] | None:
+    """The fleet's history of ``key`` from PostgreSQL; None on a standalone node or when
+    PostgreSQL is unreachable (then the node's own history is shown, with a warning)."""
+    cfg = get_config()
+    if not fleet.enabled(cfg):
+        return None
+    from smtpguard.store.pg import read
+    from smtpguard.store.pg.sync import open_pg
+
+    try:
+        conn = open_pg(cfg)
+    except StoreError as e:
+        echo(f"smtpguard: warning: {e}: showing this node's own history only", err=True)
+        return None
+    with conn:
+        return read.history(conn, key)
 
 
 def _actor() -> str:
@@ -378,6 +427,7 @@ def add(address: str, reason: str, expires: float | None, note: str) -> None:
         )
         before = store.get(obs.address)
         entry = store.record_observation(obs, actor=_actor())
+    _push()
     if before is None or before.expired():
         verb = "added"
     elif entry.reason != before.reason:
@@ -412,6 +462,7 @@ def remove(addresses: tuple[str, ...], note: str) -> None:
             else:
                 echo(f"{text}: not on the list", err=True)
                 status = 1
+    _push()
     sys.exit(status)
 
 
@@ -477,6 +528,7 @@ def pending_cmd(
                 raise UserError("--confirm needs ADDR, --destination DEST or --all")
             targets = [p.entry.address for p in store.pending(destination=destination)]
         settled = store.settle_pending(targets, confirm=confirm, actor=_actor(), note=note)
+    _push()
     verb = "confirmed" if confirm else "discarded"
     click.echo(f"{verb} {plural(len(settled), 'pending entry', 'pending entries')}")
     missing = len(targets) - len(settled)
@@ -512,29 +564,42 @@ def history(address: str, fmt: str) -> None:
     Each line says when, who (relay, cli:USER, import:FILE), the reason and
     the evidence (SMTP reply, enhanced status, diagnostic).
     """
-    with _store() as store:
-        records = store.history(address)
+    fleet_records = _fleet_history(normalize_target(address)[1])
+    nodes: list[str] | None = None
+    if fleet_records is not None:
+        records = [r for r, _ in fleet_records]
+        nodes = [n for _, n in fleet_records]
+    else:
+        with _store() as store:
+            records = store.history(address)
     if fmt == "json":
-        emit_json([r.to_dict() for r in records])
+        if nodes is None:
+            emit_json([r.to_dict() for r in records])
+        else:
+            emit_json([{**r.to_dict(), "node": n} for r, n in zip(records, nodes, strict=True)])
         return
     if not records:
         echo(f"{address}: no recorded changes", err=True)
         return
-    console().print(_history_table(records))
+    console().print(_history_table(records, nodes))
 
 
-def _history_table(records: list[HistoryRecord]) -> Table:
+def _history_table(records: list[HistoryRecord], nodes: list[str] | None = None) -> Table:
+    """The history; with ``nodes`` (a fleet's), a column saying which node made each change."""
     table = Table(show_edge=False, header_style="bold")
     for name in ("when", "action", "actor", "reason", "evidence", "note"):
         table.add_column(name, no_wrap=name in ("when", "action"))
-    for r in records:
+        if name == "actor" and nodes is not None:
+            table.add_column("node", no_wrap=True)
+    for i, r in enumerate(records):
         if r.old_reason and r.old_reason != r.new_reason:
             reason = f"{r.old_reason} -> {r.new_reason}"
         else:
             reason = r.new_reason
         evidence = " ".join(x for x in (r.reply_code, r.status, r.diagnostic) if x)
         kind = r.evidence or r.source
-        add_row(table, iso(r.at), r.action, r.actor, reason, f"[{kind}] {evidence}", r.note)
+        who = (r.actor,) if nodes is None else (r.actor, nodes[i])
+        add_row(table, iso(r.at), r.action, *who, reason, f"[{kind}] {evidence}", r.note)
     return table
 
 
@@ -659,6 +724,7 @@ def import_cmd(
                 if problems and not skip_invalid:
                     raise UserError(problems_message(name, problems))  # rolls back
             counts = writer.counts
+        _push()
         summary = (
             f"imported {plural(writer.total, 'entry', 'entries')} from {name} "
             f"({counts['added']} added, {counts['escalated']} escalated, "
@@ -787,6 +853,7 @@ def prune(dry_run: bool) -> None:
             click.echo(f"{plural(n, 'expired entry', 'expired entries')} would be pruned")
             return
         n = store.prune(actor=_actor())
+    _push()
     click.echo(f"pruned {plural(n, 'expired entry', 'expired entries')}")
 
 

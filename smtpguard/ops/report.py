@@ -24,9 +24,12 @@ import math
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtpguard.store import daily, reporting
+
+if TYPE_CHECKING:
+    from smtpguard.store.pg.report import FleetReportSource
 from smtpguard.store.db import iso
 from smtpguard.store.messages import QueueDepth
 from smtpguard.store.queue import depth
@@ -174,9 +177,18 @@ _ADDED = ("added", "escalated", "confirmed")
 
 
 def build(
-    conn: sqlite3.Connection, *, since: float, top: int = 15, now: float | None = None
+    conn: sqlite3.Connection,
+    *,
+    since: float,
+    top: int = 15,
+    now: float | None = None,
+    fleet: FleetReportSource | None = None,
 ) -> Report:
-    """The report over the last ``since`` seconds (whole UTC days, today included)."""
+    """The report over the last ``since`` seconds (whole UTC days, today included).
+
+    ``fleet``: on a fleet node, the per-day counts, reasons and suppression changes
+    are the whole fleet's (from PostgreSQL); the queue is this node's either way.
+    """
     now = time.time() if now is None else now
     days = report_days(since, now)
     index = {d: i for i, d in enumerate(days)}
@@ -189,13 +201,17 @@ def build(
             row = domains[domain] = [Counts() for _ in days]
         return row[index[day]]
 
-    for r in daily.deliveries(conn, days[0]):
+    for r in fleet.deliveries(days[0]) if fleet else daily.deliveries(conn, days[0]):
         if r.day not in index:
             continue  # a clock set back: a row "from the future"
         c = Counts(r.sent, r.deferred, r.bounced, r.expired, r.suppressed)
         cell(r.domain, r.day).add(c)
         by_day[index[r.day]].add(c)
-    changes, complaints = reporting.suppression_changes(conn, _day_start(days[0]))
+    start = _day_start(days[0])
+    if fleet is not None:
+        changes, complaints = fleet.suppression_changes(start)
+    else:
+        changes, complaints = reporting.suppression_changes(conn, start)
     for day, domain, n in complaints:
         if day in index:
             cell(domain, day).complaints += n
@@ -212,7 +228,7 @@ def build(
     rows.sort(key=lambda r: (-(r.total.finished + r.total.deferred + r.total.suppressed),
                              r.domain))  # fmt: skip
     reasons: dict[tuple[str, str], int] = {}
-    for day, status, reason, n in daily.reasons(conn, days[0]):
+    for day, status, reason, n in fleet.reasons(days[0]) if fleet else daily.reasons(conn, days[0]):
         if day in index:
             reasons[(status, reason)] = reasons.get((status, reason), 0) + n
     reason_rows = sorted((ReasonRow(s, r, n) for (s, r), n in reasons.items()),
@@ -231,6 +247,12 @@ def build(
         elif ch.action in ("removed", "expired", "pending", "recorded"):
             setattr(s, ch.action, getattr(s, ch.action) + ch.count)
     notes = []
+    if fleet is not None:
+        nodes = fleet.nodes(days[0])
+        notes.append(
+            f"fleet-wide counts from PostgreSQL ({len(nodes)} nodes: {', '.join(nodes) or '-'});"
+            " the queue is this node's"
+        )
     if not any(c.finished or c.deferred or c.suppressed for c in by_day):
         notes.append(
             "no delivery counts in this period: the relay writes them (every 10 s and at stop)"

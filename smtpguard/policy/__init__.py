@@ -42,12 +42,21 @@ __all__ = [
 def open_recipient_policy(cfg: Config) -> RecipientPolicy:
     """The recipient policy for this process (synchronous; ``.close()`` when done)."""
     from smtpguard.policy.recipient import SuppressionPolicy
+    from smtpguard.store import fleet
     from smtpguard.store.suppression import SuppressionStore
 
+    node = fleet.prepare(cfg)  # a fleet node: this database is the fleet list's cache
     store = SuppressionStore.open(
         cfg.data_dir, busy_timeout=cfg.store.busy_timeout, group=cfg.store.group
     )
-    return SuppressionPolicy(store, reply=cfg.relay.suppressed_reply)
+    policy = SuppressionPolicy(store, reply=cfg.relay.suppressed_reply)
+    if node is None or cfg.store.unknown == "accept":
+        return policy
+    from smtpguard.policy.stale import StaleCacheGuard
+    from smtpguard.store.db import connect
+
+    conn = connect(cfg.data_dir, busy_timeout=cfg.store.busy_timeout, group=cfg.store.group)
+    return StaleCacheGuard(policy, conn, max_staleness=cfg.store.max_staleness)
 
 
 async def open_sink(cfg: Config, *, writer: Writer | None = None) -> SuppressionSink:
@@ -57,5 +66,7 @@ async def open_sink(cfg: Config, *, writer: Writer | None = None) -> Suppression
     queue writer, so a bounce and its suppression share a transaction).
     """
     from smtpguard.policy.sink import SuppressionSink
+    from smtpguard.store import fleet
 
+    fleet.prepare(cfg)  # before the writer connects: a fleet node's writes leave outbox rows
     return await SuppressionSink.open(cfg, writer=writer)

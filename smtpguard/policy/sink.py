@@ -54,7 +54,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from smtpguard.classify.verdict import Verdict
 from smtpguard.config import Config, PolicyConfig, parse_duration
@@ -63,10 +63,14 @@ from smtpguard.policy import metrics
 from smtpguard.policy.evidence import Evidence
 from smtpguard.policy.rules import canonical, judge, judge_soft
 from smtpguard.policy.storm import StormBreaker
+from smtpguard.store import fleet
 from smtpguard.store import suppression as store
 from smtpguard.store.db import iso
 from smtpguard.store.entries import Observation, make_observation
 from smtpguard.store.writer import DbThread, Writer, open_thread
+
+if TYPE_CHECKING:
+    from smtpguard.store.pg.replicator import Replicator
 
 log = logging.getLogger("smtpguard.policy")
 
@@ -271,6 +275,7 @@ class SuppressionSink:
         #: Addresses with soft bounces counted: a delivery to one clears its count.
         self.soft_addresses = soft_addresses or set()
         self._soft_reasons = frozenset(cfg.soft_bounce_reasons) if cfg.soft_bounce_limit else None
+        self._replicator: Replicator | None = None
         self._expiry = {reason: parse_duration(d) for reason, d in cfg.expiry.items()}
 
     @classmethod
@@ -292,14 +297,35 @@ class SuppressionSink:
             )
 
         pending, dns, soft = await writer.call(load, durable=False)
-        return cls(
+        sink = cls(
             cfg.policy, writer, owned=owned, pending_destinations=pending, dns_domains=dns,
             soft_addresses=soft,
         )  # fmt: skip
+        node = fleet.prepare(cfg)
+        if node is not None and owned is not None:
+            # A process whose sink is its only writer (intake, logscan, webhooks): it keeps
+            # the node in sync while it runs and pushes what it recorded before it exits.
+            sink._replicator = await fleet.start_replicator(
+                cfg, node, owned, on_pulled=sink.note_fleet_rows
+            )
+        return sink
 
     async def close(self) -> None:
+        if self._replicator is not None:
+            await self._replicator.stop()
         if self._owned is not None:
             self._owned.close()
+
+    @property
+    def writer(self) -> Writer:
+        """The process's writer this sink writes through."""
+        return self._writer
+
+    def note_fleet_rows(self, destinations: set[str], soft_addresses: set[str]) -> None:
+        """Other nodes' pending entries and soft-bounce counts reached this node's cache:
+        a delivery here may now refute or clear them (see :meth:`prepare`)."""
+        self.pending_destinations |= destinations
+        self.soft_addresses |= soft_addresses
 
     # -- deciding
 

@@ -57,7 +57,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import Milter
 
@@ -75,8 +75,12 @@ from smtpguard.postfix.answers import Answer, milter_reply, rcpt_answer, trouble
 from smtpguard.postfix.background import MILTER_SIGNALS, BackgroundLoop
 from smtpguard.postfix.bounces import HEADER, MAX_HEADERS, MessageCopy, bounce_header
 from smtpguard.postfix.metrics import BOUNCES, REWRITE_RESULTS, ServiceMetrics
+from smtpguard.store import fleet
 from smtpguard.store.sent import SentLookup, note_milter_message, purge_milter_messages
 from smtpguard.store.writer import DbThread, Writer, open_thread
+
+if TYPE_CHECKING:
+    from smtpguard.store.pg.replicator import Replicator
 
 log = logging.getLogger("smtpguard.milter")
 
@@ -493,6 +497,7 @@ def run(cfg: Config, *, on_listening: Callable[[str], None] | None = None) -> in
     loop = BackgroundLoop("smtpguard-sink")
     writer: DbThread | None = None
     sink: VerdictSink | None = None
+    replicator: Replicator | None = None
     try:
         # The process's one writer: the sink's records and the signed messages.
         writer = loop.run(
@@ -503,6 +508,12 @@ def run(cfg: Config, *, on_listening: Callable[[str], None] | None = None) -> in
             OPEN_TIMEOUT,
         )  # fmt: skip
         sink = loop.run(open_sink(cfg, writer=writer), OPEN_TIMEOUT)
+        node = fleet.prepare(cfg)  # a fleet node keeps its cache in sync (store.backend)
+        if node is not None:
+            replicator = loop.run(
+                fleet.start_replicator(cfg, node, writer, on_pulled=sink.note_fleet_rows),
+                OPEN_TIMEOUT,
+            )
         app = MilterApp(cfg, policy, sink, loop, classifier, codec=codec, sent=sent, writer=writer)
         session = BounceSession if settings.record_bounces else Session
         _register(lambda: session(app), settings.on_error, chgfrom=app.rewrites)
@@ -517,6 +528,11 @@ def run(cfg: Config, *, on_listening: Callable[[str], None] | None = None) -> in
         Milter.main()
         log.info("milter stopped")
     finally:
+        if replicator is not None:
+            try:
+                loop.run(replicator.stop(), OPEN_TIMEOUT)
+            except Exception:
+                log.exception("stopping the fleet replicator failed")
         if sink is not None:
             try:
                 loop.run(sink.close(), OPEN_TIMEOUT)

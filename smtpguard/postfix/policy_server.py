@@ -37,6 +37,7 @@ from smtpguard.policy.recipient import Client, RecipientPolicy
 from smtpguard.postfix.answers import Answer, policy_action, rcpt_answer, trouble_answer
 from smtpguard.postfix.metrics import POLICY_CONNECTIONS, ServiceMetrics
 from smtpguard.postfix.policy_protocol import END, RequestError, encode_reply, parse_request
+from smtpguard.store import fleet
 
 log = logging.getLogger("smtpguard.policy")
 
@@ -196,9 +197,13 @@ async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None 
     """Run the policy service until SIGTERM or SIGINT; returns the exit code (0)."""
     policy = open_recipient_policy(cfg)
     server = PolicyServer(cfg, policy)
+    node = fleet.prepare(cfg)  # a fleet node keeps its cache in sync (store.backend)
+    replicator = await fleet.start_replicator(cfg, node) if node is not None else None
     try:
         host, port = await server.start()
     except OSError as e:
+        if replicator is not None:
+            await replicator.stop()
         policy.close()
         listen = cfg.policy_service.listen
         raise UserError(f"policy_service.listen {listen}: {e.strerror or e}") from None
@@ -217,5 +222,7 @@ async def serve(cfg: Config, *, on_listening: Callable[[str, int], None] | None 
         await stop.wait()
     finally:
         await server.close()
+        if replicator is not None:
+            await replicator.stop()
         policy.close()
     return 0

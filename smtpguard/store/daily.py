@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from smtpguard.store import outbox
+
 #: The domain the counts of domains past the day's cap go to.
 OTHER = "(other)"
 #: The counted statuses, in column order.
@@ -108,13 +110,19 @@ def add(
     is always allowed, so the cap costs at most one row more). Reasons alike.
     """
     domains = _DayCap(conn, "daily_deliveries", ("domain",), max_domains)
+    added: list[list[object]] = []
     for (day, domain), counts in deliveries.items():
         target = domain if domains.admits(day, domain) else OTHER
         conn.execute(_ADD, (day, target, *counts))
+        added.append([day, target, *counts])
     kept = _DayCap(conn, "daily_reasons", ("status", "reason"), MAX_REASONS_PER_DAY)
+    added_reasons: list[list[object]] = []
     for (day, status, reason), n in reasons.items():
         target = reason if kept.admits(day, status, reason) else OTHER
         conn.execute(_ADD_REASON, (day, status, target, n))
+        added_reasons.append([day, status, target, n])
+    # A fleet node's counts also go to PostgreSQL, where `report` adds up every node's.
+    outbox.note(conn, "daily", ("", ""), {"deliveries": added, "reasons": added_reasons})
 
 
 def prune(conn: sqlite3.Connection, before_day: str) -> int:

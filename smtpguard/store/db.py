@@ -130,6 +130,19 @@ def _tighten(path: Path, gid: int | None) -> None:
                 os.chmod(p, mode)
 
 
+class LocalConnection(sqlite3.Connection):
+    """A sqlite3 connection that knows whether its database is a fleet node's cache.
+
+    ``fleet`` is True when ``store.backend = "postgresql"`` attached this data
+    directory to a fleet (:mod:`smtpguard.store.outbox`): then every change the
+    store makes to the suppression list also leaves an outbox row, in the same
+    transaction, for the replicator to push. On a plain SQLite store it stays
+    False and nothing else differs.
+    """
+
+    fleet: bool = False
+
+
 def _pragmas(busy_timeout: float) -> list[str]:
     return [
         f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}",
@@ -211,6 +224,10 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(f"PRAGMA user_version = {number}")
 
 
+#: Set by :func:`smtpguard.store.outbox.attach`: this database is a fleet node's cache.
+_FLEET_MARK = "SELECT value FROM fleet_state WHERE key = 'node'"
+
+
 def _exists(path: Path) -> bool:
     """False only when the file is plainly absent; other troubles (a file where a
     directory should be, no permission) are left for the open to explain."""
@@ -225,7 +242,7 @@ def _exists(path: Path) -> bool:
 
 def connect(
     data_dir: str | Path, *, busy_timeout: float = 5.0, create: bool = True, group: str = ""
-) -> sqlite3.Connection:
+) -> LocalConnection:
     """A synchronous connection (CLI, milter, benchmarks), migrated and ready.
 
     ``create=False`` is for commands that only read or edit existing data: a
@@ -251,11 +268,16 @@ def connect(
     _create_private(path, gid)
     try:
         conn = sqlite3.connect(
-            path, isolation_level=None, timeout=busy_timeout, check_same_thread=False
+            path,
+            isolation_level=None,
+            timeout=busy_timeout,
+            check_same_thread=False,
+            factory=LocalConnection,
         )
         for p in _pragmas(busy_timeout):
             conn.execute(p)
         migrate(conn, path)
+        conn.fleet = conn.execute(_FLEET_MARK).fetchone() is not None
     except sqlite3.Error as e:
         raise explain(path, e) from None
     _tighten(path, gid)

@@ -11,6 +11,7 @@ Step 4: per-day delivery counts for the report, and when each message's
 transaction began (its MAIL FROM), for the delivery log's delays.
 Step 5: soft bounces counted per address until they add up to a suppression.
 Step 6: messages the milter sent with a signed return path (their own token id space).
+Step 7: the fleet's outbox and sync state (store.backend = "postgresql"; unused otherwise).
 """
 
 from __future__ import annotations
@@ -259,5 +260,28 @@ MIGRATIONS: list[list[str]] = [
             sent_at     REAL    NOT NULL
         )""",
         "CREATE INDEX milter_messages_sent_at ON milter_messages (sent_at)",
+    ],
+    # 7: the fleet outbox  (smtpguard/store/outbox.py)
+    [
+        # With store.backend = "postgresql", every change to the list is written here in
+        # the transaction that makes it locally; the replicator pushes the rows to
+        # PostgreSQL in id order and deletes them once PostgreSQL has committed them.
+        # (domain, local) names the entry an operation is about ('' for none): a pull
+        # leaves such entries alone until their operations are pushed.
+        """CREATE TABLE fleet_outbox (
+            id      INTEGER PRIMARY KEY AUTOINCREMENT,
+            at      REAL    NOT NULL,
+            op      TEXT    NOT NULL,
+            domain  TEXT    NOT NULL DEFAULT '',
+            local   TEXT    NOT NULL DEFAULT '',
+            payload TEXT    NOT NULL
+        )""",
+        "CREATE INDEX fleet_outbox_key ON fleet_outbox (domain, local)",
+        # node (this data dir is a fleet node's cache), instance (its id in
+        # PostgreSQL), last_seq (the last change applied), synced_at (epoch seconds).
+        """CREATE TABLE fleet_state (
+            key   TEXT NOT NULL PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
     ],
 ]

@@ -60,6 +60,10 @@ from smtpguard.store.entries import (
     make_observation,
     observation_of,
 )
+from smtpguard.store.outbox import enabled as outbox_enabled
+from smtpguard.store.outbox import entry_dict, obs_dict
+from smtpguard.store.outbox import note as outbox_note
+from smtpguard.store.outbox import note_many as outbox_note_many
 from smtpguard.store.writer import DbThread, Writer, open_thread
 
 __all__ = [
@@ -133,6 +137,15 @@ _STAGE_READ = (
     "ORDER BY rowid LIMIT ?"
 )
 _STAGE_DROP = "DROP TABLE IF EXISTS temp.suppression_bulk"
+# A fleet node's import: one outbox operation per new entry, as write_observations makes.
+_STAGE_TO_OUTBOX = (
+    "INSERT INTO main.fleet_outbox (at, op, domain, local, payload) "
+    "SELECT at, 'observe', domain, local, json_object('obs', json_object("
+    "'address', address, 'kind', kind, 'reason', reason, 'source', source, 'status', status, "
+    "'reply_code', reply_code, 'diagnostic', diagnostic, 'expires', expires, 'note', note, "
+    "'first_seen', first_seen, 'last_seen', last_seen, 'count', count, 'evidence', evidence), "
+    "'actor', ?, 'now', at) FROM temp.suppression_bulk ORDER BY rowid"
+)
 _DELETE = "DELETE FROM suppression WHERE domain = ? AND local = ?"
 _HISTORY_COLUMNS = (
     "address, kind, action, at, actor, note, old_reason, new_reason, source, status, "
@@ -268,6 +281,12 @@ def write_observations(
     upserts.sort()  # key order: each B-tree page is visited once per batch
     conn.executemany(_UPSERT, upserts)
     insert_history(conn, history)
+    if outbox_enabled(conn):
+        ops = [
+            ("observe", _key(o.address, o.kind), {"obs": obs_dict(o), "actor": actor, "now": now})
+            for o in batch
+        ]
+        outbox_note_many(conn, ops)
     return results
 
 
@@ -287,6 +306,10 @@ def record_history(
 ) -> None:
     """A history row for a sighting that changes no entry (``recorded``)."""
     insert_history(conn, [history_row(obs.entry(now), action, now, actor, obs.note, "")])
+    outbox_note(
+        conn, "history", ("", ""),
+        {"obs": obs_dict(obs), "action": action, "actor": actor, "now": now},
+    )  # fmt: skip
 
 
 def put_pending(
@@ -299,6 +322,10 @@ def put_pending(
     entry, _, _ = merge(old.entry if old else None, obs, actor, now)
     conn.execute(_PENDING_UPSERT, (*_upsert_row(entry), destination, actor))
     insert_history(conn, [history_row(entry, "pending", now, actor, obs.note, "")])
+    outbox_note(
+        conn, "pending", key,
+        {"obs": obs_dict(obs), "destination": destination, "actor": actor, "now": now},
+    )  # fmt: skip
     return PendingEntry(entry, destination, actor)
 
 
@@ -319,6 +346,10 @@ def confirm_pending(
     pending = take_pending(conn, address, kind)
     if pending is None:
         return None
+    outbox_note(
+        conn, "confirm", _key(address, kind),
+        {"entry": entry_dict(pending.entry), "actor": actor, "now": now, "note": note},
+    )  # fmt: skip
     obs = observation_of(pending.entry, note)
     old = listed(conn, address, kind, now)
     entry, rows, action = merge(old, obs, actor, now)
@@ -337,6 +368,10 @@ def discard_pending(
     if pending is not None:
         e = pending.entry
         insert_history(conn, [history_row(e, "discarded", now, actor, note, e.reason)])
+        outbox_note(
+            conn, "discard", _key(address, kind),
+            {"entry": entry_dict(e), "actor": actor, "now": now, "note": note},
+        )  # fmt: skip
     return pending
 
 
@@ -415,6 +450,7 @@ def note_soft_bounce(
         "last_seen = excluded.last_seen, count = excluded.count",
         (*key, obs.reason, first, now, count),
     )
+    outbox_note(conn, "soft", key, {"obs": obs_dict(obs), "now": now, "stale_after": stale_after})
     return first, count
 
 
@@ -434,13 +470,14 @@ def clear_soft_bounces(
     reason, first, last, count = row
     e = SuppressionEntry(address, "address", reason, "", "", "", "", first, last, count, None)
     insert_history(conn, [history_row(e, "discarded", now, actor, note, reason)])
+    outbox_note(conn, "soft-clear", key, {"actor": actor, "now": now, "note": note})
     return True
 
 
 def forget_soft_bounces(conn: sqlite3.Connection, address: str) -> None:
-    conn.execute(
-        "DELETE FROM soft_bounces WHERE domain = ? AND local = ?", _key(address, "address")
-    )
+    key = _key(address, "address")
+    conn.execute("DELETE FROM soft_bounces WHERE domain = ? AND local = ?", key)
+    outbox_note(conn, "soft-forget", key, {})
 
 
 def soft_bounce_addresses(conn: sqlite3.Connection) -> set[str]:
@@ -732,6 +769,7 @@ class SuppressionStore:
                 return 0
             last_id = conn.execute(_NEXT_IDS, (expired,)).fetchall()[0][0]
             conn.execute(_PRUNE_HISTORY, (last_id - expired, now, actor, note, now))
+            outbox_note(conn, "prune", ("", ""), {"actor": actor, "now": now, "note": note})
             return conn.execute(_PRUNE, (now,)).rowcount
 
     def stats(self, *, now: float | None = None) -> dict[str, Any]:
@@ -784,6 +822,7 @@ def remove_entry(
     old = _entry(row)
     conn.execute(_DELETE, key)
     insert_history(conn, [history_row(old, "removed", now, actor, note, old.reason)])
+    outbox_note(conn, "remove", key, {"actor": actor, "note": note, "now": now})
     return True
 
 
@@ -847,6 +886,8 @@ class BulkWriter:
                 else:
                     last_id = conn.execute(_NEXT_IDS, (self._staged,)).fetchall()[0][0]
                     conn.execute(_STAGE_TO_HISTORY, (last_id - self._staged, self._actor))
+                    if outbox_enabled(conn):
+                        conn.execute(_STAGE_TO_OUTBOX, (self._actor,))
                     conn.execute("RELEASE suppression_bulk_sorted")
                     self.counts["added"] += self._staged
             conn.execute(_STAGE_DROP)
