@@ -4,7 +4,7 @@
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
-APT_PKGS := postfix libmilter-dev openssl postgresql
+APT_PKGS := postfix libmilter-dev openssl redis-server postgresql
 STAMP_RUN  := $(VENV)/.stamp-run
 STAMP_TEST := $(VENV)/.stamp-test
 
@@ -43,6 +43,7 @@ bench: setup-test setup-bench
 	$(PY) benchmarks/smtpclient_bench.py
 	$(PY) benchmarks/maillog_bench.py
 	$(PY) benchmarks/inbound_memory.py
+	$(PY) benchmarks/budget_bench.py
 
 # ---------------------------------------------------------------------------- install
 # `make install` (as root): a venv in $(PREFIX) with smtpguard and its dependencies,
@@ -137,6 +138,7 @@ setup-python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { $(call APT_INSTALL,python3 python3-venv); }
 
 # Tests also need Postfix and its load tools, libmilter-dev, openssl (test certificates),
+# redis-server (the fleet's shared budgets; tests start their own on a free port),
 # PostgreSQL's server binaries (the fleet tests start their own server; the package may
 # start a system cluster too, which the tests never use),
 # a C compiler with the Python headers to build pymilter, and systemd's tools (the

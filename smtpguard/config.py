@@ -28,6 +28,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from smtpguard.display import json_text
 from smtpguard.errors import ConfigError
@@ -675,7 +676,22 @@ class ShapingConfig:
     )
     shared: str = opt(
         "",
-        "redis://HOST:PORT/DB to share site rate budgets with a fleet; empty: this node only.",
+        "redis://HOST:PORT/DB (rediss:// for TLS, unix:///path/redis.sock) to share site rate"
+        " budgets with a fleet; empty: this node only.",
+        check="redis_url?",
+    )
+    shared_timeout: float = opt(
+        0.1,
+        "Longest wait for Redis per message (connect included); beyond it the message is paced"
+        " by this node's own buckets.",
+        unit="s",
+        check="positive",
+    )
+    fallback_share: float = opt(
+        1.0,
+        "Share of each site's rate and burst this node takes alone while Redis is unreachable"
+        " (1/nodes keeps the fleet within the budget; 1: each node the full limit).",
+        check="fraction",
     )
 
 
@@ -851,6 +867,67 @@ _milter_socket = _parsed_by(
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 
 
+def url_password(value: str) -> str | None:
+    """The password in a URL such as ``redis://:PASSWORD@host/0``, else None."""
+    if "://" not in value:
+        return None
+    try:
+        return urlsplit(value).password
+    except ValueError:
+        return None
+
+
+def redact_url(value: str) -> str:
+    """``value`` with a URL's password masked (``redis://:********@host/0``), for printing."""
+    if url_password(value) is None:
+        return value
+    parts = urlsplit(value)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
+
+
+#: What a Redis URL's query may set: the database, and for rediss:// the CA that
+#: verifies the server and a client certificate. Nothing turns verification off.
+_REDIS_QUERY = {"redis": {"db"}, "rediss": {"db", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"},
+                "unix": {"db"}}  # fmt: skip
+
+
+def _redis_url(value: str) -> None:
+    expected = "a Redis URL: redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///path/redis.sock"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError(expected) from None
+    if parts.scheme in ("redis", "rediss"):
+        db = parts.path.removeprefix("/")
+        if not parts.hostname or not (db == "" or db.isdigit()):
+            raise ValueError(expected)
+    elif parts.scheme != "unix" or not parts.path.startswith("/") or parts.netloc:
+        raise ValueError(expected)
+    allowed = _REDIS_QUERY[parts.scheme]
+    for key, values in query.items():
+        if key not in allowed:
+            raise ValueError(f"{expected}, with only {', '.join(sorted(allowed))} after '?'")
+        if key == "db" and not all(v.isdigit() for v in values):
+            raise ValueError(f"{expected} (db=N, a number)")
+    if parts.password and parts.scheme == "redis" and not _is_loopback(parts.hostname or ""):
+        raise ValueError(
+            "rediss:// (TLS that verifies the server) or a unix socket for a URL with a"
+            " password: redis:// would send it in clear text"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _hostname(value: str) -> None:
     if not _HOSTNAME.fullmatch(value):
         raise ValueError("a host name of letters, digits, dots and hyphens")
@@ -1008,6 +1085,8 @@ _CHECKS: dict[str, Any] = {
     "positive": _is(lambda v: v > 0, "a number greater than 0"),
     "factor": _is(lambda v: v >= 1, "a factor of at least 1 (retries must not get shorter)"),
     "share": _is(lambda v: 0 < v < 1, "a share between 0 and 1, like 0.2"),
+    "fraction": _is(lambda v: 0 < v <= 1, "a share greater than 0 and at most 1, like 0.5"),
+    "redis_url?": _optional(_redis_url),
     "modes": _modes,
     "count": _is(lambda v: v >= 0, "a whole number, 0 or more"),
     "reasons": _reasons,
@@ -1095,12 +1174,17 @@ def _coerce(source: str, key: str, value: Any, f: dataclasses.Field[Any]) -> Any
         if f.metadata.get("check"):
             _CHECKS[f.metadata["check"]](value)
     except ValueError as e:
-        shown = "(hidden)" if is_secret(f) else repr(value)
+        shown = "(hidden)" if is_secret(f) else repr(_unmasked(value))
         raise ConfigError(f"{source}: {key}: expected {e}, got {shown}") from None
     return value
 
 
 _SECRET_NAME = re.compile(r"password|secret|token|passphrase|credential|api_key")
+
+
+def _unmasked(value: Any) -> Any:
+    """``value`` safe to print: a URL's password masked."""
+    return redact_url(value) if isinstance(value, str) else value
 
 
 def is_secret(f: dataclasses.Field[Any]) -> bool:
@@ -1114,12 +1198,13 @@ def is_secret(f: dataclasses.Field[Any]) -> bool:
 
 
 def secrets_set(cfg: Config) -> list[str]:
-    """``table.key`` of every secret setting that holds a value."""
+    """``table.key`` of every secret setting that holds a value (a URL with a password too)."""
     return [
         f"{table}.{f.name}"
         for table, cls in SECTIONS.items()
         for f in fields(cls)
-        if is_secret(f) and getattr(getattr(cfg, table), f.name)
+        if (value := getattr(getattr(cfg, table), f.name))
+        and (is_secret(f) or (isinstance(value, str) and url_password(value)))
     ]
 
 
@@ -1364,7 +1449,7 @@ def render(cfg: Config, *, commented: bool = False) -> str:
         ]
     defaults = Config()
     for table, cls in SECTIONS.items():
-        out.append(f"# {cls.__doc__.strip()}" if commented else "")
+        out.append(f"# {' '.join(cls.__doc__.split())}" if commented else "")
         out.append(f"[{table}]")
         for f in fields(cls):
             line = f"{f.name} = {toml_value(display_value(cfg, table, f))}"
@@ -1393,7 +1478,7 @@ def display_value(cfg: Config, table: str, f: dataclasses.Field[Any]) -> Any:
     if value and is_secret(f):
         return MASK
     if f.metadata.get("unit") != "s":
-        return value
+        return _unmasked(value)
     written = cfg.written.get(f"{table}.{f.name}")
     return written if written is not None else format_duration(value)
 

@@ -1,5 +1,5 @@
 """Fixtures live in tests/fixtures/, one module per real part (CLI, DNS, MX, Postfix,
-PostgreSQL, relay)."""
+PostgreSQL, Redis, relay)."""
 
 pytest_plugins = [
     "tests.fixtures.cli",
@@ -7,8 +7,10 @@ pytest_plugins = [
     "tests.fixtures.maillogs",
     "tests.fixtures.mx",
     "tests.fixtures.postfix",
+    "tests.fixtures.ratemx",
     "tests.fixtures.postgres",
     "tests.fixtures.rawsmtp",
+    "tests.fixtures.redisd",
     "tests.fixtures.relay",
     "tests.fixtures.sink",
     "tests.fixtures.webhooks",

@@ -441,3 +441,20 @@ async def test_smarthost_that_is_our_own_listener_is_a_configuration_error(
 ) -> None:
     e = await failure(looping(dns_server, smarthost="127.0.0.1:2525"), "example.test")
     assert "smarthost host 127.0.0.1[127.0.0.1]:2525 is relay.listen" in e.text
+
+
+# ---------------------------------------------------------------------- how long a route holds
+
+
+async def test_a_route_holds_as_long_as_its_shortest_dns_answer(dns_server: DnsStub) -> None:
+    dns_server.add("ttl.test", "MX", "10 mx.ttl.test.", ttl=300)
+    dns_server.add("mx.ttl.test", "A", "127.0.0.1", ttl=5)
+    before = time.time()
+    hops, expires = await router(dns_server).route_expiring("ttl.test")
+    assert hosts(hops) == ["mx.ttl.test"]
+    assert before + 4 <= expires <= time.time() + 5
+
+
+async def test_a_route_without_dns_holds_indefinitely(dns_server: DnsStub) -> None:
+    _, expires = await router(dns_server).route_expiring("[127.0.0.1]")
+    assert expires == float("inf")

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "classify": ("smtpguard.cli.classify:classify", "Classify bounce messages or SMTP replies."),
     "rules": ("smtpguard.cli.classify:rules", "Validate classification rule files."),
+    "shaping": ("smtpguard.cli.shaping:shaping", "Validate traffic-shaping files."),
     "serve": ("smtpguard.cli.serve:serve", "Run the relay (Postfix relayhost)."),
     "queue": ("smtpguard.cli.queue:queue", "Inspect and act on the relay's queue."),
     "milter": ("smtpguard.cli.milter_cmd:milter", "Run the milter (Postfix smtpd_milters)."),

@@ -7,6 +7,7 @@
     smtpguard queue release ID            resume a held message
     smtpguard queue delete ID             drop a message's pending recipients (no DSN)
     smtpguard queue stats                 counts by state, oldest message, deferral reasons
+    smtpguard queue sites                 traffic shaping per site: limits, suspensions, lines
 
 Tables by default; ``--format json`` for scripts. The CLI opens the same
 SQLite file as the relay (WAL lets both work at once); the relay notices
@@ -232,3 +233,47 @@ def stats(fmt: str) -> None:
     for reason, n in s.deferred_reasons.items():
         add_row(table, f"deferred: {reason or 'unknown'}", n)
     console().print(table)
+
+
+#: A snapshot older than this is from a relay that is not running (it writes every 2 s).
+STALE_AFTER = 30.0
+
+
+@queue.command()
+@FORMAT
+@common_options
+def sites(fmt: str) -> None:
+    """Each delivery site: configured and current rate and connections, suspended-until,
+    queued (waiting in its line + postponed by shaping), the last throttle reply.
+
+    Read from the relay's state snapshot (``data_dir/shaping-state.json``, rewritten
+    every 2 s while it runs)."""
+    from smtpguard.shaping import state
+    from smtpguard.shaping.limits import format_rate
+
+    cfg = get_config()
+    doc = state.read(state.state_path(cfg.data_dir))
+    age = time.time() - float(doc.get("updated_at", 0))
+    rows = sorted(doc["sites"], key=lambda r: (-int(r.get("queued", 0)), str(r.get("site"))))
+    if fmt == "json":
+        emit_json({"updated_at": _iso(doc.get("updated_at")), "stale": age > STALE_AFTER,
+                   "sites": rows})  # fmt: skip
+        return
+    table = _table(
+        "sites",
+        ["site", "rate (conf/now)", "conns (conf/now/open)", "suspended until", "queued",
+         "throttles", "last throttle"],
+    )  # fmt: skip
+    for r in rows:
+        add_row(
+            table, r["site"],
+            f"{format_rate(r['configured_rate'])} / {format_rate(r['current_rate'])}",
+            f"{r['configured_connections']} / {r['current_connections']} / {r['connections']}",
+            _iso(r["suspended_until"]) if r["suspended_until"] else "",
+            f"{r['queued']} ({r['waiting']} waiting)", r["throttles"],
+            str(r["last_throttle"])[:80],
+        )  # fmt: skip
+    out = console()
+    out.print(table)
+    if age > STALE_AFTER:
+        echo(f"note: snapshot is {age:.0f}s old: the relay is not running (or not writing it)")

@@ -1,16 +1,27 @@
-"""Delivery: claimed recipients -> destination lines -> connections to the next hop.
+"""Delivery: claimed recipients -> routed jobs -> site lines -> connections.
 
 A :class:`~smtpguard.store.queue.Claim` (one message, its due recipients) is
 split into :class:`Job`\\ s, one per *destination*: the recipient domain for MX
 and route delivery, ``"smarthost"`` when everything goes to the smarthost (one
 transaction carries all recipients), ``"dsn"`` for the DSNs we generate (sent
-to ``dsn.next_hop``). Jobs wait in a per-destination line; connection tasks
-take them in order, several messages per connection
-(``delivery.messages_per_connection``), and an idle connection lingers briefly
-for the next message to the same place, as Postfix's connection cache does.
-How many connections a destination gets, and how fast it is sent to, is the
-:class:`~smtpguard.relay.seams.Shaper`'s decision; ``delivery.concurrency``
-caps the total.
+to ``dsn.next_hop``). Each destination is routed first (answers reused for their
+DNS TTL, at most :data:`ROUTE_CACHE_TTL`), then the :class:`~smtpguard.relay.seams.Shaper`
+names its *site* (a provider, an MX host set, the smarthost): jobs wait in a
+per-site line, so domains sharing a provider share its connections and rate.
+A job with more recipients than the site takes per transaction is split.
+
+Connection tasks take jobs from their site's line in order, several messages
+per connection (the shaper's ``messages_per_connection``), asking the shaper
+before each message (``admit``: a token from the site's rate budget); an idle
+connection lingers briefly for the next message to the same site, as
+Postfix's connection cache does. How many connections a site gets is the
+shaper's decision; ``delivery.concurrency`` caps the total.
+
+Fairness: a site's line is bounded (the shaper's ``hold``): jobs beyond it, and
+every job of a suspended site, go back to the queue *unattempted* (no attempt
+counted, due again later with jitter), so a slow, throttled or blackholed site
+never holds the scheduler's in-flight slots other sites need. A site that is
+rate-bound gets no extra connections.
 
 The SMTP conversation itself is :mod:`smtpguard.relay.client`'s. Here every
 non-success reply, at every stage (greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT,
@@ -25,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -42,6 +54,7 @@ from smtpguard.relay.scheduler import ConnectionCap
 from smtpguard.relay.seams import ReplyClassifier, Router, Shaper
 from smtpguard.relay.smtpclient import SMTPClientError, Timeouts
 from smtpguard.relay.tlspolicy import MODES, TLSPolicy, TLSPolicyError
+from smtpguard.shaping import metrics as shaping_metrics
 from smtpguard.store.queue import Claim, QueuedMessage, QueuedRecipient, QueueStore
 
 if TYPE_CHECKING:
@@ -49,8 +62,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtpguard.delivery")
 
-#: How long an idle connection waits for another message to the same destination.
+#: How long an idle connection waits for another message to the same site.
 IDLE_LINGER = 0.5
+#: Longest wait for a rate token with the connection kept open; longer: close, come back.
+MAX_PACING_WAIT = 5.0
+#: Longest a routing answer is reused (shorter when its DNS answers' TTL is).
+ROUTE_CACHE_TTL = 60.0
+#: Routing answers kept.
+ROUTE_CACHE_SIZE = 10_000
 #: Pauses between tries to record an attempt's results when the database refuses.
 RECORD_RETRIES: tuple[float | None, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, None)
 
@@ -83,6 +102,8 @@ class Job:
     domain: str
     claim: _ClaimState = field(repr=False)
     return_path: str = ""  # a signed return path replacing the envelope sender ("": none)
+    site: str = ""  # set once routed
+    hops: tuple[NextHop, ...] = field(default=(), repr=False)
 
 
 #: The reason recorded when no hop took us for want of TLS, usable AUTH, or a network.
@@ -116,7 +137,7 @@ def routing_verdict(recipient: str, err: RoutingError) -> Verdict:
 
 
 class Delivery:
-    """Destination lines and the connection tasks that empty them."""
+    """Site lines and the connection tasks that empty them."""
 
     def __init__(
         self,
@@ -136,7 +157,9 @@ class Delivery:
         self._router = router
         self._classifier = classifier
         self._outcome = outcome
-        self._shaper: Shaper = shaper or ConnectionCap()
+        self._shaper: Shaper = shaper or ConnectionCap(
+            messages_per_connection=cfg.delivery.messages_per_connection
+        )
         self._helo = self._d.helo_name or cfg.relay.hostname
         d = self._d
         self._timeouts = Timeouts(
@@ -159,12 +182,23 @@ class Delivery:
         )
         self._arrivals: dict[str, asyncio.Event] = {}
         self._active: collections.Counter[str] = collections.Counter()
-        self._waiting: dict[str, None] = {}  # destinations waiting for a connection slot
+        self._waiting: dict[str, None] = {}  # sites waiting for a connection slot
+        self._lingering: set[asyncio.Event] = set()  # idle connections' wake-up events
         self._connections = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs_in_progress: dict[int, Job] = {}
         self._transactions = 0  # numbers the SMTP transactions (after DATA: who shared a reply)
         self._stopping = False
+        # Routing: answers by route key (domain, or smarthost/dsn), lookups under way.
+        self._routes: dict[str, tuple[float, tuple[NextHop, ...], str]] = {}
+        self._resolving: dict[str, list[Job]] = {}
+        # Pacing: sites that had to wait for a token lately (no extra connections),
+        # and sites not to connect to before a time (a long wait for a token).
+        self._paced: dict[str, float] = {}
+        self._not_before: dict[str, float] = {}
+        self._wakeups: dict[str, asyncio.TimerHandle] = {}
+        # Jobs put back in the queue by shaping: site -> due times (for the state view).
+        self._postponed: dict[str, list[float]] = {}
 
     # -- intake ---------------------------------------------------------------
 
@@ -190,7 +224,7 @@ class Delivery:
             return ""
 
     def submit(self, claim: Claim, on_done: Callable[[], None] | None = None) -> None:
-        """Line up a claimed message's recipients by destination.
+        """Route a claimed message's recipients (grouped by destination) into site lines.
 
         With signed return paths each recipient gets a transaction of its own: the
         envelope sender names one recipient (VERP), so it cannot be shared.
@@ -201,60 +235,213 @@ class Delivery:
             groups.setdefault(key, []).append(r)
         state = _ClaimState(len(groups), len(groups), on_done)
         for (dest, return_path), rcpts in groups.items():
-            job = Job(claim.message, tuple(rcpts), dest, rcpts[0].domain, state, return_path)
-            self._pending[dest].append(job)
-            ev = self._arrivals.get(dest)
-            if ev is not None:
-                ev.set()
-            self._maybe_connect(dest)
+            self._route(Job(claim.message, tuple(rcpts), dest, rcpts[0].domain, state,
+                            return_path))  # fmt: skip
 
-    def _maybe_connect(self, dest: str) -> None:
-        pending = len(self._pending.get(dest, ()))
+    # -- routing, then the site -------------------------------------------------
+
+    @staticmethod
+    def _route_key(job: Job) -> str:
+        return job.destination if job.destination in ("dsn", "smarthost") else job.domain
+
+    def _route(self, job: Job) -> None:
+        key = self._route_key(job)
+        cached = self._routes.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            self._place(job, cached[1], cached[2])
+            return
+        waiting = self._resolving.get(key)
+        if waiting is not None:
+            waiting.append(job)
+            return
+        self._resolving[key] = [job]
+        task = asyncio.create_task(self._resolve(key, job.destination, job.domain),
+                                   name=f"route:{key}")  # fmt: skip
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, key: str, dest: str, domain: str) -> None:
+        started, t0 = time.time(), time.monotonic()
+        try:
+            found, expires = await self._hops(dest, domain)
+            hops = tuple(found)
+        except RoutingError as e:
+            log.info("routing %s failed: %s", domain, e.text)
+            for job in self._resolving.pop(key, []):
+                self._fail(job, lambda r, err=e: routing_verdict(r.address, err), dns=e.dns,
+                           timing=Timing(started, time.monotonic() - t0))  # fmt: skip
+            return
+        except Exception as e:
+            log.error("routing %s failed unexpectedly: %r", domain, e)
+            why = f"routing failed: {e}"
+            for job in self._resolving.pop(key, []):
+                self._fail(job, lambda r: soft_verdict(r.address, why),
+                           timing=Timing(started, time.monotonic() - t0))  # fmt: skip
+            return
+        site = self._shaper.site(dest, hops)
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.pop(next(iter(self._routes)))
+        ttl = min(ROUTE_CACHE_TTL, max(expires - time.time(), 0.0))
+        if ttl > 0:
+            self._routes[key] = (time.monotonic() + ttl, hops, site)
+        for job in self._resolving.pop(key, []):
+            self._place(job, hops, site)
+
+    def _place(self, job: Job, hops: tuple[NextHop, ...], site: str) -> None:
+        """Put a routed job in its site's line (split by the site's recipient limit),
+        or back in the queue unattempted when the shaper holds it."""
+        if self._stopping:
+            self._abandon(job)
+            return
+        job.site, job.hops = site, hops
+        limit = max(self._shaper.recipients_per_message(site), 1)
+        parts = [job]
+        if len(job.recipients) > limit:
+            chunks = [job.recipients[i : i + limit] for i in range(0, len(job.recipients), limit)]
+            parts = [replace(job, recipients=c) for c in chunks]
+            job.claim.unsent += len(parts) - 1
+            job.claim.unrecorded += len(parts) - 1
+        line = self._pending[site]
+        for part in parts:
+            delay = self._shaper.hold(site, len(line))
+            if delay > 0:
+                self._postpone(part, delay)
+                continue
+            line.append(part)
+        ev = self._arrivals.get(site)
+        if ev is not None:
+            ev.set()
+        self._maybe_connect(site)
+
+    def _postpone(self, job: Job, delay: float) -> None:
+        """Put a job back in the queue unattempted, due in ``delay`` seconds.
+
+        Not an attempt: the recipients' attempt count and backoff are untouched.
+        Never past the message's queue lifetime: a job whose lifetime is over gets
+        a soft verdict instead, which the outcome turns into ``expired`` and a DSN.
+        """
+        now = time.time()
+        expiry = job.message.received_at + self._d.queue_lifetime
+        if now >= expiry:
+            why = f"delivery to {job.site} held back by traffic shaping until the queue lifetime"
+            job.site = ""  # not the site's doing: no feedback
+            self._fail(job, lambda r: soft_verdict(r.address, why, reason="ratelimited",
+                                                   status="4.4.7", stage="connect"))  # fmt: skip
+            return
+        until = min(now + delay, expiry)
+        shaping_metrics.POSTPONED.inc(job.site)
+        self._postponed.setdefault(job.site, []).append(until)
+        state = job.claim
+        state.unsent -= 1
+        held: list[Attempt] = []
+        if state.unsent == 0 and state.held:
+            held, state.held = state.held, []
+        task = asyncio.create_task(self._put_back(job, until, held))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _put_back(self, job: Job, until: float, held: list[Attempt]) -> None:
+        try:
+            await self._store.postpone([r.id for r in job.recipients], until)
+        except Exception as e:  # left active: the reclaim sweep queues them again
+            log.error("postponing %s for %s failed: %s", job.message.qid, job.site, e)
+        if held:
+            await self._apply(job.message, held, job.claim)  # records this job's share too
+        else:
+            self._recorded(job.claim)
+
+    def _postpone_line(self, site: str, delay: float) -> None:
+        line = self._pending.get(site)
+        while line:
+            self._postpone(line.popleft(), delay)
+
+    def _maybe_connect(self, site: str) -> None:
+        pending = len(self._pending.get(site, ()))
         if not pending or self._stopping:
             return
-        active = self._active[dest]
-        if active >= self._shaper.max_connections(dest):
+        now = time.monotonic()
+        if self._not_before.get(site, 0.0) > now:
+            return
+        held = self._shaper.hold(site, 0)
+        if held > 0:  # suspended: everything waiting goes back to the queue
+            self._postpone_line(site, held)
+            return
+        active = self._active[site]
+        if active >= self._shaper.max_connections(site):
             return
         if active and pending <= active * 2:
             return  # the open connections will take them
+        if active and self._paced.get(site, 0.0) > now:
+            return  # the rate, not the connections, is what limits this site
         if self._connections >= self._d.concurrency:
-            self._waiting[dest] = None
+            self._waiting[site] = None
+            # Idle connections lingering for more mail to their site give their slot up.
+            for ev in self._lingering:
+                ev.set()
             return
-        self._waiting.pop(dest, None)
-        self._active[dest] += 1
+        self._waiting.pop(site, None)
+        self._active[site] += 1
         self._connections += 1
-        task = asyncio.create_task(self._connection(dest), name=f"deliver:{dest}")
+        task = asyncio.create_task(self._connection(site), name=f"deliver:{site}")
         self._tasks.add(task)
-        task.add_done_callback(self._connection_done(dest))
+        task.add_done_callback(self._connection_done(site))
 
-    def _connection_done(self, dest: str) -> Callable[[asyncio.Task[Any]], None]:
+    def _wake_later(self, site: str, delay: float) -> None:
+        """Try ``site`` again in ``delay`` seconds (one timer per site)."""
+        self._not_before[site] = time.monotonic() + delay
+        old = self._wakeups.pop(site, None)
+        if old is not None:
+            old.cancel()
+
+        def wake() -> None:
+            self._wakeups.pop(site, None)
+            self._not_before.pop(site, None)
+            self._maybe_connect(site)
+
+        self._wakeups[site] = asyncio.get_running_loop().call_later(delay, wake)
+
+    def _connection_done(self, site: str) -> Callable[[asyncio.Task[Any]], None]:
         def done(task: asyncio.Task[Any]) -> None:
             self._tasks.discard(task)
-            self._active[dest] -= 1
-            if self._active[dest] <= 0:
-                del self._active[dest]
+            self._active[site] -= 1
+            if self._active[site] <= 0:
+                del self._active[site]
             self._connections -= 1
             if not task.cancelled() and task.exception() is not None:
-                log.error("delivery to %s crashed: %r", dest, task.exception())
+                log.error("delivery to %s crashed: %r", site, task.exception())
             if self._stopping:
                 return
-            # Destinations that waited for a slot go first, then this one again.
+            # Sites that waited for a slot go first, then this one again.
             for waiting in list(self._waiting):
                 if self._connections >= self._d.concurrency:
                     break
                 self._waiting.pop(waiting, None)
                 self._maybe_connect(waiting)
-            self._maybe_connect(dest)
-            if dest not in self._active and not self._pending.get(dest):
-                # Forget idle destinations: a relay sees many domains over its life.
-                self._pending.pop(dest, None)
-                self._arrivals.pop(dest, None)
+            self._maybe_connect(site)
+            if site not in self._active and not self._pending.get(site):
+                # Forget idle sites: a relay sees many over its life.
+                self._pending.pop(site, None)
+                self._arrivals.pop(site, None)
+                self._paced.pop(site, None)
 
         return done
 
     @property
     def busy(self) -> int:
         return len(self._tasks)
+
+    def site_counts(self) -> dict[str, tuple[int, int, int]]:
+        """Per site: (connections open, jobs waiting in its line, jobs postponed not due yet)."""
+        now = time.time()
+        out: dict[str, tuple[int, int, int]] = {}
+        for site, dues in list(self._postponed.items()):
+            dues[:] = [d for d in dues if d > now]
+            if not dues:
+                del self._postponed[site]
+        for site in {*self._active, *self._pending, *self._postponed}:
+            out[site] = (self._active.get(site, 0), len(self._pending.get(site, ())),
+                         len(self._postponed.get(site, ())))  # fmt: skip
+        return out
 
     # -- finishing a job ------------------------------------------------------
 
@@ -268,7 +455,8 @@ class Delivery:
         """
         if timing is not None:
             attempts = [replace(a, timing=timing) for a in attempts]
-        self._shaper.feedback(job.destination, attempts)
+        if job.site:
+            self._shaper.feedback(job.site, attempts)
         state = job.claim
         state.unsent -= 1
         if state.unsent == 0:
@@ -333,51 +521,51 @@ class Delivery:
         self._finish(job, attempts, timing)
 
     def _fail_pending(
-        self, dest: str, make: Callable[[QueuedRecipient], Verdict], host: str = "",
+        self, site: str, make: Callable[[QueuedRecipient], Verdict], host: str = "",
         dns: bool = False, timing: Timing | None = None,
     ) -> None:  # fmt: skip
-        line = self._pending.get(dest)
-        while line:
-            self._fail(line.popleft(), make, host, dns, timing)
+        """The first job waiting for ``site`` gets the verdict (it is the one the failed
+        connection was for); the others too, or, when the shaper says so, they go back
+        to the queue unattempted for its backoff (a site refusing us is not tried once
+        per waiting message)."""
+        line = self._pending.get(site)
+        if not line:
+            return
+        self._fail(line.popleft(), make, host, dns, timing)
+        backoff = self._shaper.backoff(site) if line else 0.0
+        if backoff > 0 and not self._active.get(site, 0) > 1:
+            self._postpone_line(site, backoff)
+        elif backoff <= 0:
+            while line:
+                self._fail(line.popleft(), make, host, dns, timing)
 
     # -- a connection ---------------------------------------------------------
 
-    async def _hops(self, dest: str, domain: str) -> list[NextHop]:
+    async def _hops(self, dest: str, domain: str) -> tuple[list[NextHop], float]:
+        """The hops for a destination and until when (unix time) they may be reused."""
         if dest == "dsn":
             host, port = parse_hostport(self._cfg.dsn.next_hop)
             return [NextHop(host=host, address=host, port=port, preference=0, source="route",
-                            tls="opportunistic")]  # fmt: skip
-        return list(await self._router.route(domain))
+                            tls="opportunistic")], math.inf  # fmt: skip
+        hops, expires = await self._router.route_expiring(domain)
+        return list(hops), expires
 
-    async def _connection(self, dest: str) -> None:
-        line = self._pending[dest]
+    async def _connection(self, site: str) -> None:
+        line = self._pending[site]
         if not line:
             return
-        domain = line[0].domain
+        hops = list(line[0].hops)
         started, t0 = time.time(), time.monotonic()  # the delivery log's connection setup
-        try:
-            hops = await self._hops(dest, domain)
-        except RoutingError as e:
-            log.info("routing %s failed: %s", domain, e.text)
-            self._fail_pending(dest, lambda r, err=e: routing_verdict(r.address, err), dns=e.dns,
-                               timing=Timing(started, time.monotonic() - t0))  # fmt: skip
-            return
-        except Exception as e:
-            log.error("routing %s failed unexpectedly: %r", domain, e)
-            why = f"routing failed: {e}"
-            self._fail_pending(dest, lambda r: soft_verdict(r.address, why),
-                               timing=Timing(started, time.monotonic() - t0))  # fmt: skip
-            return
         conn = await Connection.open(
             hops, helo=self._helo, timeouts=self._timeouts, tls_for=self._tls_for
         )
         setup = Timing(started, time.monotonic() - t0)
         if isinstance(conn, Refusal):
-            self._refused(dest, conn, setup)
+            self._refused(site, conn, setup)
             return
         metrics.CONNECTIONS.labels("ok").inc()
         try:
-            await self._session(conn, dest, setup)
+            await self._session(conn, site, setup)
         finally:
             await conn.close()
 
@@ -386,8 +574,9 @@ class Delivery:
             return self._smarthost_tls
         return self._tls_modes[hop.tls]
 
-    def _refused(self, dest: str, refusal: Refusal, timing: Timing) -> None:
-        """No hop took us: every job waiting for ``dest`` gets the same verdict."""
+    def _refused(self, site: str, refusal: Refusal, timing: Timing) -> None:
+        """No hop took us: the job the connection was for gets the verdict (see
+        :meth:`_fail_pending` for the others)."""
         where = refusal.label
         make: Callable[[QueuedRecipient], Verdict]
         if refusal.kind == "reply":
@@ -401,31 +590,50 @@ class Delivery:
                 return soft_verdict(r.address, refusal.text, reason=reason,
                                     status=refusal.status, remote_host=where)  # fmt: skip
 
-        self._fail_pending(dest, make, where, timing=timing)
+        self._fail_pending(site, make, where, timing=timing)
 
-    async def _session(self, conn: Connection, dest: str, setup: Timing) -> None:
-        """Send jobs for ``dest`` over one connection until the line is empty or the cap is hit.
+    async def _session(self, conn: Connection, site: str, setup: Timing) -> None:
+        """Send jobs for ``site`` over one connection until the line is empty or the cap is hit.
 
         The first message's timing includes the connection's ``setup``; later ones
         start when they are taken from the line (their setup is 0, as in Postfix).
+        Before each message the shaper's ``admit`` must give a token: a short wait
+        is slept with the connection open, a long one closes it and comes back later.
         """
-        line = self._pending[dest]
+        line = self._pending[site]
         sent = 0
-        while sent < self._d.messages_per_connection and conn.is_connected:
+        cap = self._shaper.messages_per_connection(site)
+        while sent < cap and conn.is_connected:
             if not line:
                 if self._stopping or self._waiting:
                     return
-                ev = self._arrivals.setdefault(dest, asyncio.Event())
+                ev = self._arrivals.setdefault(site, asyncio.Event())
                 ev.clear()
+                self._lingering.add(ev)
                 try:
                     await asyncio.wait_for(ev.wait(), IDLE_LINGER)
                 except TimeoutError:
                     return
+                finally:
+                    self._lingering.discard(ev)
                 continue
             if self._stopping:
                 return
+            wait = await self._shaper.admit(site)
+            if wait > 0:
+                self._paced[site] = time.monotonic() + max(wait, 1.0)
+                held = self._shaper.hold(site, 0)
+                if held > 0:  # suspended meanwhile
+                    self._postpone_line(site, held)
+                    return
+                if wait > MAX_PACING_WAIT:
+                    self._wake_later(site, wait)
+                    return
+                await asyncio.sleep(wait)
+                continue
+            if not line:
+                continue
             job = line.popleft()
-            await self._shaper.admit(dest)
             if sent and not conn.is_connected:
                 # The hop closed the session after an earlier message: a new one takes it.
                 line.appendleft(job)
@@ -491,6 +699,14 @@ class Delivery:
         """
         self._stopping = True
         released: list[int] = []
+        for handle in self._wakeups.values():
+            handle.cancel()
+        self._wakeups.clear()
+        for jobs in self._resolving.values():
+            for job in jobs:
+                released += [r.id for r in job.recipients]
+                self._abandon(job)
+        self._resolving.clear()
         for line in self._pending.values():
             while line:
                 job = line.popleft()

@@ -30,7 +30,7 @@ Status = Literal["sent", "deferred", "bounced", "expired"]
 class Timing:
     """When an attempt began and how long its two phases took (seconds).
 
-    ``setup``: routing (DNS), connect, greeting, EHLO, STARTTLS, AUTH; 0 on a
+    ``setup``: connect, greeting, EHLO, STARTTLS, AUTH; 0 on a
     connection already open for an earlier message. ``transmit``: MAIL FROM to
     the reply to the final dot.
     """

@@ -22,7 +22,8 @@ too: the storm breaker counts attempts) to the policy's
   reputation, content, or evidence that does not name the recipient) is
   logged and counted per destination domain.
 * anything else: the recipient is deferred with exponential backoff
-  (:func:`~smtpguard.relay.scheduler.retry_delay`); a greylisting verdict
+  (:func:`~smtpguard.relay.scheduler.retry_delay`, stretched by up to
+  ``jitter`` at random so a throttled site's deferrals come back spread); a greylisting verdict
   (``extra["greylist"]``) waits at least ``delivery.greylist_delay`` or the
   server's own ``retry_after``. Once ``delivery.queue_lifetime`` has run out
   the recipient is ``expired`` and the sender gets a DSN.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -113,8 +115,12 @@ class OutcomeHandler:
         sink: SuppressionSink | None = None,
         on_deferred: Callable[[int, float], None] | None = None,
         observer: Observer | None = None,
+        jitter: float = 0.0,
     ) -> None:
+        """``jitter``: each retry waits up to this fraction longer, at random, so that
+        recipients deferred together (a throttled site) do not all come back at once."""
         self._cfg = cfg
+        self._jitter = jitter
         self._store = store
         self._sink = sink
         self._on_deferred = on_deferred
@@ -135,6 +141,8 @@ class OutcomeHandler:
             except ValueError:
                 after = 0.0
             delay = max(delay, d.greylist_delay, after)
+        if self._jitter:
+            delay *= 1.0 + random.uniform(0.0, self._jitter)
         expiry = msg.received_at + d.queue_lifetime
         return max(min(now + delay, expiry), now)
 

@@ -39,14 +39,17 @@ nothing is left the recipients are deferred with a text that says so.
 
 DNS goes through dnspython's async resolver; ``delivery.nameservers`` pins the
 servers (tests point it at a stub on loopback), otherwise the system's
-resolv.conf is used. Answers are cached by dnspython's LRU cache for their TTL.
+resolv.conf is used. Answers are cached by dnspython's LRU cache for their TTL;
+:meth:`Router.route_expiring` tells a caller how long the whole route holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -77,6 +80,12 @@ CACHE_SIZE = 10_000
 MAX_DEAD_ANSWER_CACHE = 60.0
 
 _NO_ADDRESS = "no A or AAAA records"
+
+#: The expiry times of the DNS answers one :meth:`Router.route_expiring` call used (a
+#: list shared with the lookups it gathers: tasks copy the context, not the list).
+_EXPIRIES: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "route_expiries", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -294,6 +303,18 @@ class Router:
         domain = domain.strip().lower().rstrip(".")
         return self._not_ourselves(domain, await self._route(domain))
 
+    async def route_expiring(self, domain: str) -> tuple[list[NextHop], float]:
+        """:meth:`route`, and until when (unix time) the answer holds: the earliest
+        expiry of the DNS answers it used (``inf`` when none was needed), so a caller
+        may reuse it that long and no longer."""
+        seen: list[float] = []
+        token = _EXPIRIES.set(seen)
+        try:
+            hops = await self.route(domain)
+        finally:
+            _EXPIRIES.reset(token)
+        return hops, min(seen, default=math.inf)
+
     async def _route(self, domain: str) -> list[NextHop]:
         cfg = self.cfg
         if self._smarthost is not None:
@@ -476,7 +497,11 @@ class Router:
         """One lookup; None for "no records of this type", RoutingError otherwise."""
         name = qname.to_text(omit_final_dot=True)
         try:
-            return await self.resolver.resolve(qname, rdtype, search=False)
+            answer = await self.resolver.resolve(qname, rdtype, search=False)
+            expiries = _EXPIRIES.get()
+            if expiries is not None:
+                expiries.append(answer.expiration)
+            return answer
         except dns.resolver.NXDOMAIN:
             raise _nxdomain(name) from None
         except dns.resolver.NoAnswer:

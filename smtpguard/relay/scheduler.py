@@ -11,12 +11,12 @@ marks the recipients ``active``, so a stale or duplicate hint costs nothing.
 Back-pressure: at most ``max_inflight`` claimed messages are out at once;
 finished attempts give their slot back through :meth:`Scheduler.release`.
 
-Shaping (per-destination rate and connection limits) plugs in through the
-:class:`~smtpguard.relay.seams.Shaper` protocol: the delivery side asks it how
-many connections a destination may have, awaits ``admit`` before every message
-it sends and reports each message's attempts to ``feedback``. The default,
-:class:`ConnectionCap`, only caps connections per destination; a later shaper
-can read limits from the config and sleep in ``admit`` to enforce a rate.
+Shaping (per-site rate and connection limits) plugs in through the
+:class:`~smtpguard.relay.seams.Shaper` protocol: the delivery side routes
+first, asks it which site the hops belong to, how many connections the site
+may have, asks ``admit`` before every message it sends and reports each
+message's attempts to ``feedback``. :class:`ConnectionCap` only caps
+connections per destination; the relay runs :mod:`smtpguard.shaping`.
 """
 
 from __future__ import annotations
@@ -34,26 +34,42 @@ from smtpguard.store.queue import Claim, QueueStore
 
 if TYPE_CHECKING:
     from smtpguard.relay.outcome import Attempt
+    from smtpguard.relay.routing import NextHop
 
 log = logging.getLogger("smtpguard.scheduler")
 
 
 class ConnectionCap:
-    """The default :class:`~smtpguard.relay.seams.Shaper`: a connection cap, no pacing."""
+    """The simplest :class:`~smtpguard.relay.seams.Shaper`: one site per destination,
+    a connection cap, no pacing (the relay uses :class:`smtpguard.shaping.shaper.SiteShaper`)."""
 
-    def __init__(self, max_connections: int = 10) -> None:
+    def __init__(self, max_connections: int = 10, messages_per_connection: int = 100) -> None:
         self._max_connections = max_connections
+        self._messages_per_connection = messages_per_connection
 
-    def max_connections(self, destination: str) -> int:
-        """How many connections may be open to ``destination`` at once."""
+    def site(self, destination: str, hops: Sequence[NextHop]) -> str:
+        return destination
+
+    def max_connections(self, site: str) -> int:
         return self._max_connections
 
-    async def admit(self, destination: str) -> None:
-        """Awaited before each message is sent to ``destination``; sleep here to rate-limit."""
-        return None
+    def messages_per_connection(self, site: str) -> int:
+        return self._messages_per_connection
 
-    def feedback(self, destination: str, attempts: Sequence[Attempt]) -> None:
-        """What one message's attempt came to; the default shaper learns nothing from it."""
+    def recipients_per_message(self, site: str) -> int:
+        return 1_000_000
+
+    def hold(self, site: str, queued: int) -> float:
+        return 0.0
+
+    def backoff(self, site: str) -> float:
+        return 0.0
+
+    async def admit(self, site: str) -> float:
+        return 0.0
+
+    def feedback(self, site: str, attempts: Sequence[Attempt]) -> None:
+        """The default shaper learns nothing from it."""
         return None
 
 

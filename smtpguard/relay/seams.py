@@ -43,22 +43,51 @@ class Router(Protocol):
 
     async def route(self, domain: str) -> Sequence[NextHop]: ...
 
+    async def route_expiring(self, domain: str) -> tuple[Sequence[NextHop], float]:
+        """The route and the unix time until which it holds (its DNS answers' TTL)."""
+        ...
+
 
 class Shaper(Protocol):
-    """Per-destination traffic shaping: connections, pacing, and what came of it.
+    """Per-site traffic shaping: connections, pacing, and what came of it.
 
-    ``destination`` is the delivery side's key: a recipient domain, or
-    ``"smarthost"``, or ``"dsn"``.
+    A *site* is decided after routing (:meth:`site`): the delivery side routes a
+    destination (a recipient domain, ``"smarthost"`` or ``"dsn"``) first, then
+    asks which site its hops belong to; every other question is about a site.
+    Domains of one provider share one site, so one budget.
     """
 
-    def max_connections(self, destination: str) -> int:
-        """How many connections may be open to ``destination`` at once."""
+    def site(self, destination: str, hops: Sequence[NextHop]) -> str:
+        """The site ``destination`` belongs to, now that it routed to ``hops``."""
         ...
 
-    async def admit(self, destination: str) -> None:
-        """Awaited before each message is sent to ``destination``; sleep here to rate-limit."""
+    def max_connections(self, site: str) -> int:
+        """How many connections may be open to ``site`` at once (may change with feedback)."""
         ...
 
-    def feedback(self, destination: str, attempts: Sequence[Attempt]) -> None:
-        """What one message's attempt at ``destination`` came to (replies, verdicts)."""
+    def messages_per_connection(self, site: str) -> int:
+        """Messages sent over one connection to ``site`` before it is closed."""
+        ...
+
+    def recipients_per_message(self, site: str) -> int:
+        """Recipients per transaction at ``site``; more are sent in several transactions."""
+        ...
+
+    def hold(self, site: str, queued: int) -> float:
+        """0.0 if a job may join ``site``'s line where ``queued`` jobs wait; else the
+        seconds to put it back in the queue for (unattempted: suspended, line full)."""
+        ...
+
+    def backoff(self, site: str) -> float:
+        """After a connection to ``site`` failed: how long the other waiting jobs are
+        put back (unattempted); 0.0 to give them the failure's verdict as well."""
+        ...
+
+    async def admit(self, site: str) -> float:
+        """Before each message to ``site``: 0.0 to send it now (a token is taken),
+        else the seconds to wait before asking again."""
+        ...
+
+    def feedback(self, site: str, attempts: Sequence[Attempt]) -> None:
+        """What one message's attempt at ``site`` came to (replies, verdicts)."""
         ...

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from smtpguard.relay.observe import Observers, Received, WatchedPolicy
 from smtpguard.relay.outcome import OutcomeHandler
 from smtpguard.relay.scheduler import Scheduler
 from smtpguard.relay.seams import Shaper
+from smtpguard.shaping.shaper import SiteShaper
 from smtpguard.smtp.headers import message_id as message_id_of
 from smtpguard.store import fleet
 from smtpguard.store.messages import Claim, InboundMessage
@@ -52,6 +54,7 @@ from smtpguard.store.queue import QueueStore, format_qid
 if TYPE_CHECKING:
     from smtpguard.intake.listener import BounceServer
     from smtpguard.intake.webhooks.server import WebhookServer
+    from smtpguard.shaping.state import SiteRow
     from smtpguard.store.pg.replicator import Replicator
 
 log = logging.getLogger("smtpguard.relay")
@@ -75,6 +78,7 @@ class Relay:
     def __init__(self, cfg: Config, *, shaper: Shaper | None = None) -> None:
         self.cfg = cfg
         self._shaper = shaper
+        self._site_shaper: SiteShaper | None = None
         self.queue: QueueStore | None = None
         self.policy: RecipientPolicy | None = None
         self.sink: SuppressionSink | None = None
@@ -112,6 +116,8 @@ class Relay:
             log.warning("%s", warning)
         busy = cfg.store.busy_timeout
         classifier = load_classifier(cfg)  # fail on bad rules before opening anything
+        if self._shaper is None:  # and on a bad shaping file
+            self._shaper = self._site_shaper = make_shaper(cfg)
         # Signed return paths (off without intake.bounce_domain); a bad key file fails here.
         return_paths = SignedVerpCodec.from_config(cfg.intake)
         self.delivery_log = open_delivery_log(cfg.log)  # and on a log that cannot open
@@ -141,9 +147,10 @@ class Relay:
         self.scheduler = Scheduler(
             self.queue, max_inflight=max(d.concurrency * 20, 200), refill_interval=1.0
         )
+        jitter = self._site_shaper.rules.adaptive.jitter if self._site_shaper else 0.0
         self.outcome = OutcomeHandler(
             cfg, self.queue, sink=self.sink, on_deferred=self.scheduler.notify,
-            observer=self.observers,
+            observer=self.observers, jitter=jitter,
         )  # fmt: skip
         self.delivery = Delivery(
             cfg,
@@ -166,6 +173,10 @@ class Relay:
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
         self._reclaim_task = asyncio.create_task(self._reclaim(), name="reclaim")
         self._watch_tasks.append(asyncio.create_task(self.daily.run(), name="daily-counts"))
+        if self._site_shaper is not None:
+            self._watch_tasks.append(
+                asyncio.create_task(self._write_shaping_state(), name="shaping-state")
+            )
         self.inbound = InboundServer(cfg, enqueue=self.enqueue, policy=self.policy)
         try:
             await self.inbound.start()
@@ -196,6 +207,21 @@ class Relay:
                     f"cannot serve metrics on {cfg.metrics.listen}: {e.strerror or e}"
                 ) from None
             self._watch_tasks.append(asyncio.create_task(self._count_queue(), name="queue-gauges"))
+
+    async def _write_shaping_state(self) -> None:
+        """Every few seconds: the sites' state to ``data_dir/shaping-state.json``
+        (``smtpguard queue sites`` reads it) and to the per-site gauges."""
+        from smtpguard.shaping import state as shaping_state
+
+        assert self._site_shaper is not None and self.delivery is not None
+        path = shaping_state.state_path(self.cfg.data_dir)
+        while True:
+            try:
+                rows = site_rows(self._site_shaper, self.delivery)
+                await asyncio.to_thread(shaping_state.write, path, rows, time.time(), os.getpid())
+            except Exception as e:  # the next round tries again
+                log.error("writing the shaping state failed: %s", e)
+            await asyncio.sleep(shaping_state.INTERVAL)
 
     async def _count_queue(self) -> None:
         """Recount the queue gauges every ``metrics.queue_refresh`` (indexed counts)."""
@@ -315,9 +341,46 @@ class Relay:
                 await self.replicator.stop()
         if self.queue is not None:
             await self.queue.close()
+        budget = getattr(self._site_shaper, "budget", None)
+        aclose = getattr(budget, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
         if self.delivery_log is not None:
             self.delivery_log.close()
         self._stopped.set()
+
+
+def make_shaper(cfg: Config) -> SiteShaper:
+    """The relay's shaper: the shaping file(s) and the budget ``make_budget`` picks."""
+    from smtpguard.shaping import limits
+    from smtpguard.shaping.factory import make_budget
+
+    rules = limits.load(cfg.shaping.file or None,
+                        messages_per_connection=cfg.delivery.messages_per_connection)  # fmt: skip
+    return SiteShaper(rules, make_budget(cfg), default_port=cfg.delivery.port)
+
+
+def site_rows(shaper: SiteShaper, delivery: Delivery) -> list[SiteRow]:
+    """What ``queue sites`` shows: the shaper's view of each site, the delivery side's counts;
+    the per-site gauges are set from the same rows."""
+    from smtpguard.shaping import metrics as sm
+    from smtpguard.shaping.state import SiteRow
+
+    counts = delivery.site_counts()
+    rows = []
+    for view in shaper.views():
+        conns, waiting, postponed = counts.get(view.site, (0, 0, 0))
+        rows.append(SiteRow(view, conns, waiting, postponed))
+        label = sm.site_label(view.site)
+        for kind, rate in (("configured", view.configured_rate), ("current", view.current_rate)):
+            sm.RATE.labels(label, kind).set(-1 if rate is None else rate)
+        sm.CONNECTION_LIMIT.labels(label, "configured").set(view.configured_connections)
+        sm.CONNECTION_LIMIT.labels(label, "current").set(view.current_connections)
+        sm.CONNECTIONS.labels(label).set(conns)
+        sm.WAITING.labels(label).set(waiting)
+        sm.SUSPENDED.labels(label).set(1 if view.suspended_until else 0)
+    return rows
 
 
 def _released(scheduler: Scheduler, live: set[int], ids: list[int]) -> Callable[[], None]:

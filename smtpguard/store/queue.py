@@ -332,6 +332,21 @@ def release_claims(conn: sqlite3.Connection, recipient_ids: Iterable[int], now: 
     return n
 
 
+def postpone_claims(conn: sqlite3.Connection, recipient_ids: Iterable[int], until: float) -> int:
+    """Put claimed recipients back to ``queued``, due at ``until``, without counting an
+    attempt: traffic shaping held them back unattempted (their site is suspended, or
+    its line is full). A message held meanwhile keeps them ``held``."""
+    n = 0
+    for rid in recipient_ids:
+        n += conn.execute(
+            "UPDATE queue_recipients SET state = CASE WHEN (SELECT held FROM queue_messages"
+            " WHERE id = message_id) THEN 'held' ELSE 'queued' END, next_attempt = ?"
+            " WHERE id = ? AND state = 'active'",
+            (until, rid),
+        ).rowcount
+    return n
+
+
 def reclaim(
     conn: sqlite3.Connection, claimed_before: float, live: Iterable[int], now: float
 ) -> list[int]:
@@ -647,6 +662,11 @@ class QueueStore:
         now = time.time()
         ids = list(recipient_ids)
         return await self._writer.call(lambda c: release_claims(c, ids, now), durable=False)
+
+    async def postpone(self, recipient_ids: Sequence[int], until: float) -> int:
+        """See :func:`postpone_claims`: back to the queue unattempted, due at ``until``."""
+        ids = list(recipient_ids)
+        return await self._writer.call(lambda c: postpone_claims(c, ids, until), durable=False)
 
     async def recover(self) -> int:
         now = time.time()
