@@ -66,8 +66,7 @@ def opt(default: Any, doc: str, *, unit: str = "", check: str = "", secret: bool
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where the SQLite database lives (shared by the relay, the milter and the CLI), and
-    whether its suppression list is this host's alone or a fleet's (PostgreSQL)."""
+    """The SQLite database (relay, milter, CLI) and whether its list is a fleet's."""
 
     data_dir: str = opt("./var", "Directory holding smtpguard.db (created if missing).")
     busy_timeout: float = opt(
