@@ -124,6 +124,9 @@ def test_automation_rule_suspends_the_site_and_resumes_after_the_duration(
     mx_for(dns_server, "example.com", "mx.example.com")
     relay = start_shaped(
         start_relay, mx, tmp_path,
+        # One connection: a message already on another connection when the reply came
+        # would be an attempt that started before the rule fired, not one it let through.
+        '[defaults]\nconnections = 1\n'
         '[[automation]]\nid = "yahoo.tss04"\nmatch = \'\\[TSS04\\]\'\naction = "suspend"\n'
         'duration = "3s"\n',
     )  # fmt: skip
