@@ -113,7 +113,11 @@ def walk(msg: Message) -> list[tuple[int, Message, str]]:
 
 def content_type(part: Message) -> str:
     """``part.get_content_type()`` from the cached headers (RFC 2045 §5.2 default)."""
-    value = _headers(part).get("content-type", "")
+    value = _headers(part).get("content-type")
+    if value is None:
+        # No Content-Type field: the stdlib answers its default type without a lookup
+        # (asking it would split a lazily read header section for nothing).
+        return part.get_default_type()
     ctype = value.split(";", 1)[0].strip().lower()
     if ctype.count("/") != 1 or " " in ctype:
         try:

@@ -60,6 +60,9 @@ _SEPARATOR_RE = re.compile(
     r"|content-type: message/rfc822"
     r")"
 )
+# The same, searched in a whole lower-cased text: a separator line is one after a line end
+# (so never the first line); no part of the pattern matches a line end.
+_SEPARATOR_LINE_RE = re.compile(r"\n" + _SEPARATOR_RE.pattern)
 # The first non-blank character of every separator line above (either case).
 _SEPARATOR_FIRST = frozenset("-=_*rRaAdDxXoObBmMtTcC")
 # Words that may stand before a recipient address on its anchor line.
@@ -172,30 +175,58 @@ _INLINE_TO_RE = re.compile(r"^To:[ \t]*(?:.{0,200}<)?(" + ADDR_RE.pattern + r")"
 
 
 def bounce_text(msg: Message) -> str:
-    """The bounce's own explanation: the first text part, with the original message cut off.
-
-    Read line by line, each line cut to :data:`MAX_LINE` characters, at most
-    :data:`MAX_LINES` lines: no regex ever sees more than one bounded line.
-    """
+    """The bounce's own explanation: the first text part, with the original message cut off
+    (:func:`cut_original`)."""
     c = cache(msg)
     found = c.get("bounce_text")
     if found is None:
-        lines = bounded_lines(first_text(msg))
-        for i, line in enumerate(lines):
-            if not i or line.lstrip(" \t")[:1] not in _SEPARATOR_FIRST:
-                continue
-            if _SEPARATOR_RE.match(line.lower()):
-                lines = lines[:i]
-                break
-        found = "\n".join(lines)
-        c["bounce_text"] = found
+        found = c["bounce_text"] = cut_original(first_text(msg))
     return found  # type: ignore[return-value]
+
+
+def cut_original(text: str) -> str:
+    """``text`` up to the line where a returned original message starts.
+
+    Read as lines, each cut to :data:`MAX_LINE` characters, at most :data:`MAX_LINES`
+    lines: no regex ever sees more than one bounded line. The separator is looked for with
+    one search over the lower-cased text (:data:`_SEPARATOR_LINE_RE` cannot cross a line
+    end and reads far less than MAX_LINE characters of a line): the same first separator
+    line as matching each line in turn (:func:`_before_separator`), found in C.
+    """
+    lines = text.split("\n", MAX_LINES)
+    if len(lines) > MAX_LINES or _truncated(lines):
+        lines = bounded_lines(text)
+        joined = "\n".join(lines)
+    else:
+        joined = text  # already bounded
+    low = joined.lower()
+    if len(low) != len(joined):  # lower() changed the length (rare non-ASCII): line by line
+        return "\n".join(_before_separator(lines))
+    m = _SEPARATOR_LINE_RE.search(low)
+    return joined[: m.start()] if m else joined
+
+
+def _before_separator(lines: list[str]) -> list[str]:
+    """``lines`` up to the first separator line (never the first line)."""
+    for i, line in enumerate(lines):
+        if not i or line.lstrip(" \t")[:1] not in _SEPARATOR_FIRST:
+            continue
+        if _SEPARATOR_RE.match(line.lower()):
+            return lines[:i]
+    return lines
 
 
 def bounded_lines(text: str) -> list[str]:
     """The first :data:`MAX_LINES` lines of ``text``, each cut to :data:`MAX_LINE`."""
     lines = text.split("\n", MAX_LINES)[:MAX_LINES]
+    if not _truncated(lines):
+        return lines  # the common case: no line is long (checked in C)
     return [ln if len(ln) <= MAX_LINE else ln[:MAX_LINE] for ln in lines]
+
+
+def _truncated(lines: list[str]) -> bool:
+    """Is any line longer than :data:`MAX_LINE` (so cut by :func:`bounded_lines`)?"""
+    return bool(lines) and max(map(len, lines)) > MAX_LINE
 
 
 def is_decoration(line: str) -> bool:
@@ -282,12 +313,25 @@ def _scan(text: str) -> tuple[list[str], list[tuple[int, str, str]]]:
     bounce text; cached because the DSN reader asks for both views of the same text."""
     lines = bounded_lines(text)
     anchors: list[tuple[int, str, str]] = []
-    for i, line in enumerate(lines):
-        a = _anchor(line)
+    # Only a line with an '@' can be an anchor: jump from one to the next with str.find
+    # (in C) instead of visiting every line. ``lines`` are ``text``'s lines (some cut
+    # short), so the line of an offset is the number of line ends before it.
+    at = text.find("@")
+    i = counted = 0
+    while at >= 0:
+        i += text.count("\n", counted, at)
+        counted = at
+        if i >= len(lines):
+            break
+        a = _anchor(lines[i])
         if a:
             anchors.append((i, a[0], a[1]))
             if len(anchors) >= MAX_ANCHORS:
                 break
+        eol = text.find("\n", at)
+        if eol < 0:
+            break
+        at = text.find("@", eol)
     return lines, anchors
 
 
