@@ -226,7 +226,7 @@ class RuleSet:
     )
     #: The last text's candidates: the main match and the sender check of one verdict ask
     #: about the same text.
-    _last_text: str = field(default="", repr=False)
+    _last_text: str | None = field(default=None, repr=False)  # None: nothing asked yet
     _last: tuple[set[int], set[int], frozenset[Gram]] = field(
         default=(set(), set(), frozenset()), repr=False
     )
@@ -348,7 +348,7 @@ class RuleSet:
     def clear_caches(self) -> None:
         """Forget remembered answers (benchmarks measure cold matching with this)."""
         self._memo.clear()
-        self._last_text = ""
+        self._last_text = None
         self.providers.clear_caches()
 
     def _candidates(self, text: str) -> tuple[set[int], set[int], frozenset[Gram]]:
