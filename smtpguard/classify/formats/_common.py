@@ -16,7 +16,7 @@ from collections.abc import Callable
 from email.message import Message
 from typing import TypeVar
 
-from smtpguard.classify.mime import CACHE_KEY
+from smtpguard.classify.mime import CACHE_KEY, parse_headers
 from smtpguard.classify.verdict import Failure, Stage
 
 T = TypeVar("T")
@@ -294,8 +294,6 @@ def original_message(msg: Message) -> Message | None:
                 found = payload[0]
                 break
         elif ct in ("text/rfc822-headers", "text/global-headers"):
-            from smtpguard.classify.mime import parse_headers
-
             found = parse_headers(part_text(part))
             break
     c["orig"] = found

@@ -23,6 +23,7 @@ from smtpguard.classify.formats._common import (
     walk,
 )
 from smtpguard.classify.formats._fields import Fields, parse_blocks, part_blocks
+from smtpguard.classify.mime import parse_headers
 from smtpguard.classify.verdict import Failure
 
 _DSN = frozenset({"message/delivery-status", "message/global-delivery-status"})
@@ -45,8 +46,6 @@ def _original_of(part: Message) -> Message | None:
     payload = part._payload
     if isinstance(payload, list):
         return payload[0] if payload and isinstance(payload[0], Message) else None
-    from smtpguard.classify.mime import parse_headers
-
     return parse_headers(part_text(part))
 
 
