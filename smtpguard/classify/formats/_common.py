@@ -77,6 +77,15 @@ _STAGE_WORDS = (
 _STAGE_CAPS_RE = re.compile(r"(?:RCPT|DATA)(?<!\wRCPT)(?<!\wDATA)\b(?!:)")
 
 
+def contains_any(text: str, needles: tuple[str, ...]) -> bool:
+    """Does ``text`` contain one of ``needles``? A plain loop: ``any(<generator>)`` costs a
+    generator and a resume per needle, and these checks run several times a message."""
+    for needle in needles:  # noqa: SIM110
+        if needle in text:
+            return True
+    return False
+
+
 def collapse(text: str, limit: int = DIAG_LIMIT) -> str:
     """One line, single spaces, at most ``limit`` characters (``str.split`` runs in C;
     ``re.sub(r"\\s+")`` costs ten times as much)."""

@@ -22,6 +22,7 @@ from smtpguard.classify.formats._common import (
     clean_addr,
     code_in,
     collapse,
+    contains_any,
     direct,
     envelope_info,
     fill_codes,
@@ -519,7 +520,7 @@ def _mentioned(
 def clean_diagnostic(diag: str) -> str:
     """The diagnostic without vendor boilerplate (plain substring cuts, no backtracking)."""
     low = diag.lower()
-    if not any(h in low for h in _BOILERPLATE_HINTS):
+    if not contains_any(low, _BOILERPLATE_HINTS):
         return collapse(diag)
     note = low.find("please note that this is only a temporary failure report")
     if note >= 0:  # OpenSMTPD's trailer: everything after it is advice
@@ -542,7 +543,7 @@ def clean_diagnostic(diag: str) -> str:
 def says_hostunknown(text: str) -> bool:
     """True when the reporting MTA itself says the recipient's domain does not resolve."""
     low = text.lower()
-    return any(h in low for h in _HOSTUNKNOWN_HINTS) and bool(HOSTUNKNOWN_RE.search(text))
+    return contains_any(low, _HOSTUNKNOWN_HINTS) and bool(HOSTUNKNOWN_RE.search(text))
 
 
 def _forwarded_reply(msg: Message, recipient: str) -> str:
@@ -633,7 +634,7 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
         blocks = [(a, "", "") for a in addrs[:MAX_ANCHORS]]
     mid, sender, token = envelope_info(msg)
     head = text[:4000]
-    delayed = any(w in head.lower() for w in _DELAYED_HINTS) and bool(_DELAYED_RE.search(head))
+    delayed = contains_any(head.lower(), _DELAYED_HINTS) and bool(_DELAYED_RE.search(head))
     out = []
     best = ""
     everyone = {a.lower() for a, _, _ in blocks}
