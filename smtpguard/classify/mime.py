@@ -76,11 +76,8 @@ def _headers(head: str, msg: Message) -> str:
         msg.set_unixfrom(head[: eol if eol >= 0 else len(head)].rstrip("\r"))
         head = head[eol + 1 :] if eol >= 0 else ""
     items, rest = header_fields(head)
-    first: dict[str, str] = {}
-    for name, value in items:
-        key = name.lower()
-        if key not in first:
-            first[key] = value
+    # Later fields first, so that the first field of each name is the one kept.
+    first = {name.lower(): value for name, value in reversed(items)}
     msg._headers = items  # the compat32 parser stores exactly these (name, value) pairs
     msg.__dict__[CACHE_KEY] = {"headers": first}
     return rest
@@ -90,10 +87,47 @@ def header_fields(head: str) -> tuple[list[tuple[str, str]], str]:
     """(fields, text that turned out to be body) of a header section.
 
     The values are what ``compat32`` stores: the text after the colon with leading blanks
-    dropped, continuation lines kept, the final line break removed. One regex match per
-    field (not per line); a line that is no header field ends the section, as in the
-    stdlib parser (the rest is body, a defect).
+    dropped, continuation lines kept, the final line break removed. A line that is no
+    header field ends the section, as in the stdlib parser (the rest is body, a defect).
+    Where the section ends is found with one regex search (:func:`section_end`) and the
+    fields up to there with one ``findall``: no Python step per field.
     """
+    end = section_end(head)
+    if end is None:
+        return _header_fields_stepwise(head)
+    items: list[tuple[str, str]] = _FIELD_RE.findall(head, 0, end)
+    if "\r" in head:
+        items = [(n, v.rstrip("\r\n")) if v[-1:] == "\r" else (n, v) for n, v in items]
+    return items, head[end:]
+
+
+# A field's first line: its name (as _FIELD_RE reads it) and the colon.
+_NAME_COLON_RE = re.compile(r"[^\s:]{1,200}:")
+# A line end followed by a line that neither continues a field nor starts one: where the
+# section ends (unless that line is blank, which the stepwise reader skips).
+_SECTION_END_RE = re.compile(r"\n(?!\Z|[ \t]|[^\s:]{1,200}:)")
+
+
+def section_end(head: str) -> int | None:
+    """Where :func:`_header_fields_stepwise` stops reading ``head`` (what follows is body),
+    found in C; None when it cannot be told this way (a first line, or the first line that
+    is no field, that is blank or starts with a blank: the stepwise reader skips some)."""
+    if not head:
+        return 0
+    if not _NAME_COLON_RE.match(head):
+        return None
+    m = _SECTION_END_RE.search(head)
+    if m is None:
+        return len(head)
+    start = m.start() + 1
+    eol = head.find("\n", start)
+    if not head[start : eol if eol >= 0 else len(head)].strip():
+        return None
+    return start
+
+
+def _header_fields_stepwise(head: str) -> tuple[list[tuple[str, str]], str]:
+    """:func:`header_fields` one field at a time (any header section, however odd)."""
     items: list[tuple[str, str]] = []
     pos = 0
     end = len(head)

@@ -181,7 +181,10 @@ class Rule:
             for s in self.any:
                 if s in text:
                     return True
-            return any(r.search(text) for r in self.regex)
+            for r in self.regex:  # noqa: SIM110 - a loop, not any(<generator>): runs per rule
+                if r.search(text):
+                    return True
+            return False
         return True
 
     def matches_rest(self, text: str, status: str, code: str, stage: str) -> bool:
@@ -196,7 +199,10 @@ class Rule:
         for s in self.all:
             if s not in text:
                 return False
-        return all(s not in text for s in self.not_)
+        for s in self.not_:  # noqa: SIM110 - a loop, not all(<generator>): runs per rule
+            if s in text:
+                return False
+        return True
 
 
 @dataclass(slots=True)
@@ -220,9 +226,9 @@ class RuleSet:
     )
     #: The last text's candidates: the main match and the sender check of one verdict ask
     #: about the same text.
-    _last_text: str = field(default="", repr=False)
-    _last: tuple[set[int], list[int], frozenset[Gram]] = field(
-        default=(set(), [], frozenset()), repr=False
+    _last_text: str | None = field(default=None, repr=False)  # None: nothing asked yet
+    _last: tuple[set[int], set[int], frozenset[Gram]] = field(
+        default=(set(), set(), frozenset()), repr=False
     )
     _states: tuple[Rule, ...] | None = field(default=None, repr=False)
 
@@ -252,35 +258,54 @@ class RuleSet:
 
     def _match(self, text: str, status: str, code: str, stage: str, provider: str) -> Rule | None:
         if provider:
-            found = self._first(text, status, code, stage, lambda r: provider in r.providers)
+            found = self._first(
+                text, status, code, stage, ("provider", provider), lambda r: provider in r.providers
+            )
             if found is not None:
                 return found
-        return self._first(text, status, code, stage, lambda r: not r.providers)
+        return self._first(text, status, code, stage, "generic", lambda r: not r.providers)
 
     def _first(
-        self, text: str, status: str, code: str, stage: str, wanted: Callable[[Rule], bool]
+        self,
+        text: str,
+        status: str,
+        code: str,
+        stage: str,
+        pool: object,
+        wanted: Callable[[Rule], bool],
     ) -> Rule | None:
-        """The first rule ``wanted`` accepts that matches the (normalised) text."""
+        """The first rule ``wanted`` accepts that matches the (normalised) text.
+
+        ``pool`` names the set of rules ``wanted`` accepts (computed once per rule set):
+        only the candidates in it are visited, picked by a set intersection in C rather
+        than by calling ``wanted`` on every candidate.
+        """
         rules = self.rules
         satisfied, candidates, grams = self._candidates(text)
         index = self._index
         assert index is not None  # built by _candidates
+        accepted = index.pools.get(pool)
+        if accepted is None:
+            accepted = index.pools[pool] = frozenset(
+                i for i, rule in enumerate(rules) if wanted(rule)
+            )
         posted = index.posted
-        for i in candidates:
+        for i in sorted(candidates & accepted):
             rule = rules[i]
-            if not wanted(rule):
-                continue
             if i in satisfied:
                 ok = rule.matches_rest(text, status, code, stage)
             elif i in posted:
                 # None of its substrings is in the text (the index said so): only its
                 # regexes can still match.
                 gate = index.regex_gates[i]
-                ok = (
-                    (gate is None or not gate.isdisjoint(grams))
-                    and rule.matches_rest(text, status, code, stage)
-                    and any(r.search(text) for r in rule.regex)
-                )
+                ok = False
+                if (gate is None or not gate.isdisjoint(grams)) and rule.matches_rest(
+                    text, status, code, stage
+                ):
+                    for r, literal in index.regex_literals[i]:
+                        if literal in text and r.search(text):
+                            ok = True
+                            break
             else:
                 ok = rule.matches(text, status, code, stage)
             if ok:
@@ -323,12 +348,12 @@ class RuleSet:
     def clear_caches(self) -> None:
         """Forget remembered answers (benchmarks measure cold matching with this)."""
         self._memo.clear()
-        self._last_text = ""
+        self._last_text = None
         self.providers.clear_caches()
 
-    def _candidates(self, text: str) -> tuple[set[int], list[int], frozenset[Gram]]:
-        """(rules whose ``any`` part is known to match, every rule that can match in order,
-        the text's 4-grams).
+    def _candidates(self, text: str) -> tuple[set[int], set[int], frozenset[Gram]]:
+        """(rules whose ``any`` part is known to match, every rule that can match, the
+        text's 4-grams).
 
         The index posts each ``any`` substring under its rarest 4-gram: the substrings
         whose gram the text has are tested (a handful, instead of every substring of every
@@ -350,7 +375,7 @@ class RuleSet:
         for i, needle in index.short:
             if i not in satisfied and needle in text:
                 satisfied.add(i)
-        found = (satisfied, sorted(satisfied.union(index.full, index.with_regex)), grams)
+        found = (satisfied, satisfied.union(index.full, index.with_regex), grams)
         self._last_text, self._last = text, found
         return found
 
@@ -364,7 +389,12 @@ class RuleSet:
     ) -> Rule | None:
         """The first generic rule giving one of ``reasons`` that matches the (normalised) text."""
         return self._first(
-            text, status, code, stage, lambda r: r.reason in reasons and not r.providers
+            text,
+            status,
+            code,
+            stage,
+            ("among", reasons),
+            lambda r: r.reason in reasons and not r.providers,
         )
 
     def status_reason(self, status: str) -> str:
@@ -402,6 +432,12 @@ class _GramIndex:
     #: the regexes to match (None: a regex without a long enough literal, always run).
     with_regex: frozenset[int]
     regex_gates: dict[int, frozenset[Gram] | None]
+    #: Per rule with regexes: (regex, a substring every match of it puts in the normalised
+    #: text, or ""): a regex whose substring is missing is not run (see _substring_gate).
+    regex_literals: dict[int, tuple[tuple[re.Pattern[str], str], ...]]
+    #: Rule positions a kind of search accepts ("generic", ("provider", name),
+    #: ("among", reasons)), filled on first use (see :meth:`RuleSet._first`).
+    pools: dict[object, frozenset[int]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, rules: list[Rule]) -> _GramIndex:
@@ -421,6 +457,7 @@ class _GramIndex:
         posted: set[int] = set()
         with_regex: set[int] = set()
         regex_gates: dict[int, frozenset[Gram] | None] = {}
+        regex_literals: dict[int, tuple[tuple[re.Pattern[str], str], ...]] = {}
         for i, rule in enumerate(rules):
             if not (rule.any or rule.regex):
                 full.add(i)
@@ -440,6 +477,9 @@ class _GramIndex:
                     if all(len(_utf8(run)) >= POSTED_MIN for run in runs)
                     else None
                 )
+                regex_literals[i] = tuple(
+                    (r, _substring_gate(run)) for r, run in zip(rule.regex, runs, strict=True)
+                )
         frozen = {g: tuple(v) for g, v in postings.items()}
         return cls(
             postings=frozen,
@@ -449,6 +489,7 @@ class _GramIndex:
             posted=frozenset(posted),
             with_regex=frozenset(with_regex),
             regex_gates=regex_gates,
+            regex_literals=regex_literals,
         )
 
 
@@ -700,6 +741,29 @@ def _literal_run(pattern: str) -> str:
     for op, av in tree:
         if op == sre_constants.LITERAL and isinstance(av, int):
             cur += chr(av).lower()
+            best = max(best, cur, key=len)
+        else:
+            cur = ""
+    return best
+
+
+#: Letters a case-insensitive regex also matches with a character whose lower case is
+#: not that letter ("s" matches the long s, "i" the dotless i): no substring gate uses them.
+_EXTRA_FOLDS = frozenset("is")
+
+
+def _substring_gate(run: str) -> str:
+    """The longest piece of a regex's literal run (:func:`_literal_run`) that a match
+    certainly leaves in the lower-cased text, as a plain substring ("" = no gate).
+
+    A rule regex is case-insensitive and the text it searches is ``str.lower()``-ed, so
+    a literal ASCII character of the pattern appears in the text as itself, except for
+    the letters of :data:`_EXTRA_FOLDS`; non-ASCII characters are left out entirely.
+    """
+    best = cur = ""
+    for ch in run:
+        if ch.isascii() and ch not in _EXTRA_FOLDS:
+            cur += ch
             best = max(best, cur, key=len)
         else:
             cur = ""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from email.message import Message
 from typing import TypeVar
 
-from smtpguard.classify.mime import CACHE_KEY
+from smtpguard.classify.mime import CACHE_KEY, parse_headers
 from smtpguard.classify.verdict import Failure, Stage
 
 T = TypeVar("T")
@@ -77,6 +77,15 @@ _STAGE_WORDS = (
 _STAGE_CAPS_RE = re.compile(r"(?:RCPT|DATA)(?<!\wRCPT)(?<!\wDATA)\b(?!:)")
 
 
+def contains_any(text: str, needles: tuple[str, ...]) -> bool:
+    """Does ``text`` contain one of ``needles``? A plain loop: ``any(<generator>)`` costs a
+    generator and a resume per needle, and these checks run several times a message."""
+    for needle in needles:  # noqa: SIM110
+        if needle in text:
+            return True
+    return False
+
+
 def collapse(text: str, limit: int = DIAG_LIMIT) -> str:
     """One line, single spaces, at most ``limit`` characters (``str.split`` runs in C;
     ``re.sub(r"\\s+")`` costs ten times as much)."""
@@ -113,7 +122,11 @@ def walk(msg: Message) -> list[tuple[int, Message, str]]:
 
 def content_type(part: Message) -> str:
     """``part.get_content_type()`` from the cached headers (RFC 2045 §5.2 default)."""
-    value = _headers(part).get("content-type", "")
+    value = _headers(part).get("content-type")
+    if value is None:
+        # No Content-Type field: the stdlib answers its default type without a lookup
+        # (asking it would split a lazily read header section for nothing).
+        return part.get_default_type()
     ctype = value.split(";", 1)[0].strip().lower()
     if ctype.count("/") != 1 or " " in ctype:
         try:
@@ -205,7 +218,9 @@ def _headers(msg: Message) -> dict[str, str]:
     ``Message.get`` scans every header and lower-cases each name per call; detectors ask
     for a dozen headers of messages that carry fifty Received lines.
     """
-    c = cache(msg)
+    c = msg.__dict__.get(CACHE_KEY)  # cache(msg), inlined: this runs a dozen times a part
+    if c is None:
+        c = msg.__dict__[CACHE_KEY] = {}
     found = c.get("headers")
     if found is None:
         found = {}
@@ -288,8 +303,6 @@ def original_message(msg: Message) -> Message | None:
                 found = payload[0]
                 break
         elif ct in ("text/rfc822-headers", "text/global-headers"):
-            from smtpguard.classify.mime import parse_headers
-
             found = parse_headers(part_text(part))
             break
     c["orig"] = found

@@ -88,10 +88,19 @@ def _from_text(text: str) -> list[Fields] | None:
                 blocks.append(cur)
                 cur = {}
             if k not in cur:
-                cur[k] = collapse(unescape(v), 2000)
+                cur[k] = _clean(v)
         if cur:
             blocks.append(cur)
     return blocks
+
+
+def _clean(value: str) -> str:
+    """``collapse(unescape(value), 2000)`` without the work when ``value`` is already one
+    clean line (printable ASCII, no double blank: most DSN fields), where it is the value
+    less its edge blanks."""
+    if len(value) < 2000 and value.isascii() and value.isprintable() and "  " not in value:
+        return value.strip(" ")
+    return collapse(unescape(value), 2000)
 
 
 def part_blocks(part: Message) -> list[Fields]:

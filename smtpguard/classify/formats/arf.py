@@ -23,6 +23,7 @@ from smtpguard.classify.formats._common import (
     walk,
 )
 from smtpguard.classify.formats._fields import Fields, parse_blocks, part_blocks
+from smtpguard.classify.mime import parse_headers
 from smtpguard.classify.verdict import Failure
 
 _DSN = frozenset({"message/delivery-status", "message/global-delivery-status"})
@@ -45,8 +46,6 @@ def _original_of(part: Message) -> Message | None:
     payload = part._payload
     if isinstance(payload, list):
         return payload[0] if payload and isinstance(payload[0], Message) else None
-    from smtpguard.classify.mime import parse_headers
-
     return parse_headers(part_text(part))
 
 
@@ -149,7 +148,10 @@ def may_be_report(msg: Message, raw: bytes) -> bool:
     ctype = header(msg, "Content-Type").lower()
     if "report-type" in ctype and "delivery-status" in ctype:
         return False
-    return any(m in raw for m in _MARKERS)
+    for marker in _MARKERS:  # noqa: SIM110 - a loop, not any(<generator>): every message
+        if marker in raw:
+            return True
+    return False
 
 
 def detect(msg: Message, raw: bytes) -> list[Failure] | None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 
-from smtpguard.classify.formats._common import cache, code_in, direct, header
+from smtpguard.classify.formats._common import cache, code_in, contains_any, direct, header
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +110,7 @@ def mta_of(msg: Message, text: str) -> str:
 def quotes_remote(diagnostic: str) -> bool:
     """Does a recipient's text quote a remote server (reply code, IP, reply phrasing)?"""
     low = diagnostic.lower()
-    if any(mark in low for mark in REMOTE_MARKS):
+    if contains_any(low, REMOTE_MARKS):
         return True
     return bool(code_in(diagnostic)) or bool(_IP_RE.search(diagnostic))
 

@@ -22,6 +22,7 @@ from smtpguard.classify.formats._common import (
     clean_addr,
     code_in,
     collapse,
+    contains_any,
     direct,
     envelope_info,
     fill_codes,
@@ -60,6 +61,9 @@ _SEPARATOR_RE = re.compile(
     r"|content-type: message/rfc822"
     r")"
 )
+# The same, searched in a whole lower-cased text: a separator line is one after a line end
+# (so never the first line); no part of the pattern matches a line end.
+_SEPARATOR_LINE_RE = re.compile(r"\n" + _SEPARATOR_RE.pattern)
 # The first non-blank character of every separator line above (either case).
 _SEPARATOR_FIRST = frozenset("-=_*rRaAdDxXoObBmMtTcC")
 # Words that may stand before a recipient address on its anchor line.
@@ -172,30 +176,58 @@ _INLINE_TO_RE = re.compile(r"^To:[ \t]*(?:.{0,200}<)?(" + ADDR_RE.pattern + r")"
 
 
 def bounce_text(msg: Message) -> str:
-    """The bounce's own explanation: the first text part, with the original message cut off.
-
-    Read line by line, each line cut to :data:`MAX_LINE` characters, at most
-    :data:`MAX_LINES` lines: no regex ever sees more than one bounded line.
-    """
+    """The bounce's own explanation: the first text part, with the original message cut off
+    (:func:`cut_original`)."""
     c = cache(msg)
     found = c.get("bounce_text")
     if found is None:
-        lines = bounded_lines(first_text(msg))
-        for i, line in enumerate(lines):
-            if not i or line.lstrip(" \t")[:1] not in _SEPARATOR_FIRST:
-                continue
-            if _SEPARATOR_RE.match(line.lower()):
-                lines = lines[:i]
-                break
-        found = "\n".join(lines)
-        c["bounce_text"] = found
+        found = c["bounce_text"] = cut_original(first_text(msg))
     return found  # type: ignore[return-value]
+
+
+def cut_original(text: str) -> str:
+    """``text`` up to the line where a returned original message starts.
+
+    Read as lines, each cut to :data:`MAX_LINE` characters, at most :data:`MAX_LINES`
+    lines: no regex ever sees more than one bounded line. The separator is looked for with
+    one search over the lower-cased text (:data:`_SEPARATOR_LINE_RE` cannot cross a line
+    end and reads far less than MAX_LINE characters of a line): the same first separator
+    line as matching each line in turn (:func:`_before_separator`), found in C.
+    """
+    lines = text.split("\n", MAX_LINES)
+    if len(lines) > MAX_LINES or _truncated(lines):
+        lines = bounded_lines(text)
+        joined = "\n".join(lines)
+    else:
+        joined = text  # already bounded
+    low = joined.lower()
+    if len(low) != len(joined):  # lower() changed the length (rare non-ASCII): line by line
+        return "\n".join(_before_separator(lines))
+    m = _SEPARATOR_LINE_RE.search(low)
+    return joined[: m.start()] if m else joined
+
+
+def _before_separator(lines: list[str]) -> list[str]:
+    """``lines`` up to the first separator line (never the first line)."""
+    for i, line in enumerate(lines):
+        if not i or line.lstrip(" \t")[:1] not in _SEPARATOR_FIRST:
+            continue
+        if _SEPARATOR_RE.match(line.lower()):
+            return lines[:i]
+    return lines
 
 
 def bounded_lines(text: str) -> list[str]:
     """The first :data:`MAX_LINES` lines of ``text``, each cut to :data:`MAX_LINE`."""
     lines = text.split("\n", MAX_LINES)[:MAX_LINES]
+    if not _truncated(lines):
+        return lines  # the common case: no line is long (checked in C)
     return [ln if len(ln) <= MAX_LINE else ln[:MAX_LINE] for ln in lines]
+
+
+def _truncated(lines: list[str]) -> bool:
+    """Is any line longer than :data:`MAX_LINE` (so cut by :func:`bounded_lines`)?"""
+    return bool(lines) and max(map(len, lines)) > MAX_LINE
 
 
 def is_decoration(line: str) -> bool:
@@ -282,12 +314,25 @@ def _scan(text: str) -> tuple[list[str], list[tuple[int, str, str]]]:
     bounce text; cached because the DSN reader asks for both views of the same text."""
     lines = bounded_lines(text)
     anchors: list[tuple[int, str, str]] = []
-    for i, line in enumerate(lines):
-        a = _anchor(line)
+    # Only a line with an '@' can be an anchor: jump from one to the next with str.find
+    # (in C) instead of visiting every line. ``lines`` are ``text``'s lines (some cut
+    # short), so the line of an offset is the number of line ends before it.
+    at = text.find("@")
+    i = counted = 0
+    while at >= 0:
+        i += text.count("\n", counted, at)
+        counted = at
+        if i >= len(lines):
+            break
+        a = _anchor(lines[i])
         if a:
             anchors.append((i, a[0], a[1]))
             if len(anchors) >= MAX_ANCHORS:
                 break
+        eol = text.find("\n", at)
+        if eol < 0:
+            break
+        at = text.find("@", eol)
     return lines, anchors
 
 
@@ -475,7 +520,7 @@ def _mentioned(
 def clean_diagnostic(diag: str) -> str:
     """The diagnostic without vendor boilerplate (plain substring cuts, no backtracking)."""
     low = diag.lower()
-    if not any(h in low for h in _BOILERPLATE_HINTS):
+    if not contains_any(low, _BOILERPLATE_HINTS):
         return collapse(diag)
     note = low.find("please note that this is only a temporary failure report")
     if note >= 0:  # OpenSMTPD's trailer: everything after it is advice
@@ -498,7 +543,7 @@ def clean_diagnostic(diag: str) -> str:
 def says_hostunknown(text: str) -> bool:
     """True when the reporting MTA itself says the recipient's domain does not resolve."""
     low = text.lower()
-    return any(h in low for h in _HOSTUNKNOWN_HINTS) and bool(HOSTUNKNOWN_RE.search(text))
+    return contains_any(low, _HOSTUNKNOWN_HINTS) and bool(HOSTUNKNOWN_RE.search(text))
 
 
 def _forwarded_reply(msg: Message, recipient: str) -> str:
@@ -589,7 +634,7 @@ def failures_from_text(msg: Message, text: str, fmt: str) -> list[Failure]:
         blocks = [(a, "", "") for a in addrs[:MAX_ANCHORS]]
     mid, sender, token = envelope_info(msg)
     head = text[:4000]
-    delayed = any(w in head.lower() for w in _DELAYED_HINTS) and bool(_DELAYED_RE.search(head))
+    delayed = contains_any(head.lower(), _DELAYED_HINTS) and bool(_DELAYED_RE.search(head))
     out = []
     best = ""
     everyone = {a.lower() for a, _, _ in blocks}
