@@ -16,7 +16,9 @@ these read what other parts keep for their own reasons:
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 #: History actions that are a complaint arriving (not a later settling of one).
 _COMPLAINT_ACTIONS = ("added", "escalated", "updated", "recorded", "pending")
@@ -66,6 +68,15 @@ def suppression_changes(
         " FROM suppression_history WHERE at >= ? GROUP BY 1, 2, 3, 4",
         (*_COMPLAINT_ACTIONS, since),
     ).fetchall()
+    return fold_changes(rows)
+
+
+def fold_changes(
+    rows: Iterable[Sequence[Any]],
+) -> tuple[list[ChangeCount], list[tuple[str, str, int]]]:
+    """``(day, action, evidence, complaint domain or None, n)`` rows grouped by the
+    database -> the changes per (day, action, evidence) and the complaints per
+    (day, domain); shared by the SQLite and PostgreSQL reports."""
     merged: dict[tuple[str, str, str], int] = {}
     complaints: dict[tuple[str, str], int] = {}
     for day, action, evidence, complaint_domain, n in rows:

@@ -216,17 +216,18 @@ def _pending(row: Sequence[Any]) -> PendingEntry:
     return PendingEntry(SuppressionEntry(*row[:12]), row[12], row[13])
 
 
-def _key(address: str, kind: str) -> tuple[str, str]:
-    """(domain, local) of a normalised address or domain: the table's key."""
+def entry_key(address: str, kind: str) -> tuple[str, str]:
+    """(domain, local) of a normalised address or domain: the table's key (both backends)."""
     if kind == "domain":
         return address, ""
     local, _, domain = address.rpartition("@")
     return domain, local
 
 
-def _upsert_row(e: SuppressionEntry) -> tuple[Any, ...]:
+def entry_row(e: SuppressionEntry) -> tuple[Any, ...]:
+    """An entry as the list table's columns, in order (both backends)."""
     return (
-        *_key(e.address, e.kind), e.reason, e.status, e.reply_code, e.diagnostic, e.source,
+        *entry_key(e.address, e.kind), e.reason, e.status, e.reply_code, e.diagnostic, e.source,
         e.first_seen, e.last_seen, e.count, e.expires, e.evidence,
     )  # fmt: skip
 
@@ -234,7 +235,7 @@ def _upsert_row(e: SuppressionEntry) -> tuple[Any, ...]:
 def _target_key(address: str) -> tuple[str, str]:
     """(domain, local) of an address or domain as a caller typed it."""
     kind, key = normalize_target(address)
-    return _key(key, kind)
+    return entry_key(key, kind)
 
 
 def _plan(
@@ -253,7 +254,7 @@ def _plan(
         existing[obs.address] = final[obs.address] = new
         history.extend(rows)
         results.append((new, action))
-    return [_upsert_row(e) for e in final.values()], history, results
+    return [entry_row(e) for e in final.values()], history, results
 
 
 # --------------------------------------------------------------------------- writes on a connection
@@ -273,9 +274,9 @@ def write_observations(
 ) -> list[tuple[SuppressionEntry, str]]:
     """Merge sightings into the list; returns each one's (entry, action)."""
     if len(batch) == 1:
-        rows = conn.execute(_GET, _key(batch[0].address, batch[0].kind)).fetchall()
+        rows = conn.execute(_GET, entry_key(batch[0].address, batch[0].kind)).fetchall()
     else:
-        keys = json.dumps(list({_key(o.address, o.kind) for o in batch}))
+        keys = json.dumps(list({entry_key(o.address, o.kind) for o in batch}))
         rows = conn.execute(_GET_MANY, (keys,)).fetchall()
     upserts, history, results = _plan({r[0]: _entry(r) for r in rows}, batch, actor, now)
     upserts.sort()  # key order: each B-tree page is visited once per batch
@@ -283,7 +284,11 @@ def write_observations(
     insert_history(conn, history)
     if outbox_enabled(conn):
         ops = [
-            ("observe", _key(o.address, o.kind), {"obs": obs_dict(o), "actor": actor, "now": now})
+            (
+                "observe",
+                entry_key(o.address, o.kind),
+                {"obs": obs_dict(o), "actor": actor, "now": now},
+            )
             for o in batch
         ]
         outbox_note_many(conn, ops)
@@ -294,7 +299,7 @@ def listed(
     conn: sqlite3.Connection, address: str, kind: str, now: float
 ) -> SuppressionEntry | None:
     """The live (unexpired) entry for exactly this normalised address or domain."""
-    row = conn.execute(_GET, _key(address, kind)).fetchone()
+    row = conn.execute(_GET, entry_key(address, kind)).fetchone()
     if row is None:
         return None
     entry = _entry(row)
@@ -316,11 +321,11 @@ def put_pending(
     conn: sqlite3.Connection, obs: Observation, destination: str, actor: str, now: float
 ) -> PendingEntry:
     """Hold a sighting back as pending (merged with a pending one for the address)."""
-    key = _key(obs.address, obs.kind)
+    key = entry_key(obs.address, obs.kind)
     row = conn.execute(_PENDING_GET, key).fetchone()
     old = _pending(row) if row is not None else None
     entry, _, _ = merge(old.entry if old else None, obs, actor, now)
-    conn.execute(_PENDING_UPSERT, (*_upsert_row(entry), destination, actor))
+    conn.execute(_PENDING_UPSERT, (*entry_row(entry), destination, actor))
     insert_history(conn, [history_row(entry, "pending", now, actor, obs.note, "")])
     outbox_note(
         conn, "pending", key,
@@ -331,7 +336,7 @@ def put_pending(
 
 def take_pending(conn: sqlite3.Connection, address: str, kind: str) -> PendingEntry | None:
     """Remove and return the pending entry for a normalised address, if any."""
-    key = _key(address, kind)
+    key = entry_key(address, kind)
     row = conn.execute(_PENDING_GET, key).fetchone()
     if row is None:
         return None
@@ -347,7 +352,7 @@ def confirm_pending(
     if pending is None:
         return None
     outbox_note(
-        conn, "confirm", _key(address, kind),
+        conn, "confirm", entry_key(address, kind),
         {"entry": entry_dict(pending.entry), "actor": actor, "now": now, "note": note},
     )  # fmt: skip
     obs = observation_of(pending.entry, note)
@@ -355,7 +360,7 @@ def confirm_pending(
     entry, rows, action = merge(old, obs, actor, now)
     if action == "added":
         rows[-1] = (*rows[-1][:2], "confirmed", *rows[-1][3:])
-    conn.execute(_UPSERT, _upsert_row(entry))
+    conn.execute(_UPSERT, entry_row(entry))
     insert_history(conn, rows)
     return entry
 
@@ -369,7 +374,7 @@ def discard_pending(
         e = pending.entry
         insert_history(conn, [history_row(e, "discarded", now, actor, note, e.reason)])
         outbox_note(
-            conn, "discard", _key(address, kind),
+            conn, "discard", entry_key(address, kind),
             {"entry": entry_dict(e), "actor": actor, "now": now, "note": note},
         )  # fmt: skip
     return pending
@@ -436,7 +441,7 @@ def note_soft_bounce(
 
     A run whose last soft bounce is older than ``stale_after`` starts afresh.
     """
-    key = _key(obs.address, obs.kind)
+    key = entry_key(obs.address, obs.kind)
     row = conn.execute(
         "SELECT first_seen, last_seen, count FROM soft_bounces WHERE domain = ? AND local = ?", key
     ).fetchone()
@@ -458,7 +463,7 @@ def clear_soft_bounces(
     conn: sqlite3.Connection, address: str, actor: str, now: float, note: str
 ) -> bool:
     """Forget an address's soft bounces (history ``discarded``); False if it had none."""
-    key = _key(address, "address")
+    key = entry_key(address, "address")
     row = conn.execute(
         "SELECT reason, first_seen, last_seen, count FROM soft_bounces "
         "WHERE domain = ? AND local = ?",
@@ -475,7 +480,7 @@ def clear_soft_bounces(
 
 
 def forget_soft_bounces(conn: sqlite3.Connection, address: str) -> None:
-    key = _key(address, "address")
+    key = entry_key(address, "address")
     conn.execute("DELETE FROM soft_bounces WHERE domain = ? AND local = ?", key)
     outbox_note(conn, "soft-forget", key, {})
 
@@ -852,7 +857,7 @@ class BulkWriter:
         now = time.time()
         first = obs.first_seen if obs.first_seen is not None else now
         last = obs.last_seen if obs.last_seen is not None else max(now, first)
-        domain, local = _key(obs.address, obs.kind)
+        domain, local = entry_key(obs.address, obs.kind)
         self._buffer.append(
             (
                 domain, local, obs.address, obs.kind, obs.reason, obs.status, obs.reply_code,

@@ -34,6 +34,7 @@ from smtpguard.store.entries import (
 )
 from smtpguard.store.outbox import KEYLESS, NodeIdentity, OutboxRow, entry_from, obs_from
 from smtpguard.store.pg.connect import CHANNEL
+from smtpguard.store.suppression import entry_key, entry_row
 
 Key = tuple[str, str]
 _ADDRESS = "CASE WHEN local = '' THEN domain ELSE local || '@' || domain END"
@@ -96,20 +97,6 @@ _DAILY_REASON = (
 )
 
 
-def key_of(address: str, kind: str) -> Key:
-    if kind == "domain":
-        return address, ""
-    local, _, domain = address.rpartition("@")
-    return domain, local
-
-
-def entry_row(e: SuppressionEntry) -> tuple[Any, ...]:
-    return (
-        *key_of(e.address, e.kind), e.reason, e.status, e.reply_code, e.diagnostic, e.source,
-        e.first_seen, e.last_seen, e.count, e.expires, e.evidence,
-    )  # fmt: skip
-
-
 @dataclass
 class SoftCount:
     reason: str
@@ -145,13 +132,13 @@ def _load(conn: Any, keys: set[Key]) -> _State:
     domains, locals_ = [k[0] for k in keys], [k[1] for k in keys]
     for row in conn.execute(f"SELECT {_ENTRY} FROM suppression WHERE {_KEYS}", (domains, locals_)):
         e = SuppressionEntry(*row)
-        st.sup[key_of(e.address, e.kind)] = e
+        st.sup[entry_key(e.address, e.kind)] = e
     for row in conn.execute(
         f"SELECT {_ENTRY}, destination, actor FROM suppression_pending WHERE {_KEYS}",
         (domains, locals_),
     ):
         e = SuppressionEntry(*row[:12])
-        st.pending[key_of(e.address, e.kind)] = PendingEntry(e, row[12], row[13])
+        st.pending[entry_key(e.address, e.kind)] = PendingEntry(e, row[12], row[13])
     for row in conn.execute(
         f"SELECT domain, local, reason, first_seen, last_seen, count FROM soft_bounces "
         f"WHERE {_KEYS}",
@@ -265,7 +252,7 @@ def _prune(conn: Any, st: _State, p: dict[str, Any]) -> None:
         (now,),
     ):
         e = SuppressionEntry(*row)
-        st.sup.setdefault(key_of(e.address, e.kind), e)
+        st.sup.setdefault(entry_key(e.address, e.kind), e)
     for key, e in list(st.sup.items()):
         if e is not None and e.expired(now):
             st.sup[key] = None

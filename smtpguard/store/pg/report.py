@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from smtpguard.store.daily import DayCounts
-from smtpguard.store.reporting import _COMPLAINT_ACTIONS, ChangeCount
+from smtpguard.store.reporting import _COMPLAINT_ACTIONS, ChangeCount, fold_changes
 
 
 class FleetReportSource:
@@ -58,13 +58,4 @@ class FleetReportSource:
             " GROUP BY 1, 2, 3, 4",
             (list(_COMPLAINT_ACTIONS), since),
         ).fetchall()
-        merged: dict[tuple[str, str, str], int] = {}
-        complaints: dict[tuple[str, str], int] = {}
-        for day, action, evidence, complaint_domain, n in rows:
-            key = (day, action, evidence)
-            merged[key] = merged.get(key, 0) + n
-            if complaint_domain is not None:
-                ckey = (day, complaint_domain)
-                complaints[ckey] = complaints.get(ckey, 0) + n
-        changes = [ChangeCount(*key, n) for key, n in sorted(merged.items())]
-        return changes, [(d, dom, n) for (d, dom), n in sorted(complaints.items())]
+        return fold_changes(rows)
