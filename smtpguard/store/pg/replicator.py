@@ -124,6 +124,7 @@ class Replicator:
         self._wake = asyncio.Event()
         self._listener: Listener | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._migrated = False
         # A node must prove itself in sync well within store.max_staleness.
         self._heartbeat = min(HEARTBEAT, cfg.store.max_staleness / 3)
@@ -149,9 +150,16 @@ class Replicator:
 
     async def stop(self) -> None:
         if self._task is not None:
+            # The flag, not the cancellation alone, ends the loop: Python 3.11's
+            # wait_for can swallow a cancel that arrives as its wait completes, and
+            # the loop would then go round for ever.
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=5.0)
+            for task in done:  # retrieved, so a failure is not reported as never seen
+                if not task.cancelled():
+                    task.exception()
             # A last push, so a clean stop leaves nothing behind that PostgreSQL can take
             # (not when it is known away: the outbox keeps it for the next start).
             if self.up is not False:
@@ -173,9 +181,12 @@ class Replicator:
         backoff = POLL
         last_pull = 0.0
         next_prune = time.monotonic() + 60
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
+            if self._stopping:
+                return
             woken = self._wake.is_set()
             self._wake.clear()
             try:
