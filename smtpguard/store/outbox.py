@@ -88,7 +88,7 @@ def note(conn: sqlite3.Connection, op: str, key: tuple[str, str], payload: dict[
     A no-op unless the connection belongs to a fleet node. ``key`` is the
     (domain, local) the operation is about, ('', '') for none.
     """
-    if getattr(conn, "fleet", False):
+    if enabled(conn):
         conn.execute(_INSERT, (time.time(), op, key[0], key[1], json.dumps(payload)))
 
 
@@ -96,7 +96,7 @@ Op = tuple[str, tuple[str, str], dict[str, Any]]
 
 
 def note_many(conn: sqlite3.Connection, rows: list[Op]) -> None:
-    if rows and getattr(conn, "fleet", False):
+    if rows and enabled(conn):
         now = time.time()
         conn.executemany(_INSERT, [(now, op, k[0], k[1], json.dumps(p)) for op, k, p in rows])
 
